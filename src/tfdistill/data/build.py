@@ -1,0 +1,114 @@
+"""`build_data`: DataConfig -> DataBundle (dataset from the registry, subsets, loader choice, loaders)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .augment import eval_transform, train_transform
+from .base import DataBundle, Loader, check_augments
+from .device_loader import DeviceData, DeviceLoader
+from .sources import DATASETS, DatasetSource, balanced_subset
+from .torch_loader import SampleDataset, TorchLoader
+
+LOADERS = ("auto", "device", "dataloader")
+
+
+def load_source(cfg: Any) -> DatasetSource:
+    """The registered dataset `cfg.name`, with `train_subset` / `test_subset` applied."""
+    factory = DATASETS.get(str(cfg.name))
+    src = factory(cfg)
+    if int(cfg.train_subset or 0) > 0:
+        src = replace(src, train=src.train.subset(balanced_subset(src.train.labels, int(cfg.train_subset))))
+    if int(cfg.test_subset or 0) > 0:
+        src = replace(src, test=src.test.subset(balanced_subset(src.test.labels, int(cfg.test_subset))))
+    return src
+
+
+def build_data(
+    cfg: Any,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+) -> DataBundle:
+    """Build the train/test loaders for `cfg` (a `DataConfig`) on `device`.
+
+    `cfg.batch_size` and `cfg.eval_batch_size` are global: with `world_size` ranks each rank gets positions
+    `rank::world_size` of every global batch (per-rank train batch = batch_size // world_size).
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    world_size, rank = int(world_size), int(rank)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"bad distributed setup: rank={rank}, world_size={world_size}")
+    bs, ebs = int(cfg.batch_size), int(cfg.eval_batch_size)
+    if bs < 1 or ebs < 1:
+        raise ConfigError(f"data.batch_size ({bs}) and data.eval_batch_size ({ebs}) must be >= 1")
+    if bs % world_size:
+        raise ConfigError(
+            f"data.batch_size={bs} (global) is not divisible by world_size={world_size}; "
+            f"use a multiple of {world_size}"
+        )
+    loader_kind = str(cfg.loader)
+    if loader_kind not in LOADERS:
+        raise ConfigError(f"bad value for config key 'data.loader': {loader_kind!r}; valid: {', '.join(LOADERS)}")
+    augment = check_augments(list(cfg.augment or []))
+    if "cutout" in augment and int(cfg.cutout_size) < 1:
+        raise ConfigError(f"data.cutout_size must be >= 1 with cutout, got {cfg.cutout_size}")
+
+    src = load_source(cfg)
+    size = int(cfg.image_size or 0) or src.image_size
+    kind = loader_kind if loader_kind != "auto" else ("device" if src.small else "dataloader")
+    n_train, n_test = len(src.train), len(src.test)
+    if n_train < bs:
+        raise DataError(
+            f"{src.name}: the training set has {n_train} images, fewer than data.batch_size={bs} "
+            "(batches are full, drop_last); lower data.batch_size"
+        )
+    if n_test < 1:
+        raise DataError(f"{src.name}: the test set is empty")
+    common = dict(mean=src.mean, std=src.std, rank=rank, world_size=world_size, channels_last=channels_last)
+
+    if kind == "device":
+        train_split, test_split = src.train.decoded(size), src.test.decoded(size)
+        train_data = DeviceData(train_split.images, train_split.labels, device)  # type: ignore[arg-type]
+        test_data = DeviceData(test_split.images, test_split.labels, device)  # type: ignore[arg-type]
+
+        def make_train(s: int) -> Loader:
+            return DeviceLoader(train_data, batch_size=bs, train=True, seed=s, augment=augment,
+                                cutout_size=int(cfg.cutout_size), out_size=size, **common)
+
+        test = DeviceLoader(test_data, batch_size=ebs, train=False, seed=seed, out_size=size, **common)
+    else:
+        nw = max(0, int(cfg.num_workers))
+        train_ds = SampleDataset(src.train, train_transform(augment, size, src.small),
+                                 int(cfg.cutout_size) if "cutout" in augment else 0)
+        test_ds = SampleDataset(src.test, eval_transform(size, src.small))
+
+        def make_train(s: int) -> Loader:
+            return TorchLoader(train_ds, batch_size=bs, train=True, seed=s, device=device, augment=augment,
+                               num_workers=nw, **common)
+
+        test = TorchLoader(test_ds, batch_size=ebs, train=False, seed=seed, device=device, num_workers=nw, **common)
+
+    return DataBundle(
+        train=make_train(int(seed)),
+        test=test,
+        num_classes=src.num_classes,
+        num_train=n_train,
+        image_size=size,
+        mean=tuple(src.mean),
+        std=tuple(src.std),
+        class_names=list(src.class_names),
+        name=src.name,
+        loader=kind,
+        num_test=n_test,
+        _make_train=make_train,
+    )

@@ -1,0 +1,168 @@
+"""The device-resident loader: a whole split as a uint8 (N,3,H,W) tensor on the training device.
+
+Each epoch draws, from generators seeded by (seed, epoch, stream tag), the global permutation and every
+augmentation parameter for every global position at once; a batch is then a gather of the resident images at
+its indices plus a few batched ops. Ranks draw the same numbers and keep positions `rank::world_size` of each
+global batch, so the union of the ranks' step-k batches is the single-process batch k, augmentation included.
+Nothing touches the global RNGs, and nothing in the per-batch hot path waits for the device.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+
+from .augment import BatchedAutoAugment, crop_flip, resized_crop_flip, sample_rrc_boxes
+from .base import (
+    TAG_AA,
+    TAG_CROP,
+    TAG_CUTOUT,
+    TAG_FLIP,
+    TAG_ORDER,
+    TAG_RRC,
+    Batch,
+    Loader,
+    Normalizer,
+    apply_cutout,
+    cutout_boxes,
+    make_generator,
+    mix_seed,
+)
+
+
+class DeviceData:
+    """One split resident on a device (shared by every loader over it, e.g. `train_loader_for`)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
+        self.images = images.to(device, non_blocking=True).contiguous()
+        self.labels = labels.to(device=device, dtype=torch.long, non_blocking=True)
+        self.device = device
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+class DeviceLoader(Loader):
+    def __init__(
+        self,
+        data: DeviceData,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: tuple[str, ...] = (),
+        cutout_size: int = 16,
+        out_size: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        self.data = data
+        self.device = data.device
+        self.dataset_size = len(data)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._gbs = int(batch_size)
+        self.batch_size = self._gbs // self.world_size if self.train else -(-self._gbs // self.world_size)
+        self.augment = tuple(augment) if self.train else ()
+        self.cutout_size = int(cutout_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.channels_last = channels_last
+        _, _, self.h, self.w = data.images.shape
+        self.out_size = int(out_size or self.h)
+        self._norm = Normalizer(self.mean, self.std, self.device)
+        self._aa = BatchedAutoAugment(self.h, self.w) if "autoaugment" in self.augment else None
+
+    def __len__(self) -> int:
+        return self._num_batches()
+
+    # ----------------------------------------------------------------------------------------------------
+    def _epoch_params(self) -> dict[str, torch.Tensor]:
+        """Everything random about this epoch, indexed by global position (identical on every rank)."""
+        n, dev, e, s = self.dataset_size, self.device, self.epoch, self.seed
+        p: dict[str, torch.Tensor] = {}
+
+        def gen(tag: int) -> torch.Generator:
+            return make_generator(dev, mix_seed(s, e, tag))
+
+        g = gen(TAG_ORDER)
+        p["perm"] = torch.randperm(n, generator=g, device=g.device).to(dev)
+        if "crop" in self.augment:
+            g = gen(TAG_CROP)
+            p["offsets"] = torch.randint(0, 9, (n, 2), generator=g, device=g.device).to(dev)
+        if "rrc" in self.augment:
+            p["boxes"] = sample_rrc_boxes(n, self.h, self.w, gen(TAG_RRC), dev)
+        if "flip" in self.augment:
+            g = gen(TAG_FLIP)
+            p["flips"] = (torch.rand(n, generator=g, device=g.device) < 0.5).to(dev)
+        if "cutout" in self.augment:
+            g = gen(TAG_CUTOUT)
+            cy = torch.randint(0, self.out_size, (n,), generator=g, device=g.device)
+            cx = torch.randint(0, self.out_size, (n,), generator=g, device=g.device)
+            p["cutout"] = cutout_boxes(cy, cx, self.cutout_size, self.out_size, self.out_size).to(dev)
+        return p
+
+    def _aa_plan(self, nb: int, gbs: int) -> tuple[torch.Tensor, list]:
+        """Host-side AutoAugment draws for the epoch, grouped per (rank-local) batch; one upload per epoch."""
+        assert self._aa is not None
+        cpu = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, TAG_AA))
+        keys = self._aa.sample(self.dataset_size, cpu)
+        orders, groups = [], []
+        for k in range(nb):
+            pos = torch.arange(k * gbs + self.rank, (k + 1) * gbs, self.world_size)
+            order, g = self._aa.plan(keys[pos])
+            orders.append(order)
+            groups.append(g)
+        allo = torch.stack(orders) if orders else torch.zeros(0, 2, 0, dtype=torch.long)
+        if self.device.type == "cuda":
+            allo = allo.pin_memory()
+        return allo.to(self.device, non_blocking=True), groups
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.train:
+            yield from self._iter_train()
+        else:
+            yield from self._iter_eval()
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._norm(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _iter_train(self) -> Iterator[Batch]:
+        gbs, r, ws = self._gbs, self.rank, self.world_size
+        nb = len(self)
+        p = self._epoch_params()
+        aa = self._aa_plan(nb, gbs) if self._aa is not None else None
+        images, labels = self.data.images, self.data.labels
+        for k in range(nb):
+            sl = slice(k * gbs + r, (k + 1) * gbs, ws)
+            idx = p["perm"][sl]
+            x = images.index_select(0, idx)
+            if aa is not None:
+                x = self._aa.apply(x, aa[0][k], aa[1][k])  # type: ignore[union-attr]
+            flips = p["flips"][sl] if "flips" in p else None
+            if "boxes" in p:
+                x = resized_crop_flip(x, p["boxes"][sl], flips, self.out_size)
+            elif "offsets" in p or flips is not None:
+                x = crop_flip(x, p["offsets"][sl] if "offsets" in p else None, flips)
+            x = self._norm(x)
+            if "cutout" in p:
+                apply_cutout(x, p["cutout"][sl])
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, labels.index_select(0, idx), idx
+
+    def _iter_eval(self) -> Iterator[Batch]:
+        n, gbs, r, ws = self.dataset_size, self._gbs, self.rank, self.world_size
+        images, labels = self.data.images, self.data.labels
+        for start in range(0, n, gbs):
+            end = min(start + gbs, n)
+            if start + r >= end:
+                continue
+            idx = torch.arange(start + r, end, ws, device=self.device)
+            yield self._finish(images.index_select(0, idx)), labels.index_select(0, idx), idx
