@@ -1,0 +1,242 @@
+"""Typed run configuration: dataclasses merged from YAML + dotted overrides with OmegaConf.
+
+The schema is the single source of truth for every knob a run has. `load_config` validates keys and types
+(unknown keys and wrong types are `ConfigError`s naming the key). The `method` section is typed per method:
+its schema comes from the method registry (see `tfdistill.methods`), so `method.tfd.alpha=0.01` is checked
+against `TFDParams` and a typo is an error, not a silently ignored argument.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    """Dataset: cifar10 | cifar100 | imagefolder | digits | synthetic (see `tfdistill.data`)."""
+    root: str = "data"
+    """Where the dataset lives (torchvision CIFAR folder, or an ImageFolder root with train/ and val/ or test/)."""
+    download: bool = False
+    """Let torchvision download CIFAR when the files are missing (off by default: runs are offline)."""
+    loader: str = "auto"
+    """auto | device | dataloader. `device`: uint8 tensors resident on the training device, batched augmentation;
+    `dataloader`: torch DataLoader with workers + torchvision transforms; `auto`: device for small datasets."""
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    num_workers: int = 4
+    augment: list[str] = field(default_factory=lambda: ["crop", "flip"])
+    """Training augmentations in order. CIFAR-style: crop (reflect-pad 4 + random 32x32 crop), flip, cutout,
+    autoaugment (torchvision's CIFAR10 policy). ImageNet-style (dataloader path): rrc (RandomResizedCrop), flip."""
+    cutout_size: int = 16
+    image_size: int = 0
+    """Training/eval resolution for image folders (0 = dataset default: 32 for CIFAR-sized data, 224 otherwise)."""
+    train_subset: int = 0
+    """Use only this many training images (class-balanced, chosen with a fixed seed, the same for every run); 0 = all."""
+    test_subset: int = 0
+    synthetic_train: int = 512
+    synthetic_test: int = 256
+    synthetic_classes: int = 10
+    synthetic_size: int = 32
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    num_classes: int = 0
+    """0 = take it from the dataset."""
+    taps: Any = "auto"
+    """Feature taps for feature-based methods: "auto" or a list of module names, shallow to deep."""
+    dropout: float = 0.0
+    """Dropout before the classifier (zoo models)."""
+    dropblock_prob: float = 0.0
+    """DropBlock (Ghiasi et al., 2018) drop probability on the output of the tapped stages chosen by
+    `dropblock_stages` (0 = off); ramped linearly from 0 over training as in the paper."""
+    dropblock_size: int = 5
+    dropblock_stages: list[int] = field(default_factory=lambda: [-1])
+    """Indices into the model's auto-discovered stages (default: the last stage)."""
+    kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments for the model constructor."""
+    init_checkpoint: str = ""
+    """Optional weights to start from (a tfdistill checkpoint or a plain state_dict file)."""
+
+
+@dataclass
+class TeacherConfig:
+    model: str = ""
+    """Teacher architecture ('' = no teacher)."""
+    checkpoint: str = ""
+    """A tfdistill checkpoint (best.pt/last.pt) or a plain state_dict file."""
+    taps: Any = "auto"
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"
+    """multistep | cosine | constant."""
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    """Linear warm-up from lr * warmup_factor over this many epochs (per step)."""
+    warmup_factor: float = 0.1
+    min_lr: float = 0.0
+    """Floor of the cosine schedule."""
+
+
+@dataclass
+class EngineConfig:
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler)."""
+    channels_last: bool = False
+    compile: bool = False
+    """torch.compile the train step (falls back to eager where compilation is unavailable)."""
+    cuda_graphs: bool = False
+    """Capture the whole fixed-shape train step in a CUDA graph (GPU only; ignored on CPU with a warning)."""
+    deterministic: bool = False
+    eval_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    """Write TensorBoard events when the tensorboard package is installed."""
+    max_steps_per_epoch: int = 0
+    """Cap on train steps per epoch (0 = no cap); for smoke tests and benchmarks."""
+
+
+@dataclass
+class Config:
+    name: str = ""
+    """Run name: the run directory is `<out_dir>/<name>`. Empty = derived from model, method and seed."""
+    out_dir: str = "runs"
+    seed: int = 0
+    seeds: Optional[list[int]] = None
+    """Several seeds trained in one process as one batched model (same recipe); each gets its own run dir."""
+    epochs: int = 240
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    method: Any = field(default_factory=lambda: {"name": "ce"})
+    """Method section; its schema is the method's params dataclass (see `tfdistill.methods`)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+def _fail(exc: Exception, where: str = "") -> ConfigError:
+    """Turn an OmegaConf exception into a one-line ConfigError that names the key."""
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None) or ""
+        msg = str(exc).splitlines()[0]
+        if "not in struct" in msg or "Key '" in msg and "not in" in msg or "ConfigKeyError" in type(exc).__name__:
+            return ConfigError(f"unknown config key {key!r}{where}")
+        if key:
+            return ConfigError(f"bad value for config key {key!r}{where}: {msg}")
+        return ConfigError(f"{msg}{where}")
+    return ConfigError(f"{exc}{where}")
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    from .recipes import resolve_recipe
+
+    p = resolve_recipe(str(path))
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (nor a recipe of that name; see `tfdistill recipes`)")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as exc:  # yaml.YAMLError and friends
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"malformed YAML in {p}: {first}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"malformed config {p}: the top level must be a mapping, not a list")
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    for o in overrides:
+        if "=" not in o or o.startswith("="):
+            raise ConfigError(f"bad override {o!r}: expected key=value, e.g. optim.lr=0.1")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except Exception as exc:
+        raise ConfigError(f"bad override in {overrides}: {str(exc).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + dotted overrides -> validated `Config` (a typed DictConfig behaving like one)."""
+    raw = read_yaml(path) if path else OmegaConf.create({})
+    if overrides:
+        raw = OmegaConf.merge(raw, parse_overrides(overrides))
+    return build_config(raw)
+
+
+def build_config(raw: DictConfig | dict) -> Config:
+    """Validate a raw mapping against the schema, including the per-method schema."""
+    from .methods import method_schema  # late import: methods import config types
+
+    raw = OmegaConf.create(raw) if not isinstance(raw, DictConfig) else raw
+    method_raw = raw.get("method", None)
+    if method_raw is None:
+        method_raw = OmegaConf.create({"name": "ce"})
+    elif isinstance(method_raw, str):
+        method_raw = OmegaConf.create({"name": method_raw})
+    if not isinstance(method_raw, DictConfig) or "name" not in method_raw:
+        raise ConfigError("config key 'method' must be a mapping with a 'name' (e.g. method.name=tfd)")
+    method_name = str(method_raw.name)
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_struct(schema, False)
+    schema.method = OmegaConf.structured(method_schema(method_name))
+    OmegaConf.set_struct(schema, True)
+    body = OmegaConf.masked_copy(raw, [k for k in raw.keys() if k != "method"]) if "method" in raw else raw
+    try:
+        cfg = OmegaConf.merge(schema, body)
+        cfg.method = OmegaConf.merge(schema.method, method_raw)
+    except OmegaConfBaseException as exc:
+        raise _fail(exc) from None
+    _check(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def _check(cfg: Any) -> None:
+    choices = {
+        "engine.precision": (cfg.engine.precision, ("fp32", "bf16", "fp16")),
+        "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "constant")),
+        "optim.name": (cfg.optim.name, ("sgd",)),
+        "data.loader": (cfg.data.loader, ("auto", "device", "dataloader")),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise ConfigError(f"bad value for config key {key!r}: {value!r}; valid: {', '.join(valid)}")
+    if cfg.epochs < 1:
+        raise ConfigError(f"bad value for config key 'epochs': {cfg.epochs}; must be >= 1")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"bad value for config key 'data.batch_size': {cfg.data.batch_size}; must be >= 1")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"bad value for config key 'optim.lr': {cfg.optim.lr}; must be > 0")
+    taps = cfg.model.taps
+    if not (taps == "auto" or isinstance(taps, (list, ListConfig))):
+        raise ConfigError(f"bad value for config key 'model.taps': {taps!r}; valid: 'auto' or a list of module names")
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,110 @@
+"""Checkpoint I/O: atomic writes, ``weights_only=True`` loads, clear errors."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; missing/corrupt files raise :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, truncated files, disallowed globals
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {reason[:200]}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(obj).__name__})")
+    return obj
+
+
+def model_state(obj: dict, path: str | Path) -> dict:
+    """The model state_dict inside a tfdistill checkpoint, or ``obj`` itself if it is a plain state_dict."""
+    if "model" in obj and isinstance(obj["model"], dict):
+        return obj["model"]
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj["state_dict"]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise CheckpointError(f"{path} is neither a tfdistill checkpoint nor a state_dict")
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, what: str = "model") -> dict:
+    """Load weights into ``model`` strictly, explaining mismatches (classes, architecture) in one line."""
+    obj = load_checkpoint(path)
+    state = model_state(obj, path)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        arch = ""
+        cfg = obj.get("config_yaml")
+        if isinstance(cfg, str):
+            arch = f" (the checkpoint was trained as {_model_name(cfg)!r})"
+        raise CheckpointError(
+            f"{what} checkpoint {path} does not match the {type(model).__name__} architecture{arch}: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            hint = ""
+            if k.endswith(("fc.weight", "fc.bias", "classifier.weight", "linear.weight")):
+                hint = f": it was trained for {state[k].shape[0]} classes, this run has {v.shape[0]}"
+            raise CheckpointError(f"{what} checkpoint {path} does not match: {k} has shape "
+                                  f"{tuple(state[k].shape)} there, {tuple(v.shape)} here{hint}")
+    model.load_state_dict(state, strict=True)
+    return obj
+
+
+def _model_name(config_yaml: str) -> str:
+    from omegaconf import OmegaConf
+
+    try:
+        return str(OmegaConf.create(config_yaml).model.name)
+    except Exception:
+        return "?"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

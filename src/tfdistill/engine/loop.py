@@ -1,0 +1,547 @@
+"""The training loop: config -> data, student (+ teacher), method, optimizer -> epochs -> run directory.
+
+Read top to bottom: :func:`train` builds a :class:`Trainer`; :meth:`Trainer.fit` runs pre-stages (if the method
+has any), then epochs of :meth:`Trainer.train_epoch` + :func:`evaluate`, writing ``metrics.jsonl`` and
+checkpoints after every epoch and ``summary.json`` at the end. The engine knows the :class:`Method` interface
+and nothing else about methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import to_dict, to_yaml
+from ..data import build_data
+from ..errors import CheckpointError, ConfigError, DivergenceError
+from ..methods import Method, build_method
+from ..methods.base import PreStage
+from ..models import create_model
+from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_atomic, set_rng_state
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, setup_distributed
+from .rundir import RunDir, device_name, git_commit
+from .schedule import StepLR
+
+CHECKPOINT_FORMAT = "tfdistill/1"
+
+# Config keys that may differ between a run and its resumption (they do not change the computation).
+RESUME_FREE_KEYS = {"name", "out_dir", "engine.progress", "engine.tensorboard", "engine.device",
+                    "data.num_workers", "data.root", "data.download", "teacher.checkpoint"}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
+    spec = str(spec)
+    if spec == "auto":
+        if torch.cuda.is_available():
+            spec = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            spec = "mps"
+        else:
+            spec = "cpu"
+    if spec == "cuda" and info is not None and info.enabled:
+        spec = f"cuda:{info.local_rank}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"bad value for config key 'engine.device': {spec!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("engine.device asks for CUDA, but no CUDA device is available; use engine.device=cpu")
+    return device
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_run_name(cfg: Any, seed: int | None = None) -> str:
+    s = cfg.seed if seed is None else seed
+    return f"{cfg.data.name}_{cfg.model.name}_{str(cfg.method.name).replace('+', '-')}_s{s}"
+
+
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_keys(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(a: dict, b: dict, ignore: set[str] = RESUME_FREE_KEYS) -> list[str]:
+    fa, fb = flat_keys(a), flat_keys(b)
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
+
+
+def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module | None:
+    t = cfg.teacher
+    if not t.model:
+        if t.checkpoint:
+            raise ConfigError("teacher.checkpoint is set but teacher.model is empty; set teacher.model too")
+        return None
+    if not t.checkpoint:
+        raise ConfigError(f"teacher.model={t.model} needs teacher.checkpoint (e.g. runs/<teacher run>/best.pt)")
+    teacher = create_model(t.model, num_classes=num_classes, **dict(t.kwargs))
+    load_model_weights(teacher, t.checkpoint, what="teacher")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", device: torch.device | None = None,
+             info: DistInfo = DistInfo(), max_batches: int = 0) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (reduced across ranks)."""
+    was = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
+    for b, (x, y, _) in enumerate(loader):
+        if max_batches and b >= max_batches:
+            break
+        with autocast_for(precision, device):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(y.view(-1, 1))
+        stats += torch.stack([hit[:, :1].sum(), hit.sum(), F.cross_entropy(logits, y, reduction="sum"),
+                              torch.tensor(float(y.numel()), device=device)]).to(stats.dtype)
+    all_reduce_sum(stats, info)
+    model.train(was)
+    c1, c5, loss, n = stats.tolist()
+    n = max(n, 1.0)
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(n)}
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: Any, *, resume: bool = False, overwrite: bool = False,
+                 echo: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.info = setup_distributed(cfg.engine.device)
+        self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
+        # Progress bars on an interactive terminal; in logs and CI the per-epoch lines carry the progress.
+        self.show_bars = bool(cfg.engine.progress) and sys.stdout.isatty()
+        self.device = resolve_device(cfg.engine.device, self.info)
+        self.name = cfg.name or default_run_name(cfg)
+        self.run = RunDir(Path(cfg.out_dir) / self.name)
+        do_resume = self.run.prepare(resume=resume, overwrite=overwrite) if self.info.is_main else False
+        do_resume = broadcast_object(do_resume, self.info)
+        barrier(self.info)
+        self.started = time.time()
+        self.show_bars = self.show_bars and self.info.is_main
+
+        seed = int(cfg.seed)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        if cfg.engine.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.channels_last = bool(cfg.engine.channels_last)
+        self.data = build_data(cfg.data, self.device, seed=seed, rank=self.info.rank,
+                               world_size=self.info.world_size, channels_last=self.channels_last)
+        num_classes = cfg.model.num_classes or self.data.num_classes
+        if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
+            raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
+                              f"{self.data.num_classes} classes; leave model.num_classes=0 to follow the data")
+        self.num_classes = num_classes
+
+        kwargs = dict(cfg.model.kwargs)
+        if cfg.model.dropout:
+            kwargs["dropout"] = cfg.model.dropout
+        self.student = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
+        if cfg.model.init_checkpoint:
+            load_model_weights(self.student, cfg.model.init_checkpoint, what="model.init_checkpoint")
+        mf = torch.channels_last if self.channels_last else torch.preserve_format
+        self.student.to(self.device, memory_format=mf)
+        self.teacher = build_teacher(cfg, num_classes, self.device)
+        if self.teacher is not None:
+            self.teacher.to(memory_format=mf)
+
+        example = self._example_batch()
+        self.method: Method = build_method(
+            self.student, cfg.method, example=example, num_classes=num_classes, num_train=self.data.num_train,
+            epochs=int(cfg.epochs), teacher=self.teacher, student_taps=_taps(cfg.model.taps),
+            teacher_taps=_taps(cfg.teacher.taps))
+        self.dropblock = self._attach_dropblock(example)
+
+        self.params = list(self.student.parameters()) + self.method.extra_parameters()
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                         weight_decay=o.weight_decay)
+        self.steps_per_epoch = len(self.data.train)
+        if cfg.engine.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, int(cfg.engine.max_steps_per_epoch))
+        self.sched = StepLR(self.optimizer, o.lr, epochs=int(cfg.epochs), steps_per_epoch=self.steps_per_epoch,
+                            schedule=cfg.schedule)
+        self.precision = cfg.engine.precision
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.model: nn.Module = self._wrap(self.method)
+
+        self.epoch = 0  # epochs completed
+        self.best_top1 = -1.0
+        self.best_epoch = 0
+        self.pre_done = False
+        self.resumed_from = None
+        if do_resume:
+            self._load_resume()
+        elif self.info.is_main:
+            self.run.config.write_text(to_yaml(cfg))
+        self.tb = self._tensorboard()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _example_batch(self) -> Tensor:
+        for x, _, _ in self.data.test:
+            return x[: min(8, x.shape[0])]
+        raise ConfigError(f"dataset {self.cfg.data.name!r} has an empty test split")
+
+    def _attach_dropblock(self, example: Tensor):
+        m = self.cfg.model
+        if not m.dropblock_prob:
+            return None
+        from ..features import find_stages
+        from ..regularizers import attach_dropblock
+
+        stages = find_stages(self.student, example)
+        try:
+            names = [stages[i] for i in m.dropblock_stages]
+        except IndexError:
+            raise ConfigError(f"model.dropblock_stages {list(m.dropblock_stages)} out of range for the "
+                              f"{len(stages)} stages {stages}") from None
+        return attach_dropblock(self.student, names, m.dropblock_prob, m.dropblock_size)
+
+    def _wrap(self, method: Method) -> nn.Module:
+        if not self.info.enabled:
+            return method
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Components may own modules that only a pre-stage trains (AB connectors, FT paraphraser).
+        unused = bool(method.extra_parameters())
+        return DDP(method, device_ids=ids, find_unused_parameters=unused)
+
+    def _tensorboard(self):
+        if not (self.cfg.engine.tensorboard and self.info.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed
+            return None
+        return SummaryWriter(str(self.run.path / "tb"))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.student.state_dict(),
+            "method": self.method.distillers.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sched": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "pre_done": self.pre_done,
+            "rng": rng_state(),
+            "config_yaml": to_yaml(self.cfg),
+            "meta": {"tfdistill": __version__, "torch": str(torch.__version__), "num_classes": self.num_classes,
+                     "model": self.cfg.model.name, "method": self.cfg.method.name},
+        }
+
+    def save(self, best: bool) -> None:
+        if not self.info.is_main:
+            return
+        state = self.state()
+        save_atomic(state, self.run.last)
+        if best:
+            keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
+            save_atomic({k: state[k] for k in keep}, self.run.best)
+
+    def _load_resume(self) -> None:
+        from omegaconf import OmegaConf
+
+        ckpt = load_checkpoint(self.run.last, map_location=self.device)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
+            raise CheckpointError(f"{self.run.last} is not a resumable tfdistill checkpoint")
+        stored = OmegaConf.to_container(OmegaConf.create(ckpt["config_yaml"]))
+        diff = config_diff(stored, to_dict(self.cfg))
+        if diff:
+            raise CheckpointError(f"cannot resume {self.run.path}: the config differs from the checkpoint's at "
+                                  f"{', '.join(diff[:8])}")
+        try:
+            self.student.load_state_dict(ckpt["model"])
+            self.method.distillers.load_state_dict(ckpt["method"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {self.run.last} does not match this run: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+        self.sched.load_state_dict(ckpt["sched"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch = int(ckpt["epoch"])
+        self.best_top1 = float(ckpt["best_top1"])
+        self.best_epoch = int(ckpt["best_epoch"])
+        self.pre_done = bool(ckpt.get("pre_done", True))
+        set_rng_state(ckpt["rng"])
+        self.resumed_from = self.epoch
+        done = [r for r in self.run.read_metrics() if r.get("epoch", 0) <= self.epoch]
+        if done and isinstance(done[-1].get("time"), (int, float)):
+            self.started = time.time() - float(done[-1]["time"])  # wall time counts the earlier session too
+        if self.info.is_main:
+            self.run.truncate_metrics(self.epoch)
+            self.run.log_line(f"resumed after epoch {self.epoch}")
+
+    # ------------------------------------------------------------------ training
+    def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """One optimizer step; returns (loss, logits, terms) without synchronising with the host."""
+        with autocast_for(self.precision, self.device):
+            logits, terms = self.model(x, y, idx)
+        loss = torch.stack([v.float() for v in terms.values()]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits, terms
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        self.model.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.method.on_epoch_start(epoch)
+        if self.dropblock is not None:
+            self.dropblock.set_progress(epoch / max(1, self.cfg.epochs))
+        loader = self.data.train
+        loader.set_epoch(epoch)
+        total = self.steps_per_epoch
+        sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        bad = torch.zeros((), device=self.device, dtype=torch.bool)
+        seen = 0
+        t0 = time.time()
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not self.show_bars, file=sys.stdout)
+        shown = t0
+        for step, (x, y, idx) in enumerate(loader):
+            if step >= total:
+                break
+            self.sched.apply()
+            loss, logits, terms = self.step(x, y, idx)
+            self.sched.step()
+            n = y.shape[0]
+            with torch.no_grad():
+                bad |= ~torch.isfinite(loss)
+                correct += (logits.argmax(1) == y).sum()
+                for k, v in (("loss", loss), *terms.items()):
+                    acc = sums.get(k)
+                    sums[k] = v.detach().double() * n if acc is None else acc + v.detach().double() * n
+            seen += n
+            bar.update(1)
+            now = time.time()
+            if now - shown > 0.5 or step == total - 1:
+                shown = now
+                if bool(bad):
+                    self._diverged(epoch, sums)
+                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+        bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.time() - t0
+        keys = list(sums)
+        packed = torch.stack([sums[k] for k in keys] + [correct, torch.tensor(float(seen), device=self.device,
+                                                                                dtype=torch.float64), bad.double()])
+        all_reduce_sum(packed, self.info)
+        vals = packed.tolist()
+        count = max(vals[-2], 1.0)
+        if vals[-1] > 0 or not all(math.isfinite(v) for v in vals[:-1]):
+            self._diverged(epoch, dict(zip(keys, packed)))
+        return {
+            "loss": vals[0] / count,
+            "terms": {k: v / count for k, v in zip(keys[1:], vals[1:len(keys)])},
+            "train_acc": 100.0 * vals[len(keys)] / count,
+            "epoch_seconds": seconds,
+            "images_per_sec": count / seconds if seconds > 0 else float("nan"),
+        }
+
+    def _diverged(self, epoch: int, sums: dict[str, Tensor]) -> None:
+        which = [k for k, v in sums.items() if k != "loss" and not math.isfinite(float(v))]
+        where = f" (non-finite term: {', '.join(which)})" if which else ""
+        keep = (f"the last good checkpoint is {self.run.last} (after epoch {self.epoch})" if self.run.last.exists()
+                else "no checkpoint was written yet")
+        raise DivergenceError(f"loss became NaN/inf in epoch {epoch + 1}{where}; stopped, {keep}")
+
+    def run_pre_stage(self, stage: PreStage) -> None:
+        params = [p for m in stage.modules for p in m.parameters() if p.requires_grad]
+        o = self.cfg.optim
+        opt = torch.optim.SGD(params, lr=stage.lr or o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                              weight_decay=o.weight_decay)
+        self.method.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+        for e in range(stage.epochs):
+            self.data.train.set_epoch(-1 - e)  # its own data order, distinct from the main epochs'
+            t0, tot, n = time.time(), 0.0, 0
+            bar = tqdm(total=self.steps_per_epoch, desc=f"{stage.name} {e + 1}/{stage.epochs}", leave=False,
+                       disable=not self.show_bars, file=sys.stdout)
+            for step, (x, y, idx) in enumerate(self.data.train):
+                if step >= self.steps_per_epoch:
+                    break
+                with autocast_for(self.precision, self.device):
+                    terms = stage.loss(self.method.outputs(x, y, idx))
+                loss = torch.stack([v.float() for v in terms.values()]).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.info.enabled:
+                    for p in params:
+                        if p.grad is not None:
+                            all_reduce_sum(p.grad, self.info).div_(self.info.world_size)
+                opt.step()
+                tot += loss.detach()
+                n += 1
+                bar.update(1)
+            bar.close()
+            for p in self.params:  # gradients that leaked into other parameters must not reach the main stage
+                p.grad = None
+            mean = float(tot) / max(n, 1)
+            if not math.isfinite(mean):
+                raise DivergenceError(f"loss became NaN/inf in pre-stage {stage.name!r} epoch {e + 1}")
+            self._log(f"pre-stage {stage.name} {e + 1}/{stage.epochs}  loss {mean:.4f}  {time.time() - t0:.1f}s")
+
+    def _log(self, line: str) -> None:
+        if self.info.is_main:
+            self.echo(line)
+            self.run.log_line(line)
+
+    def fit(self) -> RunResult:
+        cfg = self.cfg
+        if self.resumed_from is not None and self.epoch >= cfg.epochs and self.run.finished():
+            self._log(f"{self.run.path} already finished; nothing to resume")
+            return RunResult(self.run.path, json.loads(self.run.summary.read_text()))
+        if self.info.is_main and self.resumed_from is None:
+            self._log(f"run {self.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
+                      f"({self.data.num_train} train images, {self.num_classes} classes), {cfg.epochs} epochs, "
+                      f"device {device_name(self.device)}, world size {self.info.world_size}")
+        elif self.resumed_from is not None:
+            self._log(f"resuming {self.run.path} after epoch {self.resumed_from}/{cfg.epochs}")
+        if not self.pre_done:
+            for stage in self.method.pre_stages():
+                self.run_pre_stage(stage)
+            self.pre_done = True
+        t_run = time.time()
+        first = self.epoch
+        last_eval: dict[str, float] = {}
+        for epoch in range(self.epoch, int(cfg.epochs)):
+            lr = self.sched.lr()
+            train = self.train_epoch(epoch)
+            final = epoch + 1 == cfg.epochs
+            if final or (epoch + 1) % max(1, cfg.engine.eval_every) == 0:
+                last_eval = evaluate(self.student, self.data.test, precision=self.precision, device=self.device,
+                                     info=self.info)
+            improved = bool(last_eval) and last_eval["top1"] > self.best_top1
+            if improved:
+                self.best_top1, self.best_epoch = last_eval["top1"], epoch + 1
+            self.epoch = epoch + 1
+            row = {"epoch": epoch + 1, "lr": lr, **train,
+                   "test_top1": last_eval.get("top1"), "test_top5": last_eval.get("top5"),
+                   "test_loss": last_eval.get("loss"), "best_top1": self.best_top1,
+                   "time": time.time() - self.started}
+            if self.info.is_main:
+                self.run.append_metrics(row)
+                self._tb_write(row)
+            self.save(best=improved)
+            done = epoch + 1 - first
+            eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
+            self._log(
+                f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  loss {train['loss']:.4f}  train {train['train_acc']:.2f}%"
+                f"  test {last_eval.get('top1', float('nan')):.2f}% (best {self.best_top1:.2f}% @{self.best_epoch})"
+                f"  {train['epoch_seconds']:.1f}s  {train['images_per_sec']:.0f} img/s  ETA {_hms(eta)}")
+        if not last_eval:  # killed after the last checkpoint, before the summary was written
+            last_eval = evaluate(self.student, self.data.test, precision=self.precision, device=self.device,
+                                 info=self.info)
+        summary = self._summary(last_eval)
+        if self.info.is_main:
+            self.run.write_summary(summary)
+            self._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
+                      f"last {summary['last_top1']:.2f}%  -> {self.run.path}")
+        if self.tb is not None:
+            self.tb.close()
+        barrier(self.info)
+        return RunResult(self.run.path, summary)
+
+    def _tb_write(self, row: dict) -> None:
+        if self.tb is None:
+            return
+        step = row["epoch"]
+        for k, v in flat_keys(row).items():
+            if k != "epoch" and isinstance(v, (int, float)) and v is not None:
+                self.tb.add_scalar(k.replace(".", "/"), v, step)
+
+    def _summary(self, last_eval: dict) -> dict:
+        rows = self.run.read_metrics() if self.info.is_main else []
+        speeds = [r["images_per_sec"] for r in rows if isinstance(r.get("images_per_sec"), (int, float))]
+        cfg = self.cfg
+        return {
+            "status": "finished",
+            "name": self.name,
+            "model": cfg.model.name,
+            "method": cfg.method.name,
+            "dataset": cfg.data.name,
+            "seed": int(cfg.seed),
+            "epochs": int(cfg.epochs),
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "last_top1": last_eval.get("top1"),
+            "last_top5": last_eval.get("top5"),
+            "last_test_loss": last_eval.get("loss"),
+            "params": sum(p.numel() for p in self.student.parameters()),
+            "wall_seconds": time.time() - self.started,
+            "images_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "device": device_name(self.device),
+            "world_size": self.info.world_size,
+            "precision": self.precision,
+            "torch": str(torch.__version__),
+            "tfdistill": __version__,
+            "git_commit": git_commit(),
+            "resumed_from_epoch": self.resumed_from,
+            "method_info": self.method.describe(),
+        }
+
+
+def _taps(taps: Any) -> Any:
+    return taps if isinstance(taps, str) else [str(t) for t in taps]
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
+          echo: Callable[[str], None] | None = None) -> RunResult:
+    """Train one run described by ``cfg`` (see :mod:`tfdistill.config`); returns its directory and summary."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()

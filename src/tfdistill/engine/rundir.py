@@ -1,0 +1,135 @@
+"""The run directory: the contract between the engine, sweeps and reports.
+
+``<out_dir>/<name>/``: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON object per epoch),
+``summary.json`` (final figures + provenance; its existence means "finished"), ``last.pt``, ``best.pt``,
+``train.log`` (the epoch lines), optional TensorBoard events under ``tb/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import RunDirError
+
+MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt")
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # --------------------------------------------------------------- paths
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    last = property(lambda self: self.path / "last.pt")
+    best = property(lambda self: self.path / "best.pt")
+    log = property(lambda self: self.path / "train.log")
+
+    def is_run_dir(self) -> bool:
+        return any((self.path / m).exists() for m in MARKERS)
+
+    def finished(self) -> bool:
+        return self.summary.is_file()
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> bool:
+        """Create the folder. Returns True when an interrupted run should be resumed from ``last.pt``."""
+        p = self.path
+        if resume and overwrite:
+            raise RunDirError("--resume and --overwrite exclude each other")
+        if p.exists() and not p.is_dir():
+            raise RunDirError(f"run directory {p} exists and is not a directory")
+        exists = p.is_dir() and any(p.iterdir())
+        if exists and resume:
+            if self.last.is_file():
+                return True
+            if self.is_run_dir():
+                raise RunDirError(f"nothing to resume in {p}: it has no last.pt; use --overwrite to start over")
+            raise RunDirError(f"{p} is not a tfdistill run directory; choose another run name")
+        if exists and overwrite:
+            if not self.is_run_dir():
+                raise RunDirError(f"refusing to --overwrite {p}: it is not a tfdistill run directory")
+            shutil.rmtree(p)
+        elif exists:
+            raise RunDirError(f"run directory {p} already exists; pass --resume to continue it or --overwrite "
+                              f"to replace it (or choose another name=...)")
+        p.mkdir(parents=True, exist_ok=True)
+        return False
+
+    # --------------------------------------------------------------- writing
+    def write_text_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.metrics, "a") as fh:
+            fh.write(json.dumps(_jsonable(row)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        rows = []
+        for line in self.metrics.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a torn last line after a kill
+                    break
+        return rows
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """Keep the metrics of epochs 1..epochs_done (a resumed run redoes anything later)."""
+        rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]
+        self.write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_summary(self, summary: dict) -> None:
+        self.write_text_atomic(self.summary, json.dumps(_jsonable(summary), indent=2) + "\n")
+
+    def log_line(self, line: str) -> None:
+        with open(self.log, "a") as fh:
+            fh.write(line + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    return obj
+
+
+def git_commit() -> str:
+    """Commit of the tfdistill source tree ('+dirty' when modified), or 'unknown'."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -1,0 +1,40 @@
+"""Evaluate a checkpoint written by ``tfdistill train`` on its (or another) dataset's test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .config import build_config, parse_overrides
+from .data import build_data
+from .engine.checkpoint import load_checkpoint, load_model_weights
+from .engine.loop import evaluate, resolve_device
+from .errors import CheckpointError, ConfigError
+from .models import create_model
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, device: str = "auto") -> dict[str, Any]:
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("config_yaml"), str) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a tfdistill checkpoint (no stored config); it cannot be evaluated alone")
+    raw = OmegaConf.create(ckpt["config_yaml"])
+    if overrides:
+        raw = OmegaConf.merge(raw, parse_overrides(overrides))
+    cfg = build_config(raw)
+    dev = resolve_device(device)
+    data = build_data(cfg.data, dev, seed=int(cfg.seed), channels_last=bool(cfg.engine.channels_last))
+    num_classes = int(ckpt.get("meta", {}).get("num_classes", cfg.model.num_classes or data.num_classes))
+    if num_classes != data.num_classes:
+        raise ConfigError(f"the checkpoint's model has {num_classes} classes but dataset {cfg.data.name!r} has "
+                          f"{data.num_classes}")
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.dropout:
+        kwargs["dropout"] = cfg.model.dropout
+    model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
+    load_model_weights(model, path)
+    model.to(dev)
+    res = evaluate(model, data.test, precision=cfg.engine.precision, device=dev)
+    return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.name,
+            "epoch": ckpt.get("epoch"), **res}

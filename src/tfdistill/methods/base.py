@@ -1,0 +1,125 @@
+"""The method interface: what the engine trains with.
+
+The engine knows exactly one thing about methods: a :class:`Method` maps a batch to ``(logits, terms)``, where
+``terms`` is a dict of named, already weighted loss terms that the engine sums, logs and backpropagates. A Method
+is assembled from a *preset* (registered name) out of zero or more :class:`Distiller` components -- the plug-in
+units (TFD, KD, FitNets, CRD, ...). Combinations such as ``tfd+kd`` are just several components sharing one
+forward pass of the student (and teacher); no component knows about another.
+
+Writing a new method:
+
+>>> @register_distiller("mine")
+... class Mine(Distiller):
+...     @dataclass
+...     class Params:
+...         weight: float = 1.0
+...     uses = Uses(student_feats=True)
+...     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
+...         return {"mine": self.params.weight * my_loss(out.feats_s)}
+>>> register_preset("mine", ["mine"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Uses:
+    """What a component needs from the forward pass."""
+
+    teacher: bool = False
+    student_feats: bool = False
+    teacher_feats: bool = False
+    embedding: bool = False
+    """Penultimate (pooled) features of the student and, with a teacher, of the teacher."""
+
+    def __or__(self, other: "Uses") -> "Uses":
+        return Uses(*(a or b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[bool, ...]:
+        return (self.teacher, self.student_feats, self.teacher_feats, self.embedding)
+
+
+@dataclass
+class FeatureInfo:
+    """Shapes seen on an example batch, so components can size their modules at construction time."""
+
+    names: list[str]
+    shapes: list[tuple[int, int, int]]
+    """(C, H, W) of each tapped feature map, shallow to deep."""
+    embedding_dim: int = 0
+
+
+@dataclass
+class BuildContext:
+    """Everything a component may need to construct itself."""
+
+    num_classes: int
+    num_train: int
+    epochs: int
+    student: FeatureInfo | None = None
+    teacher: FeatureInfo | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    student_model: nn.Module | None = None
+    """The student network itself (e.g. for a pre-stage that trains part of it). Do not register it as a
+    submodule of a component: the Method owns it."""
+
+
+@dataclass
+class StepOutputs:
+    """One forward pass, as the components see it."""
+
+    images: Tensor
+    targets: Tensor
+    index: Optional[Tensor]
+    logits_s: Tensor
+    feats_s: list[Tensor] = field(default_factory=list)
+    emb_s: Optional[Tensor] = None
+    logits_t: Optional[Tensor] = None
+    feats_t: list[Tensor] = field(default_factory=list)
+    emb_t: Optional[Tensor] = None
+
+
+@dataclass
+class PreStage:
+    """A training stage that runs before the main one (FitNets hint training, AB initialisation, FT paraphraser).
+
+    The engine trains ``modules`` (their parameters only) for ``epochs`` epochs with the run's optimizer settings,
+    minimising the sum of ``loss(out)`` terms; ``out`` comes from the same forward pass as the main stage.
+    """
+
+    name: str
+    epochs: int
+    modules: Sequence[nn.Module]
+    loss: Callable[[StepOutputs], dict[str, Tensor]]
+    lr: Optional[float] = None
+    """Learning rate (None: the run's optim.lr)."""
+
+
+class Distiller(nn.Module):
+    """A plug-in loss component. Subclasses define ``Params`` (a dataclass), ``uses`` and :meth:`terms`.
+
+    Parameters/buffers of a component (regressors, embeddings, memory banks) are trained and checkpointed by
+    the engine along with the student.
+    """
+
+    Params: ClassVar[type] = object
+    uses: ClassVar[Uses] = Uses()
+
+    def __init__(self, params: Any, ctx: BuildContext) -> None:
+        super().__init__()
+        self.params = params
+
+    def terms(self, out: StepOutputs) -> dict[str, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the engine before each epoch (0-based); update schedules here, as tensors in place."""
+
+    def pre_stages(self) -> list[PreStage]:
+        return []

@@ -1,0 +1,168 @@
+"""The engine-facing :class:`Method`: one forward pass of student (and frozen teacher), components' terms."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..features import FeatureTap
+from . import DISTILLERS, method_uses, resolve_preset
+from .base import BuildContext, Distiller, FeatureInfo, PreStage, StepOutputs, Uses
+
+
+class Method(nn.Module):
+    """Student (+ frozen teacher) forward pass and the sum of named loss terms.
+
+    ``forward(images, targets, index=None) -> (logits, terms)``: ``terms`` holds the weighted cross-entropy
+    (``"ce"``) and every component's weighted terms; the engine sums them. The student and the components'
+    modules are submodules (trained, checkpointed, wrapped for data parallelism); the teacher is deliberately
+    *not* a submodule: it is frozen, kept in eval mode, run under ``no_grad`` and never handed to an optimizer
+    or a DDP wrapper.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        params: Any,
+        distillers: dict[str, Distiller],
+        *,
+        uses: Uses,
+        teacher: nn.Module | None = None,
+        student_tap: FeatureTap | None = None,
+        teacher_tap: FeatureTap | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.distillers = nn.ModuleDict(distillers)
+        self.params = params
+        self.uses = uses
+        self.ce_weight = float(params.ce_weight)
+        self.label_smoothing = float(params.label_smoothing)
+        self.__dict__["teacher"] = teacher  # not a submodule on purpose (see class docs)
+        self.__dict__["student_tap"] = student_tap
+        self.__dict__["teacher_tap"] = teacher_tap
+        if teacher is not None:
+            freeze(teacher)
+
+    # ----------------------------------------------------------------- forward
+    def run_student(self, images: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None]:
+        tap = self.student_tap
+        if tap is None:
+            return self.student(images), [], None
+        logits, feats = tap(images)
+        return logits, feats, tap.embedding
+
+    @torch.no_grad()
+    def run_teacher(self, images: Tensor) -> tuple[Tensor | None, list[Tensor], Tensor | None]:
+        if self.teacher is None:
+            return None, [], None
+        if self.teacher.training:
+            self.teacher.eval()
+        tap = self.teacher_tap
+        if tap is None:
+            return self.teacher(images), [], None
+        logits, feats = tap(images)
+        return logits, feats, tap.embedding
+
+    def outputs(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> StepOutputs:
+        logits_t, feats_t, emb_t = self.run_teacher(images)
+        logits, feats, emb = self.run_student(images)
+        return StepOutputs(images, targets, index, logits, feats, emb, logits_t, feats_t, emb_t)
+
+    def forward(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.outputs(images, targets, index)
+        terms: dict[str, Tensor] = {}
+        if self.ce_weight:
+            ce = F.cross_entropy(out.logits_s.float(), targets, label_smoothing=self.label_smoothing)
+            terms["ce"] = self.ce_weight * ce
+        for comp in self.distillers.values():
+            for k, v in comp.terms(out).items():
+                if k in terms:
+                    raise RuntimeError(f"loss term {k!r} is produced twice")
+                terms[k] = v
+        return out.logits_s, terms
+
+    # ----------------------------------------------------------------- engine hooks
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters owned by the method (not the student's)."""
+        return [p for p in self.distillers.parameters() if p.requires_grad]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for comp in self.distillers.values():
+            comp.on_epoch_start(epoch)
+
+    def pre_stages(self) -> list[PreStage]:
+        return [s for comp in self.distillers.values() for s in comp.pre_stages()]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "components": list(self.distillers.keys()),
+            "student_taps": self.student_tap.names if self.student_tap else [],
+            "teacher_taps": self.teacher_tap.names if self.teacher_tap else [],
+        }
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _feature_info(tap: FeatureTap, example: Tensor) -> FeatureInfo:
+    model = tap.model
+    tap.discover(example)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, feats = tap(example)
+    finally:
+        model.train(was)
+    emb = tap.embedding
+    return FeatureInfo(tap.names, [tuple(f.shape[1:]) for f in feats], int(emb.shape[1]) if emb is not None else 0)
+
+
+def build_method(
+    student: nn.Module,
+    params: Any,
+    *,
+    example: Tensor,
+    num_classes: int,
+    num_train: int,
+    epochs: int,
+    teacher: nn.Module | None = None,
+    student_taps: str | Sequence[str] = "auto",
+    teacher_taps: str | Sequence[str] = "auto",
+) -> Method:
+    """Assemble the method named ``params.name`` for ``student`` (and ``teacher``).
+
+    ``example`` is one input batch on the right device; it is used (in eval mode, without gradients) to discover
+    feature taps and the shapes components size their modules by.
+    """
+    preset = resolve_preset(params.name)
+    uses = method_uses(params.name)
+    if uses.teacher and teacher is None:
+        raise ConfigError(f"method {params.name!r} needs a teacher: set teacher.model and teacher.checkpoint")
+    if teacher is not None and not uses.teacher:
+        raise ConfigError(f"method {params.name!r} uses no teacher, but teacher.model is set; remove it "
+                          f"or choose a teacher-based method (e.g. kd, tfd+kd)")
+    s_tap = t_tap = None
+    s_info = t_info = None
+    if uses.student_feats or uses.embedding:
+        s_tap = FeatureTap(student, student_taps, embedding=uses.embedding)
+        s_info = _feature_info(s_tap, example)
+    if teacher is not None and (uses.teacher_feats or uses.embedding):
+        freeze(teacher)
+        t_tap = FeatureTap(teacher, teacher_taps, embedding=uses.embedding)
+        t_info = _feature_info(t_tap, example)
+    ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
+                       teacher=t_info, device=example.device, student_model=student)
+    comps = {c: DISTILLERS.get(c)(getattr(params, c), ctx) for c in preset.components}
+    for c in comps.values():
+        c.to(example.device)
+    return Method(student, params, comps, uses=uses, teacher=teacher, student_tap=s_tap, teacher_tap=t_tap)

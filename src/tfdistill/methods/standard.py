@@ -1,0 +1,8 @@
+"""Methods without distillation components: plain cross-entropy and label smoothing."""
+
+from __future__ import annotations
+
+from . import register_preset
+
+register_preset("ce", [], summary="cross-entropy (the baseline)")
+register_preset("ls", [], {"label_smoothing": 0.1}, summary="cross-entropy with label smoothing 0.1")

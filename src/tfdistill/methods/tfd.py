@@ -1,0 +1,78 @@
+"""TFD as a method: depth-wise + width-wise self-distillation on the student's own stage features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..losses.tfd import DIRECTIONS, depth_loss, width_loss
+from . import register_distiller, register_preset
+from .base import BuildContext, Distiller, StepOutputs, Uses
+
+
+@dataclass
+class TFDParams:
+    alpha: float = 5e-3
+    """Weight of the depth-wise loss (paper: 0.005)."""
+    beta: float = 4e-4
+    """Weight of the width-wise loss (paper: 0.0004)."""
+    direction: str = "top_down"
+    """top_down (paper) | bottom_up | bidirectional."""
+    detach_top: bool = True
+    """Freeze the width-wise target channels (paper's intent); false reproduces the released script."""
+    ramp_epochs: int = 0
+    """Ramp alpha and beta in linearly over this many epochs (released script: 20; paper: 0 = no ramp).
+    In epoch e (0-based) the weights are scaled by min(1, (e + 1) / ramp_epochs)."""
+    width_stages: Optional[list[int]] = None
+    """Indices of the tapped stages the width-wise loss uses (default: all)."""
+
+
+@register_distiller("tfd")
+class TFD(Distiller):
+    """Teacher-free Feature Distillation on the student's tapped stages (see :mod:`tfdistill.losses.tfd`)."""
+
+    Params = TFDParams
+    uses = Uses(student_feats=True)
+
+    def __init__(self, params: TFDParams, ctx: BuildContext) -> None:
+        super().__init__(params, ctx)
+        if params.direction not in DIRECTIONS:
+            raise ConfigError(f"bad value for config key 'method.tfd.direction': {params.direction!r}; "
+                              f"valid: {', '.join(DIRECTIONS)}")
+        if params.alpha < 0 or params.beta < 0 or params.ramp_epochs < 0:
+            raise ConfigError("method.tfd.alpha, beta and ramp_epochs must be >= 0")
+        info = ctx.student
+        assert info is not None
+        if params.alpha > 0 and len(info.names) < 2:
+            raise ConfigError(
+                f"TFD needs at least two tappable stages, the model has {len(info.names)} ({info.names}); "
+                "set model.taps to a list of at least two module names")
+        n = len(info.names)
+        stages = params.width_stages
+        if stages is not None and any(not -n <= i < n for i in stages):
+            raise ConfigError(f"method.tfd.width_stages {list(stages)} out of range for {n} tapped stages")
+        self.width_stages = None if stages is None else [int(i) for i in stages]
+        self.register_buffer("ramp", torch.ones(()), persistent=False)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        r = self.params.ramp_epochs
+        self.ramp.fill_(min(1.0, (epoch + 1) / r) if r > 0 else 1.0)
+
+    def terms(self, out: StepOutputs) -> dict[str, Tensor]:
+        p = self.params
+        feats = out.feats_s
+        terms = {}
+        if p.alpha > 0:
+            terms["tfd_depth"] = (p.alpha * self.ramp) * depth_loss(feats, p.direction)
+        if p.beta > 0:
+            maps = feats if self.width_stages is None else [feats[i] for i in self.width_stages]
+            terms["tfd_width"] = (p.beta * self.ramp) * width_loss(maps, p.detach_top)
+        return terms
+
+
+register_preset("tfd", ["tfd"], summary="Teacher-free Feature Distillation (depth-wise + width-wise)")
+register_preset("tfd_ls", ["tfd"], {"label_smoothing": 0.1}, summary="TFD-dagger: TFD + label smoothing 0.1")

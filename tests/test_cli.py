@@ -1,0 +1,114 @@
+"""End-to-end CLI runs on tiny data, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO, TINY, run_cli
+from tfdistill.cli import main
+
+
+def one_line_error(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("tfdistill: error: ")
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def test_train_eval_models_methods_end_to_end(tmp_path):
+    out = tmp_path / "runs"
+    r = run_cli(["train", *TINY, f"out_dir={out}", "name=cli", "method.name=tfd_ls"])
+    assert r.returncode == 0, r.stderr
+    assert "best top-1" in r.stdout and "epoch   1/1" in r.stdout
+    ck = out / "cli" / "best.pt"
+    assert ck.is_file()
+    r = run_cli(["eval", str(ck), "--json"])
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = json.loads((out / "cli" / "summary.json").read_text())
+    assert res["top1"] == pytest.approx(summary["best_top1"])
+    assert res["count"] == 64
+
+
+def test_models_methods_recipes_help(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet32" in out and "wrn_40_1" in out
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "tfd" in out and "tfd_ls" in out and "ce" in out
+    assert main(["recipes"]) == 0
+    assert "demo" in capsys.readouterr().out
+    for cmd in ([], ["train"], ["eval"], ["demo"], ["models"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        assert e.value.code == 0
+
+
+def test_yaml_recipe_with_overrides(tmp_path, capsys):
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("epochs: 1\nmodel: {name: resnet8}\nmethod: {name: tfd, tfd: {alpha: 0.01}}\n")
+    assert main(["train", str(cfg), *TINY, f"out_dir={tmp_path}", "name=y"]) == 0
+    stored = (tmp_path / "y" / "config.yaml").read_text()
+    assert "alpha: 0.01" in stored and "name: synthetic" in stored
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["model.name=resnet33"], ["unknown model 'resnet33'", "resnet32"]),
+    (["method.name=tdf"], ["unknown method 'tdf'", "tfd"]),
+    (["data.name=cifar11"], ["unknown dataset 'cifar11'", "cifar10"]),
+    (["optim.lr=fast"], ["optim.lr"]),
+    (["optim.lrr=0.1"], ["unknown config key 'optim.lrr'"]),
+    (["method.name=tfd", "method.tfd.alpah=1"], ["unknown config key 'method.tfd.alpah'"]),
+    (["engine.precision=fp8"], ["engine.precision", "bf16"]),
+    (["oops"], ["bad override 'oops'"]),
+    (["method.name=tfd", "model.taps=[layer3]"], ["at least two", "model.taps"]),
+    (["model.taps=[layer9]", "method.name=tfd"], ["unknown module 'layer9'"]),
+    (["method.name=kd"], ["needs a teacher", "teacher.model"]),
+])
+def test_bad_input_one_line(capsys, tmp_path, argv, needles):
+    one_line_error(capsys, ["train", *TINY, f"out_dir={tmp_path}", *argv], *needles)
+    assert not any(tmp_path.rglob("summary.json"))
+
+
+def test_bad_yaml_and_missing_files(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n  model: {")
+    one_line_error(capsys, ["train", str(bad)], "malformed YAML", "bad.yaml")
+    one_line_error(capsys, ["train", str(tmp_path / "nope.yaml")], "config file not found")
+    one_line_error(capsys, ["train", *TINY, "data.name=cifar100", f"data.root={tmp_path}"],
+                   "data.download=true")
+    one_line_error(capsys, ["eval", str(tmp_path / "missing.pt")], "checkpoint not found")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage")
+    one_line_error(capsys, ["eval", str(corrupt)], "corrupt or unreadable")
+
+
+def test_mismatched_checkpoints(capsys, tmp_path):
+    assert main(["train", *TINY, f"out_dir={tmp_path}", "name=t"]) == 0
+    ck = str(tmp_path / "t" / "best.pt")
+    capsys.readouterr()
+    # a teacher checkpoint of another architecture / another number of classes
+    one_line_error(capsys, ["train", *TINY, f"out_dir={tmp_path}", "name=s", "method.name=kd",
+                            "teacher.model=resnet20", f"teacher.checkpoint={ck}"], "does not match", "resnet8")
+    one_line_error(capsys, ["train", *TINY, f"out_dir={tmp_path}", "name=s2", "method.name=kd",
+                            "teacher.model=resnet8", f"teacher.checkpoint={ck}", "data.synthetic_classes=5"],
+                   "10 classes", "5")
+    one_line_error(capsys, ["eval", ck, "data.synthetic_classes=5"], "10 classes")
+    # resuming with a different config
+    one_line_error(capsys, ["train", *TINY, f"out_dir={tmp_path}", "name=t", "optim.lr=0.2", "--resume"],
+                   "config differs", "optim.lr")
+    one_line_error(capsys, ["train", *TINY, f"out_dir={tmp_path}", "name=t"], "already exists")
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = run_cli(["--debug", "train", *TINY, f"out_dir={tmp_path}", "model.name=resnet33"])
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    r = run_cli(["train", *TINY, f"out_dir={tmp_path}", "model.name=resnet33"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,179 @@
+"""The training engine: run directory contract, resume after SIGKILL, divergence, schedules, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+from tfdistill.config import load_config
+from tfdistill.engine import load_checkpoint, train
+from tfdistill.engine.checkpoint import save_atomic
+from tfdistill.engine.schedule import StepLR
+from tfdistill.errors import CheckpointError, DivergenceError, RunDirError
+
+
+def test_run_directory_contract(tiny, tmp_path):
+    cfg = load_config(None, [*tiny, "method.name=tfd", "epochs=2", "name=r"])
+    res = train(cfg, echo=lambda s: None)
+    run = tmp_path / "runs" / "r"
+    assert res.run_dir == run
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "train.log"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("lr", "loss", "terms", "train_acc", "test_top1", "test_top5", "epoch_seconds", "images_per_sec"):
+        assert key in rows[0], key
+    assert set(rows[0]["terms"]) == {"ce", "tfd_depth", "tfd_width"}
+    total = sum(rows[0]["terms"].values())
+    assert rows[0]["loss"] == pytest.approx(total, rel=1e-6)
+    s = json.loads((run / "summary.json").read_text())
+    for key in ("best_top1", "best_epoch", "last_top1", "last_top5", "wall_seconds", "params", "device", "torch",
+                "git_commit", "seed"):
+        assert key in s, key
+    assert s["best_top1"] == max(r["test_top1"] for r in rows)
+    assert s["last_top1"] == rows[-1]["test_top1"]
+    assert s["params"] == sum(p.numel() for p in __import__("tfdistill.models", fromlist=["x"]).create_model("resnet8", 10).parameters())
+    # checkpoints load with weights_only=True and hold everything needed to resume
+    ck = torch.load(run / "last.pt", weights_only=True)
+    for key in ("model", "method", "optimizer", "sched", "scaler", "epoch", "best_top1", "rng", "config_yaml"):
+        assert key in ck, key
+    assert ck["epoch"] == 2
+    assert "optimizer" not in torch.load(run / "best.pt", weights_only=True)
+
+
+def test_existing_run_dir_is_never_overwritten(tiny, tmp_path):
+    cfg = load_config(None, [*tiny, "name=r"])
+    train(cfg, echo=lambda s: None)
+    before = (tmp_path / "runs" / "r" / "last.pt").read_bytes()
+    with pytest.raises(RunDirError, match="already exists.*--resume.*--overwrite"):
+        train(cfg, echo=lambda s: None)
+    assert (tmp_path / "runs" / "r" / "last.pt").read_bytes() == before
+    train(cfg, overwrite=True, echo=lambda s: None)
+    # a folder that is not a run directory is never deleted
+    other = tmp_path / "runs" / "notarun"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="not a tfdistill run directory"):
+        train(load_config(None, [*tiny, "name=notarun"]), overwrite=True, echo=lambda s: None)
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_resume_of_a_finished_run_is_a_noop_and_config_must_match(tiny, tmp_path):
+    cfg = load_config(None, [*tiny, "name=r", "epochs=2"])
+    first = train(cfg, echo=lambda s: None).summary
+    again = train(cfg, resume=True, echo=lambda s: None).summary
+    assert again["best_top1"] == first["best_top1"]
+    changed = load_config(None, [*tiny, "name=r", "epochs=2", "optim.lr=0.1"])
+    with pytest.raises(CheckpointError, match="optim.lr"):
+        train(changed, resume=True, echo=lambda s: None)
+
+
+def _train_cmd(out, epochs):
+    return [sys.executable, "-m", "tfdistill", "train", *TINY, f"out_dir={out}", "name=r", f"epochs={epochs}",
+            "data.synthetic_train=384", "method.name=tfd", "model.dropout=0.2"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    return env
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    """Kill a run with SIGKILL mid-training, resume it, and compare with an uninterrupted run."""
+    epochs = 10
+    ref = subprocess.run(_train_cmd(tmp_path / "a", epochs), env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen(_train_cmd(tmp_path / "b", epochs), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "b" / "r" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: " + (proc.stderr.read() or "")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "r" / "summary.json").exists()
+    done = load_checkpoint(tmp_path / "b" / "r" / "last.pt")["epoch"]
+    assert 1 <= done < epochs
+
+    res = subprocess.run([*_train_cmd(tmp_path / "b", epochs), "--resume"], env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    a = load_checkpoint(tmp_path / "a" / "r" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "r" / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))  # no duplicated epochs after the resume
+    ra = [json.loads(x) for x in (tmp_path / "a" / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_top1"] for r in rows] == [r["test_top1"] for r in ra]
+
+
+def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny, tmp_path):
+    cfg = load_config(None, [*tiny, "name=r", "epochs=1"])
+    train(cfg, echo=lambda s: None)
+    good = (tmp_path / "runs" / "r" / "last.pt").read_bytes()
+    bad = load_config(None, [*tiny, "name=r2", "optim.lr=1e12", "epochs=3"])
+    with pytest.raises(DivergenceError, match="NaN/inf in epoch 1"):
+        train(bad, echo=lambda s: None)
+    assert not (tmp_path / "runs" / "r2" / "summary.json").exists()
+    assert not (tmp_path / "runs" / "r2" / "last.pt").exists()
+    assert (tmp_path / "runs" / "r" / "last.pt").read_bytes() == good
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "x.pt"
+    save_atomic({"a": torch.ones(3)}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(Exception):
+        save_atomic({"a": Boom()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_corrupt_checkpoint_error(tmp_path):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        load_checkpoint(p)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("multistep", {0: 1.0, 149 * 10: 1.0, 150 * 10: 0.1, 180 * 10: 0.01, 210 * 10 + 5: 0.001}),
+    ("constant", {0: 1.0, 2399: 1.0}),
+])
+def test_schedules(name, expect):
+    cfg = load_config(None, [f"schedule.name={name}"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
+    s = StepLR(opt, 0.05, epochs=240, steps_per_epoch=10, schedule=cfg.schedule)
+    for step, factor in expect.items():
+        assert s.lr(step) == pytest.approx(0.05 * factor)
+
+
+def test_cosine_and_warmup():
+    cfg = load_config(None, ["schedule.name=cosine", "schedule.warmup_epochs=2", "schedule.min_lr=0.001"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    s = StepLR(opt, 0.1, epochs=10, steps_per_epoch=5, schedule=cfg.schedule)
+    assert s.lr(0) == pytest.approx(0.1 * 0.1 * (0.5 * (1 + 1) * (1 - 0.01) + 0.01))
+    assert s.lr(25) == pytest.approx(0.001 + (0.1 - 0.001) * 0.5)
+    assert s.lr(50) == pytest.approx(0.001)
+    s.step_count = 3
+    s.apply()
+    assert opt.param_groups[0]["lr"] == pytest.approx(s.lr(3))
