@@ -1,0 +1,40 @@
+"""Registered combinations of existing components (no new losses here).
+
+Any ``a+b`` of registered presets composes automatically (components in order, defaults merged left to right,
+so ``kd+ls`` is KD with label smoothing 0.1). The combinations below are registered explicitly because their
+weights are *not* the automatic merge, or to document the paper's settings:
+
+* ``tfd+kd`` -- TFD with KD under "the same teacher-based settings" as KD: CE 0.1, KD 0.9 (T = 4), TFD's
+  alpha/beta unchanged.
+* ``tfd+crd`` -- TFD with CRD: CE 1, CRD 0.8.
+* ``crd+kd`` -- the CRD benchmark's CRD+KD: CE 1, KD 1, CRD 0.8 (the automatic merge would take KD's CE 0.1 /
+  KD 0.9).
+
+Label smoothing works with every method through ``method.label_smoothing`` (e.g. ``method.name=crd+kd
+method.label_smoothing=0.1``), or by appending ``+ls``.
+"""
+
+from __future__ import annotations
+
+from . import crd, kd, register_preset, resolve_preset, tfd  # noqa: F401  (the components must be registered first)
+
+
+def _merged(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def register_combination(name: str, overrides: dict, summary: str) -> None:
+    """Register ``name`` (``a+b+...``) as the composition of its registered parts with ``overrides`` applied."""
+    base = resolve_preset(name)  # not registered yet: composes the parts' components and defaults
+    register_preset(name, base.components, _merged(base.defaults, overrides), summary)
+
+
+register_combination("tfd+kd", {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
+                     "TFD + KD with KD's settings (CE 0.1, KD 0.9, T 4)")
+register_combination("tfd+crd", {"ce_weight": 1.0, "crd": {"weight": 0.8}},
+                     "TFD + CRD (CE 1, CRD 0.8)")
+register_combination("crd+kd", {"ce_weight": 1.0, "kd": {"weight": 1.0, "T": 4.0}, "crd": {"weight": 0.8}},
+                     "CRD + KD as the CRD benchmark (CE 1, KD 1, CRD 0.8)")

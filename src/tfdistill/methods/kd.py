@@ -1,0 +1,42 @@
+"""KD as a method: temperature-scaled KL divergence to the frozen teacher's logits (see :mod:`..losses.kd`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..losses.kd import kd_loss
+from . import register_distiller, register_preset
+from .base import BuildContext, Distiller, StepOutputs, Uses
+
+
+@dataclass
+class KDParams:
+    weight: float = 0.9
+    """Weight of the KD term (CRD benchmark: 0.9 with CE 0.1; 1.0 when combined with CRD)."""
+    T: float = 4.0
+    """Softmax temperature (CRD benchmark: 4)."""
+
+
+@register_distiller("kd")
+class KD(Distiller):
+    """Hinton et al.'s knowledge distillation on logits; needs only the teacher's logits."""
+
+    Params = KDParams
+    uses = Uses(teacher=True)
+
+    def __init__(self, params: KDParams, ctx: BuildContext) -> None:
+        super().__init__(params, ctx)
+        if params.T <= 0:
+            raise ConfigError(f"bad value for config key 'method.kd.T': {params.T}; must be > 0")
+
+    def terms(self, out: StepOutputs) -> dict[str, Tensor]:
+        if out.logits_t is None:
+            raise RuntimeError("kd needs the teacher's logits (no teacher output in this step)")
+        return {"kd": self.params.weight * kd_loss(out.logits_s, out.logits_t, self.params.T)}
+
+
+register_preset("kd", ["kd"], {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
+                summary="knowledge distillation (Hinton 2015), T=4, CE 0.1 / KD 0.9 as the CRD benchmark")
