@@ -177,3 +177,21 @@ def test_cosine_and_warmup():
     s.step_count = 3
     s.apply()
     assert opt.param_groups[0]["lr"] == pytest.approx(s.lr(3))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last(tiny, tmp_path, precision):
+    cfg = load_config(None, [*tiny, "method.name=tfd", f"engine.precision={precision}", "engine.channels_last=true",
+                             "name=r", "optim.nesterov=true", "schedule.warmup_epochs=1"])
+    s = train(cfg, echo=lambda s: None).summary
+    assert s["precision"] == precision and s["last_top1"] is not None
+    ck = load_checkpoint(tmp_path / "runs" / "r" / "last.pt")
+    assert ck["scaler"] is not None
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(v == v for v in rows[0]["terms"].values())  # finite, not NaN
+
+
+def test_tensorboard_events(tiny, tmp_path):
+    pytest.importorskip("tensorboard")
+    train(load_config(None, [*tiny, "name=r", "engine.tensorboard=true"]), echo=lambda s: None)
+    assert any((tmp_path / "runs" / "r" / "tb").glob("events.out.tfevents.*"))
