@@ -43,10 +43,11 @@ def register_preset(name: str, components: list[str] | tuple[str, ...], defaults
     return preset
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge_defaults(a: dict, b: dict) -> dict:
+    """Nested dict merge: values of ``b`` win, sub-dicts merge recursively."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_defaults(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -68,7 +69,7 @@ def resolve_preset(name: str) -> Preset:
             if c in comps:
                 raise ConfigError(f"method {name!r} uses component {c!r} twice")
             comps.append(c)
-        defaults = _merge(defaults, sub.defaults)
+        defaults = merge_defaults(defaults, sub.defaults)
     return Preset(tuple(comps), defaults, f"combination of {', '.join(parts)}")
 
 

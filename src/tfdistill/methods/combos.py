@@ -16,20 +16,13 @@ method.label_smoothing=0.1``), or by appending ``+ls``.
 
 from __future__ import annotations
 
-from . import crd, kd, register_preset, resolve_preset, tfd  # noqa: F401  (the components must be registered first)
-
-
-def _merged(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+from . import crd, kd, merge_defaults, register_preset, resolve_preset, tfd  # noqa: F401  (register components first)
 
 
 def register_combination(name: str, overrides: dict, summary: str) -> None:
     """Register ``name`` (``a+b+...``) as the composition of its registered parts with ``overrides`` applied."""
     base = resolve_preset(name)  # not registered yet: composes the parts' components and defaults
-    register_preset(name, base.components, _merged(base.defaults, overrides), summary)
+    register_preset(name, base.components, merge_defaults(base.defaults, overrides), summary)
 
 
 register_combination("tfd+kd", {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
