@@ -3,6 +3,9 @@
     tfdistill train CONFIG.yaml [key=value ...] [--resume | --overwrite]
     tfdistill eval CHECKPOINT [--data NAME] [key=value ...]
     tfdistill demo
+    tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
+    tfdistill sweep SPEC.yaml [key=value ...] [--jobs N] [--gpus 0,1] [--dry-run] [--only GLOB]
+    tfdistill report RUNS_DIR [--out DIR] [--metric last|best]
     tfdistill models | methods
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from .errors import TfdError
@@ -30,6 +34,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     cfg = load_config(path, overrides)
     result = train(cfg, resume=ns.resume, overwrite=ns.overwrite)
     s = result.summary
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary line, from rank 0
+        return 0
     print(f"best top-1 {s['best_top1']:.2f}% (epoch {s['best_epoch']}), last top-1 {s['last_top1']:.2f}%, "
           f"run directory {result.run_dir}")
     return 0
@@ -54,6 +60,34 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(out_dir=ns.out_dir, epochs=ns.epochs, model=ns.model)
+    return 0
+
+
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    from .sweep import plan_sweep, run_sweep
+
+    gpus = [g for g in (ns.gpus or "").split(",") if g.strip()]
+    plan = plan_sweep(ns.spec, ns.overrides, out_dir=ns.out_dir)
+    result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
+                       retry_failed=not ns.skip_failed)
+    return result.exit_code
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from .report import make_report
+
+    report = make_report(ns.runs_dir, out_dir=ns.out, metric=ns.metric, plots=not ns.no_plots)
+    print(report.markdown)
+    print(f"written: {', '.join(str(p) for p in report.files)}")
+    return 0
+
+
+def cmd_cam(ns: argparse.Namespace) -> int:
+    from .cam import cam_grid
+
+    labels = [x.strip() for x in ns.labels.split(",")] if ns.labels else None
+    g = cam_grid(ns.checkpoint, ns.images, num=ns.num, out=ns.out, labels=labels, target=ns.target, device=ns.device)
+    print(f"wrote {g.path}: Grad-CAM++ of {', '.join(g.layers)} for {len(g.true)} images x {len(g.layers)} checkpoints")
     return 0
 
 
@@ -122,6 +156,51 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="zoo model (default: the demo recipe's)")
     d.set_defaults(func=cmd_demo)
 
+    sw = sub.add_parser("sweep", help="train a grid of runs (models x methods x seeds x variants) from a spec",
+                        description="Train every run of a sweep spec (see configs/reproduce/). Re-running the same "
+                                    "command skips finished runs, resumes interrupted ones and retries failed ones.")
+    sw.add_argument("spec", metavar="SPEC.yaml", help="a sweep spec (path, or a name such as reproduce/table1)")
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run, e.g. epochs=30")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time (1: sequentially in this process; more: one subprocess each)")
+    sw.add_argument("--gpus", default="",
+                    help="comma-separated GPU ids: one subprocess per GPU (CUDA_VISIBLE_DEVICES)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="validate and list the runs with their status; train nothing")
+    sw.add_argument("--only", action="append", metavar="GLOB",
+                    help="only runs whose name or label matches (repeatable), e.g. --only 'resnet20_*' --only tfd")
+    sw.add_argument("--out-dir", default=None, help="parent of the sweep folder (default: the spec's out_dir)")
+    sw.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="tables (mean +- std over seeds), gains over CE and plots from run directories",
+                        description="Scan RUNS_DIR recursively for run directories and write report.md, report.csv, "
+                                    "report.json and PNG plots.")
+    rp.add_argument("runs_dir", metavar="RUNS_DIR", help="a sweep folder, a run directory or any folder above them")
+    rp.add_argument("--out", default=None, help="where to write the report (default: RUNS_DIR/report)")
+    rp.add_argument("--metric", choices=("last", "best"), default="last",
+                    help="top-1 used for gains and the bar chart: last epoch (default, honest) or best epoch")
+    rp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    rp.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("cam", help="Grad-CAM++ maps of the last stage, checkpoints side by side (paper Fig. 3)",
+                       description="Grad-CAM++ maps (pytorch-grad-cam; pip install 'tfdistill[cam]') of each "
+                                   "checkpoint's last stage over the same images, as a grid PNG. Example: tfdistill "
+                                   "cam --checkpoint runs/ce/best.pt --checkpoint runs/tfd/best.pt --images test "
+                                   "--labels CE,TFD")
+    c.add_argument("--checkpoint", action="append", required=True, metavar="CKPT.pt",
+                   help="a best.pt / last.pt of tfdistill train (repeat for several columns)")
+    c.add_argument("--images", required=True, metavar="DIR|SPLIT|DATASET",
+                   help="a folder of images (class-named subfolders give true labels), 'test'/'train' (that split of "
+                        "the first checkpoint's dataset) or a dataset name (its test split)")
+    c.add_argument("--num", type=int, default=8, help="number of images (rows), picked evenly spaced (default 8)")
+    c.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
+    c.add_argument("--labels", default=None, help="comma-separated column titles, one per checkpoint")
+    c.add_argument("--target", choices=("pred", "true"), default="pred",
+                   help="explain the predicted class (default) or the true one")
+    c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    c.set_defaults(func=cmd_cam)
+
     m = sub.add_parser("models", help="list the model zoo")
     m.add_argument("--params", action="store_true", help="also print parameter counts")
     m.add_argument("--num-classes", type=int, default=100)
@@ -138,7 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extras = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`sweep SPEC --jobs 2 epochs=30`), which argparse alone
+    # refuses once an option has ended the positional list
+    late = [a for a in extras if "=" in a and not a.startswith("-")]
+    dest = next((d for d in ("overrides", "args") if isinstance(getattr(ns, d, None), list)), None)
+    if late and dest:
+        getattr(ns, dest).extend(late)
+        extras = [a for a in extras if a not in late]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if not getattr(ns, "command", None):
         parser.print_help()
         return 2

@@ -112,6 +112,11 @@ class EngineConfig:
     cuda_graphs: bool = False
     """Capture the whole fixed-shape train step in a CUDA graph (GPU only; ignored on CPU with a warning)."""
     deterministic: bool = False
+    sync_bn: bool = False
+    """Convert the student's BatchNorm layers to SyncBatchNorm under DDP (statistics over the global batch; GPU-only
+    in PyTorch). Without it each rank normalises over its own share of the batch, so a W-process run is close to,
+    not equal to, a 1-process run with the same global batch; with it the normalisation matches the 1-process run
+    (training is slower: one all-reduce per BN layer per step). Ignored on one process."""
     eval_every: int = 1
     progress: bool = True
     tensorboard: bool = True
@@ -182,8 +187,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """YAML file (optional) + dotted overrides -> validated `Config` (a typed DictConfig behaving like one)."""
     raw = read_yaml(path) if path else OmegaConf.create({})
     if overrides:
-        raw = OmegaConf.merge(raw, parse_overrides(overrides))
+        extra = parse_overrides(overrides)
+        _adapt_method_section(raw, extra)
+        raw = OmegaConf.merge(raw, extra)
     return build_config(raw)
+
+
+def _adapt_method_section(base: DictConfig, overrides: DictConfig) -> None:
+    """When the overrides switch a recipe to another method, adapt the recipe's method section to it (see
+    :func:`adapt_method_section`). Settings given in the overrides themselves are always validated."""
+    new = OmegaConf.select(overrides, "method.name", default=None)
+    if new is not None and "method" in base:
+        base.method = adapt_method_section(base.method, str(new))
+
+
+def adapt_method_section(section: Any, method: str) -> DictConfig:
+    """A recipe's ``method`` section made valid for ``method``: unchanged if it already names ``method``;
+    otherwise only the sub-sections of components that ``method`` has are kept, and the scalar fields
+    (``ce_weight``, ``label_smoothing``) revert to ``method``'s own defaults. So ``cifar100/paper`` (TFD settings)
+    with ``method.name=ce`` drops ``method.tfd``, while ``method.name=tfd+kd`` keeps the recipe's TFD settings."""
+    from .methods import resolve_preset
+
+    if isinstance(section, str):
+        section = OmegaConf.create({"name": section})
+    if not isinstance(section, DictConfig):
+        return OmegaConf.create({"name": method})
+    if str(section.get("name", "")) == method:
+        return section
+    comps = set(resolve_preset(method).components)
+    keep = {k: OmegaConf.to_container(section[k]) for k in section.keys()
+            if k in comps and isinstance(section[k], DictConfig)}
+    return OmegaConf.create({"name": method, **keep})
 
 
 def build_config(raw: DictConfig | dict) -> Config:

@@ -53,3 +53,48 @@ def plot_curves(groups: dict[str, Sequence[list[dict]]], path: str | Path, *, ti
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_gains(bars: Sequence[dict], path: str | Path, *, title: str = "",
+               ylabel: str = "gain over CE (top-1 %)") -> Path:
+    """Grouped bar chart of gains: one group of bars per label (method), one bar per student.
+
+    ``bars``: dicts with ``label``, ``student``, ``gain`` (None = no bar), ``se`` (error bar; None = none) and
+    optionally ``paper`` (the paper's gain, drawn as a black x).
+    """
+    labels = list(dict.fromkeys(b["label"] for b in bars))
+    students = list(dict.fromkeys(b["student"] for b in bars))
+    width = 0.8 / max(1, len(students))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(labels) * max(1, len(students)) ** 0.5), 3.8))
+    paper_drawn = False
+    for j, student in enumerate(students):
+        xs, ys, errs, px, py = [], [], [], [], []
+        for i, label in enumerate(labels):
+            b = next((b for b in bars if b["label"] == label and b["student"] == student), None)
+            if b is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            if b.get("gain") is not None:
+                xs.append(x)
+                ys.append(b["gain"])
+                errs.append(b["se"] if b.get("se") is not None else float("nan"))  # nan: no error bar
+            if b.get("paper") is not None:
+                px.append(x)
+                py.append(b["paper"])
+        ax.bar(xs, ys, width * 0.95, yerr=errs, capsize=3, label=student)
+        if px:
+            ax.scatter(px, py, marker="x", color="black", zorder=3, label=None if paper_drawn else "paper")
+            paper_drawn = True
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

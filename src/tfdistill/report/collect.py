@@ -1,0 +1,363 @@
+"""Reading run directories into groups: one group = the runs of one config that differ only by seed.
+
+A run directory is a folder holding ``config.yaml`` (or a sweep's ``FAILED`` marker). Its status:
+
+* ``finished`` -- ``summary.json`` with finite accuracies;
+* ``diverged`` -- ``summary.json`` with non-finite numbers, or a FAILED marker naming NaN/inf;
+* ``failed`` -- a FAILED marker (written by ``tfdistill sweep``: the last error line);
+* ``unfinished`` -- neither: running, or interrupted (``tfdistill sweep`` / ``train --resume`` continues it);
+* ``not started`` -- listed in a sweep folder's ``sweep.yaml`` but without a run directory.
+
+Only finished runs enter the statistics; the others are counted and flagged. Runs are grouped per *section* (the
+folder holding them: a sweep folder, or any folder of loose runs), dataset and student, by their config minus
+the keys that do not change the computation (seed, name, paths, logging). A group's label is the sweep's label
+(``tfd/bottom_up``) or the method name, extended by the config keys that tell same-named groups apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from ..engine.loop import RESUME_FREE_KEYS, flat_keys
+from ..engine.rundir import RunDir
+from ..errors import RunDirError
+from ..sweep.runner import FAILED_MARKER, SPEC_FILE
+from ..sweep.spec import paper_entry
+from .stats import Diff, Stat, aggregate, describe, difference
+
+IGNORED_KEYS = RESUME_FREE_KEYS | {"seed", "seeds"}
+"""Config keys that do not define an experiment: the seed, and those that do not change the computation."""
+_STUDENT_KEYS = ("model.name", "teacher.")
+
+
+# ----------------------------------------------------------------------------------------------- runs
+@dataclass
+class RunRecord:
+    path: Path
+    name: str
+    status: str
+    config: dict = field(default_factory=dict)
+    summary: Optional[dict] = None
+    error: str = ""
+    epochs_done: int = 0
+    section: Optional["Section"] = None
+    label: str = ""
+    """The sweep's label for this run, or the method name."""
+    partial: bool = False
+    """The config is unknown (only model, method and seed, from sweep.yaml)."""
+
+    @property
+    def flat(self) -> dict[str, Any]:
+        return flat_keys(self.config)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.flat.get(key, default)
+
+    @property
+    def model(self) -> str:
+        return str(self.get("model.name") or (self.summary or {}).get("model") or "?")
+
+    @property
+    def method(self) -> str:
+        return str(self.get("method.name") or (self.summary or {}).get("method") or "?")
+
+    @property
+    def seed(self) -> Any:
+        return self.get("seed", (self.summary or {}).get("seed"))
+
+    @property
+    def epochs(self) -> Any:
+        return self.get("epochs", (self.summary or {}).get("epochs"))
+
+    @property
+    def dataset(self) -> str:
+        name = str(self.get("data.name") or (self.summary or {}).get("dataset") or "?")
+        root = self.get("data.root")
+        return f"{name} ({Path(str(root)).name})" if name == "imagefolder" and root else name
+
+    def top1(self, which: str) -> Optional[float]:
+        v = (self.summary or {}).get(f"{which}_top1")
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    def metrics(self) -> list[dict]:
+        return RunDir(self.path).read_metrics()
+
+    def describe_problem(self) -> str:
+        if self.status == "unfinished":
+            return f"{self.name} (epoch {self.epochs_done}/{self.epochs})"
+        if self.status in ("failed", "diverged") and self.error:
+            return f"{self.name}: {self.error}"
+        return self.name
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        return data if isinstance(data, dict) else {}
+    except Exception:  # a torn or foreign file: the run is still listed, without a config
+        return {}
+
+
+def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
+    """One run directory -> :class:`RunRecord` (status, config, summary)."""
+    cfg_file = path / "config.yaml"
+    config = _load_yaml(cfg_file) if cfg_file.is_file() else (
+        _load_yaml(fallback_config) if fallback_config and fallback_config.is_file() else {})
+    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=len(RunDir(path).read_metrics()))
+    summary_file, failed = path / "summary.json", path / FAILED_MARKER
+    if summary_file.is_file():
+        try:
+            rec.summary = json.loads(summary_file.read_text())
+        except (OSError, ValueError):
+            rec.summary = None
+        ok = (rec.summary is not None and rec.summary.get("status", "finished") == "finished"
+              and rec.top1("last") is not None and rec.top1("best") is not None)
+        rec.status = "finished" if ok else "diverged"
+        if not ok:
+            rec.error = "summary.json holds non-finite or missing accuracies"
+    elif failed.is_file():
+        lines = [ln for ln in failed.read_text(errors="replace").splitlines() if ln.strip()]
+        rec.error = lines[0].strip() if lines else "failed"
+        rec.status = "diverged" if ("NaN" in rec.error or "DivergenceError" in rec.error) else "failed"
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------- sections
+@dataclass
+class Section:
+    """The runs of one folder: a sweep folder (with sweep.yaml) or a folder of loose runs."""
+
+    path: Path
+    key: str
+    sweep: Optional[dict] = None
+    runs: list[RunRecord] = field(default_factory=list)
+    groups: list["Group"] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        if self.sweep:
+            return f"sweep `{self.sweep.get('spec', {}).get('name', self.path.name)}` ({self.key})"
+        return f"runs in `{self.key}`"
+
+    @property
+    def paper(self) -> dict:
+        return (self.sweep or {}).get("spec", {}).get("paper") or {}
+
+    @property
+    def has_paper(self) -> bool:
+        return bool(self.paper.get("results"))
+
+    def planned(self) -> list[dict]:
+        return list((self.sweep or {}).get("runs") or [])
+
+    def datasets(self) -> list[str]:
+        return _unique(g.dataset for g in self.groups)
+
+    def students(self, dataset: str) -> list[str]:
+        order = _unique(str(r.get("model")) for r in self.planned())
+        have = _unique(g.model for g in self.groups if g.dataset == dataset)
+        return [m for m in order if m in have] + sorted(m for m in have if m not in order)
+
+    def labels(self, dataset: str) -> list[str]:
+        """Column order: ce first, then the sweep's order, then alphabetical."""
+        order = {lab: i for i, lab in enumerate(_unique(str(r.get("label")) for r in self.planned()))}
+        have = {g.label: g.base_label for g in self.groups if g.dataset == dataset}
+        return sorted(have, key=lambda lab: (lab != "ce", order.get(have[lab], len(order)), lab))
+
+    def group(self, dataset: str, model: str, label: str) -> Optional["Group"]:
+        for g in self.groups:
+            if g.dataset == dataset and g.model == model and g.label == label:
+                return g
+        return None
+
+
+def _unique(items) -> list:
+    out: list = []
+    for x in items:
+        if x not in out:
+            out.append(x)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- groups
+@dataclass
+class Group:
+    section: Section
+    dataset: str
+    model: str
+    label: str
+    base_label: str
+    method: str
+    key: tuple
+    runs: list[RunRecord] = field(default_factory=list)
+    baseline: Optional["Group"] = None
+
+    @property
+    def finished(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.status == "finished"]
+
+    def stat(self, which: str) -> Stat:
+        """``which``: last | best (epoch)."""
+        return describe(v for v in (r.top1(which) for r in self.finished) if v is not None)
+
+    def gain(self, which: str) -> Optional[Diff]:
+        if self.baseline is None or self.baseline is self:
+            return None
+        return difference(self.stat(which), self.baseline.stat(which))
+
+    @property
+    def paper(self) -> dict:
+        return paper_entry(self.section.paper, self.model, self.base_label)
+
+    def paper_gain(self) -> Optional[float]:
+        p = self.paper
+        if p["gain"] is not None:
+            return float(p["gain"])
+        base = paper_entry(self.section.paper, self.model, "ce")
+        if p["top1"] is not None and base["top1"] is not None and self.base_label != "ce":
+            return float(p["top1"]) - float(base["top1"])
+        return None
+
+    def ours_as_paper(self) -> Optional[float]:
+        """Our number under the paper's seed statistic and epoch choice (e.g. the max over seeds of best-epoch)."""
+        paper = self.section.paper
+        return aggregate(self.stat(paper.get("epoch") or "best"), str(paper.get("statistic") or "mean-of-3"))
+
+    def by_status(self, status: str) -> list[RunRecord]:
+        return [r for r in self.runs if r.status == status]
+
+    def flags(self) -> list[str]:
+        out = []
+        for status, what in (("unfinished", "unfinished (running or interrupted)"), ("failed", "failed"),
+                             ("diverged", "diverged"), ("not started", "not started")):
+            bad = self.by_status(status)
+            if bad:
+                out.append(f"{len(bad)} {what} run{'s' if len(bad) > 1 else ''} excluded: "
+                           + "; ".join(r.describe_problem() for r in bad))
+        n = len(self.finished)
+        if n == 1:
+            out.append("n=1: a single finished run, no standard deviation")
+        elif n == 0:
+            out.append("no finished run")
+        seeds = [r.seed for r in self.finished]
+        if len(set(map(str, seeds))) != len(seeds):
+            out.append(f"repeated seeds {seeds}: the same run counted twice?")
+        if self.section.sweep and self.label != self.base_label:
+            out.append(f"runs of label {self.base_label!r} differ in config ({self.label}): split into groups")
+        return out
+
+
+def _fingerprint(rec: RunRecord) -> tuple:
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in rec.flat.items()
+                        if k not in IGNORED_KEYS))
+
+
+def _varying(groups: list[Group], exclude_student: bool) -> list[str]:
+    keys: set[str] = set()
+    flats = [dict(g.key) for g in groups]
+    for k in set().union(*flats) if flats else set():
+        if exclude_student and k.startswith(_STUDENT_KEYS):
+            continue
+        if len({f.get(k) for f in flats}) > 1:
+            keys.add(k)
+    return sorted(keys)
+
+
+def _suffix(g: Group, keys: list[str]) -> str:
+    flat = dict(g.key)
+    parts = [f"{k.removeprefix('method.')}={json.loads(flat[k]) if k in flat else '–'}" for k in keys]
+    return f"{g.base_label} [{', '.join(parts)}]" if parts else g.base_label
+
+
+def build_groups(section: Section) -> None:
+    groups: dict[tuple, Group] = {}
+    for rec in section.runs:
+        gk = (rec.dataset, rec.model, rec.label, None if rec.partial or not rec.config else _fingerprint(rec))
+        if gk not in groups:
+            groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, gk[3] or ())
+        groups[gk].runs.append(rec)
+    # Runs whose config is unknown (planned in sweep.yaml, never started) join their label's only group.
+    for gk in [k for k in groups if k[3] is None]:
+        peers = [g for k, g in groups.items() if k[1:3] == gk[1:3] and k[3] is not None]
+        if len(peers) == 1:
+            peers[0].runs.extend(groups.pop(gk).runs)
+    out = list(groups.values())
+    # Labels: same-named groups are told apart by the keys that vary among them (student-independent keys first,
+    # so that columns line up across students), then by any varying key.
+    by_base: dict[tuple, list[Group]] = {}
+    for g in out:
+        by_base.setdefault((g.dataset, g.base_label), []).append(g)
+    for members in by_base.values():
+        if len(members) > 1:
+            keys = _varying(members, exclude_student=True)
+            for g in members:
+                g.label = _suffix(g, keys)
+    by_label: dict[tuple, list[Group]] = {}
+    for g in out:
+        by_label.setdefault((g.dataset, g.model, g.label), []).append(g)
+    for members in by_label.values():
+        if len(members) > 1:
+            keys = _varying(members, exclude_student=False)
+            for g in members:
+                g.label = _suffix(g, keys) if keys else g.label
+    # The CE baseline of each student: the group labelled exactly "ce".
+    for g in out:
+        g.baseline = next((b for b in out if b.dataset == g.dataset and b.model == g.model and b.label == "ce"), None)
+    section.groups = out
+
+
+# ----------------------------------------------------------------------------------------------- scanning
+def scan(root: str | Path) -> list[Section]:
+    """Every run directory under ``root`` (recursively), in sections; planned-but-absent sweep runs included."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunDirError(f"{root} is not a folder of run directories")
+    sections: dict[Path, Section] = {}
+
+    def section_of(folder: Path) -> Section:
+        if folder not in sections:
+            try:
+                key = str(folder.relative_to(root)) if folder != root else (root.name or str(root))
+            except ValueError:  # root is itself a run directory: its section is the folder above
+                key = folder.name or str(folder)
+            sweep = _load_yaml(folder / SPEC_FILE) if (folder / SPEC_FILE).is_file() else None
+            sections[folder] = Section(folder, key, sweep)
+        return sections[folder]
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        if "config.yaml" in filenames or FAILED_MARKER in filenames:
+            sec = section_of(d.parent)
+            rec = read_run(d, d.parent / "configs" / f"{d.name}.yaml")
+            rec.section = sec
+            sec.runs.append(rec)
+            dirnames[:] = []  # nothing to find inside a run directory
+        elif SPEC_FILE in filenames:
+            section_of(d)
+    for sec in sections.values():
+        planned = {str(r.get("name")): r for r in sec.planned()}
+        have = {r.name for r in sec.runs}
+        for name, info in planned.items():
+            if name not in have:
+                rec = RunRecord(sec.path / name, name, "not started",
+                                _load_yaml(sec.path / "configs" / f"{name}.yaml"), section=sec)
+                sec.runs.append(rec)
+        for rec in sec.runs:
+            info = planned.get(rec.name)
+            if info and not rec.config:  # what sweep.yaml knows of a run whose config is nowhere
+                rec.config = {"model": {"name": info.get("model")}, "method": {"name": info.get("method")},
+                              "seed": info.get("seed")}
+                rec.partial = True
+            rec.label = str(info.get("label")) if info and info.get("label") else rec.method
+        order = {n: i for i, n in enumerate(planned)}
+        sec.runs.sort(key=lambda r: (order.get(r.name, len(order)), r.name))
+        build_groups(sec)
+    return [s for _, s in sorted(sections.items(), key=lambda kv: str(kv[0])) if s.runs]

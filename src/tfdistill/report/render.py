@@ -1,0 +1,197 @@
+"""Markdown, CSV and JSON renderings of scanned sections (see :mod:`tfdistill.report.collect`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from .collect import Group, Section
+from .stats import Diff, Stat
+
+WARN = "⚠"
+DASH = "–"
+LEGEND = (
+    "Cells: top-1 accuracy (%) as mean ± sample standard deviation (ddof=1) over the finished seeds, with n. "
+    "**Last epoch** is the final model: the honest number, recommended. **Best epoch** is the maximum over epochs "
+    "of the test accuracy, i.e. selected on the test set (optimistic; CRD's and the paper's protocol). "
+    "Gain = difference of the means from the CE baseline of the same student in the same folder, ± the combined "
+    "standard error sqrt(s1²/n1 + s2²/n2). " + WARN + " = see Flags: unfinished, failed and diverged runs are "
+    "listed there and never averaged in."
+)
+
+
+def _num(x: Optional[float], signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return DASH
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def fmt_stat(stat: Stat) -> str:
+    if stat.n == 0:
+        return DASH
+    if stat.std is None:
+        return f"{_num(stat.mean)} (n={stat.n})"
+    return f"{_num(stat.mean)} ± {_num(stat.std)} (n={stat.n})"
+
+
+def fmt_gain(diff: Optional[Diff]) -> str:
+    if diff is None:
+        return DASH
+    return f"{_num(diff.value, signed=True)} ± {_num(diff.se) if diff.se is not None else DASH}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _cell(g: Optional[Group], text: str) -> str:
+    if g is None:
+        return DASH
+    return f"{text} {WARN}" if g.flags() else text
+
+
+def _paper_label(sec: Section) -> str:
+    p = sec.paper
+    stat = p.get("statistic") or "?"
+    return f"paper ({stat}, {p.get('epoch') or 'best'} epoch)"
+
+
+def render_markdown(root: str | Path, sections: list[Section], metric: str = "last") -> str:
+    runs = [r for s in sections for r in s.runs]
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    order = ("finished", "unfinished", "failed", "diverged", "not started")
+    tally = ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k))
+    out = ["# tfdistill report", "", f"Runs under `{root}`: {len(runs)} ({tally}).", "", LEGEND, ""]
+    for sec in sections:
+        out += _section_md(sec, metric)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _section_md(sec: Section, metric: str) -> list[str]:
+    out = [f"## {sec.title}", ""]
+    spec = (sec.sweep or {}).get("spec") or {}
+    if spec.get("description"):
+        out += [str(spec["description"]).strip(), ""]
+    if sec.has_paper:
+        p = sec.paper
+        src = f"{p.get('source')}: " if p.get("source") else ""
+        out += [f"Paper: {src}{p.get('statistic') or '?'} over seeds, {p.get('epoch') or 'best'}-epoch top-1. "
+                + (str(p.get("note")).strip() if p.get("note") else ""), ""]
+    which_name = {"last": "last-epoch", "best": "best-epoch"}
+    for ds in sec.datasets():
+        students, labels = sec.students(ds), sec.labels(ds)
+        for which in ("last", "best"):
+            rows = [[m] + [_cell(g, fmt_stat(g.stat(which))) if (g := sec.group(ds, m, lab)) else DASH
+                           for lab in labels] for m in students]
+            title = "final model, recommended" if which == "last" else "max over epochs, optimistic"
+            out += [f"### {ds}: {which_name[which]} top-1 (%), mean ± std ({title})", ""]
+            out += _table(["student", *labels], rows)
+        gain_labels = [lab for lab in labels if lab != "ce"]
+        if any(g.baseline is not None for g in sec.groups if g.dataset == ds) and gain_labels:
+            rows = [[m] + [fmt_gain(g.gain(metric)) if (g := sec.group(ds, m, lab)) else DASH
+                           for lab in gain_labels] for m in students]
+            out += [f"### {ds}: gain over ce, {which_name[metric]} (difference of means ± combined std error)", ""]
+            out += _table(["student", *gain_labels], rows)
+        elif gain_labels:
+            out += ["No CE baseline (method ce) among these runs: gains are not computed.", ""]
+        if sec.has_paper:
+            rows = [[m] + [_num(sec.group(ds, m, lab).paper["top1"]) if sec.group(ds, m, lab) else DASH
+                           for lab in labels] for m in students]
+            out += [f"### {ds}: the paper's numbers, {_paper_label(sec)}", ""]
+            out += _table(["student", *labels], rows)
+        header = ["student", "method", "n", "last epoch", "best epoch", f"gain ({which_name[metric]})",
+                  "paper", "paper gain"]
+        if sec.has_paper:
+            p = sec.paper
+            header.append(f"ours as the paper ({p.get('statistic') or '?'}, {p.get('epoch') or 'best'})")
+        rows = []
+        for m in students:
+            for lab in labels:
+                g = sec.group(ds, m, lab)
+                if g is None:
+                    continue
+                row = [m, lab, _cell(g, f"{len(g.finished)}/{len(g.runs)}"), fmt_stat(g.stat("last")),
+                       fmt_stat(g.stat("best")), fmt_gain(g.gain(metric)), _num(g.paper["top1"]),
+                       _num(g.paper_gain(), signed=True)]
+                if sec.has_paper:
+                    row.append(_num(g.ours_as_paper()) if g.paper["top1"] is not None else DASH)
+                rows.append(row)
+        out += [f"### {ds}: all numbers (n = finished/all runs)", ""]
+        out += _table(header, rows)
+    flags = [f"- {g.dataset} / {g.model} / {g.label}: {f}" for g in sec.groups for f in g.flags()]
+    out += ["### Flags", "", *(flags or ["none"]), ""]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- CSV / JSON
+CSV_FIELDS = ["section", "sweep", "dataset", "student", "label", "method", "n", "runs", "unfinished", "failed",
+              "diverged", "not_started", "last_mean", "last_std", "last_min", "last_max", "best_mean", "best_std",
+              "best_min", "best_max", "gain_last", "gain_last_se", "gain_best", "gain_best_se", "paper_top1",
+              "paper_gain", "paper_statistic", "paper_epoch", "ours_as_paper", "flags", "run_names"]
+
+
+def _r(x: Any) -> Any:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def group_record(g: Group) -> dict[str, Any]:
+    last, best = g.stat("last"), g.stat("best")
+    gl, gb = g.gain("last"), g.gain("best")
+    sec = g.section
+    has_paper = sec.has_paper
+    return {
+        "section": sec.key, "sweep": ((sec.sweep or {}).get("spec") or {}).get("name"), "dataset": g.dataset,
+        "student": g.model, "label": g.label, "method": g.method, "n": len(g.finished), "runs": len(g.runs),
+        "unfinished": len(g.by_status("unfinished")), "failed": len(g.by_status("failed")),
+        "diverged": len(g.by_status("diverged")), "not_started": len(g.by_status("not started")),
+        "last_mean": _r(last.mean), "last_std": _r(last.std), "last_min": _r(last.min), "last_max": _r(last.max),
+        "best_mean": _r(best.mean), "best_std": _r(best.std), "best_min": _r(best.min), "best_max": _r(best.max),
+        "gain_last": gl.value if gl else None, "gain_last_se": gl.se if gl else None,
+        "gain_best": gb.value if gb else None, "gain_best_se": gb.se if gb else None,
+        "paper_top1": g.paper["top1"], "paper_gain": g.paper_gain(),
+        "paper_statistic": sec.paper.get("statistic") if has_paper else None,
+        "paper_epoch": sec.paper.get("epoch") if has_paper else None,
+        "ours_as_paper": g.ours_as_paper() if has_paper and g.paper["top1"] is not None else None,
+        "flags": g.flags(), "run_names": [r.name for r in g.runs],
+    }
+
+
+def render_csv(sections: list[Section]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for sec in sections:
+        for ds in sec.datasets():
+            for m in sec.students(ds):
+                for lab in sec.labels(ds):
+                    g = sec.group(ds, m, lab)
+                    if g is None:
+                        continue
+                    rec = group_record(g)
+                    rec["flags"] = " | ".join(rec["flags"])
+                    rec["run_names"] = " ".join(rec["run_names"])
+                    w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def report_json(root: str | Path, sections: list[Section], metric: str) -> dict:
+    out = {"root": str(root), "metric": metric, "sections": []}
+    for sec in sections:
+        groups = []
+        for g in sec.groups:
+            rec = group_record(g)
+            rec["run_details"] = [{"name": r.name, "seed": r.seed, "status": r.status, "last_top1": r.top1("last"),
+                                   "best_top1": r.top1("best"), "epochs_done": r.epochs_done, "error": r.error or None,
+                                   "path": str(r.path)} for r in g.runs]
+            groups.append(rec)
+        out["sections"].append({"key": sec.key, "path": str(sec.path),
+                                "sweep": ((sec.sweep or {}).get("spec") or {}).get("name"),
+                                "paper": {k: sec.paper.get(k) for k in ("source", "statistic", "epoch", "note")}
+                                if sec.has_paper else None, "groups": groups})
+    return out

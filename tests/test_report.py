@@ -1,0 +1,222 @@
+"""`tfdistill report` on hand-made run directories: statistics, flags, the paper column, CSV/JSON and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfdistill.cli import main
+from tfdistill.config import to_yaml
+from tfdistill.report import make_report
+from tfdistill.report.stats import describe, difference
+from tfdistill.sweep import spec_from_raw
+from tfdistill.sweep.spec import expand
+
+# (student, method) -> per seed: (last, best) top-1, or "unfinished" / a FAILED marker's error line.
+RESULTS = {
+    ("resnet8", "ce"): [(70.0, 70.5), (71.0, 71.5), (72.0, 72.5)],
+    ("resnet8", "tfd"): [(71.5, 72.0), (72.0, 72.6), (73.1, 73.3)],
+    ("resnet14", "ce"): [(74.0, 74.2), (75.0, 75.4), "DivergenceError: loss became NaN/inf in epoch 2"],
+    ("resnet14", "tfd"): [(76.0, 76.5), "unfinished", "RuntimeError: CUDA out of memory"],
+}
+PAPER = {"source": "Table X", "statistic": "best-of-3", "epoch": "best", "note": "made up.",
+         "results": {"resnet8": {"ce": 69.06, "tfd": 70.56}, "resnet14": {"ce": 71.14, "tfd": {"top1": 72.73, "gain": 1.59}}}}
+
+
+def write_run(run_dir: Path, cfg, outcome, epochs: int = 3) -> None:
+    """A run directory as the engine (and the sweep, for FAILED) would leave it."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    if isinstance(outcome, str) and outcome != "unfinished":
+        (run_dir / "FAILED").write_text(f"{outcome}\nexit code: 1\n")
+        return
+    last, best = (outcome if outcome != "unfinished" else (50.0, 50.0))
+    done = 1 if outcome == "unfinished" else epochs
+    rows = [{"epoch": e, "lr": 0.05, "loss": 2.0 / e, "test_top1": best - (epochs - e), "best_top1": best}
+            for e in range(1, done + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if outcome != "unfinished":
+        (run_dir / "summary.json").write_text(json.dumps({
+            "status": "finished", "name": run_dir.name, "model": cfg.model.name, "method": cfg.method.name,
+            "dataset": cfg.data.name, "seed": cfg.seed, "epochs": epochs, "best_top1": best, "best_epoch": epochs,
+            "last_top1": last, "last_top5": 99.0, "wall_seconds": 10.0}))
+
+
+def make_sweep(root: Path, results=RESULTS, paper=PAPER) -> Path:
+    """A sweep folder like `tfdistill sweep` writes: sweep.yaml from the real expansion, then the run dirs."""
+    spec = spec_from_raw({"name": "golden", "recipe": "cifar100/paper", "out_dir": str(root), "seeds": [0, 1, 2],
+                          "models": ["resnet8", "resnet14"], "overrides": ["epochs=3"],
+                          "grid": {"methods": ["ce", "tfd"]}, "paper": paper})
+    plan = expand(spec)
+    sweep = plan.sweep_dir
+    sweep.mkdir(parents=True)
+    (sweep / "sweep.yaml").write_text(json.dumps(plan.resolved()))
+    for r in plan.runs:
+        write_run(r.run_dir, r.cfg, results[(r.model, r.method)][r.seed])
+    return sweep
+
+
+GOLDEN = """\
+# tfdistill report
+
+Runs under `<ROOT>`: 12 (9 finished, 1 unfinished, 1 failed, 1 diverged).
+
+{legend}
+
+## sweep `golden` (golden)
+
+Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
+
+### cifar100: last-epoch top-1 (%), mean ± std (final model, recommended)
+
+| student | ce | tfd |
+|---|---|---|
+| resnet8 | 71.00 ± 1.00 (n=3) | 72.20 ± 0.82 (n=3) |
+| resnet14 | 74.50 ± 0.71 (n=2) ⚠ | 76.00 (n=1) ⚠ |
+
+### cifar100: best-epoch top-1 (%), mean ± std (max over epochs, optimistic)
+
+| student | ce | tfd |
+|---|---|---|
+| resnet8 | 71.50 ± 1.00 (n=3) | 72.63 ± 0.65 (n=3) |
+| resnet14 | 74.80 ± 0.85 (n=2) ⚠ | 76.50 (n=1) ⚠ |
+
+### cifar100: gain over ce, last-epoch (difference of means ± combined std error)
+
+| student | tfd |
+|---|---|
+| resnet8 | +1.20 ± 0.75 |
+| resnet14 | +1.50 ± – |
+
+### cifar100: the paper's numbers, paper (best-of-3, best epoch)
+
+| student | ce | tfd |
+|---|---|---|
+| resnet8 | 69.06 | 70.56 |
+| resnet14 | 71.14 | 72.73 |
+
+### cifar100: all numbers (n = finished/all runs)
+
+| student | method | n | last epoch | best epoch | gain (last-epoch) | paper | paper gain | ours as the paper (best-of-3, best) |
+|---|---|---|---|---|---|---|---|---|
+| resnet8 | ce | 3/3 | 71.00 ± 1.00 (n=3) | 71.50 ± 1.00 (n=3) | – | 69.06 | – | 72.50 |
+| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 ± 0.75 | 70.56 | +1.50 | 73.30 |
+| resnet14 | ce | 2/3 ⚠ | 74.50 ± 0.71 (n=2) | 74.80 ± 0.85 (n=2) | – | 71.14 | – | 75.40 |
+| resnet14 | tfd | 1/3 ⚠ | 76.00 (n=1) | 76.50 (n=1) | +1.50 ± – | 72.73 | +1.59 | 76.50 |
+
+### Flags
+
+- cifar100 / resnet14 / ce: 1 diverged run excluded: resnet14_ce_s2: DivergenceError: loss became NaN/inf in epoch 2
+- cifar100 / resnet14 / tfd: 1 unfinished (running or interrupted) run excluded: resnet14_tfd_s1 (epoch 1/3)
+- cifar100 / resnet14 / tfd: 1 failed run excluded: resnet14_tfd_s2: RuntimeError: CUDA out of memory
+- cifar100 / resnet14 / tfd: n=1: a single finished run, no standard deviation
+"""
+
+
+def test_golden_markdown_and_statistics(tmp_path):
+    from tfdistill.report.render import LEGEND
+
+    sweep = make_sweep(tmp_path)
+    rep = make_report(tmp_path, out_dir=tmp_path / "out")
+    assert rep.markdown.replace(str(tmp_path), "<ROOT>") == GOLDEN.format(legend=LEGEND)
+
+    # the numbers, against the statistics module and against numpy / the standard library
+    (sec,) = rep.sections
+    assert sec.path == sweep
+    g = sec.group("cifar100", "resnet8", "tfd")
+    last = [71.5, 72.0, 73.1]
+    s = g.stat("last")
+    assert s == describe(last)
+    assert s.mean == pytest.approx(np.mean(last)) and s.std == pytest.approx(np.std(last, ddof=1))
+    assert s.std == pytest.approx(statistics.stdev(last)) and s.n == 3
+    ce = describe([70.0, 71.0, 72.0])
+    d = g.gain("last")
+    assert d == difference(s, ce)
+    assert d.value == pytest.approx(np.mean(last) - 71.0)
+    assert d.se == pytest.approx(np.sqrt(np.var(last, ddof=1) / 3 + 1.0 / 3))
+    one = sec.group("cifar100", "resnet14", "tfd")
+    assert one.stat("last").n == 1 and one.stat("last").std is None and one.gain("last").se is None
+    assert [r.status for r in one.runs] == ["finished", "unfinished", "failed"]
+    assert [r.status for r in sec.group("cifar100", "resnet14", "ce").runs] == ["finished", "finished", "diverged"]
+
+
+def test_csv_json_and_plots(tmp_path):
+    make_sweep(tmp_path)
+    out = tmp_path / "out"
+    rep = make_report(tmp_path / "golden", out_dir=out, metric="best")
+    rows = {(r["student"], r["label"]): r for r in csv.DictReader(io.StringIO((out / "report.csv").read_text()))}
+    assert len(rows) == 4
+    r = rows[("resnet8", "tfd")]
+    assert (r["n"], r["runs"], r["last_mean"], r["last_std"]) == ("3", "3", "72.2000", "0.8185")
+    assert float(r["gain_best"]) == pytest.approx(np.mean([72.0, 72.6, 73.3]) - 71.5, abs=1e-4)
+    assert (r["paper_top1"], r["paper_statistic"], r["ours_as_paper"]) == ("70.5600", "best-of-3", "73.3000")
+    r = rows[("resnet14", "tfd")]
+    assert (r["n"], r["unfinished"], r["failed"], r["diverged"]) == ("1", "1", "1", "0")
+    assert "n=1" in r["flags"] and r["paper_gain"] == "1.5900"
+    assert rows[("resnet14", "ce")]["diverged"] == "1"
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["metric"] == "best" and data["sections"][0]["sweep"] == "golden"
+    assert data["sections"][0]["paper"]["statistic"] == "best-of-3"
+    groups = {(g["student"], g["label"]): g for g in data["sections"][0]["groups"]}
+    details = groups[("resnet14", "tfd")]["run_details"]
+    assert [d["status"] for d in details] == ["finished", "unfinished", "failed"]
+    assert details[2]["error"] == "RuntimeError: CUDA out of memory" and details[1]["epochs_done"] == 1
+    assert groups[("resnet8", "ce")]["last_std"] == pytest.approx(1.0)
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["curves_resnet14.png", "curves_resnet8.png", "gains.png"]
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    assert {p.name for p in rep.files} == {"report.md", "report.csv", "report.json", *pngs}
+
+
+def test_loose_runs_labels_not_started_and_no_paper(tmp_path):
+    """Runs outside a sweep: labels from the distinguishing config keys, "–" for the paper; a planned run
+    that never started is listed."""
+    from tfdistill.config import load_config
+
+    base = ["data.name=synthetic", "model.name=resnet8", "epochs=3"]
+    write_run(tmp_path / "loose" / "a", load_config(None, [*base, "method.name=ce", "seed=0"]), (60.0, 61.0))
+    write_run(tmp_path / "loose" / "b", load_config(None, [*base, "method.name=ce", "seed=1"]), (62.0, 63.0))
+    for seed, alpha, acc in ((0, 0.005, 64.0), (1, 0.005, 66.0), (0, 0.05, 58.0), (1, 0.05, 57.0)):
+        cfg = load_config(None, [*base, "method.name=tfd", f"method.tfd.alpha={alpha}", f"seed={seed}"])
+        write_run(tmp_path / "loose" / f"tfd_{alpha}_{seed}", cfg, (acc, acc + 1))
+    rep = make_report(tmp_path / "loose", plots=False)
+    (sec,) = rep.sections
+    assert sec.labels("synthetic") == ["ce", "tfd [tfd.alpha=0.005]", "tfd [tfd.alpha=0.05]"]
+    g = sec.group("synthetic", "resnet8", "tfd [tfd.alpha=0.05]")
+    assert g.stat("last").mean == 57.5 and g.gain("last").value == pytest.approx(-3.5)
+    assert "| resnet8 | tfd [tfd.alpha=0.005] | 2/2 | 65.00 ± 1.41 (n=2) | 66.00 ± 1.41 (n=2) | +4.00 ± 1.41 | – | – |" \
+        in rep.markdown
+    assert "paper's numbers" not in rep.markdown
+    assert (tmp_path / "loose" / "report" / "report.md").is_file()
+
+    # a sweep folder whose sweep.yaml plans a run that has no directory yet
+    sweep = make_sweep(tmp_path / "s", results={k: [(70.0, 71.0)] * 3 for k in RESULTS})
+    import shutil
+
+    shutil.rmtree(sweep / "resnet8_tfd_s2")
+    rep = make_report(sweep, plots=False)
+    g = rep.sections[0].group("cifar100", "resnet8", "tfd")
+    assert [r.status for r in g.runs] == ["finished", "finished", "not started"]
+    assert "1 not started run excluded: resnet8_tfd_s2" in rep.markdown
+
+
+def test_report_cli(capsys, tmp_path):
+    make_sweep(tmp_path)
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# tfdistill report") and "written:" in out and not list((tmp_path / "r").glob("*.png"))
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tfdistill: error: no run directories") and "\n" not in err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
