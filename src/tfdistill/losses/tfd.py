@@ -27,8 +27,25 @@ Where the sources differ, and what each option follows
   linearly over the first 20 epochs; that ramp lives in the training method (``tfd`` method, ``ramp_epochs``),
   not in these loss functions.
 
-Both losses compute in float32 even under autocast (features in bf16/fp16 are upcast), contain no Python loop
-over samples and no host synchronisation.
+Both losses compute in float32 even under autocast, contain no Python loop over samples and no host
+synchronisation (they can be captured in a CUDA graph and traced by ``torch.compile`` / ``torch.func.vmap``).
+
+How the fast path works (values equal to the definitions above up to float32 rounding)
+--------------------------------------------------------------------------------------
+* **No float32 copy of a feature map.** bf16/fp16 maps are never upcast as a whole: pooling reads them through a
+  float32-accumulating reduction (``mean(dtype=float32)`` on a ``(N, C, h, kh, w, kw)`` view), the squared errors
+  are computed by ``mse_loss`` with mixed dtypes (promoted to float32 element by element), and channel
+  importance uses two float32 reductions (``sum`` and ``vector_norm``) instead of normalising a copy of the map:
+  ``mean_{n,p} f/||f||_p = mean_n (sum_p f) / ||f||_p / (H W)``.
+* **One pooling per map and size for all pairs.** Depth-wise pairs share their pooled maps: each map is cropped
+  to the most channels any pair needs, pooled once to each smaller size some pair asks for, and a smaller size is
+  pooled from the already pooled map when the bins nest evenly (32x32 -> 16x16 -> 8x8 instead of 32x32 -> 8x8
+  twice); every pair then takes a channel crop (a view) of those tensors.
+* **No permuted copy of a map.** Width-wise, only the ``2 * (C // 2)`` ranked channels are gathered (in the map's
+  own dtype); the target half is gathered under ``no_grad`` when it is detached, so the backward pass scatters
+  into the student channels only.
+* Ranking ties: the importance is the same number computed in a different order, so two channels whose
+  importances agree to float32 rounding may be ranked in the other order than by the literal formula.
 """
 
 from __future__ import annotations
@@ -64,17 +81,131 @@ def _no_autocast(t: Tensor):
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
-def _align(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Crop both maps to their first min(C) channels, pool the larger one to the smaller size, in float32."""
-    c = min(a.shape[1], b.shape[1])
-    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    out = []
-    for t in (a, b):
-        t = t[:, :c].float()
-        if tuple(t.shape[2:]) != size:
-            t = F.adaptive_avg_pool2d(t, size)
-        out.append(t)
-    return out[0], out[1]
+def _low_precision(t: Tensor) -> bool:
+    return t.dtype in (torch.float16, torch.bfloat16)
+
+
+def _as_input(t: Tensor) -> Tensor:
+    """float32 and bf16/fp16 maps are read as they are; any other dtype is converted to float32 (like ``.float()``)."""
+    return t if t.dtype == torch.float32 or _low_precision(t) else t.float()
+
+
+class _EvenAvgPool(torch.autograd.Function):
+    """Average pooling with uniform ``kh x kw`` bins over the last two dims as a sum of strided views, in float32.
+
+    The CPU path: ``avg_pool2d`` on NCHW maps and its backward (zero fill + scatter) are several times slower
+    than ``kh * kw`` strided adds forward and ``kh * kw`` strided copies backward. bf16/fp16 inputs accumulate
+    into a float32 output (no float32 copy of the input); the gradient comes back in the input's dtype. Any
+    number of leading dims, so under ``vmap`` the rule just pools the batched tensor; works with ``torch.compile``.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, kh: int, kw: int) -> Tensor:  # type: ignore[override]
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                part = x[..., i::kh, j::kw]
+                if out is None:
+                    out = part.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                else:
+                    out.add_(part)
+        return out.mul_(1.0 / (kh * kw))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, kh, kw = inputs
+        ctx.kh, ctx.kw, ctx.dtype = kh, kw, x.dtype
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        kh, kw = ctx.kh, ctx.kw
+        g = grad * (1.0 / (kh * kw))
+        out = grad.new_empty((*grad.shape[:-2], grad.shape[-2] * kh, grad.shape[-1] * kw), dtype=ctx.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                out[..., i::kh, j::kw].copy_(g)
+        return out, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, kh: int, kw: int):
+        if in_dims[0] is None:
+            return _EvenAvgPool.apply(x, kh, kw), None
+        return _EvenAvgPool.apply(x.movedim(in_dims[0], 0), kh, kw), 0
+
+
+_MAX_STRIDED_BINS = 16  # above this many positions per bin the strided sum stops paying off
+
+
+def _pool(t: Tensor, size: tuple[int, int], strided: bool | None = None) -> Tensor:
+    """Adaptive average pooling of ``t`` (N, C, H, W) to ``size``, returned in float32.
+
+    When the size divides the map evenly the bins are uniform, and no float32 copy of a bf16/fp16 map is made:
+    on CUDA float32 maps use ``avg_pool2d`` and bf16/fp16 maps a float32-accumulating ``mean`` over a
+    (N, C, h, kh, w, kw) view (one kernel each way); elsewhere :class:`_EvenAvgPool`. Otherwise the (cropped)
+    map is upcast and ``adaptive_avg_pool2d`` applies PyTorch's bin rule. ``strided`` forces the choice between
+    :class:`_EvenAvgPool` and the CUDA formulation (default: by device).
+    """
+    n, c, h, w = t.shape
+    oh, ow = size
+    if h % oh == 0 and w % ow == 0:
+        kh, kw = h // oh, w // ow
+        if strided is None:
+            strided = t.device.type != "cuda" and kh * kw <= _MAX_STRIDED_BINS
+        if strided:
+            return _EvenAvgPool.apply(t, kh, kw)
+        if t.dtype == torch.float32:
+            return F.avg_pool2d(t, (kh, kw))
+        return t.view(n, c, oh, kh, ow, kw).mean(dim=(3, 5), dtype=torch.float32)
+    return F.adaptive_avg_pool2d(t.float(), size)
+
+
+def _nests(big: tuple[int, int], small: tuple[int, int]) -> bool:
+    return big[0] % small[0] == 0 and big[1] % small[1] == 0
+
+
+class _Aligner:
+    """Pooled, channel-cropped versions of a list of maps, each computed once and shared by all pairs."""
+
+    def __init__(self, feats: Sequence[Tensor], pairs: list[tuple[int, int]]) -> None:
+        self.feats = [_as_input(f) for f in feats]
+        self.sizes = [(int(f.shape[2]), int(f.shape[3])) for f in self.feats]
+        need: dict[int, int] = {}  # channels each map must keep in its pooled versions
+        want: dict[int, set] = {}  # the sizes each map is pooled to
+        for i, j in pairs:
+            c = min(self.feats[i].shape[1], self.feats[j].shape[1])
+            size = self.target(i, j)
+            for m in (i, j):
+                if self.sizes[m] != size:
+                    need[m] = max(need.get(m, 0), c)
+                    want.setdefault(m, set()).add(size)
+        self.pooled: dict[tuple[int, tuple[int, int]], Tensor] = {}
+        for m, sizes in want.items():
+            own = self.sizes[m]
+            base = self.feats[m][:, : need[m]]
+            done: list[tuple[int, int]] = []
+            for size in sorted(sizes, key=lambda s: -s[0] * s[1]):  # large to small, so small ones can chain
+                src, src_size = base, own
+                if _nests(own, size):
+                    for prev in done:  # the smallest already pooled map whose bins nest evenly into `size`
+                        if _nests(own, prev) and _nests(prev, size) and prev[0] * prev[1] < src_size[0] * src_size[1]:
+                            src, src_size = self.pooled[(m, prev)], prev
+                self.pooled[(m, size)] = _pool(src, size)
+                done.append(size)
+
+    def target(self, i: int, j: int) -> tuple[int, int]:
+        (hi, wi), (hj, wj) = self.sizes[i], self.sizes[j]
+        return (min(hi, hj), min(wi, wj))
+
+    def get(self, m: int, size: tuple[int, int], c: int) -> Tensor:
+        t = self.feats[m] if self.sizes[m] == size else self.pooled[(m, size)]
+        return t[:, :c]
+
+
+def _mse(student: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error in float32; a bf16/fp16 operand is promoted element-wise inside the kernel."""
+    if student.dtype != torch.float32 and target.dtype != torch.float32:
+        student = student.float()
+    return F.mse_loss(student, target)
 
 
 def depth_loss(feats: Sequence[Tensor], direction: str = "top_down") -> Tensor:
@@ -91,24 +222,33 @@ def depth_loss(feats: Sequence[Tensor], direction: str = "top_down") -> Tensor:
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown TFD direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
     _check_maps(feats, "depth_loss", 2)
+    pairs = [(i, j) for i in range(len(feats) - 1) for j in range(i + 1, len(feats))]
     with _no_autocast(feats[0]):
-        total = feats[0].new_zeros((), dtype=torch.float32)
-        pairs = 0
-        for i in range(len(feats) - 1):
-            for j in range(i + 1, len(feats)):
-                shallow, deep = _align(feats[i], feats[j])
-                if direction == "top_down":
-                    term = F.mse_loss(shallow, deep.detach())
-                elif direction == "bottom_up":
-                    term = F.mse_loss(deep, shallow.detach())
-                else:
-                    # top_down + bottom_up: the value is twice the MSE, and each side receives exactly the
-                    # gradient of the term in which it is the student -- i.e. the gradient of one undetached MSE.
-                    mse = F.mse_loss(shallow, deep)
-                    term = mse + mse.detach()
-                total = total + term
-                pairs += 1
-        return total / pairs
+        al = _Aligner(feats, pairs)
+        terms = []
+        for i, j in pairs:
+            c = min(al.feats[i].shape[1], al.feats[j].shape[1])
+            size = al.target(i, j)
+            shallow, deep = al.get(i, size, c), al.get(j, size, c)
+            if direction == "top_down":
+                terms.append(_mse(shallow, deep.detach()))
+            elif direction == "bottom_up":
+                terms.append(_mse(deep, shallow.detach()))
+            else:
+                # top_down + bottom_up: the value is twice the MSE, and each side receives exactly the
+                # gradient of the term in which it is the student -- i.e. the gradient of one undetached MSE.
+                mse = _mse(shallow, deep)
+                terms.append(mse + mse.detach())
+        return torch.stack(terms).mean()
+
+
+def _importance(f: Tensor) -> Tensor:
+    """(C,) float32 channel importance without normalising a copy of ``f`` (see module docs)."""
+    f = _as_input(f)
+    h, w = f.shape[2], f.shape[3]
+    s = f.sum(dim=(2, 3), dtype=torch.float32)
+    norm = torch.linalg.vector_norm(f, dim=(2, 3), dtype=torch.float32)
+    return (s / norm.clamp_min(1e-12)).mean(dim=0) / (h * w)
 
 
 @torch.no_grad()
@@ -116,7 +256,7 @@ def channel_importance(f: Tensor) -> Tensor:
     """Importance of each channel of ``f`` (N, C, H, W): mean over batch and positions of the map l2-normalised
     over its positions. Returns a float32 tensor of shape (C,)."""
     with _no_autocast(f):
-        return F.normalize(f.float().flatten(2), dim=2).mean(dim=(0, 2))
+        return _importance(f)
 
 
 def width_loss(feats: Sequence[Tensor], detach_top: bool = True) -> Tensor:
@@ -133,20 +273,25 @@ def width_loss(feats: Sequence[Tensor], detach_top: bool = True) -> Tensor:
     """
     _check_maps(feats, "width_loss", 1)
     with _no_autocast(feats[0]):
-        total = feats[0].new_zeros((), dtype=torch.float32)
-        used = 0
+        terms = []
         for f in feats:
             c = f.shape[1]
             if c < 2:
                 continue
             h = c // 2
-            order = torch.argsort(channel_importance(f), descending=True, stable=True)
-            f32 = f.float()
-            top = f32.index_select(1, order[:h])
-            low = f32.index_select(1, order[h : 2 * h])
-            total = total + F.mse_loss(low, top.detach() if detach_top else top)
-            used += 1
-        return total / used if used else total
+            f = _as_input(f)
+            with torch.no_grad():
+                order = torch.argsort(_importance(f), descending=True, stable=True)
+            low = f.index_select(1, order[h : 2 * h])
+            if detach_top:
+                with torch.no_grad():
+                    top = f.index_select(1, order[:h])
+            else:
+                top = f.index_select(1, order[:h])
+            terms.append(_mse(low, top))
+        if not terms:
+            return feats[0].new_zeros((), dtype=torch.float32)
+        return torch.stack(terms).mean()
 
 
 class TFDLoss(nn.Module):

@@ -110,6 +110,16 @@ class Distiller(nn.Module):
 
     Params: ClassVar[type] = object
     uses: ClassVar[Uses] = Uses()
+    batchable: ClassVar[bool] = False
+    """True when the component may be vmapped over stacked models (several seeds trained as one batched model):
+    pure functions of the step's tensors, no host synchronisation, state only in parameters/buffers."""
+    needs_gather: ClassVar[bool] = False
+    """True for components whose buffers must stay identical across data-parallel ranks (CRD's memory bank). The
+    engine then sets :attr:`gather` and keeps those buffers out of DDP's per-step broadcast; the component applies
+    the all-gathered (global-batch) update itself."""
+    gather: Optional[Callable[[Tensor], Tensor]] = None
+    """Set by a data-parallel engine when :attr:`needs_gather`: concatenates a tensor's rows over the ranks in rank
+    order. None on a single process."""
 
     def __init__(self, params: Any, ctx: BuildContext) -> None:
         super().__init__()

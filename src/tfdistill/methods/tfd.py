@@ -37,6 +37,7 @@ class TFD(Distiller):
 
     Params = TFDParams
     uses = Uses(student_feats=True)
+    batchable = True
 
     def __init__(self, params: TFDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

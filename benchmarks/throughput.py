@@ -1,0 +1,572 @@
+#!/usr/bin/env python
+"""Throughput, side by side in one run: the classic pipeline vs the tfdistill engine; CE, TFD and FitNets.
+
+* **classic** -- built the way the TFD release and the CRD benchmark build it: a torchvision ``ImageFolder`` of
+  JPEG/PNG files, PIL transforms (``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``,
+  ``Normalize``), a ``DataLoader`` with worker processes, fp32, eager, ``cudnn.benchmark``. Its TFD uses the
+  straightforward loss code (per-pair crop/upcast/pool, ``F.normalize`` + permuted copies: the "before" losses);
+  ``tfd_released`` additionally runs a ResNet110 teacher every step, as the released script does.
+* **engine** -- a :class:`tfdistill.engine.Trainer` on the same images: device-resident uint8 data with batched
+  augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in a CUDA graph
+  (``--compile`` adds torch.compile). Images/s come from ``Trainer.train_epoch`` (loader, step, on-device metrics).
+* **step-time ratios** -- TFD/CE, TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the engine's steps on
+  one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round ratios is reported
+  (robust on a busy machine).
+* **multi-seed** -- K seeds of TFD as one batched (vmapped) model: group images/s and the gain over one run.
+
+Models: ResNet32 student, ResNet110 teacher (random weights; only the time matters), 10 classes. Images: the
+CIFAR-10 JPEG archives (a subset is extracted to a temp dir; ``--archive``), or generated CIFAR-sized PNGs when
+they are absent. Prints a table and, last, one JSON line. Ratios, not timed assertions.
+
+    python benchmarks/throughput.py --device cpu --quick      # < 1 minute on 2 CPU cores
+    python benchmarks/throughput.py --device cuda             # the real thing (~3-4 minutes on an H200)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def log(msg: str) -> None:
+    print(f"[throughput +{time.time() - T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+T0 = time.time()
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--quick", action="store_true", help="a few steps each (CPU smoke run, < 1 minute on 2 cores)")
+    p.add_argument("--batch", type=int, default=64, help="batch of the classic-vs-engine comparison (default 64)")
+    p.add_argument("--big-batch", type=int, default=0, help="large batch (default: 512 on CUDA, 256 on CPU)")
+    p.add_argument("--seeds", type=int, default=0, help="K of the multi-seed measurement (default: 4 CUDA, 2 CPU)")
+    p.add_argument("--steps", type=int, default=0, help="steps per timed chunk (default: 50 CUDA, 2 CPU)")
+    p.add_argument("--rounds", type=int, default=0, help="interleaved rounds of chunks (default: 5 CUDA, 3 CPU)")
+    p.add_argument("--ratio-rounds", type=int, default=0, help="rounds of the step-time ratios (default: 7 CUDA, "
+                   "5 CPU)")
+    p.add_argument("--per-class", type=int, default=0, help="training images per class (default: 2000 CUDA, 1000 "
+                   "CPU, quick 64)")
+    p.add_argument("--workers", type=int, default=-1, help="classic DataLoader workers (default: 4; CPU 2)")
+    p.add_argument("--archive", default="", help="folder with the CIFAR-10 JPEG train.tar.gz/test.tar.gz")
+    p.add_argument("--compile", action="store_true", help="engine.compile=true for the engine runs")
+    p.add_argument("--no-graphs", action="store_true", help="engine.cuda_graphs=false on CUDA")
+    p.add_argument("--skip-classic", action="store_true")
+    p.add_argument("--json-out", default="", help="also write the JSON line to this file")
+    a = p.parse_args(argv)
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = a.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda, but no CUDA device is available")
+    a.big_batch = a.big_batch or (512 if cuda else 256)
+    a.seeds = a.seeds or (4 if cuda else 2)
+    a.steps = a.steps or (50 if cuda else (1 if a.quick else 2))
+    a.rounds = a.rounds or (5 if cuda else (2 if a.quick else 4))
+    a.ratio_rounds = a.ratio_rounds or (7 if cuda else (4 if a.quick else 8))
+    a.per_class = a.per_class or (64 if a.quick else (2000 if cuda else 1000))
+    a.workers = a.workers if a.workers >= 0 else (4 if cuda else 2)
+    return a
+
+
+# ----------------------------------------------------------------------------------------------- images
+def find_archive(given: str) -> Path | None:
+    cands = [given] if given else [os.environ.get("TFDISTILL_CIFAR10_JPEG", ""), str(REPO / ".data" / "cifar10-jpeg"),
+                                   str(REPO.parent / "shared" / "data" / "cifar10-jpeg")]
+    for c in cands:
+        if c and (Path(c) / "train.tar.gz").is_file() and (Path(c) / "test.tar.gz").is_file():
+            return Path(c)
+    return None
+
+
+def extract_subset(archive: Path, split: str, dst: Path, per_class: int) -> int:
+    """Stream ``<archive>/<split>.tar.gz`` and write the first ``per_class`` images of every class to ``dst``."""
+    counts: dict[str, int] = {}
+    n = 0
+    with tarfile.open(archive / f"{split}.tar.gz", "r:gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if not m.isfile() or len(parts) < 3 or not m.name.lower().endswith((".jpg", ".jpeg", ".png")):
+                continue
+            cls = parts[-2]
+            if counts.get(cls, 0) >= per_class:
+                if len(counts) >= 10 and all(v >= per_class for v in counts.values()):
+                    break
+                continue
+            data = tar.extractfile(m).read()  # type: ignore[union-attr]
+            out = dst / split / cls / parts[-1]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+            counts[cls] = counts.get(cls, 0) + 1
+            n += 1
+    return n
+
+
+def generate_pngs(dst: Path, split: str, per_class: int, seed: int) -> int:
+    """CIFAR-sized (32x32 RGB) PNGs: a smooth class colour plus noise (only their decoding cost matters)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(10):
+        base = rng.uniform(40, 215, size=(1, 1, 3))
+        folder = dst / split / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.clip(base + rng.normal(0, 40, size=(32, 32, 3)), 0, 255).astype("uint8")
+            Image.fromarray(img).save(folder / f"{i:05d}.png")
+    return 10 * per_class
+
+
+def prepare_images(root: Path, archive: Path | None, per_class: int) -> str:
+    test_per_class = max(8, per_class // 10)
+    if archive is not None:
+        n = extract_subset(archive, "train", root, per_class) + extract_subset(archive, "test", root, test_per_class)
+        return f"CIFAR-10 (JPEG copy) subset from {archive}: {n} files"
+    n = generate_pngs(root, "train", per_class, 0) + generate_pngs(root, "test", test_per_class, 1)
+    return f"generated 32x32 PNGs ({n} files; the CIFAR-10 JPEG archives were not found)"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def reference_tfd_losses():
+    """Swap the TFD method's losses for the straightforward ones (the pre-optimisation code, "before")."""
+    import tfdistill.methods.tfd as mt
+
+    saved = (mt.depth_loss, mt.width_loss)
+    mt.depth_loss, mt.width_loss = ref_depth_loss, ref_width_loss
+    try:
+        yield
+    finally:
+        mt.depth_loss, mt.width_loss = saved
+
+
+def ref_depth_loss(feats, direction="top_down"):
+    """The literal per-pair definition: crop, upcast to float32, adaptive pooling, mean squared error."""
+    import torch.nn.functional as F
+
+    with torch.autocast(feats[0].device.type, enabled=False):
+        total, pairs = feats[0].new_zeros((), dtype=torch.float32), 0
+        for i in range(len(feats) - 1):
+            for j in range(i + 1, len(feats)):
+                a, b = feats[i], feats[j]
+                c = min(a.shape[1], b.shape[1])
+                size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+                s, d = [F.adaptive_avg_pool2d(t[:, :c].float(), size) if tuple(t.shape[2:]) != size
+                        else t[:, :c].float() for t in (a, b)]
+                total, pairs = total + F.mse_loss(s, d.detach()), pairs + 1
+        return total / pairs
+
+
+def ref_width_loss(feats, detach_top=True):
+    """The literal definition: F.normalize of a float32 copy for the importance, two permuted float32 copies."""
+    import torch.nn.functional as F
+
+    with torch.autocast(feats[0].device.type, enabled=False):
+        total, used = feats[0].new_zeros((), dtype=torch.float32), 0
+        for f in feats:
+            c = f.shape[1]
+            if c < 2:
+                continue
+            h = c // 2
+            with torch.no_grad():
+                imp = F.normalize(f.float().flatten(2), dim=2).mean(dim=(0, 2))
+            order = torch.argsort(imp, descending=True, stable=True)
+            f32 = f.float()
+            top, low = f32.index_select(1, order[:h]), f32.index_select(1, order[h:2 * h])
+            total, used = total + F.mse_loss(low, top.detach() if detach_top else top), used + 1
+        return total / used if used else total
+
+
+def random_teacher(path: Path) -> Path:
+    from tfdistill.models import create_model
+
+    torch.manual_seed(1234)
+    torch.save(create_model("resnet110", num_classes=10).state_dict(), path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- runners
+class ClassicRunner:
+    """The classic pipeline: ImageFolder + PIL transforms + DataLoader workers, fp32, eager; ``run(n)`` trains n
+    steps and returns the seconds they took (data loading included)."""
+
+    def __init__(self, args, root: Path, method: str, teacher_ckpt: Path, device: torch.device) -> None:
+        import torchvision
+        import torchvision.transforms as T
+        from torch.utils.data import DataLoader
+
+        from tfdistill.config import load_config
+        from tfdistill.methods import build_method
+        from tfdistill.models import create_model
+
+        torch.backends.cudnn.benchmark = True
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+        ds = torchvision.datasets.ImageFolder(str(root / "train"), transform=tf)
+        self.dl = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
+                             pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+        self.batch, self.device, self.method = args.batch, device, method
+        torch.manual_seed(0)
+        student = create_model("resnet32", num_classes=10).to(device)
+        self.teacher = None
+        if method in ("fitnet", "tfd_released"):
+            t = create_model("resnet110", num_classes=10)
+            t.load_state_dict(torch.load(teacher_ckpt, weights_only=True))
+            self.teacher = t.to(device).eval()
+        name = "tfd" if method == "tfd_released" else method
+        params = load_config(None, [f"method.name={name}"]).method
+        self.meth = build_method(student, params, example=torch.randn(8, 3, 32, 32, device=device), num_classes=10,
+                                 num_train=len(ds), epochs=240, teacher=self.teacher if method == "fitnet" else None)
+        self.opt = torch.optim.SGD(list(student.parameters()) + self.meth.extra_parameters(), lr=0.05, momentum=0.9,
+                                   weight_decay=5e-4)
+        self.it = iter(self.dl)
+        self.mode = f"fp32 eager, {args.workers} DataLoader workers"
+
+    def _next(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.dl)
+            return next(self.it)
+
+    def run(self, n: int) -> float:
+        ctx = reference_tfd_losses() if self.method in ("tfd", "tfd_released") else contextlib.nullcontext()
+        sync(self.device)
+        t = time.perf_counter()
+        with ctx:
+            for _ in range(n):
+                x, y = self._next()
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                if self.method == "tfd_released":
+                    with torch.no_grad():
+                        self.teacher(x)  # the released script's (unused) teacher pass
+                logits, terms = self.meth(x, y, None)
+                loss = sum(terms.values())
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+        sync(self.device)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.it = None
+        del self.dl
+
+
+def engine_overrides(args, root: Path, batch: int, method: str, out: Path, teacher_ckpt: Path, steps: int) -> list:
+    cuda = args.device.startswith("cuda")
+    ov = [f"data.name=imagefolder", f"data.root={root}", "data.loader=device", f"data.batch_size={batch}",
+          "data.eval_batch_size=512", "model.name=resnet32", f"method.name={method}", f"engine.device={args.device}",
+          f"engine.precision={'bf16' if cuda else 'fp32'}", f"engine.channels_last={str(cuda).lower()}",
+          f"engine.cuda_graphs={str(cuda and not args.no_graphs).lower()}",
+          f"engine.compile={str(args.compile).lower()}",
+          "engine.progress=false", "engine.tensorboard=false", f"engine.max_steps_per_epoch={steps}", "epochs=1000",
+          f"out_dir={out}", "optim.lr=0.05"]
+    if method == "fitnet":
+        ov += ["teacher.model=resnet110", f"teacher.checkpoint={teacher_ckpt}"]
+    return ov
+
+
+def make_trainer(args, root, batch, method, out, teacher_ckpt, name):
+    from tfdistill.config import load_config
+    from tfdistill.engine import Trainer
+
+    cfg = load_config(None, [*engine_overrides(args, root, batch, method, out, teacher_ckpt, 1), f"name={name}"])
+    return Trainer(cfg, overwrite=True, echo=lambda s: None)
+
+
+class EngineRunner:
+    """The engine: ``run(n)`` is ``Trainer.train_epoch`` over n steps (device loader, step, on-device metrics)."""
+
+    def __init__(self, args, root, batch, method, out, teacher_ckpt) -> None:
+        self.method, self.batch = method, batch
+        self.tr = make_trainer(args, root, batch, "tfd" if method == "tfd_ref" else method, out, teacher_ckpt,
+                               f"{method}_b{batch}")
+        self.epoch = 0
+
+    @property
+    def mode(self) -> str:
+        return f"{self.tr.precision}, {self.tr.accel.mode}"
+
+    def run(self, n: int) -> float:
+        self.tr.steps_per_epoch = n
+        ctx = reference_tfd_losses() if self.method == "tfd_ref" else contextlib.nullcontext()
+        with ctx:
+            res = self.tr.train_epoch(self.epoch)
+        self.epoch += 1
+        return n * self.batch / res["images_per_sec"]  # an epoch may hold fewer than n batches: per-step rate
+
+    def close(self) -> None:
+        del self.tr
+
+
+class MultiSeedRunner:
+    """K seeds of TFD as one batched model; ``run(n)`` is the group's ``train_epoch`` over n steps."""
+
+    def __init__(self, args, root, batch, out) -> None:
+        from tfdistill.config import load_config
+        from tfdistill.engine.multiseed import MultiSeedTrainer, seed_configs
+
+        self.method, self.seeds = "tfd", args.seeds
+        self.batch = batch * args.seeds  # images per step, all seeds together
+        ov = engine_overrides(args, root, batch, "tfd", out, Path("unused"), 1)
+        cfg = load_config(None, [*ov, f"seeds={list(range(args.seeds))}", f"name=multiseed_b{batch}"])
+        self.group = MultiSeedTrainer(seed_configs(cfg), overwrite=True, echo=lambda s: None)
+        if self.group.blocker is None:
+            self.group.blocker = self.group.trial()
+        self.blocker = self.group.blocker
+        self.epoch = 0
+
+    @property
+    def mode(self) -> str:
+        return f"{self.group.precision}, {self.group.accel.mode}" if self.blocker is None else "-"
+
+    def run(self, n: int) -> float:
+        for t in self.group.trainers:
+            t.steps_per_epoch = n
+        res = self.group.train_epoch(self.epoch)
+        self.epoch += 1
+        return n * self.batch / res[0]["group_images_per_sec"]
+
+    def close(self) -> None:
+        del self.group
+
+
+class StepRunner:
+    """One Trainer's ``step`` on a fixed batch (no loader): ``run(n)`` = n steps."""
+
+    def __init__(self, args, root, batch, method, out, teacher_ckpt, batch_from=None) -> None:
+        self.method, self.batch = method, batch
+        self.tr = make_trainer(args, root, batch, "tfd" if method == "tfd_ref" else method, out, teacher_ckpt,
+                               f"step_{method}_b{batch}")
+        src = batch_from.tr if batch_from is not None else self.tr
+        self.xyi = next(iter(src.data.train))
+        self.device = self.tr.device
+
+    @property
+    def mode(self) -> str:
+        return f"{self.tr.precision}, {self.tr.accel.mode}"
+
+    def run(self, n: int) -> float:
+        """Seconds for n steps: wall clock on CUDA; on the CPU this process's CPU time (the step ratios run
+        single-threaded there, so CPU time is the work done and other processes' load does not enter it)."""
+        clock = time.process_time if self.device.type == "cpu" else time.perf_counter
+        ctx = reference_tfd_losses() if self.method == "tfd_ref" else contextlib.nullcontext()
+        with ctx:
+            sync(self.device)
+            t = clock()
+            for _ in range(n):
+                self.tr.step(*self.xyi)
+            sync(self.device)
+        return clock() - t
+
+    def close(self) -> None:
+        del self.tr
+
+
+def measure(runners: dict, steps: int, rounds: int, warmup_chunks: int = 1) -> dict[str, list[float]]:
+    """Interleave the runners round after round (alternating order); seconds per step of every chunk."""
+    for _ in range(warmup_chunks):  # compilation, graph capture, allocator and DataLoader start-up
+        for r in runners.values():
+            r.run(steps)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    keys = list(runners)
+    for i in range(rounds):
+        for k in (keys if i % 2 == 0 else keys[::-1]):
+            times[k].append(runners[k].run(steps) / steps)
+    return times
+
+
+def summarise(runners: dict, times: dict) -> dict:
+    return {k: {"images_per_sec": runners[k].batch / statistics.median(v), "step_ms": 1e3 * statistics.median(v),
+                "mode": runners[k].mode} for k, v in times.items()}
+
+
+def ratio(times: dict, a: str, b: str) -> float:
+    """Median over rounds of time(a) / time(b) (same round: same machine load)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
+def release(runners: dict) -> None:
+    for r in runners.values():
+        r.close()
+    runners.clear()
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    tmp = Path(tempfile.mkdtemp(prefix="tfdistill_throughput_"))
+    os.environ["TFDISTILL_CACHE"] = str(tmp / "cache")
+    result: dict = {
+        "benchmark": "tfdistill throughput", "date": _dt.date.today().isoformat(), "device": device_label(device),
+        "torch": torch.__version__, "python": platform.python_version(), "quick": bool(args.quick),
+        "batch": args.batch, "big_batch": args.big_batch, "seeds": args.seeds, "steps_per_chunk": args.steps,
+        "rounds": args.rounds, "ratio_rounds": args.ratio_rounds, "classic_workers": args.workers,
+        "compile": bool(args.compile),
+        "models": "resnet32 student (10 classes), resnet110 teacher for FitNets (random weights)",
+    }
+    try:
+        root = tmp / "images"
+        result["data"] = prepare_images(root, find_archive(args.archive), args.per_class)
+        log(result["data"])
+        teacher = random_teacher(tmp / "resnet110_random.pt")
+        out = tmp / "runs"
+        random.seed(0)
+        B, BB = args.batch, args.big_batch
+
+        # 1. classic vs engine at batch B (+ the multi-seed group), interleaved
+        runners: dict = {}
+        if not args.skip_classic:
+            for m in ["ce", "tfd", "fitnet"] + ([] if args.quick else ["tfd_released"]):
+                runners[f"classic/{m}"] = ClassicRunner(args, root, m, teacher, device)
+        for m in ["ce", "tfd", "fitnet"]:
+            runners[f"engine/{m}"] = EngineRunner(args, root, B, m, out, teacher)
+        ms_batch = B if args.quick else BB
+        msr = MultiSeedRunner(args, root, ms_batch, out)
+        if msr.blocker is None:
+            runners["engine/multiseed"] = msr
+        if not args.quick:
+            for m in ["ce", "tfd"]:
+                runners[f"engine_big/{m}"] = EngineRunner(args, root, BB, m, out, teacher)
+        log(f"built {len(runners)} pipelines; measuring {args.rounds} interleaved rounds of {args.steps} steps")
+        t1 = measure(runners, args.steps, args.rounds)
+        speed = summarise(runners, t1)
+        for k, v in speed.items():
+            log(f"{k}: {v['images_per_sec']:.0f} img/s ({v['mode']})")
+        release(runners)
+
+        # 2. step-time ratios on a fixed batch: TFD (fast), TFD (reference losses), FitNets vs CE
+        ratios_by_batch = {}
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            torch.set_num_threads(1)  # CPU-time ratios: one thread, so the work is measured, not the contention
+        for b, methods in ((B, ["ce", "tfd", "tfd_ref", "fitnet"]),
+                           (BB, ["ce", "tfd", "tfd_ref"] + ([] if args.quick else ["fitnet"]))):
+            steps = 1 if device.type == "cpu" else 20
+            rs: dict = {}
+            for m in methods:
+                rs[m] = StepRunner(args, root, b, m, out, teacher, batch_from=rs.get("ce"))
+            tt = measure(rs, steps, args.ratio_rounds, warmup_chunks=1 if device.type == "cpu" else 2)
+            block = {"batch": b, "rounds": args.ratio_rounds,
+                     "clock": "process CPU time, 1 thread" if device.type == "cpu" else "wall clock (synchronised)",
+                     "step_ms": {m: 1e3 * statistics.median(v) for m, v in tt.items()},
+                     "vs_ce": {m: ratio(tt, m, "ce") for m in methods if m != "ce"}, "mode": rs["ce"].mode}
+            if "fitnet" in tt:
+                block["fitnet_over_tfd"] = ratio(tt, "fitnet", "tfd")
+            ratios_by_batch[f"b{b}"] = block
+            log(f"step ratios b{b}: " + ", ".join(f"{k} {v:.3f}" for k, v in block["vs_ce"].items()))
+            release(rs)
+        torch.set_num_threads(threads)
+
+        r: dict = {}
+        if not args.skip_classic:
+            r[f"engine_over_classic_b{B}"] = {m: ratio(t1, f"classic/{m}", f"engine/{m}")
+                                               for m in ["ce", "tfd", "fitnet"]}
+            r[f"classic_tfd_over_ce_step_b{B}"] = ratio(t1, "classic/tfd", "classic/ce")
+            if "classic/tfd_released" in t1:
+                r[f"classic_tfd_released_over_ce_step_b{B}"] = ratio(t1, "classic/tfd_released", "classic/ce")
+        for key, block in ratios_by_batch.items():
+            r[f"tfd_over_ce_step_{key}"] = block["vs_ce"]["tfd"]
+            r[f"tfd_ref_over_ce_step_{key}"] = block["vs_ce"]["tfd_ref"]
+            if "fitnet_over_tfd" in block:
+                r[f"fitnet_over_tfd_step_{key}"] = block["fitnet_over_tfd"]
+        multi: dict = {"seeds": args.seeds, "batch_per_seed": ms_batch, "batched": msr.blocker is None}
+        if msr.blocker is None:
+            single = "engine/tfd" if args.quick else "engine_big/tfd"
+            multi["group_images_per_sec"] = speed["engine/multiseed"]["images_per_sec"]
+            multi["single_run_images_per_sec"] = speed[single]["images_per_sec"]
+            # (K runs in the group's time) / (one run in its own time), per round
+            multi["gain_over_sequential_runs"] = statistics.median(
+                args.seeds * s / g for s, g in zip(t1[single], t1["engine/multiseed"]))
+            r[f"multiseed_K{args.seeds}_over_sequential"] = multi["gain_over_sequential_runs"]
+        else:
+            multi["reason"] = msr.blocker
+        result.update(speed=speed, step_ratios=ratios_by_batch, multiseed=multi, ratios=r,
+                      seconds=time.time() - T0)
+        print_table(result)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    line = json.dumps(result, default=float)
+    print(line)
+    if args.json_out:
+        Path(args.json_out).write_text(line + "\n")
+    return result
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
+def print_table(res: dict) -> None:
+    out = io.StringIO()
+    w = out.write
+    w(f"\ntfdistill throughput -- {res['device']}, torch {res['torch']}, {res['date']}"
+      f"{' (quick)' if res['quick'] else ''}\n{res['data']}\n"
+      f"{res['rounds']} interleaved rounds of {res['steps_per_chunk']} steps per pipeline; medians\n\n")
+    w(f"{'pipeline':<22} {'img/s':>10} {'ms/step':>9}  how\n")
+    for k, v in res["speed"].items():
+        w(f"{k:<22} {v['images_per_sec']:>10.0f} {v['step_ms']:>9.2f}  {v['mode']}\n")
+    w(f"(batch {res['batch']}; engine_big: batch {res['big_batch']}; multiseed: {res['seeds']} seeds x batch "
+      f"{res['multiseed']['batch_per_seed']} per step)\n")
+    w(f"\nstep-time ratios (engine, one fixed batch, {res['ratio_rounds']} interleaved rounds; tfd_ref = the "
+      f"straightforward losses = before):\n")
+    for block in res["step_ratios"].values():
+        parts = [f"{m}/ce {v:.3f}" for m, v in block["vs_ce"].items()]
+        if "fitnet_over_tfd" in block:
+            parts.append(f"fitnet/tfd {block['fitnet_over_tfd']:.2f}")
+        w(f"  batch {block['batch']:>4}: " + ", ".join(parts) + f"   [{block['mode']}; {block['clock']}]\n")
+    w("\nratios:\n")
+    for k, v in res["ratios"].items():
+        if isinstance(v, dict):
+            w(f"  {k}: " + ", ".join(f"{m} {x:.2f}x" for m, x in v.items()) + "\n")
+        elif v is not None:
+            w(f"  {k}: {v:.3f}\n")
+    if not res["multiseed"]["batched"]:
+        w(f"  multi-seed not batched: {res['multiseed'].get('reason')}\n")
+    w(f"\n({res['seconds']:.0f} s)\n")
+    print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()

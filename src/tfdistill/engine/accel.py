@@ -1,0 +1,373 @@
+"""Accelerated train steps: eager, ``torch.compile`` and whole-step CUDA graphs, each with a clean fallback.
+
+:class:`Accelerator` runs one optimizer step -- forward (under autocast), loss, backward, optimizer -- for any
+module that maps ``(images, targets, index) -> (logits, {name: weighted term})`` (a :class:`~tfdistill.methods.Method`,
+its DDP wrapper, or the vmapped K-model function of :mod:`.multiseed`). It knows nothing about methods.
+
+Modes (``engine.compile`` x ``engine.cuda_graphs``)
+---------------------------------------------------
+* **eager** -- exactly the classic step: ``zero_grad(set_to_none) -> scaler.scale(loss).backward() ->
+  scaler.step(opt) -> scaler.update()``.
+* **compile** -- the forward + loss is ``torch.compile``d (``dynamic=False``: batches have a fixed shape);
+  AOTAutograd compiles the matching backward; the optimizer stays the eager (foreach) SGD. If compilation is
+  unsupported or fails (no C++ compiler, an op inductor cannot lower, ...), the step warns once and continues
+  eagerly (the step that failed is redone eagerly; if the failure came from the backward, that step's BatchNorm
+  running statistics were updated twice -- the only trace it leaves). ``TFDISTILL_COMPILE_BACKEND`` /
+  ``TFDISTILL_COMPILE_MODE`` override the backend (default ``inductor``) and mode.
+* **cuda_graphs** (CUDA only) -- the whole step is captured in one CUDA graph and replayed: the batch is copied
+  into static input buffers (the device-resident loader's batches are already on the GPU, so this is one
+  device-to-device copy per tensor), the learning rate of every param group is written into a device scalar, and
+  ``graph.replay()`` runs forward, backward and the optimizer with one launch. The first ``WARMUP_STEPS`` steps
+  run eagerly on a side stream (they are real training steps; cuDNN/cuBLAS pick their algorithms and the
+  optimizer creates its momentum buffers), then the step is captured and replayed. At the start of every epoch
+  (``new_epoch``) the graph is re-captured if the step's structure changed: which parameters require gradients
+  (a component freezing a module) or which modules are in training mode. Values that change between epochs must
+  live in tensors updated in place -- the :class:`~tfdistill.methods.Distiller` contract (TFD's ramp, DropBlock's
+  probability); a Python float read in ``forward`` would be frozen into the graph. Inside the graph the SGD update is
+  :func:`sgd_step_tensor_lr`: the same arithmetic as ``torch.optim.SGD`` (foreach), except that the step is
+  ``p += g * (-lr)`` with ``lr`` a device tensor (``torch.optim.SGD`` would read a Python float once and bake it
+  into the graph, or call ``.item()`` on a tensor lr, which capture forbids); the momentum buffers are the
+  optimizer's own state tensors, so checkpoints and resumption are unchanged. With ``compile`` as well, the
+  compiled forward/backward is what gets captured.
+
+  Refused or impossible: ``precision=fp16`` (the GradScaler reads ``found_inf`` on the host every step) raises a
+  :class:`~tfdistill.errors.ConfigError` on CUDA; on a non-CUDA device, under DDP, or with an optimizer other
+  than SGD, the step warns once and runs without graphs; a capture that fails (an op that synchronises with the
+  host, a CPU tensor in the step, ...) warns once, redoes that step eagerly and stays eager.
+
+Under autocast with graphs the autocast weight cache is disabled (``cache_enabled=False``, as PyTorch requires
+for capture); numerics are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+
+__all__ = ["Accelerator", "sgd_step_tensor_lr", "plain_configs", "total_loss", "WARMUP_STEPS"]
+
+WARMUP_STEPS = 3
+"""Eager steps (on a side stream) before the step is captured in a CUDA graph."""
+
+StepOut = tuple[Tensor, Tensor, dict[str, Tensor]]
+
+
+def _autocast(precision: str, device: torch.device, cache: bool = True):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
+
+
+def total_loss(terms: dict[str, Tensor]) -> Tensor:
+    """The sum of all weighted terms, in float32 (for K stacked models: summed over the models too)."""
+    return torch.stack([v.float() for v in terms.values()]).sum()
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx"))
+
+
+@torch.no_grad()
+def sgd_step_tensor_lr(optimizer: torch.optim.Optimizer, lrs: list[Tensor]) -> None:
+    """One ``torch.optim.SGD`` step whose learning rates are device tensors (``lrs[i]`` for param group ``i``).
+
+    Graph-safe: no host synchronisation, no Python scalar that changes between steps. Same arithmetic as
+    SGD's foreach implementation (weight decay, momentum with dampening, Nesterov, maximize) except the last
+    update, ``p += d_p * (-lr)`` instead of ``p.add_(d_p, alpha=-lr)`` (one more rounding). Momentum buffers must
+    exist already (they are created by the first eager step) and are updated in place in ``optimizer.state``.
+    """
+    for group, lr in zip(optimizer.param_groups, lrs):
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        grads = [p.grad for p in params]
+        wd, mom = float(group["weight_decay"]), float(group["momentum"])
+        damp, nesterov = float(group.get("dampening", 0.0)), bool(group.get("nesterov", False))
+        if group.get("maximize", False):
+            grads = torch._foreach_neg(grads)
+        if wd != 0:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        if mom != 0:
+            bufs = []
+            for p in params:
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is None:
+                    raise RuntimeError("sgd_step_tensor_lr needs existing momentum buffers (run one eager step first)")
+                bufs.append(buf)
+            torch._foreach_mul_(bufs, mom)
+            torch._foreach_add_(bufs, grads, alpha=1 - damp)
+            grads = torch._foreach_add(grads, bufs, alpha=mom) if nesterov else bufs
+        torch._foreach_add_(params, torch._foreach_mul(grads, torch.neg(lr)))
+
+
+def plain_configs(model: Any) -> None:
+    """Replace OmegaConf sections held by modules (a component's ``params``) by plain dataclass objects.
+
+    Dynamo cannot trace OmegaConf's attribute access (it graph-breaks and skips the whole forward), while
+    dataclass fields are constants to it. The values are identical; only the container type changes.
+    """
+    if not isinstance(model, torch.nn.Module):
+        return
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return
+    for m in model.modules():
+        for name, value in list(vars(m).items()):
+            if isinstance(value, (DictConfig, ListConfig)):
+                try:
+                    m.__dict__[name] = OmegaConf.to_object(value)
+                except Exception:  # a config that cannot become an object stays as it is
+                    pass
+
+
+class Accelerator:
+    """Runs train steps of ``model`` with ``optimizer`` (+ ``scaler``) eagerly, compiled and/or as a CUDA graph.
+
+    Args:
+        model: maps ``(images, targets, index)`` to ``(logits, terms)``.
+        optimizer: the optimizer over the trained parameters (SGD for CUDA graphs).
+        scaler: a ``torch.amp.GradScaler`` (enabled only for fp16).
+        device: the training device.
+        precision: ``fp32 | bf16 | fp16`` (autocast dtype).
+        compile: ``torch.compile`` the forward + loss.
+        cuda_graphs: capture the whole step in a CUDA graph (CUDA only).
+        distributed: running under DDP (no CUDA graphs then).
+        log: called with each one-line notice (fallbacks); it is also issued as a ``RuntimeWarning``.
+        loss_fn: ``terms -> scalar`` that is backpropagated (default :func:`total_loss`).
+        watch: the module whose train/eval modes are part of the captured step (default: ``model`` if it is one).
+    """
+
+    def __init__(self, model: Callable[..., Any], optimizer: torch.optim.Optimizer, scaler: Any, *,
+                 device: torch.device, precision: str = "fp32", compile: bool = False, cuda_graphs: bool = False,
+                 distributed: bool = False, log: Callable[[str], None] | None = None,
+                 loss_fn: Callable[[dict[str, Tensor]], Tensor] = total_loss,
+                 watch: torch.nn.Module | None = None) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.device = torch.device(device)
+        self.precision = precision
+        self.loss_fn = loss_fn
+        self.watch = watch if watch is not None else (model if isinstance(model, torch.nn.Module) else None)
+        self._log = log
+        self._warned: set[str] = set()
+        self.compile_requested = bool(compile)
+        self.graphs_requested = bool(cuda_graphs)
+        self.use_graphs = False
+        if cuda_graphs:
+            if self.device.type != "cuda":
+                self.notice("graphs", f"engine.cuda_graphs=true needs a CUDA device (this run uses "
+                                      f"{self.device.type}); the train step runs without CUDA graphs")
+            elif precision == "fp16":
+                raise ConfigError("engine.cuda_graphs=true cannot be combined with engine.precision=fp16: the "
+                                  "GradScaler synchronises with the host every step; use engine.precision=bf16")
+            elif distributed:
+                self.notice("graphs", "engine.cuda_graphs=true is not supported under DDP; the train step runs "
+                                      "without CUDA graphs")
+            elif type(optimizer) is not torch.optim.SGD:
+                self.notice("graphs", f"engine.cuda_graphs=true supports SGD only (got {type(optimizer).__name__});"
+                                      f" the train step runs without CUDA graphs")
+            else:
+                self.use_graphs = True
+        self._eager_forward = self._make_forward(cache=not self.use_graphs)
+        self.forward = self._eager_forward
+        self.compiled = False
+        self._compile_checked = False
+        if compile:
+            self._setup_compile()
+        if self.device.type == "cuda" and (self.use_graphs or self.compiled) and \
+                not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution algorithms once
+        # CUDA graph state
+        self.steps = 0
+        self._graph: Any = None
+        self._pool: Any = None
+        self._static_in: tuple[Tensor, ...] | None = None
+        self._static_out: StepOut | None = None
+        self._lrs: list[Tensor] = []
+        self._side: Any = None
+        self._signature: tuple = ()
+
+    # ------------------------------------------------------------------ notices
+    def notice(self, key: str, msg: str) -> None:
+        """Issue ``msg`` once per accelerator (per ``key``)."""
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if self._log is not None:
+            self._log(f"note: {msg}")
+
+    @property
+    def mode(self) -> str:
+        parts = (["compiled"] if self.compiled else []) + (["cuda_graph"] if self.use_graphs else [])
+        return "+".join(parts) or "eager"
+
+    # ------------------------------------------------------------------ forward
+    def _make_forward(self, cache: bool) -> Callable[[Tensor, Tensor, Tensor], StepOut]:
+        model, precision, device, loss_fn = self.model, self.precision, self.device, self.loss_fn
+
+        def forward(x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+            with _autocast(precision, device, cache):
+                logits, terms = model(x, y, idx)
+            return loss_fn(terms), logits, terms
+
+        return forward
+
+    def _setup_compile(self) -> None:
+        plain_configs(self.model)
+        backend = os.environ.get("TFDISTILL_COMPILE_BACKEND", "inductor")
+        mode = os.environ.get("TFDISTILL_COMPILE_MODE") or None
+        if self.use_graphs and mode in ("reduce-overhead", "max-autotune"):
+            # the whole step is captured by hand; inductor must not capture graphs of its own inside it
+            mode = None if mode == "reduce-overhead" else "max-autotune-no-cudagraphs"
+        try:
+            self.forward = torch.compile(self._make_forward(cache=not self.use_graphs), backend=backend,
+                                         mode=mode, dynamic=False)
+            self.compiled = True
+        except Exception as exc:  # unsupported platform / Python version / backend name
+            self._compile_failed(exc)
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        self.notice("compile", f"engine.compile=true: torch.compile is unavailable here ({type(exc).__name__}: "
+                               f"{reason}); the train step runs eagerly")
+        self.forward = self._eager_forward
+        self.compiled = False
+
+    # ------------------------------------------------------------------ steps
+    def structure(self) -> tuple:
+        """What the captured step's structure depends on besides tensor values."""
+        grads = tuple(bool(p.requires_grad) for g in self.optimizer.param_groups for p in g["params"])
+        modes = tuple(m.training for m in self.watch.modules()) if self.watch is not None else ()
+        return grads, modes
+
+    def new_epoch(self) -> None:
+        """Called at the start of an epoch: drop the captured graph if the step's structure changed (the next
+        step then re-captures it; the warm-up happens only once)."""
+        if self._graph is not None and self.structure() != self._signature:
+            self._graph = None
+            self._static_out = None
+
+    def step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+        """One optimizer step on the batch; returns ``(loss, logits, terms)`` without a host synchronisation.
+
+        With CUDA graphs the returned tensors are the graph's static outputs: read them before the next step.
+        """
+        if self.use_graphs:
+            if self._graph is not None:
+                return self._replay(x, y, idx)
+            if self.steps >= WARMUP_STEPS:
+                out = self._capture(x, y, idx)
+                if out is not None:
+                    return out
+            else:
+                return self._side_stream_step(x, y, idx)
+        return self._plain_step(x, y, idx)
+
+    def _plain_step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+        if self.compiled and not self._compile_checked:
+            try:
+                out = self._eager_step(self.forward, x, y, idx)
+                self._compile_checked = True
+                return out
+            except Exception as exc:
+                self._compile_failed(exc)
+                self.optimizer.zero_grad(set_to_none=True)
+        elif self.compiled:
+            try:
+                return self._eager_step(self.forward, x, y, idx)
+            except Exception as exc:
+                if not _is_compile_error(exc):
+                    raise
+                self._compile_failed(exc)
+                self.optimizer.zero_grad(set_to_none=True)
+        return self._eager_step(self.forward, x, y, idx)
+
+    def _eager_step(self, forward: Callable[..., StepOut], x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+        loss, logits, terms = forward(x, y, idx)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.steps += 1
+        return loss, logits, terms
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _side_stream_step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+        if self._side is None:
+            self._side = torch.cuda.Stream(device=self.device)
+        main = torch.cuda.current_stream(self.device)
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            out = self._plain_step(x, y, idx)
+        main.wait_stream(self._side)
+        return out
+
+    def _fill_lrs(self) -> None:
+        for group, t in zip(self.optimizer.param_groups, self._lrs):
+            lr = group["lr"]
+            if isinstance(lr, Tensor):
+                t.copy_(lr, non_blocking=True)
+            else:
+                t.fill_(float(lr))
+
+    def _capture(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut | None:
+        """Capture the step on this batch and replay it once; None (after a notice) if capture is impossible."""
+        try:
+            self._static_in = (x.clone(), y.clone(), idx.clone())
+            if not self._lrs:
+                self._lrs = [torch.zeros((), dtype=torch.float32, device=self.device)
+                             for _ in self.optimizer.param_groups]
+            self._fill_lrs()
+            torch.cuda.synchronize(self.device)
+            self.optimizer.zero_grad(set_to_none=True)  # grads are allocated inside the graph's memory pool
+            graph = torch.cuda.CUDAGraph()
+            sx, sy, sidx = self._static_in
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                loss, logits, terms = self.forward(sx, sy, sidx)
+                loss.backward()
+                sgd_step_tensor_lr(self.optimizer, self._lrs)
+            self._graph, self._static_out = graph, (loss, logits, terms)
+            self._signature = self.structure()
+            if self._pool is None:
+                self._pool = graph.pool()
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            self.use_graphs = False
+            self._graph = self._static_out = self._static_in = None
+            self.optimizer.zero_grad(set_to_none=True)
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize(self.device)
+            self.notice("capture", f"engine.cuda_graphs=true: capturing the train step failed ({type(exc).__name__}:"
+                                   f" {reason}); the step runs without CUDA graphs")
+            return None
+        graph.replay()
+        self.steps += 1
+        return self._static_out
+
+    def _replay(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+        assert self._static_in is not None and self._static_out is not None
+        if any(d.shape != s.shape or d.dtype != s.dtype for d, s in zip(self._static_in, (x, y, idx))):
+            return self._plain_step(x, y, idx)  # a batch of another shape (never from the fixed-shape loaders)
+        for dst, src in zip(self._static_in, (x, y, idx)):
+            dst.copy_(src, non_blocking=True)
+        self._fill_lrs()
+        self._graph.replay()
+        self.steps += 1
+        return self._static_out
+
+
+def describe(acc: Accelerator) -> dict[str, Any]:
+    """What the accelerator ended up doing (for summaries and benchmarks)."""
+    return {"mode": acc.mode, "compile_requested": acc.compile_requested, "cuda_graphs_requested": acc.graphs_requested}

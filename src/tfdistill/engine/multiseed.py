@@ -1,0 +1,497 @@
+"""Several seeds of one recipe in one process, trained as one batched model (``seeds=[0, 1, 2, 3]``).
+
+``tfdistill train RECIPE seeds=[0,1,2,3]`` (or :func:`train_seeds`) produces one ordinary run directory per seed,
+exactly as if each seed had been trained alone: ``<name>_s<seed>`` when ``name`` is given, otherwise the
+single-seed default name with that seed; each holds ``config.yaml`` (with its own ``seed`` and no ``seeds``),
+``metrics.jsonl``, ``summary.json``, ``train.log``, ``last.pt`` / ``best.pt`` -- loadable by ``tfdistill eval``,
+resumable alone as a single run, and resumable together by re-running the same command with ``--resume``.
+
+How the batching works
+----------------------
+* One :class:`~tfdistill.engine.loop.Trainer` is built per seed (its own run directory, ``torch.manual_seed(seed)``
+  before the model is created -- so the initial weights are those of the single run --, its own optimizer,
+  schedule, checkpoint and resume logic), all sharing one device-resident dataset; each has its own training
+  loader from ``DataBundle.train_loader_for(seed)`` (its own order and augmentation).
+* Their parameters and persistent buffers (BatchNorm running statistics, ``num_batches_tracked``) are stacked
+  along a new leading dimension K (``torch.func.stack_module_state``-style, keyed by name) and the first seed's
+  :class:`~tfdistill.methods.Method` is run with ``torch.func.functional_call`` under ``torch.func.vmap``
+  (``randomness="different"``): one call computes all K forward passes (convolutions become grouped
+  convolutions), each with its own BatchNorm batch statistics and running-statistics update, and its own loss
+  terms. The engine backpropagates the sum of the K losses, which gives every model exactly its own gradient.
+* One SGD over the stacked parameters (same hyperparameters and param groups as each seed's optimizer) is K
+  independent SGDs: every update is element-wise, so momentum buffers stay per model.
+* The step runs through :class:`~.accel.Accelerator`, so ``engine.compile`` / ``engine.cuda_graphs`` apply to the
+  batched step too.
+* After every epoch the stacked state is copied back into each seed's Trainer (weights, buffers, momentum
+  buffers, schedule position); evaluation runs all K students at once on the shared test batches (vmap with the
+  batch not mapped); metrics, checkpoints and summaries are then written by each seed's own Trainer code.
+* Resuming loads every seed's ``last.pt`` and re-stacks them; if the seeds stopped at different epochs (a kill
+  between two checkpoint writes), each seed is resumed alone, one after another (with a notice).
+
+What runs batched, and what falls back
+--------------------------------------
+Batched: methods whose components all declare ``batchable = True`` (``ce``, ``ls``, ``tfd``, ``tfd_ls``)
+without a teacher, with the device-resident loader, fp32 or bf16, no DropBlock, in a single process; and the
+model must run under ``vmap`` (checked with one trial forward/backward pass that changes nothing). Anything else
+-- teacher-based methods (KD, FitNets, CRD, ...), methods with pre-stages, the DataLoader path, fp16 (one
+GradScaler would skip the step of all K models when one overflows), DDP -- trains the seeds one after another as
+ordinary single runs, after a one-line notice. With dropout the K models draw independent masks, but not the
+masks the single runs would draw (the weights are then equal in distribution, not value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import build_data
+from ..errors import ConfigError, DivergenceError
+from ..methods import method_uses, resolve_preset
+from .accel import Accelerator, plain_configs
+from .loop import RunResult, Trainer, _hms, autocast_for, default_run_name, resolve_device
+from .rundir import device_name
+from .schedule import StepLR
+
+__all__ = ["train_seeds", "seed_configs", "run_name_for_seed", "batching_blocker",
+           "MultiSeedTrainer", "batched_seeds_executor"]
+
+# ----------------------------------------------------------------------------------------------- configs
+def run_name_for_seed(cfg: Any, seed: int) -> str:
+    """``<name>_s<seed>`` when ``cfg.name`` is set, else the single-seed default name for ``seed``."""
+    return f"{cfg.name}_s{int(seed)}" if cfg.name else default_run_name(cfg, int(seed))
+
+
+def seed_configs(cfg: Any) -> list[Any]:
+    """One single-run config per seed of ``cfg.seeds``: ``seed`` set, ``seeds`` cleared, ``name`` per seed."""
+    from omegaconf import OmegaConf
+
+    seeds = [int(s) for s in cfg.seeds]
+    if not seeds:
+        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds} lists a seed twice")
+    out = []
+    for s in seeds:
+        c = OmegaConf.merge(cfg, {"seed": s, "seeds": None, "name": run_name_for_seed(cfg, s)})
+        out.append(c)
+    return out
+
+
+def batching_blocker(cfg: Any) -> str | None:
+    """Why the seeds of ``cfg`` cannot be batched (judged from the config alone), or None."""
+    name = str(cfg.method.name)
+    comps = resolve_preset(name).components
+    if method_uses(name).teacher or cfg.teacher.model:
+        return f"method {name!r} uses a teacher"
+    from ..methods import DISTILLERS
+
+    bad = [c for c in comps if not DISTILLERS.get(c).batchable]
+    if bad:
+        return f"method {name!r} has component(s) {bad} not verified for batching (batched: ce, ls, tfd, tfd_ls)"
+    if cfg.engine.precision == "fp16":
+        return "engine.precision=fp16 (one GradScaler cannot skip steps per model); use bf16 or fp32"
+    if cfg.model.dropblock_prob:
+        return "model.dropblock_prob > 0 (DropBlock is not batched)"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "the run is distributed (DDP)"
+    if str(cfg.data.loader) == "dataloader":
+        return "data.loader=dataloader (batching needs the device-resident loader)"
+    return None
+
+
+def train_seeds(cfg: Any, *, resume: bool = False, overwrite: bool = False,
+                echo: Callable[[str], None] | None = None) -> list[RunResult]:
+    """Train one run per seed of ``cfg.seeds``, batched into one model where possible (see module docs)."""
+    cfgs = seed_configs(cfg)
+    say = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
+    if len(cfgs) == 1:
+        return [_single(cfgs[0], resume, overwrite, echo)]
+    why = batching_blocker(cfg)
+    if why is not None:
+        say(f"note: seeds {list(cfg.seeds)} run one after another, not batched: {why}")
+        return [_single(c, resume, overwrite, echo) for c in cfgs]
+    group = MultiSeedTrainer(cfgs, resume=resume, overwrite=overwrite, echo=echo)
+    return group.fit()
+
+
+def _single(cfg: Any, resume: bool, overwrite: bool, echo: Callable[[str], None] | None) -> RunResult:
+    return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()
+
+
+def _persistent_buffer_names(module: nn.Module) -> list[str]:
+    keys = set(module.state_dict().keys())
+    return [n for n, _ in module.named_buffers() if n in keys]
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class MultiSeedTrainer:
+    """K seed Trainers sharing one batched (vmapped) model; see the module docs."""
+
+    def __init__(self, cfgs: list[Any], *, resume: bool = False, overwrite: bool = False,
+                 echo: Callable[[str], None] | None = None,
+                 modes: list[tuple[bool, bool]] | None = None) -> None:
+        """``cfgs``: one single-run config per seed (same recipe); ``modes``: per config ``(resume, overwrite)``
+        (default: ``resume`` / ``overwrite`` for all)."""
+        first = cfgs[0]
+        modes = modes or [(resume, overwrite)] * len(cfgs)
+        self.cfg = first
+        self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
+        self.seeds = [int(c.seed) for c in cfgs]
+        self.device = resolve_device(first.engine.device)
+        bundle = build_data(first.data, self.device, seed=self.seeds[0],
+                            channels_last=bool(first.engine.channels_last))
+        self.trainers = [
+            Trainer(c, resume=res, overwrite=ovr, echo=echo,
+                    data=dataclasses.replace(bundle, train=bundle.train_loader_for(int(c.seed))))
+            for c, (res, ovr) in zip(cfgs, modes)
+        ]
+        self.bundle = bundle
+        self.blocker: str | None = None
+        if bundle.loader != "device":
+            self.blocker = "the data uses the DataLoader path (batching needs the device-resident loader)"
+        elif len({(t.epoch, t.pre_done) for t in self.trainers}) != 1:
+            self.blocker = ("the seeds' checkpoints are at different epochs "
+                            f"({', '.join(f's{s}: {t.epoch}' for s, t in zip(self.seeds, self.trainers))})")
+        elif any(t.method.pre_stages() for t in self.trainers) and not self.trainers[0].pre_done:
+            self.blocker = "the method has pre-stages"
+        self.K = len(self.trainers)
+        if self.blocker is None:
+            self._build()
+
+    # ------------------------------------------------------------------ batched state
+    def _build(self) -> None:
+        t0 = self.trainers[0]
+        self.template: nn.Module = t0.method
+        self.pnames = [n for n, _ in t0.method.named_parameters()]
+        self.bnames = _persistent_buffer_names(t0.method)
+        per = [dict(t.method.named_parameters()) for t in self.trainers]
+        perb = [dict(t.method.named_buffers()) for t in self.trainers]
+        with torch.no_grad():
+            self.P: dict[str, Tensor] = {
+                n: nn.Parameter(torch.stack([p[n].detach() for p in per]), requires_grad=per[0][n].requires_grad)
+                for n in self.pnames}
+            self.B: dict[str, Tensor] = {n: torch.stack([b[n] for b in perb]).clone() for n in self.bnames}
+        # one SGD over the stacked parameters, mirroring the param groups of the seeds' optimizers
+        ids = {id(p): n for n, p in t0.method.named_parameters()}
+        groups = []
+        for g in t0.optimizer.param_groups:
+            hyper = {k: v for k, v in g.items() if k != "params"}
+            groups.append({**hyper, "params": [self.P[ids[id(p)]] for p in g["params"]]})
+        o = self.cfg.optim
+        self.optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                         weight_decay=o.weight_decay)
+        for gs, g in zip(self.optimizer.param_groups, t0.optimizer.param_groups):
+            gs["lr"] = g["lr"]
+        self._stack_optimizer_state()
+        self.sched = StepLR(self.optimizer, o.lr, epochs=int(self.cfg.epochs), steps_per_epoch=t0.steps_per_epoch,
+                            schedule=self.cfg.schedule)
+        self.sched.step_count = t0.sched.step_count
+        self.precision = t0.precision
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
+        template, pnames, bnames = self.template, self.pnames, self.bnames
+
+        def one(params: dict, buffers: dict, x: Tensor, y: Tensor, idx: Tensor):
+            return torch.func.functional_call(template, {**params, **buffers}, (x, y, idx))
+
+        self._vforward = torch.func.vmap(one, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        P, B = self.P, self.B
+
+        def batched(x: Tensor, y: Tensor, idx: Tensor):
+            return self._vforward({n: P[n] for n in pnames}, {n: B[n] for n in bnames}, x, y, idx)
+
+        self.model = batched
+        engine = self.cfg.engine
+        if engine.compile:
+            plain_configs(self.template)
+        self.accel = Accelerator(batched, self.optimizer, self.scaler, device=self.device, precision=self.precision,
+                                 compile=bool(engine.compile), cuda_graphs=bool(engine.cuda_graphs), log=self._log,
+                                 watch=self.template)
+        # student-only state for evaluation
+        self.student = t0.student
+        self.snames = [(n, n[len("student."):]) for n in [*pnames, *bnames] if n.startswith("student.")]
+
+        def one_eval(state: dict, x: Tensor) -> Tensor:
+            return torch.func.functional_call(self.student, state, (x,))
+
+        self._veval = torch.func.vmap(one_eval, in_dims=(0, None), randomness="different")
+
+    def _stack_optimizer_state(self) -> None:
+        """Momentum buffers of the seeds' optimizers (after a resume) -> the stacked optimizer."""
+        for gi, stacked_group in enumerate(self.optimizer.param_groups):
+            for j, P in enumerate(stacked_group["params"]):
+                mb = [t.optimizer.state.get(t.optimizer.param_groups[gi]["params"][j], {}).get("momentum_buffer")
+                      for t in self.trainers]
+                if all(b is not None for b in mb):
+                    self.optimizer.state[P]["momentum_buffer"] = torch.stack(mb).clone()
+
+    @torch.no_grad()
+    def sync_down(self) -> None:
+        """Copy the stacked weights, buffers, momentum buffers and schedule position into each seed's Trainer."""
+        for k, t in enumerate(self.trainers):
+            params = dict(t.method.named_parameters())
+            bufs = dict(t.method.named_buffers())
+            for n in self.pnames:
+                params[n].copy_(self.P[n][k])
+            for n in self.bnames:
+                bufs[n].copy_(self.B[n][k])
+            for gs, g in zip(self.optimizer.param_groups, t.optimizer.param_groups):
+                for P, p in zip(gs["params"], g["params"]):
+                    mb = self.optimizer.state.get(P, {}).get("momentum_buffer")
+                    if mb is not None:
+                        t.optimizer.state[p]["momentum_buffer"] = mb[k].clone()
+                g["lr"] = gs["lr"]
+            t.sched.step_count = self.sched.step_count
+
+    # ------------------------------------------------------------------ checks
+    def trial(self) -> str | None:
+        """One forward/backward of the batched model on cloned buffers (nothing is changed); None if it works."""
+        x, y, idx = [], [], []
+        for t in self.trainers:
+            for b in t.data.train:
+                x.append(b[0][:2]), y.append(b[1][:2]), idx.append(b[2][:2])
+                break
+        try:
+            params = {n: self.P[n] for n in self.pnames}
+            bufs = {n: self.B[n].clone() for n in self.bnames}
+            was = self.template.training
+            self.template.train()
+            with autocast_for(self.precision, self.device):
+                logits, terms = self._vforward(params, bufs, torch.stack(x), torch.stack(y), torch.stack(idx))
+            loss = torch.stack([v.float() for v in terms.values()]).sum()
+            trainable = [p for p in params.values() if p.requires_grad]
+            torch.autograd.grad(loss, trainable, allow_unused=True)
+            self.template.train(was)
+            if tuple(logits.shape[:2]) != (self.K, 2):
+                return f"unexpected batched output shape {tuple(logits.shape)}"
+        except Exception as exc:  # an op without a vmap rule, data-dependent control flow, ...
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            return f"the model does not run under torch.func.vmap ({type(exc).__name__}: {reason})"
+        return None
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, line: str) -> None:
+        self.echo(line)
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int) -> list[dict[str, Any]]:
+        K, dev = self.K, self.device
+        for t in self.trainers:
+            t.method.on_epoch_start(epoch)  # the template's (seed 0's) non-persistent buffers are the ones used
+        self.template.train()
+        self.accel.new_epoch()
+        loaders = [t.data.train for t in self.trainers]
+        for ld in loaders:
+            ld.set_epoch(epoch)
+        total = self.trainers[0].steps_per_epoch
+        sums: dict[str, Tensor] = {}
+        correct = torch.zeros(K, device=dev, dtype=torch.float64)
+        bad = torch.zeros(K, device=dev, dtype=torch.bool)
+        seen = 0
+        t0 = time.time()
+        show = bool(self.cfg.engine.progress) and sys.stdout.isatty()
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs} ({K} seeds)", leave=False,
+                   dynamic_ncols=True, disable=not show, file=sys.stdout)
+        shown = t0
+        for step, batches in enumerate(zip(*loaders)):
+            if step >= total:
+                break
+            x = torch.stack([b[0] for b in batches])
+            y = torch.stack([b[1] for b in batches])
+            idx = torch.stack([b[2] for b in batches])
+            self.sched.apply()
+            _, logits, terms = self.accel.step(x, y, idx)
+            self.sched.step()
+            n = y.shape[1]
+            with torch.no_grad():
+                loss = torch.stack([v.detach().float() for v in terms.values()]).sum(0)  # (K,)
+                bad |= ~torch.isfinite(loss)
+                correct += (logits.argmax(-1) == y).sum(1)
+                for key, v in (("loss", loss), *terms.items()):
+                    v = v.detach().double() * n
+                    sums[key] = v if key not in sums else sums[key] + v
+            seen += n
+            bar.update(1)
+            now = time.time()
+            if now - shown > 0.5 or step == total - 1:
+                shown = now
+                if bool(bad.any()):
+                    self._diverged(epoch, bad, sums)
+                bar.set_postfix(loss=f"{(sums['loss'].sum() / (K * seen)).item():.3f}")
+        bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.time() - t0
+        keys = list(sums)
+        packed = torch.stack([sums[k] for k in keys] + [correct, bad.double()], 1).tolist()  # (K, len)
+        count = max(seen, 1)
+        out = []
+        for k in range(K):
+            vals = packed[k]
+            if vals[-1] > 0 or not all(math.isfinite(v) for v in vals[:-1]):
+                self._diverged(epoch, bad, sums)
+            ips = seen / seconds if seconds > 0 else float("nan")
+            out.append({
+                "loss": vals[0] / count,
+                "terms": {key: v / count for key, v in zip(keys[1:], vals[1:len(keys)])},
+                "train_acc": 100.0 * vals[len(keys)] / count,
+                "epoch_seconds": seconds,
+                "images_per_sec": ips,
+                "group_images_per_sec": K * ips,
+                "batched_seeds": K,
+            })
+        return out
+
+    def _diverged(self, epoch: int, bad: Tensor, sums: dict[str, Tensor]) -> None:
+        which = [self.seeds[k] for k in range(self.K) if bool(bad[k]) or not math.isfinite(float(sums["loss"][k]))]
+        runs = ", ".join(str(self.trainers[self.seeds.index(s)].run.path) for s in which)
+        done = self.trainers[0].epoch
+        keep = (f"every seed's run directory keeps its checkpoint of epoch {done}" if done else
+                "no checkpoint was written yet")
+        raise DivergenceError(f"loss became NaN/inf in epoch {epoch + 1} for seed(s) {which} of the batched seeds "
+                              f"{self.seeds} ({runs}); stopped, {keep}")
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        """Top-1/top-5/mean CE of all K students on the shared test split, one vmapped pass per batch."""
+        K, dev = self.K, self.device
+        student = self.student
+        was = student.training
+        student.eval()
+        state = {short: (self.P[n] if n in self.P else self.B[n]) for n, short in self.snames}
+        stats = torch.zeros(K, 4, dtype=torch.float64, device=dev)
+        for x, y, _ in self.trainers[0].data.test:
+            with autocast_for(self.precision, dev):
+                logits = self._veval(state, x)
+            logits = logits.float()
+            k = min(5, logits.shape[-1])
+            hit = logits.topk(k, dim=-1).indices.eq(y.view(1, -1, 1))
+            ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(K), reduction="none").view(K, -1).sum(1)
+            nb = torch.full((K,), float(y.numel()), device=dev, dtype=torch.float64)
+            stats += torch.stack([hit[..., :1].sum((1, 2)).double(), hit.sum((1, 2)).double(), ce.double(), nb], 1)
+        student.train(was)
+        out = []
+        for c1, c5, loss, n in stats.tolist():
+            n = max(n, 1.0)
+            out.append({"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(n)})
+        return out
+
+    def fit(self) -> list[RunResult]:
+        if self.blocker is None and all(t.resumed_from is not None and t.epoch >= t.cfg.epochs and
+                                        t.run.finished() for t in self.trainers):
+            return [t.fit() for t in self.trainers]  # each says "already finished"
+        if self.blocker is None:
+            self.blocker = self.trial()
+        if self.blocker is not None:
+            self.echo(f"note: seeds {self.seeds} run one after another, not batched: {self.blocker}")
+            return [t.fit() for t in self.trainers]
+        cfg = self.cfg
+        t0 = self.trainers[0]
+        first = t0.epoch
+        for t in self.trainers:
+            if t.resumed_from is None:
+                t._log(f"run {t.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
+                       f"({t.data.num_train} train images, {t.num_classes} classes), {cfg.epochs} epochs, "
+                       f"device {device_name(self.device)}, batched with seeds {self.seeds} "
+                       f"({self.accel.mode} step)")
+            else:
+                t._log(f"resuming {t.run.path} after epoch {t.resumed_from}/{cfg.epochs} (batched with seeds "
+                       f"{self.seeds})")
+            t.pre_done = True
+        t_run = time.time()
+        last_eval: list[dict[str, float]] = []
+        for epoch in range(first, int(cfg.epochs)):
+            lr = self.sched.lr()
+            trains = self.train_epoch(epoch)
+            final = epoch + 1 == cfg.epochs
+            if final or (epoch + 1) % max(1, cfg.engine.eval_every) == 0:
+                last_eval = self.evaluate()
+            self.sync_down()
+            done = epoch + 1 - first
+            eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
+            for k, t in enumerate(self.trainers):
+                ev = last_eval[k] if last_eval else {}
+                improved = bool(ev) and ev["top1"] > t.best_top1
+                if improved:
+                    t.best_top1, t.best_epoch = ev["top1"], epoch + 1
+                t.epoch = epoch + 1
+                train = trains[k]
+                row = {"epoch": epoch + 1, "lr": lr, **train,
+                       "test_top1": ev.get("top1"), "test_top5": ev.get("top5"), "test_loss": ev.get("loss"),
+                       "best_top1": t.best_top1, "time": time.time() - t.started}
+                t.run.append_metrics(row)
+                t._tb_write(row)
+                t.save(best=improved)
+                t._log(f"epoch {epoch + 1:>3}/{cfg.epochs}  seed {self.seeds[k]}  lr {lr:.4g}  loss {train['loss']:.4f}"
+                       f"  train {train['train_acc']:.2f}%  test {ev.get('top1', float('nan')):.2f}% (best "
+                       f"{t.best_top1:.2f}% @{t.best_epoch})  {train['epoch_seconds']:.1f}s  "
+                       f"{train['group_images_per_sec']:.0f} img/s ({self.K} seeds)  ETA {_hms(eta)}")
+        if not last_eval:
+            last_eval = self.evaluate()
+        results = []
+        for k, t in enumerate(self.trainers):
+            summary = t._summary(last_eval[k])
+            summary["batched"] = {"seeds": self.seeds, "step": self.accel.mode}
+            t.run.write_summary(summary)
+            t._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), last "
+                   f"{summary['last_top1']:.2f}%  -> {t.run.path}")
+            if t.tb is not None:
+                t.tb.close()
+            results.append(RunResult(t.run.path, json.loads(t.run.summary.read_text())))
+        return results
+
+
+# ----------------------------------------------------------------------------------------------- sweeps
+def batched_seeds_executor(echo: Callable[[str], None] = print):
+    """A ``tfdistill sweep`` executor (in this process) that trains each group of runs differing only by seed as one
+    batched model (``tfdistill sweep SPEC --batch-seeds``). Groups that cannot be batched, and single runs, are
+    trained one after another exactly like the default in-process executor."""
+    import time as _time
+    import traceback
+
+    from ..sweep.runner import FAILED_MARKER, InProcessExecutor, Outcome, start_mode
+
+    class BatchedSeedsExecutor(InProcessExecutor):
+        batches_seeds = True
+
+        def run_group(self, runs, slot, hooks) -> None:  # type: ignore[override]
+            runs = list(runs)
+            if len(runs) < 2 or hooks.stopping():
+                return super().run_group(runs, slot, hooks)
+            why = batching_blocker(runs[0].cfg)
+            if why is not None:
+                self.echo(f"note: {len(runs)} seeds of {runs[0].group} run one after another: {why}")
+                return super().run_group(runs, slot, hooks)
+            modes = [start_mode(r) for r in runs]
+            for r, m in zip(runs, modes):
+                (r.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+                hooks.started(r, m)
+            try:
+                group = MultiSeedTrainer([r.cfg for r in runs], echo=lambda s: self.echo(f"    {s}"),
+                                         modes=[(m.resume, m.overwrite) for m in modes])
+                results = group.fit()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # the group failed: every run of it is recorded as failed
+                error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+                for r in runs:
+                    log = r.sweep_dir / "logs" / f"{r.name}.log"
+                    with open(log, "a") as fh:
+                        fh.write(f"=== {_time.strftime('%Y-%m-%d %H:%M:%S')} in-process batched seeds "
+                                 f"{[x.seed for x in runs]}\n{traceback.format_exc()}")
+                    hooks.finished(r, Outcome("failed", None, error=error, log=str(log)))
+                return
+            for r, res in zip(runs, results):
+                hooks.finished(r, Outcome("finished", 0, summary=res.summary))
+
+    return BatchedSeedsExecutor(echo)
+

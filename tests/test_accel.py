@@ -1,0 +1,244 @@
+"""engine.compile / engine.cuda_graphs: real on CUDA, clean fallbacks elsewhere; graph-safe SGD arithmetic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from tfdistill.config import load_config
+from tfdistill.engine import Trainer, load_checkpoint, train
+from tfdistill.engine.accel import Accelerator, sgd_step_tensor_lr
+from tfdistill.errors import ConfigError
+
+SHORT = ["method.name=tfd", "epochs=1", "engine.max_steps_per_epoch=2", "engine.tensorboard=false"]
+
+
+def final_state(tmp_path, name):
+    return load_checkpoint(tmp_path / "runs" / name / "last.pt")["model"]
+
+
+def run_recording_warnings(cfg):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lines: list[str] = []
+        trainer = Trainer(cfg, echo=lines.append)
+        trainer.fit()
+    return trainer, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)], lines
+
+
+def test_cuda_graphs_on_cpu_warns_once_and_runs_eagerly(tiny, tmp_path):
+    train(load_config(None, [*tiny, *SHORT, "epochs=2", "name=eager"]), echo=lambda s: None)
+    trainer, warned, lines = run_recording_warnings(
+        load_config(None, [*tiny, *SHORT, "epochs=2", "name=graphs", "engine.cuda_graphs=true"]))
+    graph_warnings = [w for w in warned if "cuda_graphs" in w]
+    assert len(graph_warnings) == 1 and "needs a CUDA device" in graph_warnings[0]
+    assert sum("needs a CUDA device" in line for line in lines) == 1, lines  # logged once, not per step
+    assert trainer.accel.mode == "eager"
+    a, b = final_state(tmp_path, "eager"), final_state(tmp_path, "graphs")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # the very same eager computation
+
+
+def test_compile_with_unavailable_backend_warns_once_and_matches_eager(tiny, tmp_path, monkeypatch):
+    train(load_config(None, [*tiny, *SHORT, "name=eager"]), echo=lambda s: None)
+    monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "no_such_backend")
+    trainer, warned, _ = run_recording_warnings(
+        load_config(None, [*tiny, *SHORT, "name=comp", "engine.compile=true"]))
+    assert sum("engine.compile=true" in w for w in warned) == 1
+    assert trainer.accel.mode == "eager"
+    a, b = final_state(tmp_path, "eager"), final_state(tmp_path, "comp")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _inductor_unavailable() -> str | None:
+    try:
+        import torch._inductor.config as ic  # noqa: F401
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as exc:  # no inductor / no C++ compiler on this machine
+        return f"inductor cannot compile here: {type(exc).__name__}: {exc}"
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile is not supported on this Python"
+    return None
+
+
+@pytest.mark.skipif(_inductor_unavailable() is not None, reason=str(_inductor_unavailable()))
+def test_compile_trains_and_matches_eager(tiny, tmp_path, monkeypatch):
+    """Inductor (C++ on the CPU) compiles the forward + TFD loss and the backward into one graph each; the
+    fused kernels round differently, so the results agree with eager to float tolerance, not bitwise."""
+    monkeypatch.delenv("TFDISTILL_COMPILE_BACKEND", raising=False)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    eager = Trainer(load_config(None, [*tiny, *SHORT, "name=eager"]), echo=lambda s: None)
+    x, y, idx = next(iter(eager.data.train))
+    first_eager = {k: float(v.detach()) for k, v in eager.step(x, y, idx)[2].items()}
+    shutil.rmtree(tmp_path / "runs" / "eager")
+    train(load_config(None, [*tiny, *SHORT, "name=eager"]), echo=lambda s: None)
+
+    trainer, warned, _ = run_recording_warnings(load_config(None, [*tiny, *SHORT, "name=comp", "engine.compile=true"]))
+    assert not [w for w in warned if "engine.compile" in w], warned
+    assert trainer.accel.mode == "compiled"
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
+    # the first step's loss terms (same weights, same batch) agree closely
+    comp = Trainer(load_config(None, [*tiny, *SHORT, "name=comp2", "engine.compile=true"]), echo=lambda s: None)
+    first_comp = {k: float(v.detach()) for k, v in comp.step(x, y, idx)[2].items()}
+    assert first_comp.keys() == first_eager.keys()
+    for k in first_eager:
+        assert first_comp[k] == pytest.approx(first_eager[k], rel=1e-4, abs=1e-6), k
+    # after the run: weights within float tolerance of eager (BatchNorm-bias gradients are cancelling sums,
+    # so a different summation order shows up there first)
+    a, b = final_state(tmp_path, "eager"), final_state(tmp_path, "comp")
+    for k in a:
+        if a[k].is_floating_point():
+            rel = ((a[k] - b[k]).norm() / (a[k].norm() + 1e-8)).item()
+            assert rel < 1e-2, (k, rel)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("momentum, nesterov, wd, dampening", [
+    (0.9, False, 5e-4, 0.0), (0.9, True, 5e-4, 0.0), (0.0, False, 0.0, 0.0), (0.5, False, 1e-3, 0.1)])
+def test_graph_sgd_matches_torch_sgd(momentum, nesterov, wd, dampening):
+    """The in-graph SGD (tensor lr) reproduces torch.optim.SGD over several steps with changing lrs."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (5,), (2, 2, 3)]
+    pa = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    pb = [torch.nn.Parameter(p.detach().clone()) for p in pa]
+    kw = dict(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd, dampening=dampening)
+    oa, ob = torch.optim.SGD(pa, **kw), torch.optim.SGD(pb, **kw)
+    lrs = [torch.zeros(())]
+    for step, lr in enumerate([0.1, 0.05, 0.02, 0.2]):
+        grads = [torch.randn(*s, generator=g) for s in shapes]
+        for p, q, gr in zip(pa, pb, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        oa.param_groups[0]["lr"] = ob.param_groups[0]["lr"] = lr
+        oa.step()
+        if step == 0:
+            ob.step()  # the first (eager) step creates the momentum buffers, as the warm-up does
+        else:
+            lrs[0].fill_(lr)
+            sgd_step_tensor_lr(ob, lrs)
+        for p, q in zip(pa, pb):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    if momentum:
+        for p, q in zip(pa, pb):
+            torch.testing.assert_close(oa.state[p]["momentum_buffer"], ob.state[q]["momentum_buffer"])
+
+
+def test_fp16_with_cuda_graphs_is_refused_on_cuda():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="fp16"):
+        Accelerator(lambda *a: None, opt, None, device=torch.device("cuda"), precision="fp16", cuda_graphs=True)
+    with warnings.catch_warnings(record=True) as caught:  # on the CPU it is a no-op notice, not an error
+        warnings.simplefilter("always")
+        acc = Accelerator(lambda *a: None, opt, None, device=torch.device("cpu"), precision="fp16", cuda_graphs=True)
+    assert acc.mode == "eager" and len(caught) == 1
+
+
+def test_non_sgd_optimizer_gets_no_graph_on_cuda_with_a_notice():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acc = Accelerator(lambda *a: None, opt, None, device=torch.device("cuda"), precision="bf16", cuda_graphs=True)
+    assert not acc.use_graphs and "SGD only" in str(caught[0].message)
+
+
+# ----------------------------------------------------------------------------------------------- CUDA only
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class _Net(torch.nn.Module):
+    """(x, y, idx) -> (logits, terms), like a Method; ``sync`` adds a host synchronisation (uncapturable)."""
+
+    def __init__(self, sync: bool = False) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                        torch.nn.Linear(16, 4))
+        self.sync = sync
+
+    def forward(self, x, y, idx):
+        logits = self.body(x)
+        if self.sync:
+            float(logits.sum())
+        return logits, {"ce": torch.nn.functional.cross_entropy(logits.float(), y)}
+
+
+def _pair(sync=False, precision="fp32", **graph_kw):
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    a = _Net(sync).to(dev)
+    b = _Net(sync).to(dev)
+    b.load_state_dict(a.state_dict())
+    mk = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)  # noqa
+    oa, ob = mk(a), mk(b)
+    sa, sb = (torch.amp.GradScaler("cuda", enabled=False) for _ in range(2))
+    eager = Accelerator(a, oa, sa, device=dev, precision=precision)
+    graph = Accelerator(b, ob, sb, device=dev, precision=precision, cuda_graphs=True, **graph_kw)
+    return (a, oa, eager), (b, ob, graph)
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_steps_match_eager_steps(precision):
+    (a, oa, eager), (b, ob, graph) = _pair(precision=precision)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for step in range(12):
+        x = torch.randn(32, 8, device="cuda", generator=g)
+        y = torch.randint(0, 4, (32,), device="cuda", generator=g)
+        idx = torch.arange(32, device="cuda")
+        for opt in (oa, ob):
+            opt.param_groups[0]["lr"] = 0.1 * (0.8 ** step)  # a changing lr must reach the graph
+        la = eager.step(x, y, idx)[0].item()
+        lb = graph.step(x, y, idx)[0].item()
+        assert lb == pytest.approx(la, rel=1e-4, abs=1e-6), step
+        if step == 5:
+            graph.new_epoch()  # same structure: the graph is kept
+    assert graph.mode == "cuda_graph" and graph._graph is not None
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    # a structural change (a frozen layer) makes the next epoch re-capture
+    b.body[0].weight.requires_grad_(False)
+    graph.new_epoch()
+    assert graph._graph is None
+
+
+@cuda
+def test_uncapturable_step_falls_back_to_eager_with_one_notice():
+    (a, oa, eager), (b, ob, graph) = _pair(sync=True)
+    x = torch.randn(32, 8, device="cuda")
+    y = torch.randint(0, 4, (32,), device="cuda")
+    idx = torch.arange(32, device="cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(6):
+            eager.step(x, y, idx)
+            graph.step(x, y, idx)
+    assert graph.mode == "eager"
+    assert sum("capturing the train step failed" in str(w.message) for w in caught) == 1
+    for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_trainer_and_batched_seeds_with_cuda_graphs_on_gpu(tiny, tmp_path):
+    common = [*tiny, "method.name=tfd", "epochs=2", "engine.device=cuda", "engine.precision=bf16",
+              "engine.channels_last=true", "engine.tensorboard=false"]
+    eager = Trainer(load_config(None, [*common, "name=e"]), echo=lambda s: None)
+    eager.fit()
+    graph = Trainer(load_config(None, [*common, "name=g", "engine.cuda_graphs=true"]), echo=lambda s: None)
+    graph.fit()
+    assert graph.accel.mode == "cuda_graph"
+    re = [json.loads(x) for x in (tmp_path / "runs" / "e" / "metrics.jsonl").read_text().splitlines()]
+    rg = [json.loads(x) for x in (tmp_path / "runs" / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert rg[0]["loss"] == pytest.approx(re[0]["loss"], rel=2e-2)
+    res = train(load_config(None, [*common, "name=m", "seeds=[0,1]", "engine.cuda_graphs=true"]), echo=lambda s: None)
+    assert [r.summary["batched"]["step"] for r in res] == ["cuda_graph", "cuda_graph"]

@@ -1,0 +1,188 @@
+"""Multi-seed batched training: K seeds as one vmapped model give the K single runs' results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY, run_cli
+from tfdistill.config import load_config
+from tfdistill.engine import load_checkpoint, train
+from tfdistill.engine.multiseed import MultiSeedTrainer, batching_blocker, run_name_for_seed, seed_configs
+from tfdistill.evaluate import evaluate_checkpoint
+
+# A slightly gentler lr than TINY's: float rounding differences between grouped and plain convolutions stay at
+# the 1e-7 level after a step; a large lr on 128 images amplifies them over epochs.
+RUN = ["method.name=tfd", "epochs=2", "optim.lr=0.01", "data.synthetic_train=64"]  # 2 steps per epoch
+
+
+def rows(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_state_close(a: dict, b: dict, what: str):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{what} {k}: {m}")
+        else:
+            assert torch.equal(a[k], b[k]), f"{what} {k}"
+
+
+def test_batched_seeds_equal_separate_runs(tiny, tmp_path):
+    lines: list[str] = []
+    res = train(load_config(None, [*tiny, *RUN, "seeds=[0,1]", "name=grp"]), echo=lines.append)
+    assert [r.run_dir.name for r in res] == ["grp_s0", "grp_s1"]
+    assert any("batched with seeds [0, 1]" in line for line in lines)
+    for seed in (0, 1):
+        train(load_config(None, [*tiny, *RUN, f"seed={seed}", f"name=alone_s{seed}"]), echo=lambda s: None)
+        b, a = tmp_path / "runs" / f"grp_s{seed}", tmp_path / "runs" / f"alone_s{seed}"
+        cb, ca = load_checkpoint(b / "last.pt"), load_checkpoint(a / "last.pt")
+        # weights and BatchNorm running statistics (the state_dict holds both), momentum buffers, schedule
+        assert_state_close(cb["model"], ca["model"], f"seed {seed} model")
+        mb = [s["momentum_buffer"] for s in cb["optimizer"]["state"].values()]
+        ma = [s["momentum_buffer"] for s in ca["optimizer"]["state"].values()]
+        assert len(mb) == len(ma) > 0
+        for x, y in zip(mb, ma):  # momentum ~ recent gradients, which amplify rounding far more than weights
+            assert ((x - y).norm() / y.norm()).item() < 1e-2
+        assert cb["sched"] == ca["sched"] and cb["epoch"] == ca["epoch"] == 2
+        assert cb["optimizer"]["param_groups"][0]["lr"] == pytest.approx(ca["optimizer"]["param_groups"][0]["lr"])
+        # per-seed metrics
+        rb, ra = rows(b), rows(a)
+        assert [r["epoch"] for r in rb] == [1, 2]
+        for x, y in zip(rb, ra):
+            for key in ("loss", "test_loss"):
+                assert x[key] == pytest.approx(y[key], rel=1e-4), key
+            for key in ("train_acc", "test_top1", "test_top5", "best_top1"):
+                assert x[key] == pytest.approx(y[key], abs=1e-9), key
+            assert set(x["terms"]) == set(y["terms"]) == {"ce", "tfd_depth", "tfd_width"}
+            for key in x["terms"]:
+                assert x["terms"][key] == pytest.approx(y["terms"][key], rel=1e-4), key
+        # the run-directory contract, with the seed's own config
+        for f in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "best.pt", "train.log"):
+            assert (b / f).is_file(), f
+        cfg = load_config(b / "config.yaml")
+        assert cfg.seed == seed and cfg.seeds is None
+        s = json.loads((b / "summary.json").read_text())
+        assert s["seed"] == seed and s["batched"]["seeds"] == [0, 1]
+        assert s["last_top1"] == pytest.approx(json.loads((a / "summary.json").read_text())["last_top1"])
+        # loadable by `tfdistill eval`
+        ev = evaluate_checkpoint(b / "best.pt", device="cpu")
+        assert ev["top1"] == pytest.approx(s["best_top1"])
+
+
+def test_run_names(tiny):
+    named = load_config(None, [*tiny, "seeds=[3,5]", "name=x"])
+    assert [c.name for c in seed_configs(named)] == ["x_s3", "x_s5"]
+    anon = load_config(None, [*tiny, "seeds=[3,5]", "method.name=tfd"])
+    assert [c.name for c in seed_configs(anon)] == ["synthetic_resnet8_tfd_s3", "synthetic_resnet8_tfd_s5"]
+    assert run_name_for_seed(anon, 7) == "synthetic_resnet8_tfd_s7"
+    with pytest.raises(Exception, match="twice"):
+        seed_configs(load_config(None, [*tiny, "seeds=[1,1]"]))
+
+
+def test_blockers_from_the_config(tiny):
+    assert batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=tfd_ls"])) is None
+    assert batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=ls"])) is None
+    assert "fp16" in batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "engine.precision=fp16"]))
+    assert "dataloader" in batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "data.loader=dataloader"]))
+    assert "teacher" in batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=kd"]))
+
+
+def test_resume_of_an_interrupted_batched_run(tiny, tmp_path, monkeypatch):
+    cfg = load_config(None, [*tiny, *RUN, "epochs=3", "seeds=[0,1]", "name=r", "engine.eval_every=2"])
+    train(cfg, echo=lambda s: None)
+    ref = {s: load_checkpoint(tmp_path / "runs" / f"r_s{s}" / "last.pt")["model"] for s in (0, 1)}
+    ref_rows = rows(tmp_path / "runs" / "r_s1")
+
+    cut = load_config(None, [*tiny, *RUN, "epochs=3", "seeds=[0,1]", "name=k", "engine.eval_every=2"])
+    real = MultiSeedTrainer.train_epoch
+
+    def killed(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies in epoch 3, after the checkpoints of epoch 2
+        return real(self, epoch)
+
+    monkeypatch.setattr(MultiSeedTrainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, echo=lambda s: None)
+    monkeypatch.setattr(MultiSeedTrainer, "train_epoch", real)
+    for s in (0, 1):
+        assert load_checkpoint(tmp_path / "runs" / f"k_s{s}" / "last.pt")["epoch"] == 2
+        assert not (tmp_path / "runs" / f"k_s{s}" / "summary.json").exists()
+    lines: list[str] = []
+    res = train(cut, resume=True, echo=lines.append)
+    assert any("resuming" in line and "batched" in line for line in lines)
+    for s in (0, 1):
+        got = load_checkpoint(tmp_path / "runs" / f"k_s{s}" / "last.pt")["model"]
+        for key, v in ref[s].items():
+            assert torch.equal(v, got[key]), key  # same computation, same order: bit-identical
+    got_rows = rows(tmp_path / "runs" / "k_s1")
+    assert [r["epoch"] for r in got_rows] == [1, 2, 3]
+    assert [r["test_top1"] for r in got_rows] == [r["test_top1"] for r in ref_rows]
+    assert [r.summary["resumed_from_epoch"] for r in res] == [2, 2]
+
+
+def test_seeds_at_different_epochs_resume_one_after_another(tiny, tmp_path):
+    cfg = load_config(None, [*tiny, "seeds=[0,1]", "name=u", "data.synthetic_train=64"])
+    train(cfg, echo=lambda s: None)
+    shutil.rmtree(tmp_path / "runs" / "u_s1")  # e.g. killed before seed 1's first checkpoint
+    lines: list[str] = []
+    res = train(cfg, resume=True, echo=lines.append)
+    assert any("one after another" in line and "different epochs" in line for line in lines)
+    assert [r.summary["status"] for r in res] == ["finished", "finished"]
+    assert json.loads((tmp_path / "runs" / "u_s1" / "summary.json").read_text())["epochs"] == 1
+
+
+def test_unbatchable_recipe_falls_back_to_sequential_runs(tiny, tmp_path):
+    lines: list[str] = []
+    res = train(load_config(None, [*tiny, "seeds=[0,1]", "name=f", "model.dropblock_prob=0.1",
+                                   "data.synthetic_train=64"]), echo=lines.append)
+    assert sum("one after another" in line for line in lines) == 1
+    assert [r.run_dir.name for r in res] == ["f_s0", "f_s1"]
+    assert all("batched" not in r.summary for r in res)
+
+
+def test_cli_trains_all_seeds_in_one_command(tmp_path):
+    out = tmp_path / "cli"
+    res = run_cli(["train", *TINY, f"out_dir={out}", "name=c", "seeds=[0,1]", "method.name=tfd",
+                   "data.synthetic_train=64"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("run directory") == 2
+    assert (out / "c_s0" / "summary.json").is_file() and (out / "c_s1" / "summary.json").is_file()
+
+
+def test_sweep_batches_the_seeds_of_each_group(tmp_path, capsys):
+    """`tfdistill sweep SPEC --batch-seeds`: each group of runs differing by seed is one batched model; the run
+    directories are those the plain sweep writes (same names, same configs), so report and resume work as usual."""
+    from tfdistill.cli import main
+
+    base = [o for o in TINY if not o.startswith("model.name=")] + ["data.synthetic_train=64"]
+    spec = {"name": "sw", "recipe": "cifar100/paper", "out_dir": str(tmp_path / "runs"), "seeds": [0, 1],
+            "models": ["resnet8"], "overrides": base, "grid": {"methods": ["ce", "tfd"]}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert main(["sweep", str(path), "--batch-seeds"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("batched with seeds [0, 1]") == 4  # 2 groups x 2 seeds, one "run ..." line each
+    sweep_dir = tmp_path / "runs" / "sw"
+    for name in ("resnet8_ce_s0", "resnet8_ce_s1", "resnet8_tfd_s0", "resnet8_tfd_s1"):
+        s = json.loads((sweep_dir / name / "summary.json").read_text())
+        assert s["batched"]["seeds"] == [0, 1] and s["status"] == "finished"
+    state = json.loads((sweep_dir / "sweep_state.json").read_text())
+    assert state["counts"] == {"finished": 4}
+    assert main(["sweep", str(path), "--batch-seeds"]) == 0  # everything finished: nothing to train
+    assert "0 to train" in capsys.readouterr().out
+
+
+def test_divergence_stops_the_group_and_names_the_seeds(tiny, tmp_path):
+    from tfdistill.errors import DivergenceError
+
+    pattern = r"epoch 1 for seed\(s\) \[(0, 1|0|1)\] of the batched seeds \[0, 1\].*no checkpoint"  # per seed
+    with pytest.raises(DivergenceError, match=pattern):
+        train(load_config(None, [*tiny, "seeds=[0,1]", "name=d", "optim.lr=1e12", "data.synthetic_train=64"]),
+              echo=lambda s: None)
+    assert not (tmp_path / "runs" / "d_s0" / "last.pt").exists()
