@@ -78,7 +78,7 @@ def test_resume_of_a_finished_run_is_a_noop_and_config_must_match(tiny, tmp_path
 
 def _train_cmd(out, epochs):
     return [sys.executable, "-m", "tfdistill", "train", *TINY, f"out_dir={out}", "name=r", f"epochs={epochs}",
-            "data.synthetic_train=384", "method.name=tfd", "model.dropout=0.2"]
+            "data.synthetic_train=256", "method.name=tfd", "model.dropout=0.2"]
 
 
 def _env():
@@ -88,7 +88,7 @@ def _env():
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     """Kill a run with SIGKILL mid-training, resume it, and compare with an uninterrupted run."""
-    epochs = 10
+    epochs = 6
     ref = subprocess.run(_train_cmd(tmp_path / "a", epochs), env=_env(), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
 
@@ -97,7 +97,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     metrics = tmp_path / "b" / "r" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed: " + (proc.stderr.read() or "")

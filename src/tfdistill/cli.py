@@ -33,11 +33,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
     path, overrides = _split_config_and_overrides(ns.args)
     cfg = load_config(path, overrides)
     result = train(cfg, resume=ns.resume, overwrite=ns.overwrite)
-    s = result.summary
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary line, from rank 0
         return 0
-    print(f"best top-1 {s['best_top1']:.2f}% (epoch {s['best_epoch']}), last top-1 {s['last_top1']:.2f}%, "
-          f"run directory {result.run_dir}")
+    for r in result if isinstance(result, list) else [result]:  # a list with seeds=[...]: one run per seed
+        s = r.summary
+        print(f"best top-1 {s['best_top1']:.2f}% (epoch {s['best_epoch']}), last top-1 {s['last_top1']:.2f}%, "
+              f"run directory {r.run_dir}")
     return 0
 
 
@@ -68,8 +69,17 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
     gpus = [g for g in (ns.gpus or "").split(",") if g.strip()]
     plan = plan_sweep(ns.spec, ns.overrides, out_dir=ns.out_dir)
+    executor = None
+    if getattr(ns, "batch_seeds", False):
+        if ns.jobs != 1 or gpus:
+            from .errors import ConfigError
+
+            raise ConfigError("--batch-seeds trains in this process: use it with --jobs 1 and no --gpus")
+        from .engine.multiseed import batched_seeds_executor
+
+        executor = batched_seeds_executor()
     result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
-                       retry_failed=not ns.skip_failed)
+                       retry_failed=not ns.skip_failed, executor=executor)
     return result.exit_code
 
 
@@ -171,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only runs whose name or label matches (repeatable), e.g. --only 'resnet20_*' --only tfd")
     sw.add_argument("--out-dir", default=None, help="parent of the sweep folder (default: the spec's out_dir)")
     sw.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+    sw.add_argument("--batch-seeds", action="store_true",
+                    help="train the seeds of each run group as one batched model in this process (ce/ls/tfd/tfd_ls; "
+                         "other groups run one after another)")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="tables (mean +- std over seeds), gains over CE and plots from run directories",

@@ -4,6 +4,15 @@ Read top to bottom: :func:`train` builds a :class:`Trainer`; :meth:`Trainer.fit`
 has any), then epochs of :meth:`Trainer.train_epoch` + :func:`evaluate`, writing ``metrics.jsonl`` and
 checkpoints after every epoch and ``summary.json`` at the end. The engine knows the :class:`Method` interface
 and nothing else about methods.
+
+Data parallelism (``torchrun --nproc_per_node=N -m tfdistill train ...``; multi-node with torchrun's ``--nnodes``
+/ ``--rdzv-*`` flags): NCCL on GPUs, gloo on CPUs. ``data.batch_size`` is the global batch, sharded by the data
+layer; the :class:`Method` (student + components' trainable modules, never the frozen teacher) is wrapped in
+DistributedDataParallel, optionally after SyncBatchNorm conversion (``engine.sync_bn``, GPU only); metric sums and
+eval counts are all-reduced; rank 0 alone writes the run directory; checkpoints hold the unwrapped modules and every
+rank's RNG state; components with a ``gather`` hook (CRD's memory bank) get an all-gather so every rank applies the
+global batch's update. With a BatchNorm-free model a 2-process run reproduces the 1-process run with the same global
+batch to float32 rounding (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ from ..methods import Method, build_method
 from ..methods.base import PreStage
 from ..models import create_model
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_atomic, set_rng_state
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, setup_distributed
+from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors, cleanup_distributed,
+                          gather_object, gather_rows, setup_distributed)
 from .rundir import RunDir, device_name, git_commit
 from .schedule import StepLR
+from .accel import Accelerator
 
 CHECKPOINT_FORMAT = "tfdistill/1"
 
@@ -97,6 +108,39 @@ def config_diff(a: dict, b: dict, ignore: set[str] = RESUME_FREE_KEYS) -> list[s
     return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
+TORCHVISION_WEIGHTS = "torchvision:"
+
+
+def weights_file(spec: str) -> str:
+    """A local weights file for ``teacher.checkpoint`` / ``model.init_checkpoint``.
+
+    A path is returned as is (a tfdistill checkpoint or a plain state_dict such as torchvision's
+    ``resnet34-b627a593.pth``): nothing is ever downloaded for it. ``torchvision:<Weights>`` (e.g.
+    ``torchvision:ResNet34_Weights.IMAGENET1K_V1``) explicitly asks for torchvision's published file: it is taken
+    from the torch hub cache (``$TORCH_HOME/hub/checkpoints``) and downloaded there only if missing.
+    """
+    spec = str(spec)
+    if not spec.startswith(TORCHVISION_WEIGHTS):
+        return spec
+    from torchvision.models import get_weight
+
+    name = spec[len(TORCHVISION_WEIGHTS):]
+    try:
+        url = get_weight(name).url
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"unknown torchvision weights {name!r} in {spec!r} (expected e.g. "
+                          f"torchvision:ResNet34_Weights.IMAGENET1K_V1): {exc}") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as exc:  # offline, proxy, disk full
+            raise CheckpointError(f"could not download {url} ({type(exc).__name__}: {str(exc)[:120]}); fetch it "
+                                  f"by hand to {path} or pass its local path instead of {spec!r}") from None
+    return str(path)
+
+
 def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module | None:
     t = cfg.teacher
     if not t.model:
@@ -106,11 +150,27 @@ def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module
     if not t.checkpoint:
         raise ConfigError(f"teacher.model={t.model} needs teacher.checkpoint (e.g. runs/<teacher run>/best.pt)")
     teacher = create_model(t.model, num_classes=num_classes, **dict(t.kwargs))
-    load_model_weights(teacher, t.checkpoint, what="teacher")
+    load_model_weights(teacher, weights_file(t.checkpoint), what="teacher")
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.to(device)
+
+
+def data_meta(data: Any) -> dict:
+    """How the model's inputs were made, for using a checkpoint without its dataset (``tfdistill cam``): class
+    names, normalisation, resolution and ``eval_resize``, the shorter side evaluation images are resized to
+    before the centre crop to ``image_size`` (``image_size * 256 / 224`` on the ImageNet path)."""
+    size = int(data.image_size)
+    resize = size
+    transform = getattr(getattr(data.test, "dataset", None), "transform", None)
+    for op in getattr(transform, "transforms", None) or []:
+        if type(op).__name__ == "Resize" and isinstance(getattr(op, "size", None), (list, tuple)):
+            resize = int(op.size[0])
+            break
+    return {"name": str(data.name), "image_size": size, "eval_resize": resize,
+            "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+            "class_names": [str(c) for c in data.class_names]}
 
 
 @torch.no_grad()
@@ -142,7 +202,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
 # ----------------------------------------------------------------------------------------------- trainer
 class Trainer:
     def __init__(self, cfg: Any, *, resume: bool = False, overwrite: bool = False,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, data: Any = None) -> None:
         self.cfg = cfg
         self.info = setup_distributed(cfg.engine.device)
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
@@ -151,8 +211,15 @@ class Trainer:
         self.device = resolve_device(cfg.engine.device, self.info)
         self.name = cfg.name or default_run_name(cfg)
         self.run = RunDir(Path(cfg.out_dir) / self.name)
-        do_resume = self.run.prepare(resume=resume, overwrite=overwrite) if self.info.is_main else False
+        do_resume: Any = False
+        if self.info.is_main:
+            try:
+                do_resume = self.run.prepare(resume=resume, overwrite=overwrite)
+            except Exception as exc:  # every rank raises it, rather than waiting for rank 0 forever
+                do_resume = exc
         do_resume = broadcast_object(do_resume, self.info)
+        if isinstance(do_resume, Exception):
+            raise do_resume
         barrier(self.info)
         self.started = time.time()
         self.show_bars = self.show_bars and self.info.is_main
@@ -163,8 +230,9 @@ class Trainer:
         if cfg.engine.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.channels_last = bool(cfg.engine.channels_last)
-        self.data = build_data(cfg.data, self.device, seed=seed, rank=self.info.rank,
-                               world_size=self.info.world_size, channels_last=self.channels_last)
+        self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (multi-seed runs)
+            cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
+            channels_last=self.channels_last)
         num_classes = cfg.model.num_classes or self.data.num_classes
         if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
@@ -176,9 +244,10 @@ class Trainer:
             kwargs["dropout"] = cfg.model.dropout
         self.student = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
         if cfg.model.init_checkpoint:
-            load_model_weights(self.student, cfg.model.init_checkpoint, what="model.init_checkpoint")
+            load_model_weights(self.student, weights_file(cfg.model.init_checkpoint), what="model.init_checkpoint")
         mf = torch.channels_last if self.channels_last else torch.preserve_format
         self.student.to(self.device, memory_format=mf)
+        self.student = self._sync_bn(self.student)
         self.teacher = build_teacher(cfg, num_classes, self.device)
         if self.teacher is not None:
             self.teacher.to(memory_format=mf)
@@ -202,6 +271,14 @@ class Trainer:
         self.precision = cfg.engine.precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.model: nn.Module = self._wrap(self.method)
+        self.accel = Accelerator(self.model, self.optimizer, self.scaler, device=self.device,
+                                 precision=self.precision, compile=bool(cfg.engine.compile),
+                                 cuda_graphs=bool(cfg.engine.cuda_graphs), distributed=self.info.enabled,
+                                 log=self._log)
+        if self.info.enabled:
+            # Replicas are built from the same seed; from here on each rank draws its own random numbers (dropout
+            # masks, CRD negatives), otherwise samples at positions r and r+1 of a global batch would share them.
+            torch.manual_seed(seed * 1000003 + self.info.rank)
 
         self.epoch = 0  # epochs completed
         self.best_top1 = -1.0
@@ -241,9 +318,46 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # Components may own modules that only a pre-stage trains (AB connectors, FT paraphraser).
+        # Components with a ``gather`` hook (CRD's memory bank) keep their buffers identical across ranks
+        # themselves, by applying the all-gathered global-batch update on every rank; DDP must not re-broadcast
+        # them every step (an ImageNet bank is over a GB), so they are broadcast once here and then left alone.
+        own_sync: list[str] = []
+        for cname, comp in method.distillers.items():
+            if comp.needs_gather:
+                comp.gather = gather_rows
+                own_sync += [f"distillers.{cname}.{b}" for b, _ in comp.named_buffers()]
+        if own_sync:
+            bufs = dict(method.named_buffers())
+            broadcast_tensors([bufs[n] for n in own_sync], self.info)
+        self._self_synced = set(own_sync)
+        # DDP cannot follow a parameter whose requires_grad changes after wrapping. Parameters that a component
+        # freezes for the main stage (FT's paraphraser, trained by its pre-stage only) are found by running the
+        # main stage's on_epoch_start hook once (idempotent by the Distiller contract), then restored for the
+        # pre-stages, whose gradients the engine all-reduces itself; DDP leaves them alone.
+        trainable = {n: p.requires_grad for n, p in method.named_parameters()}
+        method.on_epoch_start(0)
+        frozen = [n for n, p in method.named_parameters() if trainable[n] and not p.requires_grad]
+        for n, p in method.named_parameters():
+            p.requires_grad_(trainable[n])
+        if own_sync or frozen:
+            DDP._set_params_and_buffers_to_ignore_for_model(method, own_sync + frozen)
+        # Components may own modules that only a pre-stage trains (AB connectors, FitNets' regressor).
         unused = bool(method.extra_parameters())
         return DDP(method, device_ids=ids, find_unused_parameters=unused)
+
+    def _sync_bn(self, student: nn.Module) -> nn.Module:
+        """SyncBatchNorm under DDP when ``engine.sync_bn`` (batch statistics over the global batch).
+
+        Without it every rank normalises over its own share of the batch, so a W-process run is not the same
+        computation as a 1-process run with the same global batch (close, not equal). PyTorch implements
+        SyncBatchNorm for GPUs only.
+        """
+        if not (self.cfg.engine.sync_bn and self.info.enabled):
+            return student
+        if self.device.type != "cuda":
+            raise ConfigError(f"engine.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); this "
+                              f"run uses {self.device.type}. Set engine.sync_bn=false")
+        return nn.SyncBatchNorm.convert_sync_batchnorm(student)
 
     def _tensorboard(self):
         if not (self.cfg.engine.tensorboard and self.info.is_main):
@@ -270,22 +384,42 @@ class Trainer:
             "rng": rng_state(),
             "config_yaml": to_yaml(self.cfg),
             "meta": {"tfdistill": __version__, "torch": str(torch.__version__), "num_classes": self.num_classes,
-                     "model": self.cfg.model.name, "method": self.cfg.method.name},
+                     "model": self.cfg.model.name, "method": self.cfg.method.name, "data": data_meta(self.data)},
         }
 
     def save(self, best: bool) -> None:
+        rng_ranks = gather_object(rng_state(), self.info) if self.info.enabled else None  # collective: all ranks
         if not self.info.is_main:
             return
         state = self.state()
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
         save_atomic(state, self.run.last)
         if best:
             keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
             save_atomic({k: state[k] for k in keep}, self.run.best)
 
+    def _read_last(self) -> dict:
+        """``last.pt`` on every rank (on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the
+        rest). Every rank reads the file itself when it can see it (a shared filesystem); otherwise (multi-node
+        without one) rank 0 reads it and broadcasts it. A read error on rank 0 is raised on every rank."""
+        if not self.info.enabled or all(gather_object(self.run.last.is_file(), self.info)):
+            return load_checkpoint(self.run.last, map_location="cpu")
+        ckpt: Any = None
+        if self.info.is_main:
+            try:
+                ckpt = load_checkpoint(self.run.last, map_location="cpu")
+            except Exception as exc:
+                ckpt = exc
+        ckpt = broadcast_object(ckpt, self.info)
+        if isinstance(ckpt, Exception):
+            raise ckpt
+        return ckpt
+
     def _load_resume(self) -> None:
         from omegaconf import OmegaConf
 
-        ckpt = load_checkpoint(self.run.last, map_location=self.device)
+        ckpt = self._read_last()
         if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
             raise CheckpointError(f"{self.run.last} is not a resumable tfdistill checkpoint")
         stored = OmegaConf.to_container(OmegaConf.create(ckpt["config_yaml"]))
@@ -306,7 +440,13 @@ class Trainer:
         self.best_top1 = float(ckpt["best_top1"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.pre_done = bool(ckpt.get("pre_done", True))
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        if self.info.enabled and isinstance(ranks, list) and len(ranks) == self.info.world_size:
+            set_rng_state(ranks[self.info.rank])
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.info.enabled:
+                torch.manual_seed(int(torch.randint(0, 2**62, ())) + self.info.rank)  # distinct streams per rank
         self.resumed_from = self.epoch
         done = [r for r in self.run.read_metrics() if r.get("epoch", 0) <= self.epoch]
         if done and isinstance(done[-1].get("time"), (int, float)):
@@ -314,24 +454,22 @@ class Trainer:
         if self.info.is_main:
             self.run.truncate_metrics(self.epoch)
             self.run.log_line(f"resumed after epoch {self.epoch}")
+        barrier(self.info)  # every rank has read last.pt before rank 0 may replace it
 
     # ------------------------------------------------------------------ training
     def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One optimizer step; returns (loss, logits, terms) without synchronising with the host."""
-        with autocast_for(self.precision, self.device):
-            logits, terms = self.model(x, y, idx)
-        loss = torch.stack([v.float() for v in terms.values()]).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss, logits, terms
+        """One optimizer step; returns (loss, logits, terms) without synchronising with the host.
+
+        Eager, compiled or replayed from a CUDA graph (``engine.compile`` / ``engine.cuda_graphs``, see
+        :mod:`.accel`); the returned tensors are only valid until the next step."""
+        return self.accel.step(x, y, idx)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.model.train()
         if self.teacher is not None:
             self.teacher.eval()
         self.method.on_epoch_start(epoch)
+        self.accel.new_epoch()
         if self.dropblock is not None:
             self.dropblock.set_progress(epoch / max(1, self.cfg.epochs))
         loader = self.data.train
@@ -363,7 +501,7 @@ class Trainer:
             now = time.time()
             if now - shown > 0.5 or step == total - 1:
                 shown = now
-                if bool(bad):
+                if not self.info.enabled and bool(bad):  # under DDP: checked collectively after the epoch
                     self._diverged(epoch, sums)
                 bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
         bar.close()
@@ -437,9 +575,13 @@ class Trainer:
 
     def fit(self) -> RunResult:
         cfg = self.cfg
-        if self.resumed_from is not None and self.epoch >= cfg.epochs and self.run.finished():
-            self._log(f"{self.run.path} already finished; nothing to resume")
-            return RunResult(self.run.path, json.loads(self.run.summary.read_text()))
+        if self.resumed_from is not None and self.epoch >= cfg.epochs:
+            # rank 0's view of the run directory decides (other nodes may not share its filesystem)
+            done = json.loads(self.run.summary.read_text()) if self.info.is_main and self.run.finished() else None
+            done = broadcast_object(done, self.info)
+            if done is not None:
+                self._log(f"{self.run.path} already finished; nothing to resume")
+                return RunResult(self.run.path, done)
         if self.info.is_main and self.resumed_from is None:
             self._log(f"run {self.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
                       f"({self.data.num_train} train images, {self.num_classes} classes), {cfg.epochs} epochs, "
@@ -458,8 +600,7 @@ class Trainer:
             train = self.train_epoch(epoch)
             final = epoch + 1 == cfg.epochs
             if final or (epoch + 1) % max(1, cfg.engine.eval_every) == 0:
-                last_eval = evaluate(self.student, self.data.test, precision=self.precision, device=self.device,
-                                     info=self.info)
+                last_eval = self._evaluate()
             improved = bool(last_eval) and last_eval["top1"] > self.best_top1
             if improved:
                 self.best_top1, self.best_epoch = last_eval["top1"], epoch + 1
@@ -479,8 +620,7 @@ class Trainer:
                 f"  test {last_eval.get('top1', float('nan')):.2f}% (best {self.best_top1:.2f}% @{self.best_epoch})"
                 f"  {train['epoch_seconds']:.1f}s  {train['images_per_sec']:.0f} img/s  ETA {_hms(eta)}")
         if not last_eval:  # killed after the last checkpoint, before the summary was written
-            last_eval = evaluate(self.student, self.data.test, precision=self.precision, device=self.device,
-                                 info=self.info)
+            last_eval = self._evaluate()
         summary = self._summary(last_eval)
         if self.info.is_main:
             self.run.write_summary(summary)
@@ -490,6 +630,15 @@ class Trainer:
             self.tb.close()
         barrier(self.info)
         return RunResult(self.run.path, summary)
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.info.enabled:
+            # BatchNorm running statistics (student, components' modules) drift apart after DDP's broadcast at
+            # the start of each step (every rank updates them from its own share of the batch): evaluate, and go
+            # on from, what rank 0 checkpoints. Self-synchronised buffers (CRD's bank) are identical already.
+            synced = getattr(self, "_self_synced", set())
+            broadcast_tensors([b for n, b in self.method.named_buffers() if n not in synced], self.info)
+        return evaluate(self.student, self.data.test, precision=self.precision, device=self.device, info=self.info)
 
     def _tb_write(self, row: dict) -> None:
         if self.tb is None:
@@ -543,5 +692,15 @@ def _hms(seconds: float) -> str:
 
 def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
           echo: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run described by ``cfg`` (see :mod:`tfdistill.config`); returns its directory and summary."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()
+    """Train one run described by ``cfg`` (see :mod:`tfdistill.config`); returns its directory and summary.
+
+    With ``cfg.seeds`` set, trains one run per seed (batched into one model where possible, see
+    :mod:`.multiseed`) and returns the list of their results, in the order of ``cfg.seeds``."""
+    if getattr(cfg, "seeds", None):
+        from .multiseed import train_seeds
+
+        return train_seeds(cfg, resume=resume, overwrite=overwrite, echo=echo)  # type: ignore[return-value]
+    try:
+        return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()
+    finally:
+        cleanup_distributed()  # only a process group that setup_distributed created (torchrun); no-op otherwise

@@ -17,7 +17,7 @@ it, never touched by the optimizer. Each training step (i) scores the batch agai
 
 Under DistributedDataParallel every rank holds a replica of the banks and must apply *the same* updates, i.e. the
 updates of the *global* batch. A data-parallel engine sets :attr:`CRD.gather` to a function that concatenates a
-tensor's rows over ranks in rank order (:func:`all_gather_rows` does this with ``torch.distributed``); then
+tensor's rows over ranks in rank order (``tfdistill.engine.distributed.gather_rows`` does this with ``torch.distributed``); then
 ``update_memory`` all-gathers ``index``, both embeddings and the labels and applies the identical update on every
 rank, and the once-estimated normalisation constants ``Z`` are averaged over ranks. The update is deterministic
 given its inputs, so the replicas stay bit-identical. (The negatives each rank samples may differ; they are
@@ -28,7 +28,7 @@ would only write its own samples' rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -38,22 +38,6 @@ from ..losses.crd import NEGATIVES, ContrastMemory, Embed, nce_loss
 from . import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs
 from .pkt import EMBEDDING_USES
-
-
-def all_gather_rows(t: Tensor) -> Tensor:
-    """Concatenate ``t``'s rows over all ranks of the default process group, in rank order (no gradient).
-
-    Every rank must pass a tensor of the same shape (equal per-rank batch sizes, as ``DistributedSampler``
-    provides). Without an initialised process group it returns ``t``.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    t = t.detach().contiguous()
-    out = torch.empty((dist.get_world_size() * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
-    dist.all_gather_into_tensor(out, t)
-    return out
 
 
 @dataclass
@@ -78,10 +62,7 @@ class CRD(Distiller):
 
     Params = CRDParams
     uses = EMBEDDING_USES
-
-    gather: Optional[Callable[[Tensor], Tensor]] = None
-    """Set by a data-parallel engine (e.g. to :func:`all_gather_rows`): concatenates a tensor's rows over ranks,
-    so that every rank applies the same memory update (see the module docs)."""
+    needs_gather = True  # the memory bank must stay identical across ranks (see the module docs)
 
     def __init__(self, params: CRDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
