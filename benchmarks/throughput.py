@@ -284,7 +284,7 @@ class ClassicRunner:
 
 def engine_overrides(args, root: Path, batch: int, method: str, out: Path, teacher_ckpt: Path, steps: int) -> list:
     cuda = args.device.startswith("cuda")
-    ov = [f"data.name=imagefolder", f"data.root={root}", "data.loader=device", f"data.batch_size={batch}",
+    ov = ["data.name=imagefolder", f"data.root={root}", "data.loader=device", f"data.batch_size={batch}",
           "data.eval_batch_size=512", "model.name=resnet32", f"method.name={method}", f"engine.device={args.device}",
           f"engine.precision={'bf16' if cuda else 'fp32'}", f"engine.channels_last={str(cuda).lower()}",
           f"engine.cuda_graphs={str(cuda and not args.no_graphs).lower()}",

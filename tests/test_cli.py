@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import TINY, run_cli
 from tfdistill.cli import main
 
 

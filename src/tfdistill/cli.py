@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from .errors import TfdError
 
 
@@ -229,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs and pipes as they happen
     parser = build_parser()
     ns, extras = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (`sweep SPEC --jobs 2 epochs=30`), which argparse alone

@@ -37,8 +37,8 @@ def run_demo(out_dir: str | Path = "runs", epochs: int | None = None, model: str
     curves = plot_curves({m: [RunDir(base / m).read_metrics()] for m in results}, base / "curves.png",
                          title=f"tfdistill demo: {cfg.model.name} on digits, CE vs TFD (seed {cfg.seed})")
     lines = [
-        f"| method | best top-1 (epoch) | last top-1 | time |",
-        f"|---|---|---|---|",
+        "| method | best top-1 (epoch) | last top-1 | time |",
+        "|---|---|---|---|",
         *(f"| {m} | {s['best_top1']:.2f}% ({s['best_epoch']}) | {s['last_top1']:.2f}% | {s['wall_seconds']:.0f}s |"
           for m, s in results.items()),
     ]

@@ -126,6 +126,23 @@ class Loader:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    def _init_common(self, *, dataset_size: int, device: torch.device, batch_size: int, train: bool, seed: int,
+                     mean: tuple[float, ...], std: tuple[float, ...], augment: tuple[str, ...], rank: int,
+                     world_size: int, channels_last: bool) -> None:
+        """The state every loader shares: sharding of the global batch, seed/epoch, augmentation, normalisation."""
+        self.device = device
+        self.dataset_size = int(dataset_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._gbs = int(batch_size)
+        self.batch_size = self._gbs // self.world_size if self.train else -(-self._gbs // self.world_size)
+        self.augment = tuple(augment) if self.train else ()
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.channels_last = channels_last
+        self._norm = Normalizer(self.mean, self.std, device)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

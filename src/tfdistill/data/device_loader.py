@@ -23,7 +23,6 @@ from .base import (
     TAG_RRC,
     Batch,
     Loader,
-    Normalizer,
     apply_cutout,
     cutout_boxes,
     make_generator,
@@ -61,21 +60,12 @@ class DeviceLoader(Loader):
         channels_last: bool = False,
     ) -> None:
         self.data = data
-        self.device = data.device
-        self.dataset_size = len(data)
-        self.train = bool(train)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.rank, self.world_size = int(rank), int(world_size)
-        self._gbs = int(batch_size)
-        self.batch_size = self._gbs // self.world_size if self.train else -(-self._gbs // self.world_size)
-        self.augment = tuple(augment) if self.train else ()
+        self._init_common(dataset_size=len(data), device=data.device, batch_size=batch_size, train=train, seed=seed,
+                          mean=mean, std=std, augment=augment, rank=rank, world_size=world_size,
+                          channels_last=channels_last)
         self.cutout_size = int(cutout_size)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.channels_last = channels_last
         _, _, self.h, self.w = data.images.shape
         self.out_size = int(out_size or self.h)
-        self._norm = Normalizer(self.mean, self.std, self.device)
         self._aa = BatchedAutoAugment(self.h, self.w) if "autoaugment" in self.augment else None
 
     def __len__(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .base import TAG_ORDER, TAG_SAMPLE, Batch, Loader, Normalizer, apply_cutout, cutout_boxes, mix_seed
+from .base import TAG_ORDER, TAG_SAMPLE, Batch, Loader, apply_cutout, cutout_boxes, mix_seed
 from .sources import Split
 
 _NO_BOX = torch.zeros(4, dtype=torch.long)
@@ -100,18 +100,9 @@ class TorchLoader(Loader):
         channels_last: bool = False,
     ) -> None:
         self.dataset = dataset
-        self.device = device
-        self.dataset_size = len(dataset)
-        self.train = bool(train)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.rank, self.world_size = int(rank), int(world_size)
-        self._gbs = int(batch_size)
-        self.batch_size = self._gbs // self.world_size if self.train else -(-self._gbs // self.world_size)
-        self.augment = tuple(augment) if self.train else ()
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.channels_last = channels_last
-        self._norm = Normalizer(self.mean, self.std, device)
+        self._init_common(dataset_size=len(dataset), device=device, batch_size=batch_size, train=train, seed=seed,
+                          mean=mean, std=std, augment=augment, rank=rank, world_size=world_size,
+                          channels_last=channels_last)
         self.sampler = EpochBatchSampler(self.dataset_size, self._gbs, self.rank, self.world_size, self.train,
                                          self.seed)
         self.num_workers = int(num_workers)
