@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .collect import Group, RunRecord, Section, scan
+from .collect import BASELINE, Group, RunRecord, Section, scan
 from .stats import Diff, Stat, describe, difference
 
 __all__ = ["make_report", "Report", "scan", "Section", "Group", "RunRecord", "Stat", "Diff", "describe",
@@ -81,7 +81,7 @@ def _plots(sections: list[Section], out: Path, metric: str) -> list[Path]:
                     if g.finished:
                         curves[label] = [r.metrics() for r in g.finished]
                     d = g.gain(metric)
-                    if label != "ce" and (d is not None or g.paper_gain() is not None):
+                    if label != BASELINE and (d is not None or g.paper_gain() is not None):
                         gains.append({"label": label, "student": student, "gain": d.value if d else None,
                                       "se": d.se if d else None, "paper": g.paper_gain()})
                 if curves:

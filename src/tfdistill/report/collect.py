@@ -33,6 +33,8 @@ from ..sweep.spec import paper_entry
 from .stats import Diff, Stat, aggregate, describe, difference
 
 IGNORED_KEYS = RESUME_FREE_KEYS | {"seed", "seeds"}
+BASELINE = "ce"
+"""The column every gain is measured against: the plain cross-entropy runs of the same student and folder."""
 """Config keys that do not define an experiment: the seed, and those that do not change the computation."""
 _STUDENT_KEYS = ("model.name", "teacher.")
 
@@ -169,7 +171,7 @@ class Section:
         """Column order: ce first, then the sweep's order, then alphabetical."""
         order = {lab: i for i, lab in enumerate(_unique(str(r.get("label")) for r in self.planned()))}
         have = {g.label: g.base_label for g in self.groups if g.dataset == dataset}
-        return sorted(have, key=lambda lab: (lab != "ce", order.get(have[lab], len(order)), lab))
+        return sorted(have, key=lambda lab: (lab != BASELINE, order.get(have[lab], len(order)), lab))
 
     def group(self, dataset: str, model: str, label: str) -> Optional["Group"]:
         for g in self.groups:
@@ -220,8 +222,8 @@ class Group:
         p = self.paper
         if p["gain"] is not None:
             return float(p["gain"])
-        base = paper_entry(self.section.paper, self.model, "ce")
-        if p["top1"] is not None and base["top1"] is not None and self.base_label != "ce":
+        base = paper_entry(self.section.paper, self.model, BASELINE)
+        if p["top1"] is not None and base["top1"] is not None and self.base_label != BASELINE:
             return float(p["top1"]) - float(base["top1"])
         return None
 
@@ -309,7 +311,7 @@ def build_groups(section: Section) -> None:
                 g.label = _suffix(g, keys) if keys else g.label
     # The CE baseline of each student: the group labelled exactly "ce".
     for g in out:
-        g.baseline = next((b for b in out if b.dataset == g.dataset and b.model == g.model and b.label == "ce"), None)
+        g.baseline = next((b for b in out if b.dataset == g.dataset and b.model == g.model and b.label == BASELINE), None)
     section.groups = out
 
 

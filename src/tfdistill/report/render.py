@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .collect import Group, Section
+from .collect import BASELINE, Group, Section
 from .stats import Diff, Stat
 
 WARN = "⚠"
@@ -92,7 +92,7 @@ def _section_md(sec: Section, metric: str) -> list[str]:
             title = "final model, recommended" if which == "last" else "max over epochs, optimistic"
             out += [f"### {ds}: {which_name[which]} top-1 (%), mean ± std ({title})", ""]
             out += _table(["student", *labels], rows)
-        gain_labels = [lab for lab in labels if lab != "ce"]
+        gain_labels = [lab for lab in labels if lab != BASELINE]
         if any(g.baseline is not None for g in sec.groups if g.dataset == ds) and gain_labels:
             rows = [[m] + [fmt_gain(g.gain(metric)) if (g := sec.group(ds, m, lab)) else DASH
                            for lab in gain_labels] for m in students]
