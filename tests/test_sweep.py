@@ -286,6 +286,16 @@ def test_gpu_slots_and_a_batched_seeds_executor(tmp_path):
     assert Batched.groups == [["resnet8_ce_s0", "resnet8_ce_s1"], ["resnet8_tfd_s0", "resnet8_tfd_s1"]]
     assert result.exit_code == 0 and len(result.trained) == 4
 
+    class OneBig(Batched):  # its own grouping rule (all runs alike), at most 3 runs per group
+        groups: list = []
+        max_group = 3
+
+        def group_key(self, run):
+            return "all"
+
+    run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "big"), executor=OneBig(), echo=lambda s: None)
+    assert OneBig.groups == [["resnet8_ce_s0", "resnet8_tfd_s0", "resnet8_ce_s1"], ["resnet8_tfd_s1"]]
+
 
 # ----------------------------------------------------------------------------------------------- shipped specs
 SPECS = sorted((REPO / "configs" / "reproduce").glob("*.yaml"))

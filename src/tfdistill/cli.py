@@ -69,14 +69,20 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     gpus = [g for g in (ns.gpus or "").split(",") if g.strip()]
     plan = plan_sweep(ns.spec, ns.overrides, out_dir=ns.out_dir)
     executor = None
-    if getattr(ns, "batch_seeds", False):
-        if ns.jobs != 1 or gpus:
-            from .errors import ConfigError
+    batching = ns.batch_seeds or ns.batch_weights
+    if batching or ns.batch_max:
+        from .errors import ConfigError
 
-            raise ConfigError("--batch-seeds trains in this process: use it with --jobs 1 and no --gpus")
+        flag = "--batch-weights" if ns.batch_weights else "--batch-seeds"
+        if not batching:
+            raise ConfigError("--batch-max needs --batch-seeds or --batch-weights")
+        if ns.batch_max < 0:
+            raise ConfigError(f"--batch-max {ns.batch_max}: give a positive number of runs (0: no limit)")
+        if ns.jobs != 1 or gpus:
+            raise ConfigError(f"{flag} trains in this process: use it with --jobs 1 and no --gpus")
         from .engine.multiseed import batched_seeds_executor
 
-        executor = batched_seeds_executor()
+        executor = batched_seeds_executor(weights=ns.batch_weights, max_group=ns.batch_max)
     result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
                        retry_failed=not ns.skip_failed, executor=executor)
     return result.exit_code
@@ -183,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--batch-seeds", action="store_true",
                     help="train the seeds of each run group as one batched model in this process (ce/ls/tfd/tfd_ls; "
                          "other groups run one after another)")
+    sw.add_argument("--batch-weights", action="store_true",
+                    help="like --batch-seeds, and runs that differ only in batchable loss weights (method.tfd.alpha/"
+                         "beta, zero or not alike) join one batched model too, e.g. a whole alpha/beta grid")
+    sw.add_argument("--batch-max", type=int, default=0, metavar="N",
+                    help="with --batch-seeds/--batch-weights: at most N runs per batched model (default 0: no limit)")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="tables (mean +- std over seeds), gains over CE and plots from run directories",

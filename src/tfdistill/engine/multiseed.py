@@ -28,6 +28,17 @@ How the batching works
 * Resuming loads every seed's ``last.pt`` and re-stacks them; if the seeds stopped at different epochs (a kill
   between two checkpoint writes), each seed is resumed alone, one after another (with a notice).
 
+Runs that differ in loss weights, and runs that diverge
+-------------------------------------------------------
+* Besides the seed, the runs of one group may differ in the loss weights a component declares in
+  ``batch_weights`` (TFD: ``method.tfd.alpha`` / ``beta``; whether each is zero must agree, see :func:`batch_key`).
+  The component keeps them as scalar buffers (``w_alpha``, ...) that are stacked per model like the BatchNorm
+  statistics, so one batched model trains a whole alpha/beta grid: ``tfdistill sweep SPEC --batch-weights``.
+* A run whose loss becomes NaN/inf stops as a single run would (its last good checkpoint stays, the reason goes to
+  its ``train.log``; the sweep records it as failed/diverged); the group is rebuilt from the others' state at the
+  end of the previous epoch and that epoch is redone for them -- it depends only on that state and on
+  (seed, epoch), so they end exactly as they would have alone.
+
 What runs batched, and what falls back
 --------------------------------------
 Batched: methods whose components all declare ``batchable = True`` (``ce``, ``ls``, ``tfd``, ``tfd_ls``)
@@ -87,6 +98,38 @@ def seed_configs(cfg: Any) -> list[Any]:
     return out
 
 
+def batch_key(cfg: Any) -> str:
+    """What must be equal for runs to be trained as one batched model: the whole config except ``seed``,
+    ``seeds``, ``name`` and the loss weights that the method's components declare in ``batch_weights``
+    (``method.tfd.alpha`` / ``beta``), of which only whether each is zero counts."""
+    from omegaconf import OmegaConf
+
+    from ..methods import DISTILLERS
+
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("seed", "seeds", "name"):
+        d.pop(k, None)
+    section = d.get("method") or {}
+    for comp in resolve_preset(str(cfg.method.name)).components:
+        sub = section.get(comp)
+        if isinstance(sub, dict):
+            for w in DISTILLERS.get(comp).batch_weights:
+                if w in sub:
+                    sub[w] = bool(sub[w] and float(sub[w]) > 0)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def model_buffer_names(method: nn.Module) -> list[str]:
+    """Non-persistent buffers that belong to one model of a batched group (the components' loss weights)."""
+    from ..methods.base import Distiller
+
+    out = []
+    for prefix, m in method.named_modules():
+        if isinstance(m, Distiller):
+            out += [f"{prefix}.{b}" if prefix else b for b in m.model_buffers()]
+    return out
+
+
 def batching_blocker(cfg: Any) -> str | None:
     """Why the seeds of ``cfg`` cannot be batched (judged from the config alone), or None."""
     name = str(cfg.method.name)
@@ -115,17 +158,24 @@ def train_seeds(cfg: Any, *, resume: bool = False, overwrite: bool = False,
     cfgs = seed_configs(cfg)
     say = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
     if len(cfgs) == 1:
-        return [_single(cfgs[0], resume, overwrite, echo)]
+        return [Trainer(cfgs[0], resume=resume, overwrite=overwrite, echo=echo).fit()]
     why = batching_blocker(cfg)
     if why is not None:
         say(f"note: seeds {list(cfg.seeds)} run one after another, not batched: {why}")
-        return [_single(c, resume, overwrite, echo) for c in cfgs]
-    group = MultiSeedTrainer(cfgs, resume=resume, overwrite=overwrite, echo=echo)
-    return group.fit()
-
-
-def _single(cfg: Any, resume: bool, overwrite: bool, echo: Callable[[str], None] | None) -> RunResult:
-    return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()
+        out: list[RunResult | DivergenceError] = []
+        for c in cfgs:
+            try:
+                out.append(Trainer(c, resume=resume, overwrite=overwrite, echo=echo).fit())
+            except DivergenceError as exc:  # the other seeds still run
+                out.append(exc)
+    else:
+        out = MultiSeedTrainer(cfgs, resume=resume, overwrite=overwrite, echo=echo).fit()
+    failed = [(c, r) for c, r in zip(cfgs, out) if isinstance(r, DivergenceError)]
+    if failed:
+        rest = "" if len(failed) == len(cfgs) else "; the other seeds ran to the end"
+        raise DivergenceError(f"{len(failed)} of {len(cfgs)} seed runs stopped ({', '.join(str(c.name) for c, _ in failed)}"
+                              f"): {failed[0][1]}{rest}")
+    return [r for r in out if isinstance(r, RunResult)]
 
 
 def _persistent_buffer_names(module: nn.Module) -> list[str]:
@@ -146,6 +196,10 @@ class MultiSeedTrainer:
         modes = modes or [(resume, overwrite)] * len(cfgs)
         self.cfg = first
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
+        keys = {batch_key(c) for c in cfgs}
+        if len(keys) != 1:
+            raise ConfigError("runs batched into one model must differ only in seed, name and the loss weights "
+                              "of the method's batch_weights (e.g. method.tfd.alpha/beta, zero or not alike)")
         self.seeds = [int(c.seed) for c in cfgs]
         self.device = resolve_device(first.engine.device)
         bundle = build_data(first.data, self.device, seed=self.seeds[0],
@@ -156,17 +210,31 @@ class MultiSeedTrainer:
             for c, (res, ovr) in zip(cfgs, modes)
         ]
         self.bundle = bundle
+        self.all_trainers = list(self.trainers)
+        self.errors: dict[int, DivergenceError] = {}
+        """Index into the original runs -> why that run stopped (it diverged); the others went on."""
         self.blocker: str | None = None
         if bundle.loader != "device":
             self.blocker = "the data uses the DataLoader path (batching needs the device-resident loader)"
         elif len({(t.epoch, t.pre_done) for t in self.trainers}) != 1:
-            self.blocker = ("the seeds' checkpoints are at different epochs "
-                            f"({', '.join(f's{s}: {t.epoch}' for s, t in zip(self.seeds, self.trainers))})")
+            self.blocker = ("the runs' checkpoints are at different epochs "
+                            f"({', '.join(f'{t.run.path.name}: {t.epoch}' for t in self.trainers)})")
         elif any(t.method.pre_stages() for t in self.trainers) and not self.trainers[0].pre_done:
             self.blocker = "the method has pre-stages"
         self.K = len(self.trainers)
         if self.blocker is None:
             self._build()
+
+    @property
+    def what(self) -> str:
+        """The group in words: ``seeds [0, 1, 2]``, or the run names when they differ in more than the seed."""
+        if len({json.dumps(self._weights(t), sort_keys=True) for t in self.trainers}) == 1:
+            return f"seeds {self.seeds}"
+        return f"{self.K} runs ({', '.join(t.run.path.name for t in self.trainers)})"
+
+    @staticmethod
+    def _weights(t: Trainer) -> dict[str, float]:
+        return {n: float(b) for n, b in t.method.named_buffers() if n in model_buffer_names(t.method)}
 
     # ------------------------------------------------------------------ batched state
     def _build(self) -> None:
@@ -174,6 +242,7 @@ class MultiSeedTrainer:
         self.template: nn.Module = t0.method
         self.pnames = [n for n, _ in t0.method.named_parameters()]
         self.bnames = _persistent_buffer_names(t0.method)
+        self.bnames += [n for n in model_buffer_names(t0.method) if n not in self.bnames]
         per = [dict(t.method.named_parameters()) for t in self.trainers]
         perb = [dict(t.method.named_buffers()) for t in self.trainers]
         with torch.no_grad():
@@ -352,13 +421,28 @@ class MultiSeedTrainer:
         return out
 
     def _diverged(self, epoch: int, bad: Tensor, sums: dict[str, Tensor]) -> None:
-        which = [self.seeds[k] for k in range(self.K) if bool(bad[k]) or not math.isfinite(float(sums["loss"][k]))]
-        runs = ", ".join(str(self.trainers[self.seeds.index(s)].run.path) for s in which)
-        done = self.trainers[0].epoch
-        keep = (f"every seed's run directory keeps its checkpoint of epoch {done}" if done else
-                "no checkpoint was written yet")
-        raise DivergenceError(f"loss became NaN/inf in epoch {epoch + 1} for seed(s) {which} of the batched seeds "
-                              f"{self.seeds} ({runs}); stopped, {keep}")
+        which = [k for k in range(self.K) if bool(bad[k]) or not math.isfinite(float(sums["loss"][k]))]
+        raise _Diverged(which or list(range(self.K)), epoch)
+
+    def _drop(self, which: list[int], epoch: int) -> None:
+        """Stop the runs ``which`` (their loss became NaN/inf in ``epoch``) as a single run would stop -- each keeps
+        its last good checkpoint -- and rebuild the group of the others from their state at the end of the
+        previous epoch (the epoch is then redone: it depends only on that state and on (seed, epoch))."""
+        gone = [self.trainers[k] for k in which]
+        for t in gone:
+            keep = (f"the last good checkpoint is {t.run.last} (after epoch {t.epoch})" if t.run.last.exists()
+                    else "no checkpoint was written yet")
+            err = DivergenceError(f"loss became NaN/inf in epoch {epoch + 1} (batched with {self.what}); stopped, "
+                                  f"{keep}")
+            t._log(f"error: {err}")
+            self.errors[self.all_trainers.index(t)] = err
+        self.trainers = [t for t in self.trainers if t not in gone]
+        self.seeds = [int(t.cfg.seed) for t in self.trainers]
+        self.K = len(self.trainers)
+        self.echo(f"note: {', '.join(t.run.path.name for t in gone)} diverged in epoch {epoch + 1} and stopped"
+                  + (f"; epoch {epoch + 1} is redone for the other {self.K}" if self.K else ""))
+        if self.K:
+            self._build()
 
     @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
@@ -385,33 +469,39 @@ class MultiSeedTrainer:
             out.append({"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(n)})
         return out
 
-    def fit(self) -> list[RunResult]:
+    def fit(self) -> list[RunResult | DivergenceError]:
+        """Train the group; one entry per run, in order: its result, or the :class:`DivergenceError` that stopped it
+        (a run whose loss becomes NaN/inf stops alone, keeping its last good checkpoint; the others go on)."""
         if self.blocker is None and all(t.resumed_from is not None and t.epoch >= t.cfg.epochs and
                                         t.run.finished() for t in self.trainers):
-            return [t.fit() for t in self.trainers]  # each says "already finished"
+            return self._one_by_one()  # each says "already finished"
         if self.blocker is None:
             self.blocker = self.trial()
         if self.blocker is not None:
-            self.echo(f"note: seeds {self.seeds} run one after another, not batched: {self.blocker}")
-            return [t.fit() for t in self.trainers]
+            self.echo(f"note: {self.what} run one after another, not batched: {self.blocker}")
+            return self._one_by_one()
         cfg = self.cfg
-        t0 = self.trainers[0]
-        first = t0.epoch
+        first = self.trainers[0].epoch
         for t in self.trainers:
             if t.resumed_from is None:
                 t._log(f"run {t.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
                        f"({t.data.num_train} train images, {t.num_classes} classes), {cfg.epochs} epochs, "
-                       f"device {device_name(self.device)}, batched with seeds {self.seeds} "
-                       f"({self.accel.mode} step)")
+                       f"device {device_name(self.device)}, batched with {self.what} ({self.accel.mode} step)")
             else:
-                t._log(f"resuming {t.run.path} after epoch {t.resumed_from}/{cfg.epochs} (batched with seeds "
-                       f"{self.seeds})")
+                t._log(f"resuming {t.run.path} after epoch {t.resumed_from}/{cfg.epochs} (batched with {self.what})")
             t.pre_done = True
         t_run = time.time()
         last_eval: list[dict[str, float]] = []
-        for epoch in range(first, int(cfg.epochs)):
+        epoch = first
+        while epoch < int(cfg.epochs) and self.trainers:
             lr = self.sched.lr()
-            trains = self.train_epoch(epoch)
+            try:
+                trains = self.train_epoch(epoch)
+            except _Diverged as d:
+                if last_eval:
+                    last_eval = [ev for k, ev in enumerate(last_eval) if k not in d.which]
+                self._drop(d.which, d.epoch)
+                continue
             final = epoch + 1 == cfg.epochs
             if final or (epoch + 1) % max(1, cfg.engine.eval_every) == 0:
                 last_eval = self.evaluate()
@@ -434,27 +524,49 @@ class MultiSeedTrainer:
                 t._log(f"epoch {epoch + 1:>3}/{cfg.epochs}  seed {self.seeds[k]}  lr {lr:.4g}  loss {train['loss']:.4f}"
                        f"  train {train['train_acc']:.2f}%  test {ev.get('top1', float('nan')):.2f}% (best "
                        f"{t.best_top1:.2f}% @{t.best_epoch})  {train['epoch_seconds']:.1f}s  "
-                       f"{train['group_images_per_sec']:.0f} img/s ({self.K} seeds)  ETA {_hms(eta)}")
-        if not last_eval:
+                       f"{train['group_images_per_sec']:.0f} img/s ({self.K} models)  ETA {_hms(eta)}")
+            epoch += 1
+        if self.trainers and not last_eval:
             last_eval = self.evaluate()
-        results = []
+        results: dict[int, RunResult] = {}
         for k, t in enumerate(self.trainers):
             summary = t._summary(last_eval[k])
-            summary["batched"] = {"seeds": self.seeds, "step": self.accel.mode}
+            summary["batched"] = {"seeds": self.seeds, "runs": [x.run.path.name for x in self.trainers],
+                                  "step": self.accel.mode}
             t.run.write_summary(summary)
             t._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), last "
                    f"{summary['last_top1']:.2f}%  -> {t.run.path}")
             if t.tb is not None:
                 t.tb.close()
-            results.append(RunResult(t.run.path, json.loads(t.run.summary.read_text())))
-        return results
+            results[self.all_trainers.index(t)] = RunResult(t.run.path, json.loads(t.run.summary.read_text()))
+        return [results[i] if i in results else self.errors[i] for i in range(len(self.all_trainers))]
+
+    def _one_by_one(self) -> list[RunResult | DivergenceError]:
+        out: list[RunResult | DivergenceError] = []
+        for t in self.trainers:
+            try:
+                out.append(t.fit())
+            except DivergenceError as exc:
+                out.append(exc)
+        return out
+
+
+class _Diverged(Exception):
+    """Inside :class:`MultiSeedTrainer`: the loss of the models ``which`` (indices) became NaN/inf in ``epoch``."""
+
+    def __init__(self, which: list[int], epoch: int) -> None:
+        super().__init__(f"models {which} diverged in epoch {epoch + 1}")
+        self.which, self.epoch = which, epoch
 
 
 # ----------------------------------------------------------------------------------------------- sweeps
-def batched_seeds_executor(echo: Callable[[str], None] = print):
+def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool = False, max_group: int = 0):
     """A ``tfdistill sweep`` executor (in this process) that trains each group of runs differing only by seed as one
-    batched model (``tfdistill sweep SPEC --batch-seeds``). Groups that cannot be batched, and single runs, are
-    trained one after another exactly like the default in-process executor."""
+    batched model (``tfdistill sweep SPEC --batch-seeds``); with ``weights`` (``--batch-weights``) runs that also
+    differ in the loss weights a method declares batchable (TFD's alpha and beta: an alpha/beta grid) join one group.
+    ``max_group`` > 0 splits groups into batched models of at most that many runs. Groups that cannot be batched, and
+    single runs, are trained one after another exactly like the default in-process executor. A run whose loss
+    becomes NaN/inf is recorded as failed (diverged) and the rest of its group goes on."""
     import time as _time
     import traceback
 
@@ -462,6 +574,12 @@ def batched_seeds_executor(echo: Callable[[str], None] = print):
 
     class BatchedSeedsExecutor(InProcessExecutor):
         batches_seeds = True
+
+        def group_key(self, run) -> str:
+            """Runs differing only in seed -- and, with ``weights``, in batchable loss weights -- share a group."""
+            if not weights or batching_blocker(run.cfg) is not None:
+                return run.group
+            return "batch:" + batch_key(run.cfg)
 
         def run_group(self, runs, slot, hooks) -> None:  # type: ignore[override]
             runs = list(runs)
@@ -471,6 +589,7 @@ def batched_seeds_executor(echo: Callable[[str], None] = print):
             if why is not None:
                 self.echo(f"note: {len(runs)} seeds of {runs[0].group} run one after another: {why}")
                 return super().run_group(runs, slot, hooks)
+            self.echo(f"batched: {len(runs)} runs as one model: {', '.join(r.name for r in runs)}")
             modes = [start_mode(r) for r in runs]
             for r, m in zip(runs, modes):
                 (r.run_dir / FAILED_MARKER).unlink(missing_ok=True)
@@ -491,7 +610,16 @@ def batched_seeds_executor(echo: Callable[[str], None] = print):
                     hooks.finished(r, Outcome("failed", None, error=error, log=str(log)))
                 return
             for r, res in zip(runs, results):
-                hooks.finished(r, Outcome("finished", 0, summary=res.summary))
+                if isinstance(res, DivergenceError):
+                    log = r.sweep_dir / "logs" / f"{r.name}.log"
+                    with open(log, "a") as fh:
+                        fh.write(f"=== {_time.strftime('%Y-%m-%d %H:%M:%S')} in-process batched "
+                                 f"{[x.name for x in runs]}\nDivergenceError: {res}\n")
+                    hooks.finished(r, Outcome("failed", None, error=f"DivergenceError: {res}", log=str(log)))
+                else:
+                    hooks.finished(r, Outcome("finished", 0, summary=res.summary))
 
-    return BatchedSeedsExecutor(echo)
+    ex = BatchedSeedsExecutor(echo)
+    ex.max_group = max(0, int(max_group))
+    return ex
 

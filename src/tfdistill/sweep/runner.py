@@ -138,6 +138,12 @@ class Executor:
 
     batches_seeds = False
     slots = 1
+    max_group = 0
+    """With ``batches_seeds``: at most this many runs per group (0: no limit)."""
+
+    def group_key(self, run: PlannedRun) -> str:
+        """With ``batches_seeds``: runs with the same key are handed to :meth:`run_group` together."""
+        return run.group
 
     def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
         for run in runs:
@@ -453,8 +459,9 @@ class Sweep(Hooks):
         if executor.batches_seeds:
             groups: dict[str, list[PlannedRun]] = {}
             for r in todo:
-                groups.setdefault(r.group, []).append(r)
-            jobs = list(groups.values())
+                groups.setdefault(executor.group_key(r), []).append(r)
+            size = executor.max_group or len(todo)
+            jobs = [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
         else:
             jobs = [[r] for r in todo]
         old = _on_sigterm_raise_interrupt()
