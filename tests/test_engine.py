@@ -66,6 +66,28 @@ def test_existing_run_dir_is_never_overwritten(tiny, tmp_path):
     assert (other / "precious.txt").read_text() == "keep me"
 
 
+def test_bad_input_found_while_building_leaves_no_folder_and_keeps_the_old_run(tiny, tmp_path):
+    """The run directory is created -- or, with --overwrite, replaced -- only after the whole run was built: an
+    error found while building (here: a class count the data does not have, a teacher method without a teacher)
+    neither leaves an empty folder behind nor deletes the run that --overwrite would have replaced."""
+    from tfdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_classes"):
+        train(load_config(None, [*tiny, "name=fresh", "model.num_classes=7"]), echo=lambda s: None)
+    assert not (tmp_path / "runs" / "fresh").exists()
+    cfg = load_config(None, [*tiny, "name=r"])
+    train(cfg, echo=lambda s: None)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "runs" / "r").iterdir() if f.is_file()}
+    for bad in (["model.num_classes=7"], ["method.name=kd"]):
+        with pytest.raises(ConfigError):
+            train(load_config(None, [*tiny, "name=r", *bad]), overwrite=True, echo=lambda s: None)
+        assert {f.name: f.read_bytes() for f in (tmp_path / "runs" / "r").iterdir() if f.is_file()} == before
+    # notices issued while building (before the folder exists) still reach the new run's train.log
+    train(load_config(None, [*tiny, "name=r", "engine.cuda_graphs=true"]), overwrite=True, echo=lambda s: None)
+    log = (tmp_path / "runs" / "r" / "train.log").read_text()
+    assert log.index("needs a CUDA device") < log.index("epoch   1/1")
+
+
 def test_resume_of_a_finished_run_is_a_noop_and_config_must_match(tiny, tmp_path):
     cfg = load_config(None, [*tiny, "name=r", "epochs=2"])
     first = train(cfg, echo=lambda s: None).summary

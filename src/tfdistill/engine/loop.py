@@ -211,16 +211,10 @@ class Trainer:
         self.device = resolve_device(cfg.engine.device, self.info)
         self.name = cfg.name or default_run_name(cfg)
         self.run = RunDir(Path(cfg.out_dir) / self.name)
-        do_resume: Any = False
-        if self.info.is_main:
-            try:
-                do_resume = self.run.prepare(resume=resume, overwrite=overwrite)
-            except Exception as exc:  # every rank raises it, rather than waiting for rank 0 forever
-                do_resume = exc
-        do_resume = broadcast_object(do_resume, self.info)
-        if isinstance(do_resume, Exception):
-            raise do_resume
-        barrier(self.info)
+        # Checked now, created (or, with --overwrite, replaced) only once the whole run has been built: bad input
+        # found while building leaves no folder behind and never costs the old run.
+        do_resume = self._prepare_run_dir(resume, overwrite, dry=True)
+        self._pending_log: list[str] | None = []
         self.started = time.time()
         self.show_bars = self.show_bars and self.info.is_main
 
@@ -287,9 +281,29 @@ class Trainer:
         self.resumed_from = None
         if do_resume:
             self._load_resume()
-        elif self.info.is_main:
-            self.run.config.write_text(to_yaml(cfg))
+        else:
+            self._prepare_run_dir(resume, overwrite, dry=False)
+            if self.info.is_main:
+                self.run.config.write_text(to_yaml(cfg))
+        pending, self._pending_log = self._pending_log or [], None
+        if self.info.is_main:
+            for line in pending:
+                self.run.log_line(line)
         self.tb = self._tensorboard()
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool, *, dry: bool) -> bool:
+        """Rank 0 checks (``dry``) or creates the run directory; every rank gets its verdict (or its error)."""
+        verdict: Any = False
+        if self.info.is_main:
+            try:
+                verdict = self.run.prepare(resume=resume, overwrite=overwrite, dry=dry)
+            except Exception as exc:  # every rank raises it, rather than waiting for rank 0 forever
+                verdict = exc
+        verdict = broadcast_object(verdict, self.info)
+        if isinstance(verdict, Exception):
+            raise verdict
+        barrier(self.info)
+        return bool(verdict)
 
     # ------------------------------------------------------------------ construction helpers
     def _example_batch(self) -> Tensor:
@@ -571,7 +585,10 @@ class Trainer:
     def _log(self, line: str) -> None:
         if self.info.is_main:
             self.echo(line)
-            self.run.log_line(line)
+            if getattr(self, "_pending_log", None) is not None:  # the run directory does not exist yet
+                self._pending_log.append(line)  # type: ignore[union-attr]
+            else:
+                self.run.log_line(line)
 
     def fit(self) -> RunResult:
         cfg = self.cfg

@@ -41,8 +41,12 @@ class RunDir:
     def finished(self) -> bool:
         return self.summary.is_file()
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> bool:
-        """Create the folder. Returns True when an interrupted run should be resumed from ``last.pt``."""
+    def prepare(self, *, resume: bool, overwrite: bool, dry: bool = False) -> bool:
+        """Create the folder. Returns True when an interrupted run should be resumed from ``last.pt``.
+
+        With ``dry`` only the checks run (nothing is created or deleted): the engine checks first, builds the run
+        (where bad input is found), and only then prepares for real -- so a refused run leaves no empty folder and
+        ``--overwrite`` deletes the old run only once the new one can start."""
         p = self.path
         if resume and overwrite:
             raise RunDirError("--resume and --overwrite exclude each other")
@@ -58,11 +62,14 @@ class RunDir:
         if exists and overwrite:
             if not self.is_run_dir():
                 raise RunDirError(f"refusing to --overwrite {p}: it is not a tfdistill run directory")
+            if dry:
+                return False
             shutil.rmtree(p)
         elif exists:
             raise RunDirError(f"run directory {p} already exists; pass --resume to continue it or --overwrite "
                               f"to replace it (or choose another name=...)")
-        p.mkdir(parents=True, exist_ok=True)
+        if not dry:
+            p.mkdir(parents=True, exist_ok=True)
         return False
 
     # --------------------------------------------------------------- writing
