@@ -89,7 +89,9 @@ def test_blockers_from_the_config(tiny):
     assert batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=ls"])) is None
     assert "fp16" in batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "engine.precision=fp16"]))
     assert "dataloader" in batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "data.loader=dataloader"]))
-    assert "teacher" in batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=kd"]))
+    assert batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=kd"])) is None
+    why = batching_blocker(load_config(None, [*tiny, "seeds=[0,1]", "method.name=crd"]))
+    assert "['crd'] not verified" in why and "kd" in why and "tfd" in why
 
 
 def test_resume_of_an_interrupted_batched_run(tiny, tmp_path, monkeypatch):
@@ -278,3 +280,44 @@ def test_sweep_batches_an_alpha_grid_and_a_diverged_run_stops_alone(tmp_path, ca
     assert "--batch-max needs --batch-seeds or --batch-weights" in capsys.readouterr().err
     assert main(["sweep", str(path), "--batch-weights", "--jobs", "2"]) == 2
     assert "--batch-weights trains in this process: use it with --jobs 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ teacher-based methods: one shared frozen teacher
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    """A resnet14 teacher trained with the CLI (one epoch of the tiny synthetic task)."""
+    from tfdistill.cli import main
+
+    out = tmp_path_factory.mktemp("teacher")
+    assert main(["train", *TINY, "data.synthetic_train=64", "model.name=resnet14", f"out_dir={out}", "name=t"]) == 0
+    return out / "t" / "best.pt"
+
+
+BATCHABLE_WITH_TEACHER = ["kd", "fitnet", "at", "sp", "nst", "pkt", "rkd", "cc", "vid", "fsp", "tfd+kd"]
+
+
+@pytest.mark.parametrize("preset", BATCHABLE_WITH_TEACHER)
+def test_teacher_methods_batched_equal_separate_runs(preset, teacher_ckpt, tiny, tmp_path):
+    """Every component marked batchable gives, batched over two seeds with one shared frozen teacher, the two single
+    runs' weights (its own regressors/embeddings included) and loss terms. SP (weight 3000) and RKD amplify float
+    rounding the most, hence tolerances 10x those of the teacher-free test."""
+    base = [*tiny, *RUN, "epochs=1", f"method.name={preset}", "teacher.model=resnet14",
+            f"teacher.checkpoint={teacher_ckpt}"]
+    lines: list[str] = []
+    train(load_config(None, [*base, "seeds=[0,1]", "name=b"]), echo=lines.append)
+    assert any("batched with seeds [0, 1]" in line for line in lines), lines[:3]
+    for seed in (0, 1):
+        train(load_config(None, [*base, f"seed={seed}", f"name=a{seed}"]), echo=lambda x: None)
+        cb = load_checkpoint(tmp_path / "runs" / f"b_s{seed}" / "last.pt")
+        ca = load_checkpoint(tmp_path / "runs" / f"a{seed}" / "last.pt")
+        for part in ("model", "method"):
+            assert cb[part].keys() == ca[part].keys()
+            for k, v in ca[part].items():
+                if v.is_floating_point():
+                    torch.testing.assert_close(cb[part][k], v, rtol=1e-3, atol=1e-4, msg=lambda m: f"{k}: {m}")
+                else:
+                    assert torch.equal(cb[part][k], v), k
+        (x,), (y,) = rows(tmp_path / "runs" / f"b_s{seed}"), rows(tmp_path / "runs" / f"a{seed}")
+        assert set(x["terms"]) == set(y["terms"])
+        for key in x["terms"]:
+            assert x["terms"][key] == pytest.approx(y["terms"][key], rel=1e-3), key

@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out-dir", default=None, help="parent of the sweep folder (default: the spec's out_dir)")
     sw.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
     sw.add_argument("--batch-seeds", action="store_true",
-                    help="train the seeds of each run group as one batched model in this process (ce/ls/tfd/tfd_ls; "
-                         "other groups run one after another)")
+                    help="train the seeds of each run group as one batched model in this process (teacher-free methods, "
+                         "and kd/fitnet/at/sp/nst/pkt/rkd/cc/vid/fsp with their combinations; other groups, e.g. crd, "
+                         "run one after another)")
     sw.add_argument("--batch-weights", action="store_true",
                     help="like --batch-seeds, and runs that differ only in batchable loss weights (method.tfd.alpha/"
                          "beta, zero or not alike) join one batched model too, e.g. a whole alpha/beta grid")

@@ -41,13 +41,16 @@ Runs that differ in loss weights, and runs that diverge
 
 What runs batched, and what falls back
 --------------------------------------
-Batched: methods whose components all declare ``batchable = True`` (``ce``, ``ls``, ``tfd``, ``tfd_ls``)
-without a teacher, with the device-resident loader, fp32 or bf16, no DropBlock, in a single process; and the
-model must run under ``vmap`` (checked with one trial forward/backward pass that changes nothing). Anything else
--- teacher-based methods (KD, FitNets, CRD, ...), methods with pre-stages, the DataLoader path, fp16 (one
-GradScaler would skip the step of all K models when one overflows), DDP -- trains the seeds one after another as
-ordinary single runs, after a one-line notice. With dropout the K models draw independent masks, but not the
-masks the single runs would draw (the weights are then equal in distribution, not value).
+Batched: methods whose components all declare ``batchable = True`` -- ``ce``, ``ls``, ``tfd``, ``tfd_ls``, and
+with a teacher ``kd``, ``fitnet``, ``at``, ``sp``, ``nst``, ``pkt``, ``rkd``, ``cc``, ``vid``, ``fsp`` and their
+combinations (``tfd+kd``, ``kd+ls``, ...) -- with the device-resident loader, fp32 or bf16, no DropBlock, in a single
+process; and the model must run under ``vmap`` (checked with one trial forward/backward pass that changes nothing).
+The frozen teacher is not stacked: it is one network, run on the K models' batches in one vmapped call. Anything
+else -- CRD (its memory-bank update has no batching rule), methods with pre-stages (FitNets' hint stage, AB, FT,
+``fsp_crd``), the DataLoader path, fp16 (one GradScaler would skip the step of all K models when one overflows),
+DDP -- trains the seeds one after another as ordinary single runs, after a one-line notice. With dropout the K
+models draw independent masks, but not the masks the single runs would draw (the weights are then equal in
+distribution, not value).
 """
 
 from __future__ import annotations
@@ -134,13 +137,13 @@ def batching_blocker(cfg: Any) -> str | None:
     """Why the seeds of ``cfg`` cannot be batched (judged from the config alone), or None."""
     name = str(cfg.method.name)
     comps = resolve_preset(name).components
-    if method_uses(name).teacher or cfg.teacher.model:
-        return f"method {name!r} uses a teacher"
     from ..methods import DISTILLERS
 
     bad = [c for c in comps if not DISTILLERS.get(c).batchable]
     if bad:
-        return f"method {name!r} has component(s) {bad} not verified for batching (batched: ce, ls, tfd, tfd_ls)"
+        ok = sorted(c for c in DISTILLERS.names() if DISTILLERS.get(c).batchable)
+        return (f"method {name!r} has component(s) {bad} not verified for batching (batchable components: "
+                f"{', '.join(ok)}; methods without components: ce, ls)")
     if cfg.engine.precision == "fp16":
         return "engine.precision=fp16 (one GradScaler cannot skip steps per model); use bf16 or fp32"
     if cfg.model.dropblock_prob:

@@ -36,6 +36,7 @@ class NST(Distiller):
 
     Params = NSTParams
     uses = FEATURE_USES
+    batchable = True
 
     def __init__(self, params: NSTParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -31,6 +31,7 @@ class PKT(Distiller):
 
     Params = PKTParams
     uses = EMBEDDING_USES
+    batchable = True
 
     def __init__(self, params: PKTParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
