@@ -278,8 +278,37 @@ def test_sweep_batches_an_alpha_grid_and_a_diverged_run_stops_alone(tmp_path, ca
     capsys.readouterr()
     assert main(["sweep", str(path), "--batch-max", "2"]) == 2
     assert "--batch-max needs --batch-seeds or --batch-weights" in capsys.readouterr().err
-    assert main(["sweep", str(path), "--batch-weights", "--jobs", "2"]) == 2
-    assert "--batch-weights trains in this process: use it with --jobs 1" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--batch-weights", "--batch-max", "-1"]) == 2
+    assert "--batch-max -1: give a positive number" in capsys.readouterr().err
+
+
+def test_batched_groups_in_parallel_processes(tmp_path, capsys):
+    """`--batch-weights --jobs 2 --batch-max 2`: each group of two runs trains as one batched model in its own process;
+    a run that diverges inside a process is recorded with its own reason, its partner finishes."""
+    from tfdistill.cli import main
+
+    base = [o for o in TINY if not o.startswith("model.name=")] + RUN[1:] + ["epochs=1"]
+    spec = {"name": "par", "recipe": "cifar100/paper", "out_dir": str(tmp_path / "runs"), "seeds": [0, 1],
+            "models": ["resnet8"], "overrides": base,
+            "grid": [{"methods": ["tfd"], "variants": {"ok": ["method.tfd.alpha=0.005"],
+                                                       "boom": ["method.tfd.alpha=1e38", "method.tfd.beta=1e38"]}}]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert main(["sweep", str(path), "--batch-weights", "--jobs", "2", "--batch-max", "2"]) == 1
+    sweep_dir = tmp_path / "runs" / "par"
+    state = json.loads((sweep_dir / "sweep_state.json").read_text())
+    assert state["counts"] == {"finished": 2, "failed": 2}
+    for s in (0, 1):
+        assert "loss became NaN/inf in epoch 1" in state["runs"][f"resnet8_tfd_boom_s{s}"]["error"]
+        summary = json.loads((sweep_dir / f"resnet8_tfd_ok_s{s}" / "summary.json").read_text())
+        assert summary["batched"]["runs"] == [f"resnet8_tfd_ok_s{s}"]  # what was left of its group after the drop
+    logs = sorted(p.name for p in (sweep_dir / "logs").glob("batch_*.log"))
+    assert logs == ["batch_resnet8_tfd_ok_s0.log", "batch_resnet8_tfd_ok_s1.log"]
+    assert "diverged in epoch 1" in (sweep_dir / "logs" / logs[0]).read_text()
+    assert "output in batch_resnet8_tfd_ok_s0.log" in (sweep_dir / "logs" / "resnet8_tfd_boom_s0.log").read_text()
+    # the failed runs are retried by the next invocation (and fail again the same way); the finished ones are kept
+    assert main(["sweep", str(path), "--batch-weights", "--jobs", "2"]) == 1
+    assert json.loads((sweep_dir / "sweep_state.json").read_text())["counts"] == {"finished": 2, "failed": 2}
 
 
 # ------------------------------------------------------------------ teacher-based methods: one shared frozen teacher

@@ -68,23 +68,13 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
     gpus = [g for g in (ns.gpus or "").split(",") if g.strip()]
     plan = plan_sweep(ns.spec, ns.overrides, out_dir=ns.out_dir)
-    executor = None
-    batching = ns.batch_seeds or ns.batch_weights
-    if batching or ns.batch_max:
+    batch = "weights" if ns.batch_weights else "seeds" if ns.batch_seeds else None
+    if ns.batch_max and not batch:
         from .errors import ConfigError
 
-        flag = "--batch-weights" if ns.batch_weights else "--batch-seeds"
-        if not batching:
-            raise ConfigError("--batch-max needs --batch-seeds or --batch-weights")
-        if ns.batch_max < 0:
-            raise ConfigError(f"--batch-max {ns.batch_max}: give a positive number of runs (0: no limit)")
-        if ns.jobs != 1 or gpus:
-            raise ConfigError(f"{flag} trains in this process: use it with --jobs 1 and no --gpus")
-        from .engine.multiseed import batched_seeds_executor
-
-        executor = batched_seeds_executor(weights=ns.batch_weights, max_group=ns.batch_max)
+        raise ConfigError("--batch-max needs --batch-seeds or --batch-weights")
     result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
-                       retry_failed=not ns.skip_failed, executor=executor)
+                       retry_failed=not ns.skip_failed, batch=batch, max_group=ns.batch_max)
     return result.exit_code
 
 
@@ -187,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out-dir", default=None, help="parent of the sweep folder (default: the spec's out_dir)")
     sw.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
     sw.add_argument("--batch-seeds", action="store_true",
-                    help="train the seeds of each run group as one batched model in this process (teacher-free methods, "
-                         "and kd/fitnet/at/sp/nst/pkt/rkd/cc/vid/fsp with their combinations; other groups, e.g. crd, "
-                         "run one after another)")
+                    help="train the seeds of each run group as one batched model (teacher-free methods, and "
+                         "kd/fitnet/at/sp/nst/pkt/rkd/cc/vid/fsp with their combinations; other groups, e.g. crd, run "
+                         "run by run); in this process with --jobs 1, else one process per group (--jobs/--gpus)")
     sw.add_argument("--batch-weights", action="store_true",
                     help="like --batch-seeds, and runs that differ only in batchable loss weights (method.tfd.alpha/"
                          "beta, zero or not alike) join one batched model too, e.g. a whole alpha/beta grid")

@@ -563,13 +563,23 @@ class _Diverged(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- sweeps
+def sweep_group_key(cfg: Any, group: str, weights: bool) -> str:
+    """The sweep's grouping for batched executors: runs with the same key train as one batched model. ``group`` is
+    the run's seed group (same model, method and variant); with ``weights``, batchable runs that differ only in the
+    components' ``batch_weights`` share a key too."""
+    if not weights or batching_blocker(cfg) is not None:
+        return group
+    return "batch:" + batch_key(cfg)
+
+
 def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool = False, max_group: int = 0):
     """A ``tfdistill sweep`` executor (in this process) that trains each group of runs differing only by seed as one
     batched model (``tfdistill sweep SPEC --batch-seeds``); with ``weights`` (``--batch-weights``) runs that also
     differ in the loss weights a method declares batchable (TFD's alpha and beta: an alpha/beta grid) join one group.
     ``max_group`` > 0 splits groups into batched models of at most that many runs. Groups that cannot be batched, and
     single runs, are trained one after another exactly like the default in-process executor. A run whose loss
-    becomes NaN/inf is recorded as failed (diverged) and the rest of its group goes on."""
+    becomes NaN/inf is recorded as failed (diverged) and the rest of its group goes on. (With ``--jobs N`` or
+    ``--gpus`` the sweep's :class:`~tfdistill.sweep.runner.SubprocessExecutor` trains each group in a process.)"""
     import time as _time
     import traceback
 
@@ -579,10 +589,7 @@ def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool
         batches_seeds = True
 
         def group_key(self, run) -> str:
-            """Runs differing only in seed -- and, with ``weights``, in batchable loss weights -- share a group."""
-            if not weights or batching_blocker(run.cfg) is not None:
-                return run.group
-            return "batch:" + batch_key(run.cfg)
+            return sweep_group_key(run.cfg, run.group, weights)
 
         def run_group(self, runs, slot, hooks) -> None:  # type: ignore[override]
             runs = list(runs)

@@ -1,8 +1,12 @@
-"""A sweep's training subprocess: ``python -m tfdistill.sweep.child train CONFIG.yaml [--resume|--overwrite]``.
+"""A sweep's training subprocess.
 
-Exactly ``python -m tfdistill train ...``, except that on Linux the process first asks the kernel to kill it when
-the sweep that started it dies (``PR_SET_PDEATHSIG``): a sweep killed with SIGKILL leaves no training process
-behind that would race its restart for the same run directory.
+* ``python -m tfdistill.sweep.child train CONFIG.yaml [--resume|--overwrite]``: exactly ``python -m tfdistill train``;
+* ``python -m tfdistill.sweep.child batch MODE CONFIG.yaml MODE CONFIG.yaml ...`` (``MODE``: ``new``, ``resume`` or
+  ``overwrite``): the runs as one batched model (:class:`~tfdistill.engine.multiseed.MultiSeedTrainer`); exit code 0
+  when every run finished, 1 when some diverged (each says why in its ``train.log``), 2 on bad input.
+
+On Linux the process first asks the kernel to kill it when the sweep that started it dies (``PR_SET_PDEATHSIG``): a
+sweep killed with SIGKILL leaves no training process behind that would race its restart for the same run directory.
 """
 
 from __future__ import annotations
@@ -28,8 +32,34 @@ def die_with_parent() -> None:
         os._exit(137)
 
 
+MODES = {"new": (False, False), "resume": (True, False), "overwrite": (False, True)}
+
+
+def batch(argv: list[str]) -> int:
+    from tfdistill.config import load_config
+    from tfdistill.engine.multiseed import MultiSeedTrainer
+    from tfdistill.errors import DivergenceError, TfdError
+
+    if len(argv) < 2 or len(argv) % 2 or any(m not in MODES for m in argv[::2]):
+        print(f"tfdistill: error: usage: batch MODE CONFIG [MODE CONFIG ...] with MODE in {', '.join(MODES)}",
+              file=sys.stderr)
+        return 2
+    try:
+        cfgs = [load_config(path) for path in argv[1::2]]
+        results = MultiSeedTrainer(cfgs, modes=[MODES[m] for m in argv[::2]]).fit()
+    except TfdError as exc:
+        print(f"tfdistill: error: {exc}", file=sys.stderr)
+        return 2
+    failed = [(c.name, r) for c, r in zip(cfgs, results) if isinstance(r, DivergenceError)]
+    for name, err in failed:
+        print(f"tfdistill: error: {name}: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
     die_with_parent()
+    if sys.argv[1:2] == ["batch"]:
+        sys.exit(batch(sys.argv[2:]))
     from tfdistill.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -77,6 +77,13 @@ def _read_summary(run: PlannedRun) -> dict | None:
         return None
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def is_finished(run: PlannedRun) -> bool:
     return (run.run_dir / "summary.json").is_file()
 
@@ -198,15 +205,32 @@ class SubprocessExecutor(Executor):
     gets ``cpu_count // slots`` threads unless ``OMP_NUM_THREADS`` is set. The processes hold the sweep's lock
     and, on Linux, die with the sweep (``PR_SET_PDEATHSIG``), so a killed sweep leaves no orphan writing into a run
     directory that its restart would train again.
+
+    With ``batch="seeds"`` (``--batch-seeds``) or ``"weights"`` (``--batch-weights``) each group of runs that can be
+    batched trains as one batched model in one process (``python -m tfdistill.sweep.child batch ...``; its output
+    goes to ``logs/batch_<first run>.log``), at most ``max_group`` runs per process when > 0: e.g. one group per GPU.
     """
 
-    def __init__(self, slots: int, gpus: Sequence[str] | None = None, keep_fds: Sequence[int] = ()) -> None:
+    def __init__(self, slots: int, gpus: Sequence[str] | None = None, keep_fds: Sequence[int] = (),
+                 batch: str | None = None, max_group: int = 0) -> None:
+        if batch not in (None, "seeds", "weights"):
+            raise ValueError(f"batch must be None, 'seeds' or 'weights', got {batch!r}")
         self.slots = max(1, int(slots))
         self.gpus = [str(g) for g in gpus] if gpus else []
         self.keep_fds = tuple(keep_fds)
+        self.batch = batch
+        self.batches_seeds = batch is not None
+        self.max_group = max(0, int(max_group))
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = False
+
+    def group_key(self, run: PlannedRun) -> str:
+        if not self.batch:
+            return run.group
+        from ..engine.multiseed import sweep_group_key
+
+        return sweep_group_key(run.cfg, run.group, self.batch == "weights")
 
     def command(self, run: PlannedRun, mode: StartMode) -> list[str]:
         return [sys.executable, "-m", "tfdistill.sweep.child", "train", str(run.config_path), *mode.flags]
@@ -223,10 +247,10 @@ class SubprocessExecutor(Executor):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.slots))
         return env
 
-    def run_one(self, run: PlannedRun, mode: StartMode, slot: int) -> Outcome:
-        cmd = self.command(run, mode)
+    def _spawn(self, cmd: list[str], slot: int, log_path: Path) -> tuple[int | None, str]:
+        """Run ``cmd`` with its output appended to ``log_path``; ``(exit code, its output)``, or ``(None, "")`` when
+        the sweep is stopping."""
         env = self.environment(slot)
-        log_path = run.sweep_dir / "logs" / f"{run.name}.log"
         gpu = f" CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if self.gpus else ""
         with open(log_path, "ab") as log:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}{gpu} {' '.join(cmd)}\n".encode())
@@ -234,7 +258,7 @@ class SubprocessExecutor(Executor):
             offset = log.tell()
             with self._lock:
                 if self._stopping:
-                    return Outcome("interrupted")
+                    return None, ""
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                         pass_fds=self.keep_fds)
                 self._procs.add(proc)
@@ -243,17 +267,55 @@ class SubprocessExecutor(Executor):
             finally:
                 with self._lock:
                     self._procs.discard(proc)
-        if rc == 0 and is_finished(run):
+        with open(log_path, "rb") as fh:
+            fh.seek(offset)
+            return rc, fh.read().decode(errors="replace")
+
+    def _outcome(self, run: PlannedRun, rc: int | None, output: str, log_path: Path) -> Outcome:
+        if rc is None:
+            return Outcome("interrupted")
+        if is_finished(run):
             return Outcome("finished", 0, summary=_read_summary(run), log=str(log_path))
         if self._stopping:
             return Outcome("interrupted", rc, log=str(log_path))
-        with open(log_path, "rb") as fh:
-            fh.seek(offset)
-            tail = fh.read().decode(errors="replace")
-        error = _last_line(tail) or (f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}")
+        error = _last_line(output) or (f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}")
         if rc == 0:
             error = f"exited 0 without writing summary.json ({error})"
         return Outcome("failed", rc, error=error, log=str(log_path))
+
+    def run_one(self, run: PlannedRun, mode: StartMode, slot: int) -> Outcome:
+        log_path = run.sweep_dir / "logs" / f"{run.name}.log"
+        rc, output = self._spawn(self.command(run, mode), slot, log_path)
+        return self._outcome(run, rc, output, log_path)
+
+    def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
+        """A batchable group (with ``batch``): one process trains it as one batched model; else run by run."""
+        runs = list(runs)
+        if not self.batch or len(runs) < 2 or hooks.stopping():
+            return super().run_group(runs, slot, hooks)
+        from ..engine.multiseed import batching_blocker
+
+        if batching_blocker(runs[0].cfg) is not None:
+            return super().run_group(runs, slot, hooks)
+        modes = [start_mode(r) for r in runs]
+        cmd = [sys.executable, "-m", "tfdistill.sweep.child", "batch"]
+        for r, m in zip(runs, modes):
+            (r.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+            hooks.started(r, m)
+            cmd += ["resume" if m.resume else "overwrite" if m.overwrite else "new", str(r.config_path)]
+        log_path = runs[0].sweep_dir / "logs" / f"batch_{runs[0].name}.log"
+        for r in runs:
+            with open(r.sweep_dir / "logs" / f"{r.name}.log", "a") as fh:
+                fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} trained as one batched model with "
+                         f"{[x.name for x in runs]}: output in {log_path.name}\n")
+        rc, output = self._spawn(cmd, slot, log_path)
+        for r in runs:
+            outcome = self._outcome(r, rc, output, log_path)
+            if outcome.status == "failed":  # the run's own reason (it diverged) if it left one in its train.log
+                own = [ln for ln in _read_text(r.run_dir / "train.log").splitlines() if ln.startswith("error: ")]
+                if own:
+                    outcome.error = own[-1][len("error: "):]
+            hooks.finished(r, outcome)
 
     def interrupt(self) -> None:
         with self._lock:
@@ -321,9 +383,14 @@ class SweepResult:
 class Sweep(Hooks):
     def __init__(self, plan: Plan, *, jobs: int = 1, gpus: Sequence[str] | None = None,
                  echo: Callable[[str], None] = print, retry_failed: bool = True,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, batch: str | None = None, max_group: int = 0) -> None:
         if jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+        if batch not in (None, "seeds", "weights"):
+            raise ConfigError(f"batch must be 'seeds' or 'weights', got {batch!r}")
+        if max_group < 0:
+            raise ConfigError(f"--batch-max {max_group}: give a positive number of runs (0: no limit)")
+        self.batch, self.max_group = batch, int(max_group)
         self.plan = plan
         self.gpus = [str(g).strip() for g in gpus or [] if str(g).strip()]
         self.jobs = jobs if not self.gpus or jobs > 1 else len(self.gpus)
@@ -452,8 +519,13 @@ class Sweep(Hooks):
         if self.executor is not None:
             return self.executor
         if self.jobs == 1 and not self.gpus:
+            if self.batch:
+                from ..engine.multiseed import batched_seeds_executor
+
+                return batched_seeds_executor(self.echo, weights=self.batch == "weights", max_group=self.max_group)
             return InProcessExecutor(self.echo)
-        return SubprocessExecutor(self.jobs, self.gpus, keep_fds=[lock_fd] if lock_fd is not None else [])
+        return SubprocessExecutor(self.jobs, self.gpus, keep_fds=[lock_fd] if lock_fd is not None else [],
+                                  batch=self.batch, max_group=self.max_group)
 
     def _execute(self, executor: Executor, todo: list[PlannedRun]) -> None:
         if executor.batches_seeds:
@@ -628,11 +700,14 @@ def _restore_sigterm(old) -> None:
 
 def run_sweep(plan: Plan, *, jobs: int = 1, gpus: Sequence[str] | None = None, dry_run: bool = False,
               only: list[str] | None = None, retry_failed: bool = True, echo: Callable[[str], None] = print,
-              executor: Executor | None = None) -> SweepResult:
+              executor: Executor | None = None, batch: str | None = None, max_group: int = 0) -> SweepResult:
     """Train (or, with ``dry_run``, list) the plan's runs; see the module docs for skip/resume/failure rules.
 
-    ``executor`` replaces the default (in-process for ``jobs=1``, else subprocesses), e.g. by one that trains the
-    seeds of a group as one batched model."""
-    sweep = Sweep(plan, jobs=jobs, gpus=gpus, echo=echo, retry_failed=retry_failed, executor=executor)
+    ``batch``: ``"seeds"`` trains each group of seeds as one batched model, ``"weights"`` also merges runs that
+    differ only in batchable loss weights (``--batch-seeds`` / ``--batch-weights``), in this process for ``jobs=1``,
+    else one process per group; ``max_group`` > 0 caps the runs per batched model. ``executor`` replaces the default
+    (in-process for ``jobs=1``, else subprocesses)."""
+    sweep = Sweep(plan, jobs=jobs, gpus=gpus, echo=echo, retry_failed=retry_failed, executor=executor, batch=batch,
+                  max_group=max_group)
     runs = plan.select(only)
     return sweep.dry_run(runs) if dry_run else sweep.run(runs)
