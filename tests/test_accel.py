@@ -132,6 +132,41 @@ def test_graph_sgd_matches_torch_sgd(momentum, nesterov, wd, dampening):
             torch.testing.assert_close(oa.state[p]["momentum_buffer"], ob.state[q]["momentum_buffer"])
 
 
+def test_graph_warm_up_uses_the_graph_update_once_momentum_buffers_exist():
+    """With CUDA graphs the eager warm-up steps apply the graph's own SGD arithmetic as soon as momentum buffers
+    exist (from the second step of a fresh run; from the first after a resume), so a resumed run computes what the
+    uninterrupted run's replays computed. Checked on the CPU by forcing the graph path's eager steps."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    ref.load_state_dict(net.state_dict())
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt, ropt = torch.optim.SGD(net.parameters(), **kw), torch.optim.SGD(ref.parameters(), **kw)
+
+    def model(x, y, idx):
+        logits = net(x)
+        return logits, {"ce": torch.nn.functional.cross_entropy(logits, y)}
+
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    acc = Accelerator(model, opt, scaler, device=torch.device("cpu"))
+    acc.use_graphs = True  # what a CUDA run has; its eager steps are the warm-up (no capture happens here)
+    lrs = [torch.zeros(())]
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+        opt.param_groups[0]["lr"] = ropt.param_groups[0]["lr"] = 0.1 / (step + 1)
+        acc._eager_step(acc.forward, x, y, torch.arange(8))
+        ropt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        if step == 0:
+            ropt.step()  # creates the momentum buffers
+        else:
+            lrs[0].fill_(ropt.param_groups[0]["lr"])
+            sgd_step_tensor_lr(ropt, lrs)
+        for a, b in zip(net.parameters(), ref.parameters()):
+            assert torch.equal(a, b), step  # bit for bit: the same update, not merely a close one
+
+
 def test_fp16_with_cuda_graphs_is_refused_on_cuda():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -212,7 +247,10 @@ def test_cuda_graph_steps_match_eager_steps(precision):
 
 
 @cuda
-def test_uncapturable_step_falls_back_to_eager_with_one_notice():
+def test_uncapturable_step_falls_back_to_eager_with_one_notice(monkeypatch):
+    import tfdistill.engine.accel as accel_module
+
+    monkeypatch.setattr(accel_module, "_CAPTURE_BROKEN", None)  # restored after the test: later tests capture again
     (a, oa, eager), (b, ob, graph) = _pair(sync=True)
     x = torch.randn(32, 8, device="cuda")
     y = torch.randint(0, 4, (32,), device="cuda")
@@ -226,6 +264,9 @@ def test_uncapturable_step_falls_back_to_eager_with_one_notice():
     assert sum("capturing the train step failed" in str(w.message) for w in caught) == 1
     for va, vb in zip(a.state_dict().values(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6)
+    # no later accelerator of this process tries to capture again
+    (_, _, _), (_, _, again) = _pair()
+    assert not again.use_graphs
 
 
 @cuda

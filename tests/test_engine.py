@@ -217,3 +217,25 @@ def test_tensorboard_events(tiny, tmp_path):
     pytest.importorskip("tensorboard")
     train(load_config(None, [*tiny, "name=r", "engine.tensorboard=true"]), echo=lambda s: None)
     assert any((tmp_path / "runs" / "r" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_rng_state_keeps_only_the_training_devices_cuda_generator(monkeypatch):
+    """Checkpoints hold the CUDA generator of the training device only (a run saved on an 8-GPU node resumes on a
+    1-GPU node); older checkpoints with every GPU's state restore the entry of the training device's index."""
+    from tfdistill.engine.checkpoint import rng_state, set_rng_state
+
+    assert set(rng_state(torch.device("cpu"))) == {"torch", "python"}
+    saved, restored = {}, []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved.setdefault("s", torch.tensor([int(device.index)])))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    dev = torch.device("cuda", 1)
+    state = rng_state(dev)
+    assert torch.equal(state["cuda_device"], torch.tensor([1]))
+    set_rng_state(state, torch.device("cuda", 0))  # resumed on another GPU: the saved stream continues there
+    assert restored == [(1, torch.device("cuda", 0))]
+    legacy = {"torch": state["torch"], "python": state["python"], "cuda": [torch.tensor([10]), torch.tensor([11])]}
+    set_rng_state(legacy, torch.device("cuda", 1))
+    set_rng_state(legacy, torch.device("cuda", 5))  # fewer saved GPUs than this index: the last one
+    assert restored[1:] == [(11, torch.device("cuda", 1)), (11, torch.device("cuda", 5))]
+    set_rng_state(legacy, torch.device("cpu"))  # a CPU run ignores CUDA states
+    assert len(restored) == 3

@@ -19,9 +19,12 @@ Modes (``engine.compile`` x ``engine.cuda_graphs``)
   device-to-device copy per tensor), the learning rate of every param group is written into a device scalar, and
   ``graph.replay()`` runs forward, backward and the optimizer with one launch. The first ``WARMUP_STEPS`` steps
   run eagerly on a side stream (they are real training steps; cuDNN/cuBLAS pick their algorithms and the
-  optimizer creates its momentum buffers), then the step is captured and replayed. At the start of every epoch
-  (``new_epoch``) the graph is re-captured if the step's structure changed: which parameters require gradients
-  (a component freezing a module) or which modules are in training mode. Values that change between epochs must
+  optimizer creates its momentum buffers; once the buffers exist -- from the second step, or right away after a
+  resume -- they already apply the graph's update arithmetic, so a resumed run repeats the updates of the
+  uninterrupted one), then the step is captured on the training device's side stream and replayed. At the start
+  of every epoch (``new_epoch``) the graph is dropped if the step's structure changed -- which parameters require
+  gradients (a component freezing a module) or which modules are in training mode -- and re-captured after a new
+  warm-up into a new memory pool. Values that change between epochs must
   live in tensors updated in place -- the :class:`~tfdistill.methods.Distiller` contract (TFD's ramp, DropBlock's
   probability); a Python float read in ``forward`` would be frozen into the graph. Inside the graph the SGD update is
   :func:`sgd_step_tensor_lr`: the same arithmetic as ``torch.optim.SGD`` (foreach), except that the step is
@@ -33,7 +36,8 @@ Modes (``engine.compile`` x ``engine.cuda_graphs``)
   Refused or impossible: ``precision=fp16`` (the GradScaler reads ``found_inf`` on the host every step) raises a
   :class:`~tfdistill.errors.ConfigError` on CUDA; on a non-CUDA device, under DDP, or with an optimizer other
   than SGD, the step warns once and runs without graphs; a capture that fails (an op that synchronises with the
-  host, a CPU tensor in the step, ...) warns once, redoes that step eagerly and stays eager.
+  host, a CPU tensor in the step, ...) warns once, redoes that step eagerly and stays eager -- and no later
+  Accelerator of the same process tries to capture again.
 
 Under autocast with graphs the autocast weight cache is disabled (``cache_enabled=False``, as PyTorch requires
 for capture); numerics are unchanged.
@@ -55,6 +59,10 @@ __all__ = ["Accelerator", "sgd_step_tensor_lr", "plain_configs", "total_loss", "
 
 WARMUP_STEPS = 3
 """Eager steps (on a side stream) before the step is captured in a CUDA graph."""
+
+_CAPTURE_BROKEN: str | None = None
+"""Why a capture failed earlier in this process (then no later Accelerator tries again: a failed capture can leave
+the CUDA caching allocator with a capture it never saw end, on some torch versions)."""
 
 StepOut = tuple[Tensor, Tensor, dict[str, Tensor]]
 
@@ -177,6 +185,9 @@ class Accelerator:
             elif type(optimizer) is not torch.optim.SGD:
                 self.notice("graphs", f"engine.cuda_graphs=true supports SGD only (got {type(optimizer).__name__});"
                                       f" the train step runs without CUDA graphs")
+            elif _CAPTURE_BROKEN is not None:
+                self.notice("graphs", f"engine.cuda_graphs=true: a capture failed earlier in this process "
+                                      f"({_CAPTURE_BROKEN}); the train step runs without CUDA graphs")
             else:
                 self.use_graphs = True
         self._eager_forward = self._make_forward(cache=not self.use_graphs)
@@ -253,11 +264,14 @@ class Accelerator:
         return grads, modes
 
     def new_epoch(self) -> None:
-        """Called at the start of an epoch: drop the captured graph if the step's structure changed (the next
-        step then re-captures it; the warm-up happens only once)."""
+        """Called at the start of an epoch: drop the captured graph if the step's structure changed; the next steps
+        then warm up again (new kernels are tuned, newly trained parameters get momentum buffers) and re-capture
+        into a fresh memory pool."""
         if self._graph is not None and self.structure() != self._signature:
             self._graph = None
-            self._static_out = None
+            self._static_out = self._static_in = None
+            self._pool = None
+            self.steps = 0
 
     def step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
         """One optimizer step on the batch; returns ``(loss, logits, terms)`` without a host synchronisation.
@@ -298,10 +312,26 @@ class Accelerator:
         loss, logits, terms = forward(x, y, idx)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.use_graphs and self._has_momentum_buffers():
+            # warm-up steps of the graph path use the graph's own update arithmetic once it can run (after the
+            # first step, or right away after a resume), so a resumed run replays exactly what an uninterrupted
+            # one computed at that step
+            self._fill_lrs()
+            sgd_step_tensor_lr(self.optimizer, self._lrs)
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.steps += 1
         return loss, logits, terms
+
+    def _has_momentum_buffers(self) -> bool:
+        for group in self.optimizer.param_groups:
+            if float(group["momentum"]) == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is not None and self.optimizer.state.get(p, {}).get("momentum_buffer") is None:
+                    return False
+        return True
 
     # ------------------------------------------------------------------ CUDA graphs
     def _side_stream_step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
@@ -315,6 +345,9 @@ class Accelerator:
         return out
 
     def _fill_lrs(self) -> None:
+        if not self._lrs:
+            self._lrs = [torch.zeros((), dtype=torch.float32, device=self.device)
+                         for _ in self.optimizer.param_groups]
         for group, t in zip(self.optimizer.param_groups, self._lrs):
             lr = group["lr"]
             if isinstance(lr, Tensor):
@@ -326,31 +359,36 @@ class Accelerator:
         """Capture the step on this batch and replay it once; None (after a notice) if capture is impossible."""
         try:
             self._static_in = (x.clone(), y.clone(), idx.clone())
-            if not self._lrs:
-                self._lrs = [torch.zeros((), dtype=torch.float32, device=self.device)
-                             for _ in self.optimizer.param_groups]
             self._fill_lrs()
             torch.cuda.synchronize(self.device)
             self.optimizer.zero_grad(set_to_none=True)  # grads are allocated inside the graph's memory pool
             graph = torch.cuda.CUDAGraph()
             sx, sy, sidx = self._static_in
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                loss, logits, terms = self.forward(sx, sy, sidx)
-                loss.backward()
-                sgd_step_tensor_lr(self.optimizer, self._lrs)
+            if self._side is None:
+                self._side = torch.cuda.Stream(device=self.device)
+            # our own capture stream, on the training device (torch.cuda.graph's default stream belongs to the
+            # device that was current when it was first created)
+            with torch.cuda.stream(self._side):
+                with torch.cuda.graph(graph, pool=self._pool, stream=self._side, capture_error_mode="thread_local"):
+                    loss, logits, terms = self.forward(sx, sy, sidx)
+                    loss.backward()
+                    sgd_step_tensor_lr(self.optimizer, self._lrs)
+            torch.cuda.current_stream(self.device).wait_stream(self._side)
             self._graph, self._static_out = graph, (loss, logits, terms)
             self._signature = self.structure()
             if self._pool is None:
                 self._pool = graph.pool()
         except Exception as exc:
+            global _CAPTURE_BROKEN
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            _CAPTURE_BROKEN = f"{type(exc).__name__}: {reason}"
             self.use_graphs = False
             self._graph = self._static_out = self._static_in = None
             self.optimizer.zero_grad(set_to_none=True)
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize(self.device)
             self.notice("capture", f"engine.cuda_graphs=true: capturing the train step failed ({type(exc).__name__}:"
-                                   f" {reason}); the step runs without CUDA graphs")
+                                   f" {reason}); the step runs without CUDA graphs (for the rest of this process)")
             return None
         graph.replay()
         self.steps += 1

@@ -92,18 +92,25 @@ def _model_name(config_yaml: str) -> str:
         return "?"
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """The CPU and Python generators, and the generator of the training ``device`` when it is a CUDA device (only
+    that one: a run resumed on a node with fewer or other GPUs restores it on its own training device)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_to_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif isinstance(state.get("cuda"), (list, tuple)) and state["cuda"]:  # checkpoints of tfdistill <= 0.1: all GPUs
+        saved = state["cuda"]
+        torch.cuda.set_rng_state(saved[min(device.index or 0, len(saved) - 1)], device)
 
 
 def _to_tuple(x: Any) -> Any:

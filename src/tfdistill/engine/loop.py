@@ -77,6 +77,11 @@ def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
         raise ConfigError(f"bad value for config key 'engine.device': {spec!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("engine.device asks for CUDA, but no CUDA device is available; use engine.device=cpu")
+    if device.type == "cuda":
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"engine.device={spec} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        # the current device: CUDA-graph capture streams and tensors created without a device land on it
+        torch.cuda.set_device(device)
     return device
 
 
@@ -223,6 +228,7 @@ class Trainer:
         torch.manual_seed(seed)
         if cfg.engine.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False  # a previous run in this process may have turned it on
         self.channels_last = bool(cfg.engine.channels_last)
         self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (multi-seed runs)
             cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
@@ -395,14 +401,14 @@ class Trainer:
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
             "pre_done": self.pre_done,
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "config_yaml": to_yaml(self.cfg),
             "meta": {"tfdistill": __version__, "torch": str(torch.__version__), "num_classes": self.num_classes,
                      "model": self.cfg.model.name, "method": self.cfg.method.name, "data": data_meta(self.data)},
         }
 
     def save(self, best: bool) -> None:
-        rng_ranks = gather_object(rng_state(), self.info) if self.info.enabled else None  # collective: all ranks
+        rng_ranks = gather_object(rng_state(self.device), self.info) if self.info.enabled else None  # collective: all ranks
         if not self.info.is_main:
             return
         state = self.state()
@@ -456,9 +462,9 @@ class Trainer:
         self.pre_done = bool(ckpt.get("pre_done", True))
         ranks = ckpt.get("rng_ranks")
         if self.info.enabled and isinstance(ranks, list) and len(ranks) == self.info.world_size:
-            set_rng_state(ranks[self.info.rank])
+            set_rng_state(ranks[self.info.rank], self.device)
         else:
-            set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"], self.device)
             if self.info.enabled:
                 torch.manual_seed(int(torch.randint(0, 2**62, ())) + self.info.rank)  # distinct streams per rank
         self.resumed_from = self.epoch
