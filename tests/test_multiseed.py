@@ -350,3 +350,77 @@ def test_teacher_methods_batched_equal_separate_runs(preset, teacher_ckpt, tiny,
         assert set(x["terms"]) == set(y["terms"])
         for key in x["terms"]:
             assert x["terms"][key] == pytest.approx(y["terms"][key], rel=1e-3), key
+
+
+def test_one_teacher_object_serves_the_whole_group(teacher_ckpt, tiny):
+    cfgs = [load_config(None, [*tiny, "method.name=kd", "teacher.model=resnet14", f"teacher.checkpoint={teacher_ckpt}",
+                               f"seed={s}", f"name=t{s}"]) for s in (0, 1, 2)]
+    group = MultiSeedTrainer(cfgs, echo=lambda x: None)
+    assert len({id(t.teacher) for t in group.trainers}) == 1
+
+
+def test_a_refused_seed_costs_no_other_seed_its_run(tiny, tmp_path):
+    """--overwrite over several seeds: every run directory is checked before any is replaced."""
+    from tfdistill.errors import RunDirError
+
+    cfg = load_config(None, [*tiny, "seeds=[0,1]", "name=x", "data.synthetic_train=64"])
+    train(cfg, echo=lambda s: None)
+    keep = {f.name: f.read_bytes() for f in (tmp_path / "runs" / "x_s0").iterdir() if f.is_file()}
+    shutil.rmtree(tmp_path / "runs" / "x_s1")
+    (tmp_path / "runs" / "x_s1").mkdir()
+    (tmp_path / "runs" / "x_s1" / "notes.txt").write_text("not a run")
+    with pytest.raises(RunDirError, match="not a tfdistill run directory"):
+        train(cfg, overwrite=True, echo=lambda s: None)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "runs" / "x_s0").iterdir() if f.is_file()} == keep
+
+
+def test_a_run_dropped_before_an_interrupt_stays_recorded_as_failed(tmp_path, monkeypatch):
+    """The sweep records a diverged run the moment it is dropped: a sweep interrupted later in the same group keeps
+    it as failed (--skip-failed then leaves it alone) and resumes the others."""
+    from tfdistill.engine.multiseed import batched_seeds_executor
+    from tfdistill.sweep import plan_sweep, run_sweep
+
+    base = [o for o in TINY if not o.startswith("model.name=")] + RUN[1:]  # 2 epochs
+    spec = {"name": "intr", "recipe": "cifar100/paper", "out_dir": str(tmp_path / "runs"), "seeds": [0],
+            "models": ["resnet8"], "overrides": base,
+            "grid": [{"methods": ["tfd"], "variants": {"ok": ["method.tfd.alpha=0.005"],
+                                                       "boom": ["method.tfd.alpha=1e38", "method.tfd.beta=1e38"]}}]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    real = MultiSeedTrainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C in epoch 2, after "boom" was dropped in epoch 1
+        return real(self, epoch)
+
+    monkeypatch.setattr(MultiSeedTrainer, "train_epoch", interrupted)
+    plan = plan_sweep(path)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, executor=batched_seeds_executor(lambda s: None, weights=True), echo=lambda s: None)
+    state = json.loads((plan.sweep_dir / "sweep_state.json").read_text())["runs"]
+    assert state["resnet8_tfd_boom_s0"]["status"] == "failed" and "NaN/inf" in state["resnet8_tfd_boom_s0"]["error"]
+    assert (plan.sweep_dir / "resnet8_tfd_boom_s0" / "FAILED").is_file()
+    monkeypatch.setattr(MultiSeedTrainer, "train_epoch", real)
+    res = run_sweep(plan_sweep(path), retry_failed=False, batch="weights", echo=lambda s: None)
+    assert res.trained == ["resnet8_tfd_ok_s0"] and not (plan.sweep_dir / "resnet8_tfd_boom_s0" / "last.pt").exists()
+    assert json.loads((plan.sweep_dir / "resnet8_tfd_ok_s0" / "summary.json").read_text())["resumed_from_epoch"] == 1
+
+
+def test_resolve_device_makes_the_cuda_device_current(monkeypatch):
+    """"cuda"/"auto" become the current CUDA device with its index (set_device needs one), "cuda:N" is checked
+    against the device count; simulated, as this machine has no GPU."""
+    from tfdistill.engine.loop import resolve_device
+    from tfdistill.errors import ConfigError
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 0), torch.device("cuda", 0), torch.device("cuda", 1)]
+    with pytest.raises(ConfigError, match="2 CUDA device"):
+        resolve_device("cuda:5")

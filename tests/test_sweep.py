@@ -296,6 +296,15 @@ def test_gpu_slots_and_a_batched_seeds_executor(tmp_path):
     run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "big"), executor=OneBig(), echo=lambda s: None)
     assert OneBig.groups == [["resnet8_ce_s0", "resnet8_tfd_s0", "resnet8_ce_s1"], ["resnet8_tfd_s1"]]
 
+    class SomeAlone(Batched):  # groups that cannot be batched become one job per run (parallel slots can take them)
+        groups: list = []
+
+        def can_batch(self, run):
+            return run.method != "ce"
+
+    run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "alone"), executor=SomeAlone(), echo=lambda s: None)
+    assert sorted(SomeAlone.groups) == [["resnet8_ce_s0"], ["resnet8_ce_s1"], ["resnet8_tfd_s0", "resnet8_tfd_s1"]]
+
 
 # ----------------------------------------------------------------------------------------------- shipped specs
 SPECS = sorted((REPO / "configs" / "reproduce").glob("*.yaml"))

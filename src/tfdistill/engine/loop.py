@@ -78,7 +78,9 @@ def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("engine.device asks for CUDA, but no CUDA device is available; use engine.device=cpu")
     if device.type == "cuda":
-        if device.index is not None and device.index >= torch.cuda.device_count():
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        elif device.index >= torch.cuda.device_count():
             raise ConfigError(f"engine.device={spec} but this machine has {torch.cuda.device_count()} CUDA device(s)")
         # the current device: CUDA-graph capture streams and tensors created without a device land on it
         torch.cuda.set_device(device)
@@ -154,7 +156,11 @@ def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module
         return None
     if not t.checkpoint:
         raise ConfigError(f"teacher.model={t.model} needs teacher.checkpoint (e.g. runs/<teacher run>/best.pt)")
-    teacher = create_model(t.model, num_classes=num_classes, **dict(t.kwargs))
+    # The teacher's random initialisation is overwritten by its checkpoint: drawing it must not shift the run's
+    # random stream (the components built next draw from it), so building a teacher -- or sharing one already
+    # built, in a batched group -- leaves the student's and the components' initial weights the same.
+    with torch.random.fork_rng(devices=[]):
+        teacher = create_model(t.model, num_classes=num_classes, **dict(t.kwargs))
     load_model_weights(teacher, weights_file(t.checkpoint), what="teacher")
     teacher.eval()
     for p in teacher.parameters():
@@ -207,7 +213,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
 # ----------------------------------------------------------------------------------------------- trainer
 class Trainer:
     def __init__(self, cfg: Any, *, resume: bool = False, overwrite: bool = False,
-                 echo: Callable[[str], None] | None = None, data: Any = None) -> None:
+                 echo: Callable[[str], None] | None = None, data: Any = None, teacher: nn.Module | None = None) -> None:
+        """``data``: a prebuilt data bundle and ``teacher``: a prebuilt frozen teacher for ``cfg.teacher`` (both
+        shared by the runs of a batched group); built from ``cfg`` when None."""
         self.cfg = cfg
         self.info = setup_distributed(cfg.engine.device)
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
@@ -248,7 +256,7 @@ class Trainer:
         mf = torch.channels_last if self.channels_last else torch.preserve_format
         self.student.to(self.device, memory_format=mf)
         self.student = self._sync_bn(self.student)
-        self.teacher = build_teacher(cfg, num_classes, self.device)
+        self.teacher = teacher if teacher is not None else build_teacher(cfg, num_classes, self.device)
         if self.teacher is not None:
             self.teacher.to(memory_format=mf)
 

@@ -61,6 +61,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -70,10 +71,10 @@ from tqdm.auto import tqdm
 
 from ..data import build_data
 from ..errors import ConfigError, DivergenceError
-from ..methods import method_uses, resolve_preset
+from ..methods import resolve_preset
 from .accel import Accelerator, plain_configs
 from .loop import RunResult, Trainer, _hms, autocast_for, default_run_name, resolve_device
-from .rundir import device_name
+from .rundir import RunDir, device_name
 from .schedule import StepLR
 
 __all__ = ["train_seeds", "seed_configs", "run_name_for_seed", "batching_blocker",
@@ -192,9 +193,11 @@ class MultiSeedTrainer:
 
     def __init__(self, cfgs: list[Any], *, resume: bool = False, overwrite: bool = False,
                  echo: Callable[[str], None] | None = None,
-                 modes: list[tuple[bool, bool]] | None = None) -> None:
+                 modes: list[tuple[bool, bool]] | None = None,
+                 on_drop: Callable[[int, DivergenceError], None] | None = None) -> None:
         """``cfgs``: one single-run config per seed (same recipe); ``modes``: per config ``(resume, overwrite)``
-        (default: ``resume`` / ``overwrite`` for all)."""
+        (default: ``resume`` / ``overwrite`` for all); ``on_drop(i, error)`` is called as soon as run ``i`` stops
+        because its loss diverged (the others go on)."""
         first = cfgs[0]
         modes = modes or [(resume, overwrite)] * len(cfgs)
         self.cfg = first
@@ -204,14 +207,18 @@ class MultiSeedTrainer:
             raise ConfigError("runs batched into one model must differ only in seed, name and the loss weights "
                               "of the method's batch_weights (e.g. method.tfd.alpha/beta, zero or not alike)")
         self.seeds = [int(c.seed) for c in cfgs]
+        # every run directory is checked before any is created or (--overwrite) replaced: a refused run costs none
+        for c, (res, ovr) in zip(cfgs, modes):
+            RunDir(Path(c.out_dir) / (c.name or default_run_name(c))).prepare(resume=res, overwrite=ovr, dry=True)
         self.device = resolve_device(first.engine.device)
         bundle = build_data(first.data, self.device, seed=self.seeds[0],
                             channels_last=bool(first.engine.channels_last))
-        self.trainers = [
-            Trainer(c, resume=res, overwrite=ovr, echo=echo,
-                    data=dataclasses.replace(bundle, train=bundle.train_loader_for(int(c.seed))))
-            for c, (res, ovr) in zip(cfgs, modes)
-        ]
+        self.trainers = []
+        for c, (res, ovr) in zip(cfgs, modes):
+            shared = self.trainers[0].teacher if self.trainers else None  # one frozen teacher for all runs
+            self.trainers.append(Trainer(c, resume=res, overwrite=ovr, echo=echo, teacher=shared,
+                                         data=dataclasses.replace(bundle, train=bundle.train_loader_for(int(c.seed)))))
+        self.on_drop = on_drop
         self.bundle = bundle
         self.all_trainers = list(self.trainers)
         self.errors: dict[int, DivergenceError] = {}
@@ -438,7 +445,12 @@ class MultiSeedTrainer:
             err = DivergenceError(f"loss became NaN/inf in epoch {epoch + 1} (batched with {self.what}); stopped, "
                                   f"{keep}")
             t._log(f"error: {err}")
-            self.errors[self.all_trainers.index(t)] = err
+            if t.tb is not None:
+                t.tb.close()
+            i = self.all_trainers.index(t)
+            self.errors[i] = err
+            if self.on_drop is not None:
+                self.on_drop(i, err)
         self.trainers = [t for t in self.trainers if t not in gone]
         self.seeds = [int(t.cfg.seed) for t in self.trainers]
         self.K = len(self.trainers)
@@ -546,11 +558,14 @@ class MultiSeedTrainer:
 
     def _one_by_one(self) -> list[RunResult | DivergenceError]:
         out: list[RunResult | DivergenceError] = []
-        for t in self.trainers:
+        for i, t in enumerate(self.trainers):
             try:
                 out.append(t.fit())
             except DivergenceError as exc:
+                t._log(f"error: {exc}")
                 out.append(exc)
+                if self.on_drop is not None:
+                    self.on_drop(i, exc)
         return out
 
 
@@ -563,6 +578,13 @@ class _Diverged(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- sweeps
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def sweep_group_key(cfg: Any, group: str, weights: bool) -> str:
     """The sweep's grouping for batched executors: runs with the same key train as one batched model. ``group`` is
     the run's seed group (same model, method and variant); with ``weights``, batchable runs that differ only in the
@@ -583,13 +605,16 @@ def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool
     import time as _time
     import traceback
 
-    from ..sweep.runner import FAILED_MARKER, InProcessExecutor, Outcome, start_mode
+    from ..sweep.runner import FAILED_MARKER, InProcessExecutor, Outcome, is_finished, start_mode
 
     class BatchedSeedsExecutor(InProcessExecutor):
         batches_seeds = True
 
         def group_key(self, run) -> str:
             return sweep_group_key(run.cfg, run.group, weights)
+
+        def can_batch(self, run) -> bool:
+            return batching_blocker(run.cfg) is None
 
         def run_group(self, runs, slot, hooks) -> None:  # type: ignore[override]
             runs = list(runs)
@@ -604,29 +629,38 @@ def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool
             for r, m in zip(runs, modes):
                 (r.run_dir / FAILED_MARKER).unlink(missing_ok=True)
                 hooks.started(r, m)
+            reported: set[int] = set()
+
+            def fail(i: int, error: str, detail: str) -> None:
+                r = runs[i]
+                log = r.sweep_dir / "logs" / f"{r.name}.log"
+                with open(log, "a") as fh:
+                    fh.write(f"=== {_time.strftime('%Y-%m-%d %H:%M:%S')} in-process batched "
+                             f"{[x.name for x in runs]}\n{detail}")
+                reported.add(i)
+                hooks.finished(r, Outcome("failed", None, error=error, log=str(log)))
+
+            def dropped(i: int, err: DivergenceError) -> None:  # recorded at once: an interrupt may follow
+                fail(i, f"DivergenceError: {err}", f"DivergenceError: {err}\n")
+
             try:
                 group = MultiSeedTrainer([r.cfg for r in runs], echo=lambda s: self.echo(f"    {s}"),
-                                         modes=[(m.resume, m.overwrite) for m in modes])
+                                         modes=[(m.resume, m.overwrite) for m in modes], on_drop=dropped)
                 results = group.fit()
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:  # the group failed: every run of it is recorded as failed
+            except Exception as exc:  # the group failed: its runs that had not finished are recorded as failed
                 error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-                for r in runs:
-                    log = r.sweep_dir / "logs" / f"{r.name}.log"
-                    with open(log, "a") as fh:
-                        fh.write(f"=== {_time.strftime('%Y-%m-%d %H:%M:%S')} in-process batched seeds "
-                                 f"{[x.seed for x in runs]}\n{traceback.format_exc()}")
-                    hooks.finished(r, Outcome("failed", None, error=error, log=str(log)))
+                for i, r in enumerate(runs):
+                    if i in reported:
+                        continue
+                    if is_finished(r):
+                        hooks.finished(r, Outcome("finished", 0, summary=_read_json(r.run_dir / "summary.json")))
+                    else:
+                        fail(i, error, traceback.format_exc())
                 return
-            for r, res in zip(runs, results):
-                if isinstance(res, DivergenceError):
-                    log = r.sweep_dir / "logs" / f"{r.name}.log"
-                    with open(log, "a") as fh:
-                        fh.write(f"=== {_time.strftime('%Y-%m-%d %H:%M:%S')} in-process batched "
-                                 f"{[x.name for x in runs]}\nDivergenceError: {res}\n")
-                    hooks.finished(r, Outcome("failed", None, error=f"DivergenceError: {res}", log=str(log)))
-                else:
+            for i, (r, res) in enumerate(zip(runs, results)):
+                if i not in reported and not isinstance(res, DivergenceError):
                     hooks.finished(r, Outcome("finished", 0, summary=res.summary))
 
     ex = BatchedSeedsExecutor(echo)

@@ -77,9 +77,19 @@ def _read_summary(run: PlannedRun) -> dict | None:
         return None
 
 
-def _read_text(path: Path) -> str:
+def _size(path: Path) -> int:
     try:
-        return path.read_text(errors="replace")
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """The text of ``path`` from byte ``offset`` on ("" if it is missing or shorter)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
     except OSError:
         return ""
 
@@ -151,6 +161,11 @@ class Executor:
     def group_key(self, run: PlannedRun) -> str:
         """With ``batches_seeds``: runs with the same key are handed to :meth:`run_group` together."""
         return run.group
+
+    def can_batch(self, run: PlannedRun) -> bool:
+        """With ``batches_seeds``: whether ``run``'s group trains as one batched model (else its runs are separate
+        jobs, in parallel slots when there are several)."""
+        return self.batches_seeds
 
     def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
         for run in runs:
@@ -232,6 +247,13 @@ class SubprocessExecutor(Executor):
 
         return sweep_group_key(run.cfg, run.group, self.batch == "weights")
 
+    def can_batch(self, run: PlannedRun) -> bool:
+        if not self.batch:
+            return False
+        from ..engine.multiseed import batching_blocker
+
+        return batching_blocker(run.cfg) is None
+
     def command(self, run: PlannedRun, mode: StartMode) -> list[str]:
         return [sys.executable, "-m", "tfdistill.sweep.child", "train", str(run.config_path), *mode.flags]
 
@@ -291,11 +313,7 @@ class SubprocessExecutor(Executor):
     def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
         """A batchable group (with ``batch``): one process trains it as one batched model; else run by run."""
         runs = list(runs)
-        if not self.batch or len(runs) < 2 or hooks.stopping():
-            return super().run_group(runs, slot, hooks)
-        from ..engine.multiseed import batching_blocker
-
-        if batching_blocker(runs[0].cfg) is not None:
+        if len(runs) < 2 or hooks.stopping() or not self.can_batch(runs[0]):
             return super().run_group(runs, slot, hooks)
         modes = [start_mode(r) for r in runs]
         cmd = [sys.executable, "-m", "tfdistill.sweep.child", "batch"]
@@ -308,13 +326,17 @@ class SubprocessExecutor(Executor):
             with open(r.sweep_dir / "logs" / f"{r.name}.log", "a") as fh:
                 fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} trained as one batched model with "
                          f"{[x.name for x in runs]}: output in {log_path.name}\n")
+        offsets = [_size(r.run_dir / "train.log") for r in runs]
         rc, output = self._spawn(cmd, slot, log_path)
-        for r in runs:
+        for r, offset in zip(runs, offsets):
             outcome = self._outcome(r, rc, output, log_path)
-            if outcome.status == "failed":  # the run's own reason (it diverged) if it left one in its train.log
-                own = [ln for ln in _read_text(r.run_dir / "train.log").splitlines() if ln.startswith("error: ")]
+            if outcome.status != "finished":
+                # the run's own reason, if it stopped alone (diverged) during this attempt: "failed", even when the
+                # sweep is being interrupted (it would diverge again)
+                new = _read_from(r.run_dir / "train.log", offset)
+                own = [ln for ln in new.splitlines() if ln.startswith("error: ")]
                 if own:
-                    outcome.error = own[-1][len("error: "):]
+                    outcome = Outcome("failed", rc, error=own[-1][len("error: "):], log=str(log_path))
             hooks.finished(r, outcome)
 
     def interrupt(self) -> None:
@@ -533,7 +555,12 @@ class Sweep(Hooks):
             for r in todo:
                 groups.setdefault(executor.group_key(r), []).append(r)
             size = executor.max_group or len(todo)
-            jobs = [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+            jobs = []
+            for g in groups.values():
+                if executor.can_batch(g[0]):
+                    jobs += [g[i:i + size] for i in range(0, len(g), size)]
+                else:  # trained run by run anyway: separate jobs, so parallel slots can take them
+                    jobs += [[r] for r in g]
         else:
             jobs = [[r] for r in todo]
         old = _on_sigterm_raise_interrupt()
