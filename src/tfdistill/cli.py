@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
     sw.add_argument("--batch-seeds", action="store_true",
                     help="train the seeds of each run group as one batched model (teacher-free methods, and "
-                         "kd/fitnet/at/sp/nst/pkt/rkd/cc/vid/fsp with their combinations; other groups, e.g. crd, run "
+                         "kd/fitnet/at/sp/nst/pkt/rkd/cc/vid/fsp with their combinations; other groups, e.g. crd, train "
                          "run by run); in this process with --jobs 1, else one process per group (--jobs/--gpus)")
     sw.add_argument("--batch-weights", action="store_true",
                     help="like --batch-seeds, and runs that differ only in batchable loss weights (method.tfd.alpha/"
