@@ -187,6 +187,19 @@ def test_batchnorm_model_through_torchrun_cli(tmp_path):
     assert again.stderr.count("already exists") >= 2
 
 
+def test_pre_stage_only_parameters_under_torchrun(tmp_path):
+    """AB as CRD ran it (connectors trained by the pre-stage only, then cross-entropy): the connectors are frozen
+    for the main stage, so DDP -- which cannot reduce parameters that had gradients in the pre-stage and none
+    afterwards -- leaves them alone; they keep their pre-stage values."""
+    teacher = _one_process([*BASE, "model.name=resnet8", "epochs=1", "name=t", f"out_dir={tmp_path}"])
+    over = [*BASE, "model.name=resnet8", "epochs=1", "name=ab", f"out_dir={tmp_path}", "method.name=ab_crd",
+            "method.ab.init_epochs=1", "teacher.model=resnet8", f"teacher.checkpoint={teacher.run_dir / 'best.pt'}"]
+    proc = torchrun(["train", *over], module=True)
+    _ok(proc)
+    assert "pre-stage ab_init 1/1" in proc.stdout
+    assert json.loads((tmp_path / "ab" / "summary.json").read_text())["status"] == "finished"
+
+
 def test_crd_memory_bank_identical_across_ranks(tmp_path):
     """CRD (+ FT, whose paraphraser is trained by a pre-stage and frozen afterwards) under 2 processes."""
     teacher = _one_process([*BASE, "model.name=resnet8", "epochs=1", "name=t", f"out_dir={tmp_path}"])

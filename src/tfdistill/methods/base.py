@@ -145,7 +145,9 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Called by the engine before each epoch (0-based); update schedules here, as tensors in place."""
+        """Called by the engine before each epoch (0-based); update schedules here, as tensors in place. Modules
+        that only a pre-stage trains must be frozen here (``requires_grad_(False)``; idempotent), as FT and AB do:
+        the main stage then leaves them alone, under DDP too."""
 
     def pre_stages(self) -> list[PreStage]:
         return []
