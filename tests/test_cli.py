@@ -112,3 +112,39 @@ def test_debug_shows_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
     r = run_cli(["train", *TINY, f"out_dir={tmp_path}", "model.name=resnet33"])
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_more_bad_input_is_one_line_before_anything_is_written(capsys, tmp_path):
+    out = f"out_dir={tmp_path}"
+    one_line_error(capsys, ["train", *TINY, out, "method.label_smoothing=1.5"], "method.label_smoothing", "[0, 1)")
+    one_line_error(capsys, ["train", *TINY, out, "data.image_size=-4"], "data.image_size", ">= 0")
+    one_line_error(capsys, ["train", *TINY, out, "data.train_subset=-5"], "data.train_subset")
+    one_line_error(capsys, ["train", *TINY, out, "name=../escape"], "'name'", "out_dir")
+    one_line_error(capsys, ["train", *TINY, out, "seeds=[]"], "seeds=[] is empty")
+    one_line_error(capsys, ["train", *TINY, out, "method.tfd.alpha=0.1"], "'tfd' component", "method.name=tfd")
+    one_line_error(capsys, ["train", "reproduce/table1"], "sweep spec", "tfdistill sweep")
+    one_line_error(capsys, ["demo", "--epochs", "0"], "--epochs 0")
+    assert not any(tmp_path.iterdir())  # none of them left a run directory
+    # a method option without a method name applies to the default method (ce), as README says
+    assert main(["train", *TINY, out, "name=ls", "method.label_smoothing=0.1"]) == 0
+    assert "label_smoothing: 0.1" in (tmp_path / "ls" / "config.yaml").read_text()
+
+
+def test_recipes_and_sweep_specs_are_listed_apart(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    train_part, sweep_part = out.split("# sweep specs")
+    assert "cifar100/paper" in train_part and "reproduce/table1" not in train_part
+    assert "reproduce/table1" in sweep_part
+
+
+def test_sweep_gpus_without_cuda_is_refused(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({"name": "g", "recipe": "demo", "out_dir": str(tmp_path), "seeds": [0],
+                                "models": ["resnet8"], "grid": {"methods": ["ce"]}}))
+    one_line_error(capsys, ["sweep", str(spec), "--gpus", "0,1"], "--gpus 0,1", "no CUDA device")
+    assert not (tmp_path / "g" / "resnet8_ce_s0").exists()

@@ -3,7 +3,9 @@ zoo and a reproducible training harness."""
 
 from .features import FeatureTap, find_stages
 from .losses.tfd import TFDLoss, depth_loss, width_loss
+from .models import create_model, list_models, register_model
 
 __version__ = "0.1.0"
 
-__all__ = ["FeatureTap", "find_stages", "TFDLoss", "depth_loss", "width_loss", "__version__"]
+__all__ = ["FeatureTap", "find_stages", "TFDLoss", "depth_loss", "width_loss", "create_model", "list_models",
+           "register_model", "__version__"]

@@ -59,6 +59,10 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if ns.epochs is not None and ns.epochs < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--epochs {ns.epochs}: give at least 1 epoch (default: the demo recipe's)")
     run_demo(out_dir=ns.out_dir, epochs=ns.epochs, model=ns.model)
     return 0
 
@@ -114,6 +118,9 @@ def cmd_recipes(ns: argparse.Namespace) -> int:
 
     print(f"# recipes in {recipes_dir()} (use a name or a path with `tfdistill train`)")
     for name in list_recipes():
+        print(name)
+    print("# sweep specs (use a name or a path with `tfdistill sweep`)")
+    for name in list_recipes(sweeps=True):
         print(name)
     return 0
 

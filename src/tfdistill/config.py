@@ -186,6 +186,9 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """YAML file (optional) + dotted overrides -> validated `Config` (a typed DictConfig behaving like one)."""
     raw = read_yaml(path) if path else OmegaConf.create({})
+    if path and "grid" in raw and "recipe" in raw:
+        raise ConfigError(f"{path} is a sweep spec (a grid of runs), not a training recipe; run it with "
+                          f"`tfdistill sweep {path}`")
     if overrides:
         extra = parse_overrides(overrides)
         _adapt_method_section(raw, extra)
@@ -230,8 +233,10 @@ def build_config(raw: DictConfig | dict) -> Config:
         method_raw = OmegaConf.create({"name": "ce"})
     elif isinstance(method_raw, str):
         method_raw = OmegaConf.create({"name": method_raw})
-    if not isinstance(method_raw, DictConfig) or "name" not in method_raw:
+    if not isinstance(method_raw, DictConfig):
         raise ConfigError("config key 'method' must be a mapping with a 'name' (e.g. method.name=tfd)")
+    if "name" not in method_raw:  # e.g. only method.label_smoothing=0.1 given: the default method, ce
+        method_raw = OmegaConf.merge({"name": "ce"}, method_raw)
     method_name = str(method_raw.name)
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, False)
@@ -240,8 +245,19 @@ def build_config(raw: DictConfig | dict) -> Config:
     body = OmegaConf.masked_copy(raw, [k for k in raw.keys() if k != "method"]) if "method" in raw else raw
     try:
         cfg = OmegaConf.merge(schema, body)
+    except OmegaConfBaseException as exc:
+        raise _fail(exc) from None
+    try:
         cfg.method = OmegaConf.merge(schema.method, method_raw)
     except OmegaConfBaseException as exc:
+        key = str(getattr(exc, "full_key", "") or "")
+        part = key.split(".")[1] if key.count(".") >= 1 else ""
+        from .methods import DISTILLERS
+
+        if part in DISTILLERS and part not in schema.method:
+            raise ConfigError(f"config key {key!r} belongs to the '{part}' component, which method "
+                              f"{method_name!r} does not use; set method.name={part} (or a preset with it, "
+                              f"see `tfdistill methods`)") from None
         raise _fail(exc) from None
     _check(cfg)
     return cfg  # type: ignore[return-value]
@@ -263,6 +279,26 @@ def _check(cfg: Any) -> None:
         raise ConfigError(f"bad value for config key 'data.batch_size': {cfg.data.batch_size}; must be >= 1")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"bad value for config key 'optim.lr': {cfg.optim.lr}; must be > 0")
+    ranges = {  # key: (value, low, high, what)
+        "method.label_smoothing": (cfg.method.label_smoothing, 0.0, 1.0, "in [0, 1)"),
+        "method.ce_weight": (cfg.method.ce_weight, 0.0, None, ">= 0"),
+        "data.image_size": (cfg.data.image_size, 0, None, ">= 0 (0: the dataset's own size)"),
+        "data.train_subset": (cfg.data.train_subset, 0, None, ">= 0 (0: all)"),
+        "data.test_subset": (cfg.data.test_subset, 0, None, ">= 0 (0: all)"),
+        "data.eval_batch_size": (cfg.data.eval_batch_size, 1, None, ">= 1"),
+        "optim.momentum": (cfg.optim.momentum, 0.0, None, ">= 0"),
+        "optim.weight_decay": (cfg.optim.weight_decay, 0.0, None, ">= 0"),
+        "engine.eval_every": (cfg.engine.eval_every, 1, None, ">= 1"),
+    }
+    for key, (value, low, high, what) in ranges.items():
+        if value < low or (high is not None and value >= high):
+            raise ConfigError(f"bad value for config key {key!r}: {value}; must be {what}")
+    name = str(cfg.name)
+    if name and (name in (".", "..") or "/" in name or "\\" in name):
+        raise ConfigError(f"bad value for config key 'name': {name!r}; a run name is a folder name inside out_dir "
+                          f"(no '/'); use out_dir=... for the parent folder")
+    if cfg.seeds is not None and len(cfg.seeds) == 0:
+        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
     taps = cfg.model.taps
     if not (taps == "auto" or isinstance(taps, (list, ListConfig))):
         raise ConfigError(f"bad value for config key 'model.taps': {taps!r}; valid: 'auto' or a list of module names")

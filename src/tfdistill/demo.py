@@ -27,7 +27,7 @@ def run_demo(out_dir: str | Path = "runs", epochs: int | None = None, model: str
     results = {}
     for method in ("ce", "tfd"):
         overrides = [f"method.name={method}", f"out_dir={base}", f"name={method}", *(extra or [])]
-        if epochs:
+        if epochs is not None:
             overrides.append(f"epochs={epochs}")
         if model:
             overrides.append(f"model.name={model}")

@@ -18,9 +18,15 @@ def recipes_dir() -> Path:
         raise
 
 
-def list_recipes() -> list[str]:
+SWEEPS = "reproduce"
+"""The folder of ``configs/`` that holds sweep specs (``tfdistill sweep``) rather than training recipes."""
+
+
+def list_recipes(sweeps: bool = False) -> list[str]:
+    """Training recipes (``tfdistill train``), or with ``sweeps`` the sweep specs (``tfdistill sweep``)."""
     root = recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return [n for n in names if n.startswith(f"{SWEEPS}/") == sweeps]
 
 
 def resolve_recipe(spec: str) -> Path:

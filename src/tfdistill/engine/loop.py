@@ -76,7 +76,8 @@ def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"bad value for config key 'engine.device': {spec!r}; valid: auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("engine.device asks for CUDA, but no CUDA device is available; use engine.device=cpu")
+        raise ConfigError(f"device {spec!r} asks for CUDA, but no CUDA device is available; use the CPU "
+                          f"(engine.device=cpu, or --device cpu for eval/cam)")
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -226,8 +227,10 @@ class Trainer:
         self.run = RunDir(Path(cfg.out_dir) / self.name)
         # Checked now, created (or, with --overwrite, replaced) only once the whole run has been built: bad input
         # found while building leaves no folder behind and never costs the old run.
-        do_resume = self._prepare_run_dir(resume, overwrite, dry=True)
         self._pending_log: list[str] | None = []
+        do_resume = self._prepare_run_dir(resume, overwrite, dry=True)
+        if resume and not do_resume:
+            self._log(f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
         self.started = time.time()
         self.show_bars = self.show_bars and self.info.is_main
 
@@ -426,6 +429,16 @@ class Trainer:
         if best:
             keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
             save_atomic({k: state[k] for k in keep}, self.run.best)
+        self.run.commit()  # a run replaced by --overwrite is deleted only now
+
+    def restore_replaced(self) -> None:
+        """The run stopped before its first checkpoint: with ``--overwrite``, the run it replaced comes back."""
+        if self.info.is_main and self.run.replaced is not None:
+            if self.tb is not None:
+                self.tb.close()
+            if self.run.rollback():
+                self.echo(f"note: {self.run.path} stopped before its first checkpoint; the run it was to replace "
+                          f"(--overwrite) is restored")
 
     def _read_last(self) -> dict:
         """``last.pt`` on every rank (on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the
@@ -605,6 +618,13 @@ class Trainer:
                 self.run.log_line(line)
 
     def fit(self) -> RunResult:
+        try:
+            return self._fit()
+        except BaseException:
+            self.restore_replaced()
+            raise
+
+    def _fit(self) -> RunResult:
         cfg = self.cfg
         if self.resumed_from is not None and self.epoch >= cfg.epochs:
             # rank 0's view of the run directory decides (other nodes may not share its filesystem)

@@ -447,6 +447,7 @@ class MultiSeedTrainer:
             t._log(f"error: {err}")
             if t.tb is not None:
                 t.tb.close()
+            t.restore_replaced()  # as a single run: a run it replaced (--overwrite) comes back if it had no checkpoint
             i = self.all_trainers.index(t)
             self.errors[i] = err
             if self.on_drop is not None:
@@ -487,6 +488,14 @@ class MultiSeedTrainer:
     def fit(self) -> list[RunResult | DivergenceError]:
         """Train the group; one entry per run, in order: its result, or the :class:`DivergenceError` that stopped it
         (a run whose loss becomes NaN/inf stops alone, keeping its last good checkpoint; the others go on)."""
+        try:
+            return self._fit()
+        except BaseException:
+            for t in self.trainers:
+                t.restore_replaced()
+            raise
+
+    def _fit(self) -> list[RunResult | DivergenceError]:
         if self.blocker is None and all(t.resumed_from is not None and t.epoch >= t.cfg.epochs and
                                         t.run.finished() for t in self.trainers):
             return self._one_by_one()  # each says "already finished"
@@ -523,6 +532,7 @@ class MultiSeedTrainer:
             self.sync_down()
             done = epoch + 1 - first
             eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
+            by_seed = self.what.startswith("seeds")
             for k, t in enumerate(self.trainers):
                 ev = last_eval[k] if last_eval else {}
                 improved = bool(ev) and ev["top1"] > t.best_top1
@@ -536,7 +546,8 @@ class MultiSeedTrainer:
                 t.run.append_metrics(row)
                 t._tb_write(row)
                 t.save(best=improved)
-                t._log(f"epoch {epoch + 1:>3}/{cfg.epochs}  seed {self.seeds[k]}  lr {lr:.4g}  loss {train['loss']:.4f}"
+                who = f"seed {self.seeds[k]}" if by_seed else t.run.path.name
+                t._log(f"epoch {epoch + 1:>3}/{cfg.epochs}  {who}  lr {lr:.4g}  loss {train['loss']:.4f}"
                        f"  train {train['train_acc']:.2f}%  test {ev.get('top1', float('nan')):.2f}% (best "
                        f"{t.best_top1:.2f}% @{t.best_epoch})  {train['epoch_seconds']:.1f}s  "
                        f"{train['group_images_per_sec']:.0f} img/s ({self.K} models)  ETA {_hms(eta)}")

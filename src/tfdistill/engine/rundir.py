@@ -26,6 +26,9 @@ MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt")
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.replaced: Path | None = None
+        """With ``--overwrite``: where the replaced run waits (``.<name>.replaced`` beside it) until the new run has
+        written its first checkpoint (:meth:`commit`), or is put back if the new run stops before (:meth:`rollback`)."""
 
     # --------------------------------------------------------------- paths
     config = property(lambda self: self.path / "config.yaml")
@@ -64,13 +67,32 @@ class RunDir:
                 raise RunDirError(f"refusing to --overwrite {p}: it is not a tfdistill run directory")
             if dry:
                 return False
-            shutil.rmtree(p)
+            backup = p.with_name(f".{p.name}.replaced")
+            if backup.exists():
+                shutil.rmtree(backup)  # left by a replacing run that was killed (SIGKILL) before it could decide
+            os.replace(p, backup)
+            self.replaced = backup
         elif exists:
             raise RunDirError(f"run directory {p} already exists; pass --resume to continue it or --overwrite "
                               f"to replace it (or choose another name=...)")
         if not dry:
             p.mkdir(parents=True, exist_ok=True)
         return False
+
+    def commit(self) -> None:
+        """The new run has a checkpoint: the run it replaced (``--overwrite``) is deleted now."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def rollback(self) -> bool:
+        """The new run stopped before its first checkpoint: put the run it replaced back. True if one was."""
+        if self.replaced is None or not self.replaced.is_dir():
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.replace(self.replaced, self.path)
+        self.replaced = None
+        return True
 
     # --------------------------------------------------------------- writing
     def write_text_atomic(self, path: Path, text: str) -> None:

@@ -334,9 +334,11 @@ class SubprocessExecutor(Executor):
                 # the run's own reason, if it stopped alone (diverged) during this attempt: "failed", even when the
                 # sweep is being interrupted (it would diverge again)
                 new = _read_from(r.run_dir / "train.log", offset)
-                own = [ln for ln in new.splitlines() if ln.startswith("error: ")]
+                own = [ln[len("error: "):] for ln in new.splitlines() if ln.startswith("error: ")]
+                tag = f"tfdistill: error: {r.name}: "  # what the batch child prints for each run that stopped
+                own += [ln.strip()[len(tag):] for ln in output.splitlines() if ln.strip().startswith(tag)]
                 if own:
-                    outcome = Outcome("failed", rc, error=own[-1][len("error: "):], log=str(log_path))
+                    outcome = Outcome("failed", rc, error=own[-1], log=str(log_path))
             hooks.finished(r, outcome)
 
     def interrupt(self) -> None:
@@ -415,6 +417,17 @@ class Sweep(Hooks):
         self.batch, self.max_group = batch, int(max_group)
         self.plan = plan
         self.gpus = [str(g).strip() for g in gpus or [] if str(g).strip()]
+        if self.gpus:
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise ConfigError(f"--gpus {','.join(self.gpus)}: no CUDA device is available here; leave --gpus out "
+                                  f"(--jobs N runs N processes on the CPU)")
+            bad = [g for g in self.gpus if g.isdigit() and int(g) >= count]  # (UUIDs pass as they are)
+            if bad:
+                raise ConfigError(f"--gpus: {', '.join(bad)} not among this machine's GPUs "
+                                  f"({', '.join(map(str, range(count)))})")
         self.jobs = jobs if not self.gpus or jobs > 1 else len(self.gpus)
         self.echo = echo
         self.retry_failed = retry_failed
