@@ -161,48 +161,13 @@ def reference_tfd_losses():
     import tfdistill.methods.tfd as mt
 
     saved = (mt.depth_loss, mt.width_loss)
-    mt.depth_loss, mt.width_loss = ref_depth_loss, ref_width_loss
+    from tfdistill.losses.tfd_reference import reference_depth_loss, reference_width_loss
+
+    mt.depth_loss, mt.width_loss = reference_depth_loss, reference_width_loss
     try:
         yield
     finally:
         mt.depth_loss, mt.width_loss = saved
-
-
-def ref_depth_loss(feats, direction="top_down"):
-    """The literal per-pair definition: crop, upcast to float32, adaptive pooling, mean squared error."""
-    import torch.nn.functional as F
-
-    with torch.autocast(feats[0].device.type, enabled=False):
-        total, pairs = feats[0].new_zeros((), dtype=torch.float32), 0
-        for i in range(len(feats) - 1):
-            for j in range(i + 1, len(feats)):
-                a, b = feats[i], feats[j]
-                c = min(a.shape[1], b.shape[1])
-                size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-                s, d = [F.adaptive_avg_pool2d(t[:, :c].float(), size) if tuple(t.shape[2:]) != size
-                        else t[:, :c].float() for t in (a, b)]
-                total, pairs = total + F.mse_loss(s, d.detach()), pairs + 1
-        return total / pairs
-
-
-def ref_width_loss(feats, detach_top=True):
-    """The literal definition: F.normalize of a float32 copy for the importance, two permuted float32 copies."""
-    import torch.nn.functional as F
-
-    with torch.autocast(feats[0].device.type, enabled=False):
-        total, used = feats[0].new_zeros((), dtype=torch.float32), 0
-        for f in feats:
-            c = f.shape[1]
-            if c < 2:
-                continue
-            h = c // 2
-            with torch.no_grad():
-                imp = F.normalize(f.float().flatten(2), dim=2).mean(dim=(0, 2))
-            order = torch.argsort(imp, descending=True, stable=True)
-            f32 = f.float()
-            top, low = f32.index_select(1, order[:h]), f32.index_select(1, order[h:2 * h])
-            total, used = total + F.mse_loss(low, top.detach() if detach_top else top), used + 1
-        return total / used if used else total
 
 
 def random_teacher(path: Path) -> Path:

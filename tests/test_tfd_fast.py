@@ -1,4 +1,5 @@
-"""The fast TFD losses against a straightforward reference kept here: values and gradients.
+"""The fast TFD losses against the straightforward reference (:mod:`tfdistill.losses.tfd_reference`): values and
+gradients.
 
 The reference is the literal definition (per-pair crop + float32 upcast + adaptive pooling + ``mse_loss``; width:
 ``F.normalize`` of a float32 copy, ``argsort``, two permuted float32 copies). The library's fast path shares
@@ -14,54 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from tfdistill.losses.tfd import TFDLoss, channel_importance, depth_loss, width_loss
+from tfdistill.losses.tfd_reference import reference_depth_loss, reference_importance, reference_width_loss
 
 
 # --------------------------------------------------------------------------- reference (slow, literal)
-def ref_align(a, b):
-    c = min(a.shape[1], b.shape[1])
-    size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-    out = []
-    for t in (a, b):
-        t = t[:, :c].float()
-        if tuple(t.shape[2:]) != size:
-            t = F.adaptive_avg_pool2d(t, size)
-        out.append(t)
-    return out
-
-
-def ref_depth_loss(feats, direction="top_down"):
-    with torch.autocast(feats[0].device.type, enabled=False):
-        total, pairs = feats[0].new_zeros((), dtype=torch.float32), 0
-        for i in range(len(feats) - 1):
-            for j in range(i + 1, len(feats)):
-                s, d = ref_align(feats[i], feats[j])
-                if direction == "top_down":
-                    term = F.mse_loss(s, d.detach())
-                elif direction == "bottom_up":
-                    term = F.mse_loss(d, s.detach())
-                else:
-                    term = F.mse_loss(s, d.detach()) + F.mse_loss(d, s.detach())
-                total, pairs = total + term, pairs + 1
-        return total / pairs
-
-
-def ref_importance(f):
-    return F.normalize(f.detach().float().flatten(2), dim=2).mean(dim=(0, 2))
-
-
-def ref_width_loss(feats, detach_top=True):
-    with torch.autocast(feats[0].device.type, enabled=False):
-        total, used = feats[0].new_zeros((), dtype=torch.float32), 0
-        for f in feats:
-            c = f.shape[1]
-            if c < 2:
-                continue
-            h = c // 2
-            order = torch.argsort(ref_importance(f), descending=True, stable=True)
-            f32 = f.float()
-            top, low = f32.index_select(1, order[:h]), f32.index_select(1, order[h:2 * h])
-            total, used = total + F.mse_loss(low, top.detach() if detach_top else top), used + 1
-        return total / used if used else total
+ref_depth_loss, ref_width_loss, ref_importance = reference_depth_loss, reference_width_loss, reference_importance
 
 
 # --------------------------------------------------------------------------- helpers
