@@ -589,13 +589,6 @@ class _Diverged(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- sweeps
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def sweep_group_key(cfg: Any, group: str, weights: bool) -> str:
     """The sweep's grouping for batched executors: runs with the same key train as one batched model. ``group`` is
     the run's seed group (same model, method and variant); with ``weights``, batchable runs that differ only in the
@@ -616,7 +609,7 @@ def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool
     import time as _time
     import traceback
 
-    from ..sweep.runner import FAILED_MARKER, InProcessExecutor, Outcome, is_finished, start_mode
+    from ..sweep.runner import FAILED_MARKER, InProcessExecutor, Outcome, _read_summary, is_finished, start_mode
 
     class BatchedSeedsExecutor(InProcessExecutor):
         batches_seeds = True
@@ -666,7 +659,7 @@ def batched_seeds_executor(echo: Callable[[str], None] = print, *, weights: bool
                     if i in reported:
                         continue
                     if is_finished(r):
-                        hooks.finished(r, Outcome("finished", 0, summary=_read_json(r.run_dir / "summary.json")))
+                        hooks.finished(r, Outcome("finished", 0, summary=_read_summary(r)))
                     else:
                         fail(i, error, traceback.format_exc())
                 return
