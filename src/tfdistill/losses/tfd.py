@@ -33,8 +33,9 @@ synchronisation (they can be captured in a CUDA graph and traced by ``torch.comp
 How the fast path works (values equal to the definitions above up to float32 rounding)
 --------------------------------------------------------------------------------------
 * **No float32 copy of a feature map.** bf16/fp16 maps are never upcast as a whole: pooling reads them through a
-  float32-accumulating reduction (``mean(dtype=float32)`` on a ``(N, C, h, kh, w, kw)`` view), the squared errors
-  are computed by ``mse_loss`` with mixed dtypes (promoted to float32 element by element), and channel
+  float32-accumulating reduction (``mean(dtype=float32)`` on a ``(N, C, h, kh, w, kw)`` view), the differences
+  of a pooled float32 map and a bf16 map come from a type-promoting subtraction (float32 result, the bf16 operand
+  read element by element; ``mse_loss`` is never given mixed dtypes, whose backward older torch lacks), and channel
   importance uses two float32 reductions (``sum`` and ``vector_norm``) instead of normalising a copy of the map:
   ``mean_{n,p} f/||f||_p = mean_n (sum_p f) / ||f||_p / (H W)``.
 * **One pooling per map and size for all pairs.** Depth-wise pairs share their pooled maps: each map is cropped
@@ -202,10 +203,19 @@ class _Aligner:
 
 
 def _mse(student: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error in float32; a bf16/fp16 operand is promoted element-wise inside the kernel."""
+    """Mean squared error in float32, for operands of any mix of float32 / bf16 / fp16.
+
+    Equal float32 operands go to ``mse_loss``. Otherwise the difference is formed by a type-promoting
+    subtraction, which reads a bf16/fp16 operand element by element into the float32 result (no float32 copy of
+    the operand); autograd hands each operand its gradient in its own dtype. ``mse_loss`` itself is never fed
+    mixed dtypes: its backward has no mixed-dtype support on several supported torch versions (2.11 raises
+    "Found dtype BFloat16 but expected Float"), and a low-precision pair would be subtracted in low precision.
+    """
+    if student.dtype == torch.float32 and target.dtype == torch.float32:
+        return F.mse_loss(student, target)
     if student.dtype != torch.float32 and target.dtype != torch.float32:
-        student = student.float()
-    return F.mse_loss(student, target)
+        student = student.float()  # two low-precision operands: the subtraction must happen in float32
+    return torch.sub(student, target).square().mean()
 
 
 def depth_loss(feats: Sequence[Tensor], direction: str = "top_down") -> Tensor:
