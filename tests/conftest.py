@@ -21,6 +21,33 @@ TINY = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.cuda`` tests need a CUDA device: skipped (with the reason) on machines without one."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="CUDA-only test (pytest.mark.cuda): no CUDA device on this machine")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """The same suite gives the same results on a CPU-only CI machine and on a GPU host.
+
+    A test not marked ``cuda`` sees no CUDA device: ``engine.device=auto`` resolves to the CPU in this process, and
+    ``CUDA_VISIBLE_DEVICES`` is empty for the subprocesses it starts (CLI runs, torchrun). Tests of CUDA code paths
+    are marked ``@pytest.mark.cuda``; they run only where a GPU is present (``benchmarks/gpu_check.sh``)."""
+    if request.node.get_closest_marker("cuda"):
+        return
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """Overrides for a tiny run writing into tmp_path/runs."""

@@ -68,6 +68,7 @@ def _inductor_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow  # inductor's C++ compilation: minutes on 2 busy cores
 @pytest.mark.skipif(_inductor_unavailable() is not None, reason=str(_inductor_unavailable()))
 def test_compile_trains_and_matches_eager(tiny, tmp_path, monkeypatch):
     """Inductor (C++ on the CPU) compiles the forward + TFD loss and the backward into one graph each; the
@@ -188,7 +189,7 @@ def test_non_sgd_optimizer_gets_no_graph_on_cuda_with_a_notice():
 
 
 # ----------------------------------------------------------------------------------------------- CUDA only
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 
 
 class _Net(torch.nn.Module):

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The GPU check: one prepared command for a lent GPU machine (one H100/H200, no internet), <= 6 minutes.
+#
+#   bash benchmarks/gpu_check.sh               # on the GPU machine; results in $OUT (default gpu_check_out/)
+#   bash benchmarks/gpu_check.sh --cpu-smoke   # the same logic on 2 CPU cores in <= 3 minutes (small parts)
+#
+# Runs, in order, each part under its own time limit (a hang in one cannot eat the others):
+#   1. the test suite on this machine, CUDA-only tests included (pytest -n 8)            -> pytest.txt
+#   2. benchmarks/throughput.py (engine vs classic, TFD/CE, FitNets/TFD, packed runs)     -> throughput.txt/.json
+#   3. the same with torch.compile, its warm-up capped and reported on its own             -> compile.txt
+#   4. a short real-data run, CE vs TFD (ResNet20, CIFAR-10 JPEG copy)                     -> realdata.txt
+# and prints a short summary last (also summary.txt). At most 8 files go to $OUT.
+#
+# Carry into the checkout: .data/cifar10-jpeg/{train,test}.tar.gz (the CIFAR-10 JPEG copy from ../shared/data) and,
+# if the image lacks them, wheels in .whl/ (see benchmarks/_env.sh). Environment: OUT, PYTHON, GPU_CHECK_DATA
+# (default .data/cifar10-jpeg, else ../shared/data/cifar10-jpeg), GPU_CHECK_T_TESTS / _T_THROUGHPUT / _T_COMPILE /
+# _T_REALDATA (seconds per part).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+T0=$(date +%s)
+PY=${PYTHON:-python3}
+SMOKE=0
+for a in "$@"; do
+  case "$a" in
+    --cpu-smoke) SMOKE=1 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument '$a' (valid: --cpu-smoke, --help)" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+log() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
+# shellcheck source=benchmarks/_env.sh
+. benchmarks/_env.sh
+ensure_python omegaconf tqdm matplotlib pytest xdist pytest_timeout
+
+DATA=${GPU_CHECK_DATA:-}
+if [ -z "$DATA" ]; then
+  for d in .data/cifar10-jpeg ../shared/data/cifar10-jpeg; do
+    [ -f "$d/train.tar.gz" ] && { DATA=$d; break; }
+  done
+fi
+[ -n "$DATA" ] && export TFDISTILL_CIFAR10_JPEG="$DATA"
+
+if [ $SMOKE = 1 ]; then
+  DEV=cpu
+  T_TESTS=${GPU_CHECK_T_TESTS:-60}; T_TP=${GPU_CHECK_T_THROUGHPUT:-70}
+  T_COMPILE=${GPU_CHECK_T_COMPILE:-15}; T_REAL=${GPU_CHECK_T_REALDATA:-30}
+  # a few files that exercise the losses, the accelerator's fallbacks and every method under low precision
+  TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -k "low_precision or fast or accel or graph" -n 2)
+  TP_ARGS=(--device cpu --quick --skip-classic)
+  REAL=(data.train_subset=1000 data.test_subset=500 epochs=1 data.batch_size=128 optim.lr=0.1 engine.precision=fp32)
+else
+  DEV=cuda
+  $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { echo "gpu_check: no CUDA device here (--cpu-smoke runs the logic on the CPU)" >&2; exit 3; }
+  T_TESTS=${GPU_CHECK_T_TESTS:-140}; T_TP=${GPU_CHECK_T_THROUGHPUT:-110}
+  T_COMPILE=${GPU_CHECK_T_COMPILE:-45}; T_REAL=${GPU_CHECK_T_REALDATA:-60}
+  TESTS=(tests -n 8)
+  TP_ARGS=(--device cuda --rounds 3 --ratio-rounds 5)
+  REAL=(epochs=8 data.batch_size=512 optim.lr=0.2 engine.precision=bf16)
+fi
+
+$PY - > "$OUT/env.txt" 2>&1 <<'EOF'
+import platform, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print(f"device: {gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}); python {platform.python_version()}; "
+      f"{platform.machine()}, {__import__('os').cpu_count()} CPUs")
+EOF
+log "$(cat "$OUT/env.txt")"
+
+# ---------------------------------------------------------------- 1. the test suite
+log "1/4 tests (limit ${T_TESTS}s)"
+timeout -k 10 "$T_TESTS" $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" > "$OUT/pytest.txt" 2>&1
+TESTS_RC=$?
+tail -n 3 "$OUT/pytest.txt"
+
+# ---------------------------------------------------------------- 2. throughput
+log "2/4 throughput (limit ${T_TP}s)"
+TP_DATA=()
+[ -n "$DATA" ] && TP_DATA=(--archive "$DATA")
+timeout -k 10 "$T_TP" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]}" --json-out "$OUT/throughput.json" \
+  > "$OUT/throughput.txt" 2>&1
+TP_RC=$?
+
+# ---------------------------------------------------------------- 3. torch.compile, warm-up capped
+log "3/4 torch.compile (limit ${T_COMPILE}s)"
+C_START=$(date +%s)
+timeout -k 5 "$T_COMPILE" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]}" --compile --skip-classic \
+  --quick > "$OUT/compile.txt" 2>&1
+COMPILE_RC=$?
+echo "exit code $COMPILE_RC after $(( $(date +%s) - C_START ))s (124 = stopped at the ${T_COMPILE}s limit)" >> "$OUT/compile.txt"
+
+# ---------------------------------------------------------------- 4. real data, CE vs TFD
+log "4/4 real data (limit ${T_REAL}s)"
+RUNS_DIR=$(mktemp -d)
+REAL_RC=0
+{
+  if [ -z "$DATA" ]; then
+    echo "no CIFAR-10 JPEG archives (carry .data/cifar10-jpeg): real-data part skipped"
+    REAL_RC=3
+  else
+    for m in ce tfd; do
+      timeout -k 5 $(( T_REAL / 2 )) $PY -m tfdistill train cifar100/paper data.name=imagefolder "data.root=$DATA" \
+        model.name=resnet20 "method.name=$m" seed=0 schedule.name=cosine engine.device=$DEV engine.progress=false \
+        "${REAL[@]}" "out_dir=$RUNS_DIR" "name=$m" || REAL_RC=$?
+    done
+  fi
+} > "$OUT/realdata.txt" 2>&1
+
+# ---------------------------------------------------------------- summary, printed last
+$PY - "$OUT" "$RUNS_DIR" "$TESTS_RC" "$TP_RC" "$COMPILE_RC" "$REAL_RC" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
+import json, re, sys
+from pathlib import Path
+
+out, runs = Path(sys.argv[1]), Path(sys.argv[2])
+tests_rc, tp_rc, compile_rc, real_rc, total = (int(v) for v in sys.argv[3:])
+def last_match(path, pattern):
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    found = re.findall(pattern, text, flags=re.M)
+    return found[-1] if found else None
+
+print("=" * 100)
+print((out / "env.txt").read_text().strip())
+line = last_match(out / "pytest.txt", r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$")
+print(f"tests: {line or 'no result'}" + ("" if tests_rc == 0 else f"  (exit {tests_rc}{', time limit' if tests_rc == 124 else ''})"))
+tp = out / "throughput.json"
+if tp.is_file():
+    res = json.loads(tp.read_text().strip().splitlines()[-1])
+    targets = res.get("targets") or []
+    for t in targets.items() if isinstance(targets, dict) else enumerate(targets):
+        print(f"target {t[0]}: {t[1]}" if isinstance(targets, dict) else f"target: {t[1]}")
+    for k, v in (res.get("ratios") or {}).items():
+        if isinstance(v, (int, float)):
+            print(f"  {k} = {v:.3f}")
+else:
+    print(f"throughput: no result (exit {tp_rc}{', time limit' if tp_rc == 124 else ''}); see throughput.txt")
+warm = last_match(out / "compile.txt", r"(compile.*warm.*)$")
+print(f"compile: exit {compile_rc}{' (time limit)' if compile_rc == 124 else ''}" + (f"; {warm}" if warm else ""))
+for m in ("ce", "tfd"):
+    s = runs / m / "summary.json"
+    if s.is_file():
+        d = json.loads(s.read_text())
+        print(f"real data {m}: last {d['last_top1']:.2f}%  best {d['best_top1']:.2f}% (epoch {d['best_epoch']}/{d['epochs']}), "
+              f"{d.get('images_per_sec') or 0:.0f} img/s, {d.get('precision')}, seed {d['seed']}")
+    else:
+        print(f"real data {m}: no result (exit {real_rc}); see realdata.txt")
+print(f"gpu_check: {total}s in all; files in {out}/")
+EOF
+rm -rf "$RUNS_DIR"
+[ $TESTS_RC -eq 0 ] && [ $TP_RC -eq 0 ] && [ $REAL_RC -eq 0 ]
