@@ -6,6 +6,8 @@ weights are *not* the automatic merge, or to document the paper's settings:
 
 * ``tfd+kd`` -- TFD with KD under "the same teacher-based settings" as KD: CE 0.1, KD 0.9 (T = 4), TFD's
   alpha/beta unchanged.
+* ``tfd+kd_released`` -- TFD + KD as the released script trains it: CE 1, KD 1 (T = 4), and its 20-epoch linear
+  warm-up ramp applied to the KD term as well as to TFD's (``kd.ramp_epochs = tfd.ramp_epochs = 20``).
 * ``tfd+crd`` -- TFD with CRD: CE 1, CRD 0.8.
 * ``crd+kd`` -- the CRD benchmark's CRD+KD: CE 1, KD 1, CRD 0.8 (the automatic merge would take KD's CE 0.1 /
   KD 0.9).
@@ -27,6 +29,11 @@ def register_combination(name: str, overrides: dict, summary: str) -> None:
 
 register_combination("tfd+kd", {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
                      "TFD + KD with KD's settings (CE 0.1, KD 0.9, T 4)")
+register_preset("tfd+kd_released", resolve_preset("tfd+kd").components,
+                merge_defaults(resolve_preset("tfd+kd").defaults,
+                               {"ce_weight": 1.0, "kd": {"weight": 1.0, "T": 4.0, "ramp_epochs": 20},
+                                "tfd": {"ramp_epochs": 20}}),
+                "TFD + KD as the released script (CE 1, KD 1, T 4, both ramped in over 20 epochs)")
 register_combination("tfd+crd", {"ce_weight": 1.0, "crd": {"weight": 0.8}},
                      "TFD + CRD (CE 1, CRD 0.8)")
 register_combination("crd+kd", {"ce_weight": 1.0, "kd": {"weight": 1.0, "T": 4.0}, "crd": {"weight": 0.8}},

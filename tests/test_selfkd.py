@@ -1,0 +1,157 @@
+"""Teacher-free / self-distillation family (issue 13): TFD with other mimicking losses, Tf-KD, PS-KD, CS-KD,
+the released script's TFD+KD, and method families. Golden values come from independent numpy/loop formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tfdistill.errors import ConfigError
+from tfdistill.losses.tfd import depth_loss, width_loss
+from tfdistill.losses.tfd_distance import depth_loss_with, width_loss_with
+from tfdistill.methods import method_schema
+
+from test_baselines import NUM_CLASSES, batch, build, f64, np_pool
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# =========================================================================== TFD with another distance
+def np_sp(s, t):
+    def g(f):
+        a = f.reshape(f.shape[0], -1)
+        m = a @ a.T
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+    b = s.shape[0]
+    return float(((g(s) - g(t)) ** 2).sum() / (b * b))
+
+
+def np_at(s, t):
+    def q(f):
+        a = (f ** 2).mean(1).reshape(f.shape[0], -1)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+    return float(((q(s) - q(t)) ** 2).mean())
+
+
+def np_nst(s, t):
+    def nrm(f):
+        a = f.reshape(f.shape[0], f.shape[1], -1)
+        return a / np.linalg.norm(a, axis=2, keepdims=True)
+    s, t = nrm(s), nrm(t)
+    k = lambda a, b: float((np.einsum("nil,njl->nij", a, b) ** 2).mean())
+    return k(t, t) + k(s, s) - 2 * k(s, t)
+
+
+def np_ab(s, t):
+    total = 0.0
+    for sv, tv in zip(s.ravel(), t.ravel()):
+        if tv > 0 and sv <= 1:
+            total += (sv - 1) ** 2
+        elif tv <= 0 and sv > -1:
+            total += (sv + 1) ** 2
+    return total / s.shape[0]
+
+
+NP_DIST = {"sp": np_sp, "at": np_at, "nst": np_nst, "ab": np_ab}
+
+
+def np_align(a, b):
+    """Pool the larger map to the smaller's size and crop both to min channels (numpy, per sample/channel)."""
+    c = min(a.shape[1], b.shape[1])
+    oh, ow = min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3])
+    def pool(f):
+        return np.stack([np.stack([np_pool(f[n, k], oh, ow) for k in range(c)]) for n in range(f.shape[0])])
+    return pool(a), pool(b)
+
+
+def np_width_halves(f):
+    x = f.reshape(f.shape[0], f.shape[1], -1)
+    imp = (x.sum(2) / np.linalg.norm(x, axis=2)).mean(0) / x.shape[2]
+    order = np.argsort(-imp, kind="stable")
+    h = f.shape[1] // 2
+    return f[:, order[h:2 * h]], f[:, order[:h]]
+
+
+@pytest.mark.parametrize("dist", ["sp", "at", "nst", "ab"])
+def test_tfd_distance_golden(dist):
+    # the TFD losses compute in float32 (float64 maps are read as float32), hence the tolerance
+    feats = [f64(3, 4, 8, 8, seed=1), f64(3, 6, 4, 4, seed=2), f64(3, 8, 2, 2, seed=3)]
+    arrs = [f.numpy() for f in feats]
+    d = NP_DIST[dist]
+    pairs = [(i, j) for i in range(3) for j in range(i + 1, 3)]
+    ref_td = np.mean([d(*np_align(arrs[i], arrs[j])) for i, j in pairs])
+    ref_bu = np.mean([d(*reversed(np_align(arrs[i], arrs[j]))) for i, j in pairs])
+    assert depth_loss_with(feats, dist).item() == pytest.approx(ref_td, rel=2e-5)
+    assert depth_loss_with(feats, dist, "bottom_up").item() == pytest.approx(ref_bu, rel=2e-5)
+    assert depth_loss_with(feats, dist, "bidirectional").item() == pytest.approx(ref_td + ref_bu, rel=2e-5)
+    ref_w = np.mean([d(*np_width_halves(a)) for a in arrs])
+    assert width_loss_with(feats, dist).item() == pytest.approx(ref_w, rel=2e-5)
+
+
+def test_tfd_distance_l2_is_the_unchanged_path_and_targets_get_no_gradient():
+    m, _, _ = build("tfd")
+    x, y, idx = batch()
+    m.train()
+    _, terms = m(x, y, idx)
+    _, feats = m.student_tap(x)
+    p = m.params.tfd
+    assert torch.equal(terms["tfd_depth"], (p.alpha * depth_loss(feats)).float())
+    assert torch.equal(terms["tfd_width"], (p.beta * width_loss(feats)).float())
+    # the target side of a non-l2 distance is a constant: only the shallow map receives gradient top-down
+    a = f64(2, 4, 4, 4, seed=4).requires_grad_(True)
+    b = f64(2, 4, 2, 2, seed=5).requires_grad_(True)
+    depth_loss_with([a, b], "at").backward()
+    assert a.grad.abs().sum() > 0 and b.grad is None
+
+
+@pytest.mark.parametrize("dist", ["sp", "at", "nst", "ab"])
+def test_tfd_distance_method_forward_backward_and_bf16(dist):
+    p = method_schema("tfd")()
+    p.tfd.distance = dist
+    m, student, _ = build("tfd", params=p)
+    m.train()
+    x, y, idx = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, terms = m(x, y, idx)
+    assert set(terms) == {"ce", "tfd_depth", "tfd_width"}
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    torch.stack(list(terms.values())).sum().backward()
+    assert all(q.grad is not None for q in student.stage1.parameters())
+
+
+def test_tfd_distance_errors():
+    p = method_schema("tfd")()
+    p.tfd.distance = "cosine"
+    with pytest.raises(ConfigError, match="method.tfd.distance.*valid: l2, sp, at, nst, ab"):
+        build("tfd", params=p)
+    p.tfd.distance, p.tfd.detach_top = "sp", False
+    with pytest.raises(ConfigError, match="detach_top=false needs method.tfd.distance=l2"):
+        build("tfd", params=p)
+
+
+# =========================================================================== TFD + KD as the released script
+def test_tfd_kd_released_preset_ramps_both_terms():
+    p = method_schema("tfd+kd_released")()
+    assert (p.ce_weight, p.kd.weight, p.kd.T, p.kd.ramp_epochs, p.tfd.ramp_epochs) == (1.0, 1.0, 4.0, 20, 20)
+    assert (p.tfd.alpha, p.tfd.beta) == (5e-3, 4e-4)
+    assert method_schema("tfd+kd")().kd.ramp_epochs == 0  # the other preset is unchanged
+    m, _, _ = build("tfd+kd_released", params=p)
+    m.train()
+    x, y, idx = batch()
+    from tfdistill.losses.kd import kd_loss
+    for epoch, scale in [(0, 1 / 20), (4, 5 / 20), (19, 1.0), (30, 1.0)]:
+        m.on_epoch_start(epoch)
+        with torch.no_grad():
+            _, terms = m(x, y, idx)
+            logits, feats = m.student_tap(x)
+            ref_kd = kd_loss(logits, m.teacher(x), 4.0)
+        assert terms["kd"].item() == pytest.approx(scale * ref_kd.item(), rel=1e-5)
+        assert terms["tfd_depth"].item() == pytest.approx(scale * 5e-3 * depth_loss(feats).item(), rel=1e-5)
