@@ -155,3 +155,23 @@ def test_tfd_kd_released_preset_ramps_both_terms():
             ref_kd = kd_loss(logits, m.teacher(x), 4.0)
         assert terms["kd"].item() == pytest.approx(scale * ref_kd.item(), rel=1e-5)
         assert terms["tfd_depth"].item() == pytest.approx(scale * 5e-3 * depth_loss(feats).item(), rel=1e-5)
+
+
+# =========================================================================== small fixes
+def test_table2_compares_the_papers_cc_with_crds_cc_formula():
+    from pathlib import Path
+
+    from tfdistill.sweep.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "configs" / "reproduce" / "table2.yaml")
+    methods = list(spec.grid[0].methods)
+    assert "cc_crd" in methods and "cc" not in methods
+    assert spec.paper.results.resnet32.cc_crd == 71.48
+
+
+def test_ft_loss_odd_exponent_takes_the_absolute_value():
+    from tfdistill.losses.ft import factor, ft_loss
+
+    fs, ft = f64(2, 3, 2, 2, seed=20), f64(2, 3, 2, 2, seed=21)
+    d = (factor(fs) - factor(ft)).numpy()
+    assert ft_loss(fs, ft, p2=3.0).item() == pytest.approx(float((np.abs(d) ** 3).mean()), rel=1e-10)
