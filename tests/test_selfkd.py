@@ -175,3 +175,123 @@ def test_ft_loss_odd_exponent_takes_the_absolute_value():
     fs, ft = f64(2, 3, 2, 2, seed=20), f64(2, 3, 2, 2, seed=21)
     d = (factor(fs) - factor(ft)).numpy()
     assert ft_loss(fs, ft, p2=3.0).item() == pytest.approx(float((np.abs(d) ** 3).mean()), rel=1e-10)
+
+
+# =========================================================================== Tf-KD
+def _tfkd_inputs():
+    """The fixed inputs the authors' code was run on (see the values below)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 10, generator=g, dtype=torch.float64) * 3
+    teacher = torch.randn(4, 10, generator=g, dtype=torch.float64) * 2
+    return logits, torch.tensor([1, 0, 9, 3]), teacher
+
+
+# Values of yuanli2333/Teacher-free-Knowledge-Distillation, my_loss_function.py (loss_kd_regularization with
+# reg_alpha=1, T=20, multiplier=1; with reg_alpha=0.1, multiplier=100; loss_kd_self with alpha=0.95, T=6,
+# multiplier=50), run outside the project on _tfkd_inputs() (float64, .cuda() as identity).
+AUTHORS_TFKD_REG_KL = 0.2801063398348414
+AUTHORS_TFKD_REG_R18 = 6.46226795645662
+AUTHORS_TFKD_SELF_R18 = 21.403548983432323
+
+
+def test_tfkd_reg_golden_and_authors_code():
+    from tfdistill.losses.tfkd import tfkd_reg_loss, virtual_teacher
+
+    z, y, _ = _tfkd_inputs()
+    ref = 0.0
+    for n in range(4):
+        u = np.full(10, 0.01 / 9)
+        u[y[n]] = 0.99
+        q = np.exp(u / 20) / np.exp(u / 20).sum()
+        zn = z[n].numpy()
+        logp = zn - zn.max() - np.log(np.exp(zn - zn.max()).sum())
+        ref += float((q * (np.log(q) - logp)).sum())
+    ref /= 40
+    assert tfkd_reg_loss(z, y).item() == pytest.approx(ref, rel=1e-12)
+    assert tfkd_reg_loss(z, y).item() == pytest.approx(AUTHORS_TFKD_REG_KL, rel=1e-12)
+    assert virtual_teacher(y, 10)[0, 1].item() == pytest.approx(np.exp(0.99 / 20) / (np.exp(0.99 / 20)
+                                                                                 + 9 * np.exp(0.01 / 9 / 20)))
+    # the method with its defaults is the authors' ResNet18 loss: 0.9 CE + 0.1 * 100 * KL
+    m, _, _ = build("tfkd_reg")
+    p = m.params
+    total = p.ce_weight * torch.nn.functional.cross_entropy(z, y) + \
+        m.distillers["tfkd_reg"].terms(_Out(z, y))["tfkd_reg"]
+    assert total.item() == pytest.approx(AUTHORS_TFKD_REG_R18, rel=1e-12)
+
+
+class _Out:
+    def __init__(self, logits, targets):
+        self.logits_s, self.targets = logits, targets
+
+
+def test_tfkd_self_weights_match_the_authors_loss():
+    from tfdistill.losses.kd import kd_loss
+
+    z, y, t = _tfkd_inputs()
+    p = method_schema("tfkd_self")()
+    assert (p.ce_weight, p.kd.weight, p.kd.T) == (0.05, 0.475, 6.0)
+    # the documented rule: KD weight = alpha * multiplier / K (K = 10 here, 100 on CIFAR-100)
+    kd_w = 0.95 * 50 / 10
+    ours = 0.05 * torch.nn.functional.cross_entropy(z, y) + kd_w * kd_loss(z, t, 6.0)
+    assert ours.item() == pytest.approx(AUTHORS_TFKD_SELF_R18, rel=1e-12)
+    assert p.kd.weight == pytest.approx(0.95 * 50 / 100)
+
+
+# =========================================================================== engine: one epoch, resume
+from conftest import TINY  # noqa: E402
+
+SMALL = [*TINY, "data.synthetic_train=64", "data.synthetic_test=32", "engine.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def self_teacher(tmp_path_factory):
+    """A resnet8 trained with plain CE by the engine: Tf-KD_self's teacher (same architecture as the student)."""
+    from tfdistill.config import load_config
+    from tfdistill.engine import train
+
+    out = tmp_path_factory.mktemp("teachers")
+    train(load_config(None, [*SMALL, f"out_dir={out}", "name=t"]), echo=lambda s: None)
+    return out / "t" / "best.pt"
+
+
+def run_and_resume(tmp_path, monkeypatch, over):
+    """Train 2 epochs straight; train again, killed in epoch 2 and resumed; the two must be bit-identical
+    (student and method state, e.g. memory banks). Returns the metrics rows."""
+    from tfdistill.config import load_config
+    from tfdistill.engine import Trainer, load_checkpoint, train
+
+    base = [*SMALL, *over, "epochs=2", f"out_dir={tmp_path}"]
+    train(load_config(None, [*base, "name=a"]), echo=lambda s: None)
+    real = Trainer.train_epoch
+
+    def killed(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, [*base, "name=b"]), echo=lambda s: None)
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
+    res = train(load_config(None, [*base, "name=b"]), resume=True, echo=lambda s: None)
+    assert res.summary["status"] == "finished"
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for part in ("model", "method"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    import json
+
+    return [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tfkd_reg_engine_one_epoch_and_resume(tmp_path, monkeypatch):
+    rows = run_and_resume(tmp_path, monkeypatch, ["method.name=tfkd_reg"])
+    assert set(rows[0]["terms"]) == {"ce", "tfkd_reg"}
+
+
+def test_tfkd_self_engine_one_epoch_and_resume(tmp_path, monkeypatch, self_teacher):
+    rows = run_and_resume(tmp_path, monkeypatch, ["method.name=tfkd_self", "teacher.model=resnet8",
+                                                  f"teacher.checkpoint={self_teacher}"])
+    assert set(rows[0]["terms"]) == {"ce", "kd"}
