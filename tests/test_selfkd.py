@@ -237,6 +237,94 @@ def test_tfkd_self_weights_match_the_authors_loss():
     assert p.kd.weight == pytest.approx(0.95 * 50 / 100)
 
 
+
+# =========================================================================== PS-KD
+# Value of lgcnsai/PS-KD-Pytorch, loss/pskd_loss.py (Custom_CrossEntropy_PSKD) on the soft targets of main.py's
+# formula for the inputs below (epoch index 3 of 10, alpha_T 0.8), run outside the project in float64.
+AUTHORS_PSKD = 3.5282972902389003
+
+
+def test_pskd_golden_and_authors_code():
+    from tfdistill.losses.pskd import pskd_alpha, pskd_targets, soft_cross_entropy
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(4, 6, generator=g, dtype=torch.float64) * 2
+    prev = torch.softmax(torch.randn(4, 6, generator=g, dtype=torch.float64), 1)
+    y = torch.tensor([0, 5, 2, 2])
+    a = pskd_alpha(3, 10, 0.8)
+    assert a == pytest.approx(0.32)
+    ref = 0.0
+    for n in range(4):
+        q = a * prev[n].numpy()
+        q[y[n]] += 1 - a
+        zn = z[n].numpy()
+        logp = zn - zn.max() - np.log(np.exp(zn - zn.max()).sum())
+        ref -= float((q * logp).sum())
+    ref /= 4
+    got = soft_cross_entropy(z, pskd_targets(y, prev, a).double())
+    assert got.item() == pytest.approx(ref, rel=1e-6)  # the targets are float32
+    assert got.item() == pytest.approx(AUTHORS_PSKD, rel=1e-6)
+
+
+def test_pskd_memory_holds_last_epoch_predictions_and_drives_the_targets():
+    from tfdistill.losses.pskd import soft_cross_entropy
+
+    m, _, _ = build("pskd")
+    comp = m.distillers["pskd"]
+    assert m.ce_weight == 0.0 and comp.memory.shape == (40, NUM_CLASSES)
+    m.train()
+    x, y, idx = batch()
+    m.on_epoch_start(0)
+    logits, terms = m(x, y, idx)
+    assert set(terms) == {"pskd"}
+    # epoch 0: the targets are the labels
+    assert terms["pskd"].item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    p0 = torch.softmax(logits.detach(), 1)
+    assert torch.equal(comp.memory[idx], p0)
+    untouched = torch.ones(40, dtype=torch.bool)
+    untouched[idx] = False
+    assert comp.memory[untouched].abs().sum() == 0
+    # epoch 1 of 2: alpha = 0.8 * 2 / 2, targets mix the label with the stored prediction
+    m.on_epoch_start(1)
+    logits1, terms1 = m(x, y, idx)
+    a = 0.8
+    q = (1 - a) * torch.nn.functional.one_hot(y, NUM_CLASSES).float() + a * p0
+    assert terms1["pskd"].item() == pytest.approx(soft_cross_entropy(logits1, q).item(), rel=1e-6)
+    terms1["pskd"].backward()
+    # eval mode: plain CE, memory untouched
+    m.eval()
+    before = comp.memory.clone()
+    with torch.no_grad():
+        m(x, y, idx)
+    assert torch.equal(before, comp.memory)
+
+
+def test_pskd_gather_hook_applies_the_global_batch():
+    m, _, _ = build("pskd")
+    comp = m.distillers["pskd"]
+    m.train()
+    m.on_epoch_start(0)
+    x, y, idx = batch()
+    other = (idx + 7) % 40  # the "other rank's" rows
+
+    def gather(t):  # two ranks: this one, then the other one with the same logits at other rows
+        return torch.cat([t, other if t.dtype == torch.long else t])
+
+    comp.gather = gather
+    logits, _ = m(x, y, idx)
+    p = torch.softmax(logits.detach(), 1)
+    assert torch.equal(comp.memory[other], p)
+    assert torch.equal(comp.memory[idx[~torch.isin(idx, other)]], p[~torch.isin(idx, other)])
+
+
+def test_pskd_needs_indices():
+    m, _, _ = build("pskd")
+    m.train()
+    x, y, _ = batch()
+    with pytest.raises(RuntimeError, match="dataset index"):
+        m(x, y, None)
+
+
 # =========================================================================== engine: one epoch, resume
 from conftest import TINY  # noqa: E402
 
@@ -295,3 +383,26 @@ def test_tfkd_self_engine_one_epoch_and_resume(tmp_path, monkeypatch, self_teach
     rows = run_and_resume(tmp_path, monkeypatch, ["method.name=tfkd_self", "teacher.model=resnet8",
                                                   f"teacher.checkpoint={self_teacher}"])
     assert set(rows[0]["terms"]) == {"ce", "kd"}
+
+
+def test_pskd_engine_one_epoch_and_resume(tmp_path, monkeypatch):
+    rows = run_and_resume(tmp_path, monkeypatch, ["method.name=pskd"])
+    assert set(rows[0]["terms"]) == {"pskd"}
+    mem = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["method"]["pskd.memory"]
+    assert mem.shape == (64, 10)
+    torch.testing.assert_close(mem.sum(1), torch.ones(64))  # every sample's prediction is stored
+
+
+@pytest.mark.slow
+def test_pskd_memory_identical_across_ddp_ranks(tmp_path):
+    """PS-KD under ``torchrun --nproc_per_node=2`` (gloo): both ranks hold the same memory, every row written."""
+    from test_distributed import BASE, _ok, torchrun
+
+    over = [*BASE, "model.name=resnet8", "epochs=2", "name=pskd", f"out_dir={tmp_path}", "method.name=pskd"]
+    _ok(torchrun([str(tmp_path / "info"), "--dump", "--", *over]))
+    s0 = torch.load(tmp_path / "info" / "distillers_rank0.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "info" / "distillers_rank1.pt", weights_only=True)
+    assert torch.equal(s0["pskd.memory"], s1["pskd.memory"])
+    torch.testing.assert_close(s0["pskd.memory"].sum(1), torch.ones(s0["pskd.memory"].shape[0]))
+    ck = torch.load(tmp_path / "pskd" / "last.pt", weights_only=True)
+    assert torch.equal(ck["method"]["pskd.memory"], s0["pskd.memory"])
