@@ -325,6 +325,138 @@ def test_pskd_needs_indices():
         m(x, y, None)
 
 
+
+# =========================================================================== CS-KD and paired batches
+# Value of alinlab/cs-kd, train.py's KDLoss(temp_factor=4) (KLDivLoss(reduction="sum") * T^2 / B), run outside the
+# project on the float64 inputs of test_cskd_golden_and_authors_code.
+AUTHORS_CSKD = 2.710966955479999
+
+
+def test_cskd_golden_and_authors_code():
+    from tfdistill.losses.kd import kd_loss
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(5, 7, generator=g, dtype=torch.float64) * 2
+    zp = torch.randn(5, 7, generator=g, dtype=torch.float64) * 2
+    ref = 0.0
+    for n in range(5):
+        a, b = z[n].numpy() / 4, zp[n].numpy() / 4
+        logp = a - a.max() - np.log(np.exp(a - a.max()).sum())
+        logq = b - b.max() - np.log(np.exp(b - b.max()).sum())
+        ref += float((np.exp(logq) * (logq - logp)).sum()) * 16
+    ref /= 5
+    assert kd_loss(z, zp, 4.0).item() == pytest.approx(ref, rel=1e-12)
+    assert kd_loss(z, zp, 4.0).item() == pytest.approx(AUTHORS_CSKD, rel=1e-12)
+
+
+def coded_images(n=60, classes=3, size=4):
+    """uint8 images whose channels hold (index % 256, index // 256, label): the pixels identify the sample."""
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=torch.Generator().manual_seed(3))]
+    idx = torch.arange(n)
+    img = torch.stack([idx % 256, idx // 256, labels], 1).to(torch.uint8)
+    return img[:, :, None, None].expand(n, 3, size, size).contiguous(), labels
+
+
+def decode(x):
+    v = (x[:, :, 0, 0] * 255).round().long()
+    return v[:, 0] + 256 * v[:, 1], v[:, 2]
+
+
+def device_loader(paired, epoch=0, rank=0, ws=1, augment=()):
+    from tfdistill.data.device_loader import DeviceData, DeviceLoader
+
+    images, labels = coded_images()
+    ld = DeviceLoader(DeviceData(images, labels, torch.device("cpu")), batch_size=8, train=True, seed=5,
+                      mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                      augment=augment, rank=rank, world_size=ws, paired=paired)
+    ld.set_epoch(epoch)
+    return ld
+
+
+def torch_loader(paired, epoch=0, rank=0, ws=1):
+    from tfdistill.data.augment import eval_transform
+    from tfdistill.data.sources import Split
+    from tfdistill.data.torch_loader import SampleDataset, TorchLoader
+
+    images, labels = coded_images()
+    ds = SampleDataset(Split(labels, images=images), eval_transform(4, True))
+    ld = TorchLoader(ds, batch_size=8, train=True, seed=5, device=torch.device("cpu"), mean=(0.0, 0.0, 0.0),
+                     std=(1.0, 1.0, 1.0), rank=rank, world_size=ws, paired=paired)
+    ld.set_epoch(epoch)
+    return ld
+
+
+@pytest.mark.parametrize("make", [device_loader, torch_loader], ids=["device", "dataloader"])
+def test_paired_batches_hold_same_class_partners_drawn_from_seed_and_epoch(make):
+    plain = list(make(False))
+    paired = list(make(True))
+    again = list(make(True))
+    assert len(paired) == len(plain) == 60 // 8
+    partners = []
+    for (x0, y0, i0), (x, y, i), (xa, _, _) in zip(plain, paired, again):
+        assert x.shape[0] == 16 and y.shape == (8,) and i.shape == (8,)
+        assert torch.equal(y, y0) and torch.equal(i, i0) and torch.equal(x[:8], x0)  # the order is unchanged
+        idx, lab = decode(x)
+        assert torch.equal(idx[:8], i) and torch.equal(lab[:8], y)
+        assert torch.equal(lab[8:], y)  # partners of the same class
+        assert torch.equal(x, xa)  # a pure function of (seed, epoch)
+        partners.append(idx[8:])
+    partners = torch.cat(partners)
+    assert len(set(partners.tolist())) > 20  # drawn, not a fixed mapping
+    other = torch.cat([decode(x)[0][8:] for x, _, _ in make(True, epoch=1)])
+    assert not torch.equal(partners, other)
+
+
+@pytest.mark.parametrize("make", [device_loader, torch_loader], ids=["device", "dataloader"])
+def test_paired_batches_of_two_ranks_make_the_single_process_batch(make):
+    one = list(make(True))
+    ranks = [list(make(True, rank=r, ws=2)) for r in (0, 1)]
+    for k, (x, y, i) in enumerate(one):
+        idx = decode(x)[0]
+        for r in (0, 1):
+            xr, yr, ir = ranks[r][k]
+            got = decode(xr)[0]
+            assert torch.equal(got[:4], idx[:8][r::2]) and torch.equal(got[4:], idx[8:][r::2])
+            assert torch.equal(ir, i[r::2])
+
+
+def test_paired_batches_are_augmented_with_their_own_draws():
+    from tfdistill.data.device_loader import DeviceData, DeviceLoader
+
+    _, labels = coded_images()
+    same = torch.arange(48, dtype=torch.uint8).view(1, 3, 4, 4).expand(60, 3, 4, 4).contiguous()
+
+    def first(paired):
+        ld = DeviceLoader(DeviceData(same, labels, torch.device("cpu")), batch_size=8, train=True, seed=5,
+                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augment=("crop", "flip"), paired=paired)
+        return next(iter(ld))[0]
+
+    x, x0 = first(True), first(False)
+    assert x.shape == (16, 3, 4, 4)
+    assert torch.equal(x[:8], x0)  # pairing leaves the batch's own augmentation alone
+    assert not torch.equal(x[:8], x[8:])  # every image is the same: only the draws can differ
+
+
+def test_cskd_method_uses_the_partner_half_without_gradient():
+    from tfdistill.losses.kd import kd_loss
+
+    m, student, _ = build("cskd")
+    assert method_schema("cskd")().cskd.T == 4.0 and m.ce_weight == 1.0
+    m.train()
+    x, y, idx = batch()
+    x2 = torch.randn_like(x)
+    logits, terms = m(torch.cat([x, x2]), y, idx)
+    assert logits.shape == (8, NUM_CLASSES) and set(terms) == {"ce", "cskd"}
+    out = m.outputs(torch.cat([x, x2]), y, idx)
+    assert out.logits_pair.shape == (8, NUM_CLASSES) and not out.logits_pair.requires_grad
+    assert out.images.shape[0] == 8
+    assert torch.allclose(m.distillers["cskd"].terms(out)["cskd"], kd_loss(out.logits_s, out.logits_pair, 4.0))
+    # an unpaired batch in training is a clear error
+    with pytest.raises(RuntimeError, match="paired batches"):
+        m(x, y, idx)
+
+
 # =========================================================================== engine: one epoch, resume
 from conftest import TINY  # noqa: E402
 
@@ -406,3 +538,9 @@ def test_pskd_memory_identical_across_ddp_ranks(tmp_path):
     torch.testing.assert_close(s0["pskd.memory"].sum(1), torch.ones(s0["pskd.memory"].shape[0]))
     ck = torch.load(tmp_path / "pskd" / "last.pt", weights_only=True)
     assert torch.equal(ck["method"]["pskd.memory"], s0["pskd.memory"])
+
+
+def test_cskd_engine_one_epoch_and_resume(tmp_path, monkeypatch):
+    rows = run_and_resume(tmp_path, monkeypatch, ["method.name=cskd"])
+    assert set(rows[0]["terms"]) == {"ce", "cskd"}
+    assert rows[0]["terms"]["cskd"] > 0

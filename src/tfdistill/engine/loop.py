@@ -36,7 +36,7 @@ from .. import __version__
 from ..config import to_dict, to_yaml
 from ..data import build_data
 from ..errors import CheckpointError, ConfigError, DivergenceError
-from ..methods import Method, build_method
+from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_atomic, set_rng_state
@@ -243,7 +243,7 @@ class Trainer:
         self.channels_last = bool(cfg.engine.channels_last)
         self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (multi-seed runs)
             cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
-            channels_last=self.channels_last)
+            channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
         num_classes = cfg.model.num_classes or self.data.num_classes
         if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
