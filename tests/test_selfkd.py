@@ -544,3 +544,47 @@ def test_cskd_engine_one_epoch_and_resume(tmp_path, monkeypatch):
     rows = run_and_resume(tmp_path, monkeypatch, ["method.name=cskd"])
     assert set(rows[0]["terms"]) == {"ce", "cskd"}
     assert rows[0]["terms"]["cskd"] > 0
+
+
+# =========================================================================== ESKD, ATKD
+def test_save_epochs_keeps_an_early_teacher_that_eskd_loads(tmp_path):
+    from tfdistill.config import load_config
+    from tfdistill.engine import load_checkpoint, train
+
+    train(load_config(None, [*SMALL, "epochs=3", "engine.save_epochs=[1,2]", f"out_dir={tmp_path}", "name=t"]),
+          echo=lambda s: None)
+    run = tmp_path / "t"
+    assert sorted(p.name for p in run.glob("epoch_*.pt")) == ["epoch_1.pt", "epoch_2.pt"]
+    e1, best = load_checkpoint(run / "epoch_1.pt"), load_checkpoint(run / "best.pt")
+    assert e1["epoch"] == 1 and set(e1) == set(best)
+    last = load_checkpoint(run / "last.pt")
+    assert any(not torch.equal(e1["model"][k], last["model"][k]) for k in e1["model"])
+    res = train(load_config(None, [*SMALL, "method.name=eskd", "teacher.model=resnet8",
+                                   f"teacher.checkpoint={run / 'epoch_1.pt'}", f"out_dir={tmp_path}", "name=s"]),
+                echo=lambda s: None)
+    assert res.summary["status"] == "finished"
+    with pytest.raises(ConfigError, match=r"engine.save_epochs.*\[4\] outside 1..3"):
+        load_config(None, [*SMALL, "epochs=3", "engine.save_epochs=[4]"])
+
+
+def test_spec_teacher_checkpoint_per_method():
+    from tfdistill.sweep.spec import expand, spec_from_raw
+
+    raw = {"name": "x", "recipe": "cifar100/paper", "seeds": [0],
+           "grid": {"models": ["resnet20"], "methods": ["kd", "eskd"]},
+           "per_model": {"resnet20": {"teacher": "resnet110"}},
+           "teachers": {"resnet110": "t/best.pt", "resnet110@eskd": "t/epoch_60.pt"}}
+    plan = expand(spec_from_raw(raw))
+    ck = {r.method: str(r.cfg.teacher.checkpoint) for r in plan.runs}
+    assert ck == {"kd": "t/best.pt", "eskd": "t/epoch_60.pt"}
+    assert all(str(r.cfg.teacher.model) == "resnet110" for r in plan.runs)
+
+
+def test_eskd_and_atkd_presets():
+    from tfdistill.methods import resolve_preset
+
+    e, k = method_schema("eskd")(), method_schema("kd")()
+    assert (e.ce_weight, e.kd.weight, e.kd.T) == (k.ce_weight, k.kd.weight, k.kd.T) == (0.1, 0.9, 4.0)
+    a = method_schema("at+kd")()
+    assert set(resolve_preset("at+kd").components) == {"at", "kd"}
+    assert (a.ce_weight, a.kd.weight, a.kd.T, a.at.weight) == (0.1, 0.9, 4.0, 1000.0)

@@ -50,7 +50,8 @@ CHECKPOINT_FORMAT = "tfdistill/1"
 
 # Config keys that may differ between a run and its resumption (they do not change the computation).
 RESUME_FREE_KEYS = {"name", "out_dir", "engine.progress", "engine.tensorboard", "engine.device",
-                    "data.num_workers", "data.root", "data.download", "teacher.checkpoint"}
+                    "data.num_workers", "data.root", "data.download", "teacher.checkpoint",
+                    "engine.save_epochs"}
 
 
 @dataclass
@@ -426,9 +427,11 @@ class Trainer:
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
         save_atomic(state, self.run.last)
+        keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
         if best:
-            keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
             save_atomic({k: state[k] for k in keep}, self.run.best)
+        if self.epoch in (self.cfg.engine.save_epochs or ()):
+            save_atomic({k: state[k] for k in keep}, self.run.path / f"epoch_{self.epoch}.pt")
         self.run.commit()  # a run replaced by --overwrite is deleted only now
 
     def restore_replaced(self) -> None:

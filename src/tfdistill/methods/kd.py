@@ -1,4 +1,9 @@
-"""KD as a method: temperature-scaled KL divergence to the frozen teacher's logits (see :mod:`..losses.kd`)."""
+"""KD as a method: temperature-scaled KL divergence to the frozen teacher's logits (see :mod:`..losses.kd`).
+
+``eskd`` is the same loss from an early-stopped teacher (Cho & Hariharan, ICCV 2019): a recipe, not another
+loss -- the teacher run keeps an early checkpoint with ``engine.save_epochs=[E]`` (``epoch_<E>.pt``) and the
+student loads it as ``teacher.checkpoint``; see ``configs/imagenet/resnet18_eskd.yaml`` for how to pick ``E``.
+"""
 
 from __future__ import annotations
 
@@ -53,3 +58,6 @@ class KD(Distiller):
 
 register_preset("kd", ["kd"], {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
                 summary="knowledge distillation (Hinton 2015), T=4, CE 0.1 / KD 0.9 as the CRD benchmark")
+register_preset("eskd", ["kd"], {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
+                summary="ESKD (Cho & Hariharan 2019): KD from an early-stopped teacher checkpoint (the recipe "
+                        "picks it: train the teacher with engine.save_epochs=[E])")
