@@ -588,3 +588,45 @@ def test_eskd_and_atkd_presets():
     a = method_schema("at+kd")()
     assert set(resolve_preset("at+kd").components) == {"at", "kd"}
     assert (a.ce_weight, a.kd.weight, a.kd.T, a.at.weight) == (0.1, 0.9, 4.0, 1000.0)
+
+
+# =========================================================================== methods listing, report layout
+def test_methods_are_listed_by_family(capsys):
+    from tfdistill.cli import main
+    from tfdistill.methods import preset_family
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert heads == ["baseline:", "teacher-based:", "self-distillation:", "teacher-free:"]
+    section = {}
+    current = None
+    for line in out.splitlines():
+        if line in heads:
+            current = line[:-1]
+        elif line.startswith("  ") and current:
+            section[line.split()[0]] = current
+    assert section["ce"] == "baseline" and section["kd"] == "teacher-based" and section["tfd"] == "teacher-free"
+    assert section["cskd"] == section["pskd"] == section["tfkd_self"] == "self-distillation"
+    assert section["tfkd_reg"] == "teacher-free" and section["eskd"] == "teacher-based"
+    assert preset_family("tfd+kd") == "teacher-based" and preset_family("cskd+tfd") == "self-distillation"
+    assert preset_family("ls+tfd") == "teacher-free"
+
+
+def test_report_renders_the_papers_layout_with_ours_beside(tmp_path):
+    from test_report import PAPER, make_sweep
+    from tfdistill.report import make_report
+
+    paper = dict(PAPER, columns={"ce": "Student", "tfd": "TFD (ours)"})
+    make_sweep(tmp_path, paper=paper)
+    md = make_report(tmp_path, out_dir=tmp_path / "out").markdown
+    block = md[md.index("in the paper's layout"):]
+    lines = block.splitlines()
+    assert lines[0] == "in the paper's layout, ours / paper (best-of-3, best epoch)"
+    assert lines[2] == "| student | Student | TFD (ours) |"
+    # ours as the paper aggregates (best of 3 best-epoch accuracies) / the paper's number
+    assert lines[4] == "| resnet8 | 72.50 / 69.06 | 73.30 / 70.56 |"
+    assert lines[5] == "| resnet14 | 75.40 / 71.14 ⚠ | 76.50 / 72.73 ⚠ |"
+    # without paper.columns the report is unchanged (no such table)
+    make_sweep(tmp_path / "plain")
+    assert "paper's layout" not in make_report(tmp_path / "plain", out_dir=tmp_path / "out2").markdown

@@ -94,6 +94,9 @@ class PaperSpec:
     note: str = ""
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     """student -> label (method or method/variant) -> top-1 (%) or {top1, gain, note}."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Optional: label -> the paper's column name, in the paper's column order. ``tfdistill report`` then adds a
+    table in the paper's layout (students x these columns, each cell "ours / paper")."""
 
 
 @dataclass
