@@ -4,6 +4,8 @@ the released script's TFD+KD, and method families. Golden values come from indep
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -630,3 +632,84 @@ def test_report_renders_the_papers_layout_with_ours_beside(tmp_path):
     # without paper.columns the report is unchanged (no such table)
     make_sweep(tmp_path / "plain")
     assert "paper's layout" not in make_report(tmp_path / "plain", out_dir=tmp_path / "out2").markdown
+
+
+# =========================================================================== specs
+SPEC_DIR = Path(__file__).resolve().parents[1] / "configs" / "reproduce"
+OTHER_HELPER = {"one", "byot", "frskd"}  # registered by the auxiliary-module methods' branch
+
+
+def expand_new_spec(name):
+    """Every run but those of one/byot/frskd (until their presets exist) expands and validates; the paper's
+    numbers are verbatim in its text."""
+    from omegaconf import OmegaConf
+
+    from tfdistill.sweep.spec import expand, load_spec, missing_methods, spec_from_raw
+
+    spec = load_spec(SPEC_DIR / f"{name}.yaml")
+    assert set(missing_methods(spec)) <= OTHER_HELPER
+    raw = OmegaConf.to_container(OmegaConf.load(SPEC_DIR / f"{name}.yaml"))
+    blocks = raw["grid"] if isinstance(raw["grid"], list) else [raw["grid"]]
+    gone = set(missing_methods(spec))
+    for b in blocks:
+        b["methods"] = [m for m in b["methods"] if m not in gone]
+    for entries in raw.get("paper", {}).get("results", {}).values():
+        for m in gone & set(entries):
+            del entries[m]
+    plan = expand(spec_from_raw(raw), spec_path=SPEC_DIR / f"{name}.yaml")
+    assert plan.runs
+    paper = (Path(__file__).resolve().parents[2] / "shared" / "paper" / "tfd-paper.txt")
+    if paper.is_file():
+        text = paper.read_text()
+        for entries in spec.paper.results.values():
+            for value in entries.values():
+                x = value if isinstance(value, (int, float)) else value.get("top1")
+                if x is not None:
+                    assert f"{x:.2f}" in text, (name, x)
+    return plan
+
+
+@pytest.mark.parametrize("name", ["imagenet", "imagenet_teacher", "selfkd_cifar100", "ablation_distance",
+                                  "ablation_single_loss"])
+def test_new_specs_expand_without_the_auxiliary_methods_and_quote_the_paper(name):
+    assert expand_new_spec(name).runs
+
+
+def test_imagenet_spec_is_the_whole_table():
+    from tfdistill.sweep.spec import load_spec
+
+    spec = load_spec(SPEC_DIR / "imagenet.yaml")
+    assert list(spec.grid[0].methods) == ["ce", "kd", "eskd", "at+kd", "one", "frskd", "byot", "tfd", "tfd_ls"]
+    r = spec.paper.results["torchvision.resnet18"]
+    assert (r["kd"], r["eskd"], r["at+kd"], r["one"], r["frskd"], r["byot"], r["tfd"], r["tfd_ls"]) == (
+        70.66, 70.89, 70.78, 70.55, 70.17, 69.84, 70.55, 70.66)
+    assert list(spec.paper.columns) == list(spec.grid[0].methods)
+    assert spec.teachers["torchvision.resnet34@eskd"].endswith("epoch_35.pt")
+    plan = expand_new_spec("imagenet")
+    ck = {r.method: str(r.cfg.teacher.checkpoint) for r in plan.runs if r.teacher}
+    assert ck["eskd"].endswith("epoch_35.pt") and ck["kd"] == ck["at+kd"] != ck["eskd"]
+    # every method of the table uses one recipe: the runs differ only in the method section and the teacher
+    base = {k: v for k, v in plan.runs[0].cfg.items() if k not in ("method", "teacher", "name")}
+    assert all({k: v for k, v in r.cfg.items() if k not in ("method", "teacher", "name")} == base
+               for r in plan.runs)
+
+
+def test_selfkd_and_ablation_specs():
+    from tfdistill.sweep.spec import load_spec
+
+    s = load_spec(SPEC_DIR / "selfkd_cifar100.yaml")
+    assert list(s.grid[0].methods) == ["ce", "tfd", "tfd_ls", "one", "byot", "frskd", "cskd", "tfkd_reg",
+                                       "tfkd_self", "pskd"]
+    assert list(s.seeds) == [0, 1, 2]
+    plan = expand_new_spec("selfkd_cifar100")
+    for r in plan.runs:  # Tf-KD_self's teacher is the student's own architecture
+        if r.method == "tfkd_self":
+            assert r.cfg.teacher.model == r.model
+    plan = expand_new_spec("ablation_distance")
+    assert sorted(str(r.cfg.method.tfd.distance) for r in plan.runs if r.method == "tfd") == sorted(
+        ["l2", "sp", "at", "nst", "ab"] * 3)
+    plan = expand_new_spec("ablation_single_loss")
+    got = {r.variant: (r.cfg.method.tfd.alpha, r.cfg.method.tfd.beta, r.cfg.method.tfd.width_stages)
+           for r in plan.runs if r.method == "tfd"}
+    assert got == {"full": (5e-3, 4e-4, None), "depth_only": (5e-3, 0.0, None), "width_only": (0.0, 4e-4, None),
+                   "width_last": (0.0, 4e-4, [-1])}

@@ -105,7 +105,7 @@ def _section_md(sec: Section, metric: str) -> list[str]:
                            for lab in labels] for m in students]
             out += [f"### {ds}: the paper's numbers, {_paper_label(sec)}", ""]
             out += _table(["student", *labels], rows)
-        if sec.has_paper and sec.paper.get("columns"):
+        if sec.paper.get("columns"):
             out += _paper_layout(sec, ds, students)
         header = ["student", "method", "n", "last epoch", "best epoch", f"gain ({which_name[metric]})",
                   "paper", "paper gain"]
