@@ -713,3 +713,24 @@ def test_selfkd_and_ablation_specs():
            for r in plan.runs if r.method == "tfd"}
     assert got == {"full": (5e-3, 4e-4, None), "depth_only": (5e-3, 0.0, None), "width_only": (0.0, 4e-4, None),
                    "width_last": (0.0, 4e-4, [-1])}
+
+
+@pytest.mark.parametrize("over, batched", [
+    (["method.name=tfkd_reg"], True), (["method.name=tfd", "method.tfd.distance=sp"], True),
+    (["method.name=cskd"], False), (["method.name=pskd"], False),
+])
+def test_new_methods_in_packed_seed_groups(tmp_path, over, batched):
+    """seeds=[0,1]: batchable methods train as one batched model, the others one after another (paired batches
+    and per-sample memories included); each seed's run equals the run trained alone."""
+    from tfdistill.config import load_config
+    from tfdistill.engine import load_checkpoint, train
+
+    lines: list[str] = []
+    res = train(load_config(None, [*SMALL, *over, f"out_dir={tmp_path}", "seeds=[0,1]", "name=g"]),
+                echo=lines.append)
+    assert [r.summary["status"] for r in res] == ["finished", "finished"]
+    assert any("batched with seeds [0, 1]" in line for line in lines) == batched
+    train(load_config(None, [*SMALL, *over, f"out_dir={tmp_path}", "seed=1", "name=alone"]), echo=lambda s: None)
+    a, b = load_checkpoint(tmp_path / "g_s1" / "last.pt"), load_checkpoint(tmp_path / "alone" / "last.pt")
+    for k, v in b["model"].items():
+        torch.testing.assert_close(a["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)

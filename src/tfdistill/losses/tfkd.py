@@ -38,9 +38,9 @@ def virtual_teacher(targets: Tensor, num_classes: int, correct_prob: float = 0.9
     elsewhere (the released code's teacher; see the module docs)."""
     if num_classes < 2:
         raise ValueError(f"virtual_teacher needs >= 2 classes, got {num_classes}")
-    u = torch.full((targets.shape[0], num_classes), (1.0 - correct_prob) / (num_classes - 1),
-                   dtype=dtype, device=targets.device)
-    u.scatter_(1, targets.view(-1, 1), correct_prob)
+    hit = targets.view(-1, 1) == torch.arange(num_classes, device=targets.device)  # no scatter: vmap-able
+    u = torch.where(hit, torch.tensor(correct_prob, dtype=dtype, device=targets.device),
+                    torch.tensor((1.0 - correct_prob) / (num_classes - 1), dtype=dtype, device=targets.device))
     return F.softmax(u / T, dim=1)
 
 
