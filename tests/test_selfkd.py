@@ -734,3 +734,19 @@ def test_new_methods_in_packed_seed_groups(tmp_path, over, batched):
     a, b = load_checkpoint(tmp_path / "g_s1" / "last.pt"), load_checkpoint(tmp_path / "alone" / "last.pt")
     for k, v in b["model"].items():
         torch.testing.assert_close(a["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cskd", "tfkd_reg"])
+def test_methods_under_two_ddp_processes(tmp_path, method):
+    """Paired batches (cskd) and the virtual teacher under ``torchrun --nproc_per_node=2`` (gloo)."""
+    import json
+
+    from test_distributed import BASE, _ok, torchrun
+
+    over = [*BASE, "model.name=resnet8", "epochs=1", "name=r", f"out_dir={tmp_path}", f"method.name={method}"]
+    _ok(torchrun([str(tmp_path / "info"), "--", *over]))
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "finished" and s["world_size"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert method in rows[0]["terms"]
