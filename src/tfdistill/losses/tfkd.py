@@ -16,7 +16,7 @@ The paper (its Eq. 9) writes ``L = (1 - alpha) H(q, p) + alpha D_KL(p^d_tau, p_t
 * ``nn.KLDivLoss()`` with its default ``reduction="mean"``: the sum over classes and samples divided by ``B * K``
   (not by ``B``), then times ``params.multiplier`` (100 for the CIFAR-100 ResNet18 setting; 1 for MobileNetV2),
   and no ``tau^2``;
-* ``correct_prob = 0.99`` hard-coded (the paper's text uses ``a = 0.9`` in its analysis).
+* ``correct_prob = 0.99`` hard-coded in the code (``method.tfkd_reg.correct_prob`` sets another ``a``, e.g. 0.9).
 
 :func:`tfkd_reg_loss` returns that value (without ``alpha`` and the multiplier, which the ``tfkd_reg`` method
 applies). Checked against the authors' ``loss_kd_regularization`` on fixed inputs (``tests/test_selfkd.py``).

@@ -12,7 +12,8 @@ authors' defaults ``T = 4``, ``lambda = 1`` (``train.py``: ``KDLoss``, ``--temp 
 
 As in the authors' ``train.py``, the partners' forward pass runs in training mode after the main one (BatchNorm
 statistics see both halves, the partner half second) and cross-entropy uses the first half only;
-``data.batch_size`` counts the first half (each step processes ``2 x batch_size`` images, as theirs).
+``data.batch_size`` counts the first half (each step processes ``2 x batch_size`` images, as theirs; the logged
+``images_per_sec`` and ``train_acc`` count the first half only).
 """
 
 from __future__ import annotations
