@@ -231,12 +231,31 @@ def test_tfkd_self_weights_match_the_authors_loss():
 
     z, y, t = _tfkd_inputs()
     p = method_schema("tfkd_self")()
-    assert (p.ce_weight, p.kd.weight, p.kd.T) == (0.05, 0.475, 6.0)
+    assert (p.ce_weight, p.tfkd_self.weight, p.tfkd_self.T) == (0.05, 0.475, 6.0)
     # the documented rule: KD weight = alpha * multiplier / K (K = 10 here, 100 on CIFAR-100)
     kd_w = 0.95 * 50 / 10
     ours = 0.05 * torch.nn.functional.cross_entropy(z, y) + kd_w * kd_loss(z, t, 6.0)
     assert ours.item() == pytest.approx(AUTHORS_TFKD_SELF_R18, rel=1e-12)
-    assert p.kd.weight == pytest.approx(0.95 * 50 / 100)
+    assert p.tfkd_self.weight == pytest.approx(0.95 * 50 / 100)
+
+
+def test_tfkd_self_refuses_a_teacher_of_another_architecture(self_teacher, tmp_path):
+    from tfdistill.config import load_config
+    from tfdistill.engine import train
+    from test_baselines import TinyNet
+    from tfdistill.methods import build_method
+
+    x, _, _ = batch()
+    p = method_schema("tfkd_self")()
+    m = build_method(TinyNet(), p, example=x, num_classes=NUM_CLASSES, num_train=40, epochs=1, teacher=TinyNet())
+    assert "tfkd_self" in m.distillers
+    with pytest.raises(ConfigError, match="tfkd_self needs a teacher of the student's own architecture"):
+        build_method(TinyNet(), p, example=x, num_classes=NUM_CLASSES, num_train=40, epochs=1,
+                     teacher=TinyNet(widths=(8, 16, 32)))
+    with pytest.raises(ConfigError, match="use kd"):  # through the engine: a resnet8 teacher for a resnet14
+        train(load_config(None, [*SMALL, "method.name=tfkd_self", "model.name=resnet14", "teacher.model=resnet8",
+                                 f"teacher.checkpoint={self_teacher}", f"out_dir={tmp_path}", "name=x"]),
+              echo=lambda s: None)
 
 
 
@@ -750,3 +769,11 @@ def test_methods_under_two_ddp_processes(tmp_path, method):
     assert s["status"] == "finished" and s["world_size"] == 2
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert method in rows[0]["terms"]
+
+
+def test_eskd_recipe_loads():
+    from tfdistill.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "imagenet" / "resnet18_eskd.yaml", [])
+    assert cfg.method.name == "eskd" and cfg.teacher.model == "torchvision.resnet34"
+    assert str(cfg.teacher.checkpoint).endswith("epoch_35.pt") and cfg.epochs == 100

@@ -72,6 +72,8 @@ class BuildContext:
     student_model: nn.Module | None = None
     """The student network itself (e.g. for a pre-stage that trains part of it). Do not register it as a
     submodule of a component: the Method owns it."""
+    teacher_model: nn.Module | None = None
+    """The frozen teacher network (e.g. to check its architecture). Never a submodule of a component either."""
 
 
 @dataclass

@@ -169,7 +169,7 @@ def build_method(
         t_tap = FeatureTap(teacher, teacher_taps, embedding=uses.embedding)
         t_info = _feature_info(t_tap, example)
     ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
-                       teacher=t_info, device=example.device, student_model=student)
+                       teacher=t_info, device=example.device, student_model=student, teacher_model=teacher)
     comps = {c: DISTILLERS.get(c)(getattr(params, c), ctx) for c in preset.components}
     for c in comps.values():
         c.to(example.device)

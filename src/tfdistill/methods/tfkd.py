@@ -8,9 +8,9 @@ authors' code's form. Defaults are their CIFAR-100 ResNet18 setting
 ``alpha = 0.95, T = 40, multiplier = 1`` (set ``method.ce_weight=0.05 method.tfkd_reg.weight=0.95
 method.tfkd_reg.T=40 method.tfkd_reg.multiplier=1``).
 
-``tfkd_self`` -- the ``kd`` component with a teacher of the *same architecture* as the student, trained first
-with plain CE (``teacher.model`` = ``model.name``, ``teacher.checkpoint`` = that run's ``best.pt``; the method
-cannot check the architecture: the recipe must). Weights: the authors' CIFAR-100 ResNet18 self-teacher setting
+``tfkd_self`` -- KD (the ``kd`` loss and parameters, section ``method.tfkd_self``) from a teacher of the *same
+architecture* as the student, trained first with plain CE (``teacher.model`` = ``model.name``,
+``teacher.checkpoint`` = that run's ``best.pt``); another architecture is refused (that is ``kd``). Weights: the authors' CIFAR-100 ResNet18 self-teacher setting
 (``experiments/kd_experiments/resnet18_distill/resnet18_self_teacher/params.json``: ``alpha = 0.95``,
 ``temperature = 6``, ``multiplier = 50``). Their ``loss_kd_self`` is ``(1 - alpha) CE + alpha * T^2 *
 multiplier * KLDivLoss()``, whose default reduction divides by ``B * K``; our ``kd_loss`` divides by ``B``, so the
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.tfkd import tfkd_reg_loss
-from . import kd, register_distiller, register_preset  # noqa: F401  (kd registers its component first)
+from . import register_distiller, register_preset
+from .kd import KD
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
 
@@ -63,10 +64,27 @@ class TfKDReg(Distiller):
         return {"tfkd_reg": (p.weight * p.multiplier) * loss}
 
 
+def _architecture(model: nn.Module) -> tuple:
+    return type(model).__name__, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+@register_distiller("tfkd_self")
+class TfKDSelf(KD):
+    """KD whose teacher is a pretrained copy of the student's architecture (Tf-KD_self)."""
+
+    def __init__(self, params, ctx: BuildContext) -> None:
+        super().__init__(params, ctx)
+        s, t = ctx.student_model, ctx.teacher_model
+        if s is not None and t is not None and _architecture(s) != _architecture(t):
+            raise ConfigError(f"tfkd_self needs a teacher of the student's own architecture (a CE-trained copy of "
+                              f"it), got teacher {type(t).__name__} with other parameters than student "
+                              f"{type(s).__name__}; set teacher.model to the student's model.name, or use kd")
+
+
 register_preset("tfkd_reg", ["tfkd_reg"],
                 {"ce_weight": 0.9, "tfkd_reg": {"weight": 0.1, "T": 20.0, "correct_prob": 0.99, "multiplier": 100.0}},
                 summary="Tf-KD_reg (Yuan 2020): virtual teacher, alpha 0.1, T 20, a 0.99 (authors' code)",
                 family="teacher-free")
-register_preset("tfkd_self", ["kd"], {"ce_weight": 0.05, "kd": {"weight": 0.475, "T": 6.0}},
+register_preset("tfkd_self", ["tfkd_self"], {"ce_weight": 0.05, "tfkd_self": {"weight": 0.475, "T": 6.0}},
                 summary="Tf-KD_self (Yuan 2020): KD from a pretrained copy of the student, T 6 (authors' code)",
                 family="self-distillation")
