@@ -170,6 +170,7 @@ from .method import Method, build_method  # noqa: E402
 
 __all__ = [
     "DISTILLERS", "PRESETS", "Preset", "MethodParams", "Method", "build_method", "register_distiller",
-    "register_preset", "resolve_preset", "preset_family", "FAMILIES", "method_schema", "method_uses", "list_methods", "Distiller",
+    "register_preset", "resolve_preset", "preset_family", "FAMILIES", "method_schema", "method_uses",
+    "list_methods", "Distiller",
     "BuildContext", "FeatureInfo", "PreStage", "StepOutputs", "Uses",
 ]

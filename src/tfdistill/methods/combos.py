@@ -22,7 +22,7 @@ method.label_smoothing=0.1``), or by appending ``+ls``.
 
 from __future__ import annotations
 
-from . import at, crd, kd, merge_defaults, register_preset, resolve_preset, tfd  # noqa: F401  (register components first)
+from . import at, crd, kd, merge_defaults, register_preset, resolve_preset, tfd  # noqa: F401  (components first)
 
 
 def register_combination(name: str, overrides: dict, summary: str) -> None:

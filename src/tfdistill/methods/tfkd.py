@@ -4,18 +4,19 @@ pretrained copy of the student).
 ``tfkd_reg`` -- CE weight ``1 - alpha`` plus ``alpha * multiplier * tfkd_reg_loss`` (:mod:`..losses.tfkd`), the
 authors' code's form. Defaults are their CIFAR-100 ResNet18 setting
 (``experiments/base_experiments/base_resnet18/params.json``: ``reg_alpha = 0.1``, ``reg_temperature = 20``,
-``multiplier = 100``; ``correct_prob = 0.99`` from ``my_loss_function.py``). Their MobileNetV2 setting is
-``alpha = 0.95, T = 40, multiplier = 1`` (set ``method.ce_weight=0.05 method.tfkd_reg.weight=0.95
+``multiplier = 100``; ``correct_prob = 0.99`` from ``my_loss_function.py``). Their MobileNetV2 setting
+(``base_mobilenetv2/params.json``) is ``alpha = 0.95, T = 40, multiplier = 1`` (set ``method.ce_weight=0.05 method.tfkd_reg.weight=0.95
 method.tfkd_reg.T=40 method.tfkd_reg.multiplier=1``).
 
 ``tfkd_self`` -- KD (the ``kd`` loss and parameters, section ``method.tfkd_self``) from a teacher of the *same
 architecture* as the student, trained first with plain CE (``teacher.model`` = ``model.name``,
-``teacher.checkpoint`` = that run's ``best.pt``); another architecture is refused (that is ``kd``). Weights: the authors' CIFAR-100 ResNet18 self-teacher setting
+``teacher.checkpoint`` = that run's ``best.pt``); another architecture is refused (that is ``kd``). Weights: the
+authors' CIFAR-100 ResNet18 self-teacher setting
 (``experiments/kd_experiments/resnet18_distill/resnet18_self_teacher/params.json``: ``alpha = 0.95``,
 ``temperature = 6``, ``multiplier = 50``). Their ``loss_kd_self`` is ``(1 - alpha) CE + alpha * T^2 *
 multiplier * KLDivLoss()``, whose default reduction divides by ``B * K``; our ``kd_loss`` divides by ``B``, so the
 same loss is KD weight ``alpha * multiplier / K = 0.95 * 50 / 100 = 0.475`` for CIFAR-100's ``K = 100`` (scale
-``method.kd.weight`` by ``100 / K`` for another class count), CE weight 0.05.
+``method.tfkd_self.weight`` by ``100 / K`` for another class count), CE weight 0.05.
 """
 
 from __future__ import annotations
