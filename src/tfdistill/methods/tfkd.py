@@ -5,8 +5,8 @@ pretrained copy of the student).
 authors' code's form. Defaults are their CIFAR-100 ResNet18 setting
 (``experiments/base_experiments/base_resnet18/params.json``: ``reg_alpha = 0.1``, ``reg_temperature = 20``,
 ``multiplier = 100``; ``correct_prob = 0.99`` from ``my_loss_function.py``). Their MobileNetV2 setting
-(``base_mobilenetv2/params.json``) is ``alpha = 0.95, T = 40, multiplier = 1`` (set ``method.ce_weight=0.05 method.tfkd_reg.weight=0.95
-method.tfkd_reg.T=40 method.tfkd_reg.multiplier=1``).
+(``base_mobilenetv2/params.json``) is ``alpha = 0.95, T = 40, multiplier = 1`` (set ``method.ce_weight=0.05
+method.tfkd_reg.weight=0.95 method.tfkd_reg.T=40 method.tfkd_reg.multiplier=1``).
 
 ``tfkd_self`` -- KD (the ``kd`` loss and parameters, section ``method.tfkd_self``) from a teacher of the *same
 architecture* as the student, trained first with plain CE (``teacher.model`` = ``model.name``,
