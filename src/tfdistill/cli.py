@@ -126,13 +126,18 @@ def cmd_recipes(ns: argparse.Namespace) -> int:
 
 
 def cmd_methods(ns: argparse.Namespace) -> int:
-    from .methods import list_methods, method_uses, resolve_preset
+    from .methods import FAMILIES, list_methods, method_uses, preset_family, resolve_preset
 
-    for name in list_methods():
-        p = resolve_preset(name)
-        uses = method_uses(name)
-        teacher = "teacher" if uses.teacher else "no teacher"
-        print(f"{name:<10} {teacher:<10} {p.summary}")
+    names = list_methods()
+    width = max(len(n) for n in names) + 1
+    for family in FAMILIES:
+        members = [n for n in names if preset_family(n) == family]
+        if not members:
+            continue
+        print(f"{family}:")
+        for name in members:
+            teacher = "teacher" if method_uses(name).teacher else "no teacher"
+            print(f"  {name:<{width}} {teacher:<10} {resolve_preset(name).summary}")
     print("Combine with '+', e.g. tfd+kd; any method takes method.label_smoothing=0.1.")
     return 0
 

@@ -123,6 +123,9 @@ class EngineConfig:
     """Write TensorBoard events when the tensorboard package is installed."""
     max_steps_per_epoch: int = 0
     """Cap on train steps per epoch (0 = no cap); for smoke tests and benchmarks."""
+    save_epochs: Optional[list[int]] = None
+    """Also keep the weights after these epochs (1-based) as ``epoch_<E>.pt`` in the run directory (the keys of
+    ``best.pt``), e.g. an early-stopped teacher for ESKD (``teacher.checkpoint=runs/<teacher>/epoch_<E>.pt``)."""
 
 
 @dataclass
@@ -297,6 +300,10 @@ def _check(cfg: Any) -> None:
     if name and (name in (".", "..") or "/" in name or "\\" in name):
         raise ConfigError(f"bad value for config key 'name': {name!r}; a run name is a folder name inside out_dir "
                           f"(no '/'); use out_dir=... for the parent folder")
+    bad_saves = [e for e in (cfg.engine.save_epochs or []) if not 1 <= e <= cfg.epochs]
+    if bad_saves:
+        raise ConfigError(f"bad value for config key 'engine.save_epochs': {bad_saves} outside 1..{cfg.epochs} "
+                          f"(epochs are 1-based)")
     if cfg.seeds is not None and len(cfg.seeds) == 0:
         raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
     taps = cfg.model.taps

@@ -10,7 +10,13 @@ import torch
 from ..errors import DataError
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-"""(images float32 (N,3,H,W) normalised, targets int64 (N,), index int64 (N,)), all on the loader's device."""
+"""(images float32 (N,3,H,W) normalised, targets int64 (N,), index int64 (N,)), all on the loader's device.
+
+A *paired* training loader (``build_data(..., paired=True)``, requested by a method whose components declare
+``Uses(paired_batches=True)``, e.g. CS-KD) yields images ``(2N, 3, H, W)``: the N samples of the batch, then, in
+the same order, one partner of the same class for each (drawn uniformly among its class's samples, itself
+included), augmented independently; targets and index are those of the first N. Order, partners and all
+augmentation draws are pure functions of (seed, epoch)."""
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -46,6 +52,35 @@ def mix_seed(*parts: int) -> int:
 # Stream tags: every random quantity of an epoch has its own generator so adding one augmentation does not
 # shift the others (e.g. the order with and without cutout is identical).
 TAG_ORDER, TAG_CROP, TAG_FLIP, TAG_CUTOUT, TAG_AA, TAG_RRC, TAG_SAMPLE = range(1, 8)
+TAG_PAIR = 8
+"""The draw of every sample's same-class partner (paired batches)."""
+TAG_PAIR_AUG = 0x50A1
+"""Added to an augmentation tag for the partners' own augmentation draws."""
+
+
+class ClassPartners:
+    """Draws, for given samples, a partner of the same class uniformly among that class's samples (itself
+    included, as CS-KD's ``PairBatchSampler`` does), from uniforms ``u`` in [0, 1): no Python loop over samples."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        labels = labels.to(torch.long)
+        self.order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=int(labels.max()) + 1 if labels.numel() else 1)
+        self.counts = counts
+        self.starts = torch.cumsum(counts, 0) - counts
+        self.labels = labels
+
+    def to(self, device: torch.device) -> "ClassPartners":
+        for k in ("order", "counts", "starts", "labels"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    def draw(self, index: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Partner indices for the samples ``index`` (one uniform of ``u`` each)."""
+        y = self.labels[index]
+        c = self.counts[y]
+        k = torch.minimum((u * c).to(torch.long), c - 1)
+        return self.order[self.starts[y] + k]
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -36,11 +36,14 @@ def build_data(
     rank: int = 0,
     world_size: int = 1,
     channels_last: bool = False,
+    paired: bool = False,
 ) -> DataBundle:
     """Build the train/test loaders for `cfg` (a `DataConfig`) on `device`.
 
     `cfg.batch_size` and `cfg.eval_batch_size` are global: with `world_size` ranks each rank gets positions
     `rank::world_size` of every global batch (per-rank train batch = batch_size // world_size).
+    `paired`: training batches carry a same-class partner of every sample (see :data:`tfdistill.data.base.Batch`);
+    a method asks for it through its components' ``Uses(paired_batches=True)``.
     """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -83,7 +86,7 @@ def build_data(
 
         def make_train(s: int) -> Loader:
             return DeviceLoader(train_data, batch_size=bs, train=True, seed=s, augment=augment,
-                                cutout_size=int(cfg.cutout_size), out_size=size, **common)
+                                cutout_size=int(cfg.cutout_size), out_size=size, paired=paired, **common)
 
         test = DeviceLoader(test_data, batch_size=ebs, train=False, seed=seed, out_size=size, **common)
     else:
@@ -94,7 +97,7 @@ def build_data(
 
         def make_train(s: int) -> Loader:
             return TorchLoader(train_ds, batch_size=bs, train=True, seed=s, device=device, augment=augment,
-                               num_workers=nw, **common)
+                               num_workers=nw, paired=paired, **common)
 
         test = TorchLoader(test_ds, batch_size=ebs, train=False, seed=seed, device=device, num_workers=nw, **common)
 

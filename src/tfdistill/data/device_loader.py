@@ -5,6 +5,10 @@ augmentation parameter for every global position at once; a batch is then a gath
 its indices plus a few batched ops. Ranks draw the same numbers and keep positions `rank::world_size` of each
 global batch, so the union of the ranks' step-k batches is the single-process batch k, augmentation included.
 Nothing touches the global RNGs, and nothing in the per-batch hot path waits for the device.
+
+Paired batches (``paired=True``, see :data:`tfdistill.data.base.Batch`): the partners of all global positions
+are drawn once per epoch (stream ``TAG_PAIR``) and augmented with their own draws (every tag + ``TAG_PAIR_AUG``);
+the partner half is appended to each batch.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from .base import (
     TAG_CUTOUT,
     TAG_FLIP,
     TAG_ORDER,
+    TAG_PAIR,
+    TAG_PAIR_AUG,
     TAG_RRC,
     Batch,
+    ClassPartners,
     Loader,
     apply_cutout,
     cutout_boxes,
@@ -58,8 +65,11 @@ class DeviceLoader(Loader):
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        paired: bool = False,
     ) -> None:
         self.data = data
+        self.paired = bool(paired) and bool(train)
+        self._partners = ClassPartners(data.labels) if self.paired else None
         self._init_common(dataset_size=len(data), device=data.device, batch_size=batch_size, train=train, seed=seed,
                           mean=mean, std=std, augment=augment, rank=rank, world_size=world_size,
                           channels_last=channels_last)
@@ -72,16 +82,18 @@ class DeviceLoader(Loader):
         return self._num_batches()
 
     # ----------------------------------------------------------------------------------------------------
-    def _epoch_params(self) -> dict[str, torch.Tensor]:
-        """Everything random about this epoch, indexed by global position (identical on every rank)."""
+    def _epoch_params(self, tag_offset: int = 0) -> dict[str, torch.Tensor]:
+        """Everything random about this epoch, indexed by global position (identical on every rank). With a
+        ``tag_offset``: only the augmentation draws, from streams of their own (the partners' of paired batches)."""
         n, dev, e, s = self.dataset_size, self.device, self.epoch, self.seed
         p: dict[str, torch.Tensor] = {}
 
         def gen(tag: int) -> torch.Generator:
-            return make_generator(dev, mix_seed(s, e, tag))
+            return make_generator(dev, mix_seed(s, e, tag + tag_offset))
 
-        g = gen(TAG_ORDER)
-        p["perm"] = torch.randperm(n, generator=g, device=g.device).to(dev)
+        if not tag_offset:
+            g = gen(TAG_ORDER)
+            p["perm"] = torch.randperm(n, generator=g, device=g.device).to(dev)
         if "crop" in self.augment:
             g = gen(TAG_CROP)
             p["offsets"] = torch.randint(0, 9, (n, 2), generator=g, device=g.device).to(dev)
@@ -97,10 +109,10 @@ class DeviceLoader(Loader):
             p["cutout"] = cutout_boxes(cy, cx, self.cutout_size, self.out_size, self.out_size).to(dev)
         return p
 
-    def _aa_plan(self, nb: int, gbs: int) -> tuple[torch.Tensor, list]:
+    def _aa_plan(self, nb: int, gbs: int, tag_offset: int = 0) -> tuple[torch.Tensor, list]:
         """Host-side AutoAugment draws for the epoch, grouped per (rank-local) batch; one upload per epoch."""
         assert self._aa is not None
-        cpu = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, TAG_AA))
+        cpu = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, TAG_AA + tag_offset))
         keys = self._aa.sample(self.dataset_size, cpu)
         orders, groups = [], []
         for k in range(nb):
@@ -123,26 +135,40 @@ class DeviceLoader(Loader):
         x = self._norm(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _augment(self, x: torch.Tensor, p: dict[str, torch.Tensor], sl: slice, aa: Optional[tuple], k: int
+                 ) -> torch.Tensor:
+        """The uint8 images ``x`` of global positions ``sl``, augmented with the draws ``p`` and normalised."""
+        if aa is not None:
+            x = self._aa.apply(x, aa[0][k], aa[1][k])  # type: ignore[union-attr]
+        flips = p["flips"][sl] if "flips" in p else None
+        if "boxes" in p:
+            x = resized_crop_flip(x, p["boxes"][sl], flips, self.out_size)
+        elif "offsets" in p or flips is not None:
+            x = crop_flip(x, p["offsets"][sl] if "offsets" in p else None, flips)
+        x = self._norm(x)
+        if "cutout" in p:
+            apply_cutout(x, p["cutout"][sl])
+        return x
+
     def _iter_train(self) -> Iterator[Batch]:
         gbs, r, ws = self._gbs, self.rank, self.world_size
         nb = len(self)
         p = self._epoch_params()
         aa = self._aa_plan(nb, gbs) if self._aa is not None else None
+        if self._partners is not None:
+            g = make_generator(self.device, mix_seed(self.seed, self.epoch, TAG_PAIR))
+            u = torch.rand(self.dataset_size, generator=g, device=g.device).to(self.device)
+            partners = self._partners.draw(p["perm"], u)  # by global position
+            p2 = self._epoch_params(TAG_PAIR_AUG)
+            aa2 = self._aa_plan(nb, gbs, TAG_PAIR_AUG) if self._aa is not None else None
         images, labels = self.data.images, self.data.labels
         for k in range(nb):
             sl = slice(k * gbs + r, (k + 1) * gbs, ws)
             idx = p["perm"][sl]
-            x = images.index_select(0, idx)
-            if aa is not None:
-                x = self._aa.apply(x, aa[0][k], aa[1][k])  # type: ignore[union-attr]
-            flips = p["flips"][sl] if "flips" in p else None
-            if "boxes" in p:
-                x = resized_crop_flip(x, p["boxes"][sl], flips, self.out_size)
-            elif "offsets" in p or flips is not None:
-                x = crop_flip(x, p["offsets"][sl] if "offsets" in p else None, flips)
-            x = self._norm(x)
-            if "cutout" in p:
-                apply_cutout(x, p["cutout"][sl])
+            x = self._augment(images.index_select(0, idx), p, sl, aa, k)
+            if self._partners is not None:
+                x2 = self._augment(images.index_select(0, partners[sl]), p2, sl, aa2, k)
+                x = torch.cat([x, x2])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, labels.index_select(0, idx), idx

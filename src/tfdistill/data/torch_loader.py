@@ -6,6 +6,10 @@ process draws the global permutation from a generator seeded by (seed, epoch) an
 derived from (seed, epoch, global position); the worker seeds its RNG with it (inside `fork_rng`, so the
 caller's global RNG is untouched with `num_workers=0`). Results therefore do not depend on the number of
 workers or ranks, and `persistent_workers` does not break resumption.
+
+Paired batches (``paired=True``, see :data:`tfdistill.data.base.Batch`): the sampler draws every position's
+same-class partner from a generator seeded by (seed, epoch, ``TAG_PAIR``) and gives the partner its own sample
+seed; the partner half is appended to each batch.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .base import TAG_ORDER, TAG_SAMPLE, Batch, Loader, apply_cutout, cutout_boxes, mix_seed
+from .base import (TAG_ORDER, TAG_PAIR, TAG_PAIR_AUG, TAG_SAMPLE, Batch, ClassPartners, Loader, apply_cutout,
+                   cutout_boxes, mix_seed)
 from .sources import Split
 
 _NO_BOX = torch.zeros(4, dtype=torch.long)
@@ -53,9 +58,12 @@ class SampleDataset(Dataset):
 class EpochBatchSampler(Sampler):
     """Yields, per step, this rank's keys `(index, sample_seed)` of the global batch (positions rank::ws)."""
 
-    def __init__(self, n: int, global_batch: int, rank: int, world_size: int, train: bool, seed: int) -> None:
+    def __init__(self, n: int, global_batch: int, rank: int, world_size: int, train: bool, seed: int,
+                 partners: Optional[ClassPartners] = None) -> None:
         self.n, self.gbs, self.rank, self.ws, self.train, self.seed = n, global_batch, rank, world_size, train, seed
         self.epoch = 0
+        self.partners = partners if train else None
+        """With partners: each batch's keys are followed by its same-class partners' keys (paired batches)."""
 
     def __len__(self) -> int:
         if self.train:
@@ -67,8 +75,12 @@ class EpochBatchSampler(Sampler):
         n, g = self.n, self.gbs
         if self.train:
             gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, TAG_ORDER))
-            perm = torch.randperm(n, generator=gen).tolist()
+            perm_t = torch.randperm(n, generator=gen)
+            perm = perm_t.tolist()
             stop = (n // g) * g
+            if self.partners is not None:
+                gp = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, TAG_PAIR))
+                partner = self.partners.draw(perm_t, torch.rand(n, generator=gp)).tolist()
         else:
             perm = list(range(n))
             stop = n
@@ -76,6 +88,8 @@ class EpochBatchSampler(Sampler):
             pos = range(start + self.rank, min(start + g, stop), self.ws)
             if self.train:
                 keys = [(perm[q], mix_seed(self.seed, self.epoch, TAG_SAMPLE, q)) for q in pos]
+                if self.partners is not None:
+                    keys += [(partner[q], mix_seed(self.seed, self.epoch, TAG_SAMPLE + TAG_PAIR_AUG, q)) for q in pos]
             else:
                 keys = [(perm[q], -1) for q in pos]
             if keys:
@@ -98,13 +112,16 @@ class TorchLoader(Loader):
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        paired: bool = False,
     ) -> None:
         self.dataset = dataset
+        self.paired = bool(paired) and bool(train)
         self._init_common(dataset_size=len(dataset), device=device, batch_size=batch_size, train=train, seed=seed,
                           mean=mean, std=std, augment=augment, rank=rank, world_size=world_size,
                           channels_last=channels_last)
+        partners = ClassPartners(dataset.split.labels) if self.paired else None
         self.sampler = EpochBatchSampler(self.dataset_size, self._gbs, self.rank, self.world_size, self.train,
-                                         self.seed)
+                                         self.seed, partners)
         self.num_workers = int(num_workers)
         self._loader: Optional[DataLoader] = None
 
@@ -140,4 +157,7 @@ class TorchLoader(Loader):
                 apply_cutout(x, box.to(self.device, non_blocking=True))
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if self.paired:  # the second half holds the partners: their targets and indices are not yielded
+                half = target.shape[0] // 2
+                target, index = target[:half], index[:half]
             yield x, target.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)

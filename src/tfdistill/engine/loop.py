@@ -36,7 +36,7 @@ from .. import __version__
 from ..config import to_dict, to_yaml
 from ..data import build_data
 from ..errors import CheckpointError, ConfigError, DivergenceError
-from ..methods import Method, build_method
+from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_atomic, set_rng_state
@@ -50,7 +50,8 @@ CHECKPOINT_FORMAT = "tfdistill/1"
 
 # Config keys that may differ between a run and its resumption (they do not change the computation).
 RESUME_FREE_KEYS = {"name", "out_dir", "engine.progress", "engine.tensorboard", "engine.device",
-                    "data.num_workers", "data.root", "data.download", "teacher.checkpoint"}
+                    "data.num_workers", "data.root", "data.download", "teacher.checkpoint",
+                    "engine.save_epochs"}
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Trainer:
         self.channels_last = bool(cfg.engine.channels_last)
         self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (multi-seed runs)
             cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
-            channels_last=self.channels_last)
+            channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
         num_classes = cfg.model.num_classes or self.data.num_classes
         if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
@@ -426,9 +427,11 @@ class Trainer:
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
         save_atomic(state, self.run.last)
+        keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
         if best:
-            keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
             save_atomic({k: state[k] for k in keep}, self.run.best)
+        if self.epoch in (self.cfg.engine.save_epochs or ()):
+            save_atomic({k: state[k] for k in keep}, self.run.path / f"epoch_{self.epoch}.pt")
         self.run.commit()  # a run replaced by --overwrite is deleted only now
 
     def restore_replaced(self) -> None:

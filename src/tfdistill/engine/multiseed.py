@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 
 from ..data import build_data
 from ..errors import ConfigError, DivergenceError
-from ..methods import resolve_preset
+from ..methods import method_uses, resolve_preset
 from .accel import Accelerator, plain_configs
 from .loop import RunResult, Trainer, _hms, autocast_for, default_run_name, resolve_device
 from .rundir import RunDir, device_name
@@ -212,7 +212,8 @@ class MultiSeedTrainer:
             RunDir(Path(c.out_dir) / (c.name or default_run_name(c))).prepare(resume=res, overwrite=ovr, dry=True)
         self.device = resolve_device(first.engine.device)
         bundle = build_data(first.data, self.device, seed=self.seeds[0],
-                            channels_last=bool(first.engine.channels_last))
+                            channels_last=bool(first.engine.channels_last),
+                            paired=method_uses(first.method.name).paired_batches)
         self.trainers = []
         for c, (res, ovr) in zip(cfgs, modes):
             shared = self.trainers[0].teacher if self.trainers else None  # one frozen teacher for all runs

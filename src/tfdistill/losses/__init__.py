@@ -14,6 +14,9 @@ from .pkt import pkt_loss
 from .rkd import pairwise_distances, rkd_angle_loss, rkd_distance_loss
 from .sp import similarity_matrix, sp_loss, sp_pair_loss
 from .vid import VIDHead, vid_nll
+from .tfd_distance import depth_loss_with, width_loss_with
+from .tfkd import tfkd_reg_loss, virtual_teacher
+from .pskd import pskd_alpha, pskd_targets, soft_cross_entropy
 
 __all__ = [
     "TFDLoss", "channel_importance", "depth_loss", "width_loss",
@@ -22,5 +25,6 @@ __all__ = [
     "sample_contrast_indices", "ConvRegressor", "hint_loss", "fsp_loss", "fsp_matrix", "Paraphraser", "Translator",
     "factor", "ft_loss", "paraphraser_loss", "kd_loss", "nst_loss", "nst_pair_loss", "pkt_loss",
     "pairwise_distances", "rkd_angle_loss", "rkd_distance_loss", "similarity_matrix", "sp_loss", "sp_pair_loss",
-    "VIDHead", "vid_nll",
+    "VIDHead", "vid_nll", "depth_loss_with", "width_loss_with", "tfkd_reg_loss", "virtual_teacher", "pskd_alpha",
+    "pskd_targets", "soft_cross_entropy",
 ]

@@ -11,6 +11,9 @@ Where the sources differ
   uses the l1 distance. CRD (and we) turn the factor into an attention-like map first: ``normalize(mean_c F^p1)``
   with ``p1 = 2``, flattened over positions, then the mean of ``|.|^p2`` with ``p2 = 1`` (mean absolute
   difference), weight 200.
+* **Odd exponents p2 >= 3.** :func:`ft_loss` takes ``|d|^p2`` of the factor difference ``d`` for every ``p2``
+  (a distance). CRD's code computes ``(d).pow(p2)`` for ``p2 != 1``, which keeps the sign for odd ``p2 >= 3``
+  (its mean can be negative); the two agree for ``p2 = 1`` (CRD uses ``abs`` there) and for even ``p2``.
 * **Architectures.** As in CRD: three 3x3 convolutions with LeakyReLU(0.1) in the paraphraser's encoder (channels
   ``C_t -> C_t -> k C_t -> k C_t``, rate ``k = 0.5``) and three 3x3 transposed convolutions in its decoder, no
   BatchNorm; the translator mirrors the encoder from ``C_s`` with BatchNorm. The paper's paraphraser also has no
@@ -82,7 +85,9 @@ def factor(f: Tensor, p1: float = 2.0) -> Tensor:
 
 
 def ft_loss(factor_s: Tensor, factor_t: Tensor, p1: float = 2.0, p2: float = 1.0) -> Tensor:
-    """``mean |factor(F_s) - factor(F_t)|^p2`` (mean absolute difference for ``p2 = 1``); F_t detached."""
+    """``mean |factor(F_s) - factor(F_t)|^p2`` (mean absolute difference for ``p2 = 1``); F_t detached.
+
+    For odd ``p2 >= 3`` this is ``|d|^p2``, where CRD's code keeps the sign (``d^p2``); see the module docs."""
     with torch.autocast(device_type=factor_s.device.type, enabled=False):
         s, t = match_spatial(_f32(factor_s), _f32(factor_t).detach())
         diff = factor(s, p1) - factor(t, p1)

@@ -27,7 +27,14 @@ class Preset:
     defaults: dict = field(default_factory=dict)
     """Default values for the method section: {"ce_weight": 0.1, "kd": {"weight": 0.9}}."""
     summary: str = ""
+    family: str = ""
+    """One of :data:`FAMILIES` (how ``tfdistill methods`` groups it); empty: derived by :func:`preset_family`."""
 
+
+FAMILIES = ("baseline", "teacher-based", "self-distillation", "teacher-free")
+"""baseline: no distillation (CE, label smoothing); teacher-based: a separately trained teacher; self-distillation:
+the student (or auxiliary parts of it, or its own past/paired predictions) teaches itself; teacher-free: no teacher
+network at all (TFD, Tf-KD's virtual teacher)."""
 
 PRESETS: Registry[Preset] = Registry("method")
 
@@ -37,8 +44,10 @@ def register_distiller(name: str):
 
 
 def register_preset(name: str, components: list[str] | tuple[str, ...], defaults: dict | None = None,
-                    summary: str = "") -> Preset:
-    preset = Preset(tuple(components), dict(defaults or {}), summary)
+                    summary: str = "", family: str = "") -> Preset:
+    if family and family not in FAMILIES:
+        raise ValueError(f"unknown method family {family!r} for {name!r}; valid: {', '.join(FAMILIES)}")
+    preset = Preset(tuple(components), dict(defaults or {}), summary, family)
     PRESETS.register(name)(preset)
     return preset
 
@@ -110,6 +119,24 @@ def method_schema(name: str) -> type:
     return dataclasses.make_dataclass(f"{str(name).replace('+', '_')}_params", fields)
 
 
+def preset_family(name: str) -> str:
+    """The family of method ``name``: its registered ``family``; for a combination the first of teacher-based,
+    self-distillation, teacher-free that any part has; otherwise teacher-based when it needs a teacher, else
+    baseline when it has no components, else teacher-free."""
+    _load_builtins()
+    if name in PRESETS and PRESETS.get(name).family:
+        return PRESETS.get(name).family
+    if name not in PRESETS and "+" in str(name):
+        fams = {preset_family(p.strip()) for p in str(name).split("+")}
+        for f in ("teacher-based", "self-distillation", "teacher-free"):
+            if f in fams:
+                return f
+        return "baseline"
+    if method_uses(name).teacher:
+        return "teacher-based"
+    return "teacher-free" if resolve_preset(name).components else "baseline"
+
+
 def method_uses(name: str) -> Uses:
     uses = Uses()
     for comp in resolve_preset(name).components:
@@ -143,6 +170,7 @@ from .method import Method, build_method  # noqa: E402
 
 __all__ = [
     "DISTILLERS", "PRESETS", "Preset", "MethodParams", "Method", "build_method", "register_distiller",
-    "register_preset", "resolve_preset", "method_schema", "method_uses", "list_methods", "Distiller",
+    "register_preset", "resolve_preset", "preset_family", "FAMILIES", "method_schema", "method_uses",
+    "list_methods", "Distiller",
     "BuildContext", "FeatureInfo", "PreStage", "StepOutputs", "Uses",
 ]

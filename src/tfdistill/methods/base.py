@@ -37,12 +37,16 @@ class Uses:
     teacher_feats: bool = False
     embedding: bool = False
     """Penultimate (pooled) features of the student and, with a teacher, of the teacher."""
+    paired_batches: bool = False
+    """Training batches in which every sample comes with a partner of the same class (CS-KD): the engine asks the
+    data layer for them, and :class:`Method` runs the student on the partners too, without gradient
+    (``StepOutputs.logits_pair``); everything else in the step sees only the first half."""
 
     def __or__(self, other: "Uses") -> "Uses":
         return Uses(*(a or b for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[bool, ...]:
-        return (self.teacher, self.student_feats, self.teacher_feats, self.embedding)
+        return (self.teacher, self.student_feats, self.teacher_feats, self.embedding, self.paired_batches)
 
 
 @dataclass
@@ -68,6 +72,8 @@ class BuildContext:
     student_model: nn.Module | None = None
     """The student network itself (e.g. for a pre-stage that trains part of it). Do not register it as a
     submodule of a component: the Method owns it."""
+    teacher_model: nn.Module | None = None
+    """The frozen teacher network (e.g. to check its architecture). Never a submodule of a component either."""
 
 
 @dataclass
@@ -83,6 +89,9 @@ class StepOutputs:
     logits_t: Optional[Tensor] = None
     feats_t: list[Tensor] = field(default_factory=list)
     emb_t: Optional[Tensor] = None
+    logits_pair: Optional[Tensor] = None
+    """With ``Uses.paired_batches`` in training: the student's logits (no gradient) on each sample's same-class
+    partner, row for row."""
 
 
 @dataclass

@@ -69,9 +69,17 @@ class Method(nn.Module):
         return logits, feats, tap.embedding
 
     def outputs(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> StepOutputs:
+        pair = None
+        if self.uses.paired_batches and images.shape[0] == 2 * targets.shape[0]:
+            # a paired batch (see tfdistill.data.base.Batch): the second half holds the same-class partners
+            images, pair = images[: targets.shape[0]], images[targets.shape[0]:]
         logits_t, feats_t, emb_t = self.run_teacher(images)
         logits, feats, emb = self.run_student(images)
-        return StepOutputs(images, targets, index, logits, feats, emb, logits_t, feats_t, emb_t)
+        logits_pair = None
+        if pair is not None:
+            with torch.no_grad():  # after the main forward, as CS-KD's code (BatchNorm sees both, in this order)
+                logits_pair = self.student(pair)
+        return StepOutputs(images, targets, index, logits, feats, emb, logits_t, feats_t, emb_t, logits_pair)
 
     def forward(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.outputs(images, targets, index)
@@ -161,7 +169,7 @@ def build_method(
         t_tap = FeatureTap(teacher, teacher_taps, embedding=uses.embedding)
         t_info = _feature_info(t_tap, example)
     ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
-                       teacher=t_info, device=example.device, student_model=student)
+                       teacher=t_info, device=example.device, student_model=student, teacher_model=teacher)
     comps = {c: DISTILLERS.get(c)(getattr(params, c), ctx) for c in preset.components}
     for c in comps.values():
         c.to(example.device)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.tfd import DIRECTIONS, depth_loss, width_loss
+from ..losses.tfd_distance import DISTANCES, depth_loss_with, width_loss_with
 from . import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
@@ -29,6 +30,9 @@ class TFDParams:
     In epoch e (0-based) the weights are scaled by min(1, (e + 1) / ramp_epochs)."""
     width_stages: Optional[list[int]] = None
     """Indices of the tapped stages the width-wise loss uses (default: all)."""
+    distance: str = "l2"
+    """Feature-mimicking loss: l2 (paper: mean squared error) | sp | at | nst | ab (the paper's ablation figure;
+    applied to the same aligned depth pairs and width halves, see :mod:`tfdistill.losses.tfd_distance`)."""
 
 
 @register_distiller("tfd")
@@ -45,6 +49,12 @@ class TFD(Distiller):
         if params.direction not in DIRECTIONS:
             raise ConfigError(f"bad value for config key 'method.tfd.direction': {params.direction!r}; "
                               f"valid: {', '.join(DIRECTIONS)}")
+        if params.distance not in DISTANCES:
+            raise ConfigError(f"bad value for config key 'method.tfd.distance': {params.distance!r}; "
+                              f"valid: {', '.join(DISTANCES)}")
+        if params.distance != "l2" and not params.detach_top:
+            raise ConfigError(f"method.tfd.detach_top=false needs method.tfd.distance=l2 (the {params.distance} "
+                              "loss treats its target as a constant)")
         if params.alpha < 0 or params.beta < 0 or params.ramp_epochs < 0:
             raise ConfigError("method.tfd.alpha, beta and ramp_epochs must be >= 0")
         info = ctx.student
@@ -70,11 +80,14 @@ class TFD(Distiller):
         p = self.params
         feats = out.feats_s
         terms = {}
+        l2 = p.distance == "l2"
         if p.alpha > 0:
-            terms["tfd_depth"] = (self.w_alpha * self.ramp) * depth_loss(feats, p.direction)
+            depth = depth_loss(feats, p.direction) if l2 else depth_loss_with(feats, p.distance, p.direction)
+            terms["tfd_depth"] = (self.w_alpha * self.ramp) * depth
         if p.beta > 0:
             maps = feats if self.width_stages is None else [feats[i] for i in self.width_stages]
-            terms["tfd_width"] = (self.w_beta * self.ramp) * width_loss(maps, p.detach_top)
+            width = width_loss(maps, p.detach_top) if l2 else width_loss_with(maps, p.distance)
+            terms["tfd_width"] = (self.w_beta * self.ramp) * width
         return terms
 
 

@@ -105,6 +105,8 @@ def _section_md(sec: Section, metric: str) -> list[str]:
                            for lab in labels] for m in students]
             out += [f"### {ds}: the paper's numbers, {_paper_label(sec)}", ""]
             out += _table(["student", *labels], rows)
+        if sec.paper.get("columns"):
+            out += _paper_layout(sec, ds, students)
         header = ["student", "method", "n", "last epoch", "best epoch", f"gain ({which_name[metric]})",
                   "paper", "paper gain"]
         if sec.has_paper:
@@ -127,6 +129,29 @@ def _section_md(sec: Section, metric: str) -> list[str]:
     flags = [f"- {g.dataset} / {g.model} / {g.label}: {f}" for g in sec.groups for f in g.flags()]
     out += ["### Flags", "", *(flags or ["none"]), ""]
     return out
+
+
+def _paper_layout(sec: Section, ds: str, students: list[str]) -> list[str]:
+    """Students x the paper's columns (``paper.columns``: label -> column name, in the paper's order); each cell
+    is ours aggregated as the paper aggregates (its statistic over seeds, its epoch) / the paper's number."""
+    cols = {str(k): str(v) for k, v in sec.paper["columns"].items()}
+    rows = []
+    for m in students:
+        row = [m]
+        for lab in cols:
+            g = sec.group(ds, m, lab)
+            ours = _num(g.ours_as_paper()) if g is not None else DASH
+            paper = _num(g.paper["top1"]) if g is not None else _num(_paper_top1(sec, m, lab))
+            row.append(_cell(g, f"{ours} / {paper}"))
+        rows.append(row)
+    p = sec.paper
+    return [f"### {ds}: in the paper's layout, ours / paper ({p.get('statistic') or '?'}, "
+            f"{p.get('epoch') or 'best'} epoch)", "", *_table(["student", *cols.values()], rows)]
+
+
+def _paper_top1(sec: Section, student: str, label: str) -> Optional[float]:
+    v = (sec.paper.get("results") or {}).get(student, {}).get(label)
+    return v.get("top1") if isinstance(v, dict) else v
 
 
 # ----------------------------------------------------------------------------------------------- CSV / JSON

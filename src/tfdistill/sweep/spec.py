@@ -17,6 +17,7 @@ A spec (YAML, schema :class:`SweepSpec`)::
       resnet20: {teacher: resnet110, overrides: []}
     teachers:                         # teacher architecture -> checkpoint, used by teacher-based methods only
       resnet110: runs/reproduce/teachers/resnet110_ce_s0/best.pt
+      resnet110@eskd: runs/reproduce/teachers/resnet110_ce_s0/epoch_60.pt   # <arch>@<method>: that method's own
     paper:                            # the paper's numbers, shown beside ours by `tfdistill report`
       source: Table 1
       statistic: best-of-3            # best-of-N | mean-of-N | median-of-N | single
@@ -93,6 +94,9 @@ class PaperSpec:
     note: str = ""
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     """student -> label (method or method/variant) -> top-1 (%) or {top1, gain, note}."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Optional: label -> the paper's column name, in the paper's column order. ``tfdistill report`` then adds a
+    table in the paper's layout (students x these columns, each cell "ours / paper")."""
 
 
 @dataclass
@@ -107,6 +111,8 @@ class SweepSpec:
     grid: list[GridBlock] = field(default_factory=list)
     per_model: dict[str, StudentExtra] = field(default_factory=dict)
     teachers: dict[str, str] = field(default_factory=dict)
+    """teacher architecture -> checkpoint; a key ``<architecture>@<method>`` gives that method its own checkpoint
+    of the architecture (ESKD's early-stopped teacher beside KD's fully trained one)."""
     paper: PaperSpec = field(default_factory=PaperSpec)
 
 
@@ -379,7 +385,7 @@ def _teacher(spec: Any, student: str, method: str, where: str) -> tuple[str, lis
     if not teacher:
         raise ConfigError(f"{where}: key 'per_model.{student}.teacher' is missing: method {method!r} needs a "
                           f"teacher for student {student}")
-    ckpt = spec.teachers.get(teacher, None)
+    ckpt = spec.teachers.get(f"{teacher}@{method}", None) or spec.teachers.get(teacher, None)
     if not ckpt:
         raise ConfigError(f"{where}: key 'teachers.{teacher}' is missing: the checkpoint of teacher {teacher} "
                           f"(used by {student} with {method})")
@@ -418,7 +424,7 @@ def expand(spec: Any, cli_overrides: list[str] | None = None, *, spec_path: str 
                               f"({', '.join(all_models)})")
         if extra.teacher:
             _check_models([extra.teacher], f"per_model.{student}.teacher", path)
-    _check_models(list(spec.teachers.keys()), "teachers", path)
+    _check_models(sorted({str(k).split("@", 1)[0] for k in spec.teachers.keys()}), "teachers", path)
 
     recipe_path = _resolve_recipe_path(spec.recipe, path)
     recipe = read_yaml(recipe_path)
