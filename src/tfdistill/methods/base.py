@@ -68,6 +68,9 @@ class BuildContext:
     student_model: nn.Module | None = None
     """The student network itself (e.g. for a pre-stage that trains part of it). Do not register it as a
     submodule of a component: the Method owns it."""
+    example: Optional[Tensor] = None
+    """One input batch on the device (for components that watch a forward pass of the student while they build
+    themselves, e.g. ONE's branches; run it in eval mode without gradients)."""
 
 
 @dataclass
