@@ -46,6 +46,7 @@ class FRSKD(Distiller):
 
     Params = FRSKDParams
     uses = Uses(student_feats=True)
+    batchable = True
 
     def __init__(self, params: FRSKDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
