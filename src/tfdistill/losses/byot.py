@@ -23,7 +23,8 @@ Where the sources differ
   comment), with ``a = 0.3``, ``l = 0.03``. We follow the code.
 * **Which branches get the feature term.** The code skips the feature term for ``outputs[1]``, the shallow
   classifier on the stage just below the deepest one (its comment says "the shallowest"); ``hint_all=false``
-  (default) follows the code, ``hint_all=true`` hints every shallow classifier.
+  (default) follows the code, ``hint_all=true`` hints every shallow classifier. The code builds an adaptation
+  layer for that classifier too and never uses it; we build none.
 * **Branch architecture.** The code's branches are written for ResNet-18's four stages (stage ``i`` gets
   ``3 - i`` stride-2 SepConvs doubling the channels, then ``AvgPool2d(4)`` on the final 4x4 map). Here a branch
   on a stage of ``(C, H, W)`` gets ``log2(H / H_last)`` SepConvs whose output channels follow the tapped stages at
@@ -85,7 +86,8 @@ class AuxClassifier(nn.Module):
         channels: output channels of the successive stride-2 SepConv blocks (may be empty).
         in_channels: channels of the stage map.
         num_classes: classes of the classifier.
-        target_dim: dimension of the deepest feature the adapted feature is compared with.
+        target_dim: dimension of the deepest feature the adapted feature is compared with; 0: no adaptation
+            layer (a classifier without the feature term), the adapted feature is then None.
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int], num_classes: int, target_dim: int) -> None:
@@ -97,7 +99,7 @@ class AuxClassifier(nn.Module):
             c = int(c_out)
         self.scala = nn.Sequential(*blocks)
         self.fc = nn.Linear(c, num_classes)
-        self.adapt = nn.Linear(c, target_dim)
+        self.adapt = nn.Linear(c, target_dim) if target_dim else None
         for m in self.modules():  # the code's initialisation (resnet.py)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -105,10 +107,10 @@ class AuxClassifier(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         x = x * self.attention(x)
         f = F.adaptive_avg_pool2d(self.scala(x), 1).flatten(1)
-        return self.fc(f), f, self.adapt(f)
+        return self.fc(f), f, self.adapt(f) if self.adapt is not None else None
 
 
 def soft_cross_entropy(logits: Tensor, teacher: Tensor, T: float = 3.0) -> Tensor:

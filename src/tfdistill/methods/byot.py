@@ -70,15 +70,18 @@ class BYOT(Distiller):
             raise ConfigError(f"byot needs at least two tapped stages and a linear classifier, got stages {got}; "
                               f"set model.taps to a list of at least two module names")
         shapes = [tuple(int(v) for v in s) for s in info.shapes]
+        n = len(shapes) - 1
+        self.hinted = list(range(n)) if params.hint_all else list(range(n - 1))
+        if params.feature_weight == 0:
+            self.hinted = []
         self.aux = nn.ModuleList()
-        for i in range(len(shapes) - 1):
+        for i in range(n):
             try:
                 chans = branch_channels(shapes, i)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ConfigError(f"byot cannot build an auxiliary classifier on {info.names[i]!r}: {exc}") from None
-            self.aux.append(AuxClassifier(shapes[i][0], chans, ctx.num_classes, info.embedding_dim))
-        n = len(self.aux)
-        self.hinted = list(range(n)) if params.hint_all else list(range(n - 1))
+            target = info.embedding_dim if i in self.hinted else 0  # no adaptation layer that no term uses
+            self.aux.append(AuxClassifier(shapes[i][0], chans, ctx.num_classes, target))
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
         p = self.params
@@ -92,7 +95,7 @@ class BYOT(Distiller):
         if p.alpha > 0:
             terms["byot_kd"] = p.alpha * torch.stack([soft_cross_entropy(z, out.logits_s, p.T)
                                                       for z, _, _ in res]).sum()
-        if p.feature_weight > 0 and self.hinted:
+        if self.hinted:
             terms["byot_feat"] = p.feature_weight * torch.stack([feature_hint_loss(res[i][2], out.emb_s)
                                                                  for i in self.hinted]).sum()
         return terms

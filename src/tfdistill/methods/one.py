@@ -14,7 +14,8 @@ Genericity. The last stage is the last of the student's tapped stages; its input
 branches and the gate read) is captured by a forward pre-hook while the student trains. What follows it is
 found by watching one forward pass; the copy is verified at build time to reproduce the student's own logits
 from the last stage's output. A model whose forward does work after its last stage that is not a module (a
-functional op other than flattening before the classifier) cannot be branched this way: one ConfigError says so.
+functional op other than flattening, or global average pooling and flattening, before the classifier) cannot be
+branched this way: one ConfigError says so.
 
 Loss (the authors' ``cifar_one.py``): ``CE(branch 0)`` (the method's ``ce`` term) ``+ sum_{b>=1} CE(branch b) +
 CE(ensemble)`` (``one_ce``) ``+ w(epoch) * sum_b T^2 KL(ensemble || branch b)`` (``one_kl``, T = 3, ``w`` the
@@ -52,18 +53,35 @@ class ONEParams:
 
 
 class _Tail(nn.Module):
-    """Runs ``modules`` in order, flattening before a Linear layer that receives a map (``torch.flatten``)."""
+    """Runs ``modules`` in order, flattening before a Linear layer that receives a map (``torch.flatten``), and,
+    with ``pool_at = i``, global-average-pooling a map before module ``i`` (a functional ``adaptive_avg_pool2d``
+    + ``flatten`` before the classifier, as torchvision's MobileNetV2 has)."""
 
-    def __init__(self, modules: list[nn.Module]) -> None:
+    def __init__(self, modules: list[nn.Module], pool_at: int | None = None) -> None:
         super().__init__()
         self.layers = nn.ModuleList(modules)
+        self.pool_at = pool_at
 
     def forward(self, x: Tensor) -> Tensor:
-        for m in self.layers:
+        for i, m in enumerate(self.layers):
+            if i == self.pool_at and x.dim() > 2:
+                x = F.adaptive_avg_pool2d(x, 1).flatten(1)
             if isinstance(m, nn.Linear) and x.dim() > 2:
                 x = x.flatten(1)
             x = m(x)
         return x
+
+
+def _reproduces(tail: _Tail, x: Tensor, logits: Any) -> bool:
+    """Whether ``tail(x)`` gives the model's own ``logits`` (eval mode, no gradients)."""
+    try:
+        with torch.no_grad():
+            tail.eval()
+            again = tail(x)
+        return isinstance(logits, Tensor) and again.shape == logits.shape and torch.allclose(
+            again, logits, rtol=1e-4, atol=1e-5)
+    except (RuntimeError, ValueError, TypeError):  # e.g. a shape mismatch where functional work was skipped
+        return False
 
 
 def _reinit(module: nn.Module) -> None:
@@ -144,16 +162,10 @@ class ONE(Distiller):
         if not isinstance(x_in, Tensor) or x_in.dim() != 4:
             raise ConfigError(f"one: the input of {name}'s last stage {stage!r} is not a feature map")
         mods = dict(model.named_modules())
-        tail = _Tail([copy.deepcopy(mods[n]) for n in tail_names])
-        try:
-            with torch.no_grad():
-                tail.eval()
-                again = tail(x_out)
-            ok = isinstance(logits, Tensor) and again.shape == logits.shape and torch.allclose(
-                again, logits, rtol=1e-4, atol=1e-5)
-        except (RuntimeError, ValueError, TypeError):  # e.g. a shape mismatch where functional work was skipped
-            ok = False
-        if not ok:
+        layers = [copy.deepcopy(mods[n]) for n in tail_names]
+        tail = next((t for t in (_Tail(layers, at) for at in [None, *range(len(layers))])
+                     if _reproduces(t, x_out, logits)), None)
+        if tail is None:
             raise ConfigError(
                 f"one cannot branch {name}: the work after its last stage {stage!r} is not a chain of modules "
                 f"(found {tail_names or 'none'}; its forward uses other functional operations there), so the "
