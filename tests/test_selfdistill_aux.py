@@ -314,6 +314,17 @@ def test_frskd_refuses_stages_that_do_not_halve():
         FRSKD(method_schema("frskd")().frskd, _ctx([(8, 32, 32), (16, 8, 8)], 16, 10))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_under_bf16_autocast(method):
+    m, _ = _build(method)
+    m.train()
+    m.on_epoch_start(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, terms = m(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    torch.stack(list(terms.values())).sum().backward()
+
+
 # =========================================================================== engine
 SMALL = [*TINY, "data.synthetic_train=64", "data.synthetic_test=32", "data.batch_size=16",
          "engine.device=cpu", "engine.max_steps_per_epoch=2", "engine.tensorboard=false"]

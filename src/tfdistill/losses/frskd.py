@@ -130,9 +130,10 @@ class SelfTeacher(nn.Module):
         self.down_w = nn.ParameterList(nn.Parameter(torch.ones(3 if i < n - 1 else 2)) for i in range(1, n))
         self.fc = nn.Linear(wc[-1], num_classes)
 
-    def _norm(self, w: Tensor) -> Tensor:
+    def _norm(self, w: Tensor, like: Tensor) -> Tensor:
+        """Fast normalised fusion weights ``relu(w) / (sum + eps)``, in the maps' dtype (autocast)."""
         w = F.relu(w)
-        return w / (w.sum() + self.eps)
+        return (w / (w.sum() + self.eps)).to(like.dtype)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
         n = len(self.lat)
@@ -143,12 +144,12 @@ class SelfTeacher(nn.Module):
         lat = [self.lat[i](x[i]) for i in range(n)]
         td: list[Tensor] = [lat[-1]] * n  # td[i]: top-down map of level i
         for i in range(n - 2, -1, -1):
-            w = self._norm(self.up_w[i])
+            w = self._norm(self.up_w[i], lat[i])
             up = self.up[i](F.relu(td[i + 1]), lat[i].shape[-2:])
             td[i] = self.up_conv[i](w[0] * F.relu(lat[i]) + w[1] * up)
         out = [td[0]]
         for i in range(1, n):
-            w = self._norm(self.down_w[i - 1])
+            w = self._norm(self.down_w[i - 1], lat2[i - 1])
             down = self.down[i - 1](F.relu(out[-1]))
             if i < n - 1:
                 z = w[0] * F.relu(lat2[i - 1]) + w[1] * F.relu(td[i]) + w[2] * down
