@@ -100,6 +100,11 @@ def test_one_branch_zero_is_the_student_and_terms_match_the_formula():
     assert len(comp.branch) == 2
     assert all(sum(p.numel() for p in b.parameters()) == n_stage3 + n_fc for b in comp.branch)
     assert m.describe()["aux_params"] == 2 * (n_stage3 + n_fc) + (32 * 3 + 3) + 2 * 3
+    # the copies are re-initialised: no two branches start with the same weights
+    w = [student.layer3[0].conv1.weight] + [b[0][0].conv1.weight for b in comp.branch]
+    assert w[0].shape == w[1].shape and not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    fcs = [student.fc.weight] + [b[1].layers[-1].weight for b in comp.branch]
+    assert not torch.equal(fcs[0], fcs[1]) and not torch.equal(fcs[1], fcs[2])
     m.train()
     m.on_epoch_start(0)
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))

@@ -25,6 +25,7 @@ sigmoid ramp over ``rampup_epochs`` = 80 epochs of the code's 300), 3 branches.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +86,11 @@ def _reproduces(tail: _Tail, x: Tensor, logits: Any) -> bool:
 
 
 def _reinit(module: nn.Module) -> None:
+    """Fresh weights for a branch copy (identical branches would get identical gradients and never differ):
+    convolutions Kaiming-normal fan-out with zero bias, BatchNorm weight 1 / bias 0 / fresh statistics, other
+    layers (the classifier) their PyTorch default."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Conv1d)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -95,11 +99,8 @@ def _reinit(module: nn.Module) -> None:
             if m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        elif m is not module and hasattr(m, "reset_parameters") and not list(m.children()):
+        elif not any(True for _ in m.children()) and hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    if not list(module.children()) and hasattr(module, "reset_parameters") and not isinstance(
-            module, (nn.Conv2d, nn.Conv1d, nn.modules.batchnorm._BatchNorm)):
-        module.reset_parameters()
 
 
 def _after(model: nn.Module, stage: str, example: Tensor) -> tuple[list[str], Tensor, Tensor, Tensor]:
@@ -180,11 +181,14 @@ class ONE(Distiller):
         self.gate = Gate(int(x_in.shape[1]), params.branches)
         self.register_buffer("ramp", torch.ones(()), persistent=False)
         self._x: Tensor | None = None
-        self.__dict__["_hook"] = mods[stage].register_forward_pre_hook(self._capture)
+        ref = weakref.ref(self)  # the student must not keep a discarded component (and its branches) alive
 
-    def _capture(self, module: nn.Module, inputs: Any) -> None:
-        if module.training and self.training:
-            self._x = inputs[0]
+        def capture(module: nn.Module, inputs: Any) -> None:
+            comp = ref()
+            if comp is not None and module.training and comp.training:
+                comp._x = inputs[0]
+
+        self.__dict__["_hook"] = mods[stage].register_forward_pre_hook(capture)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.ramp.fill_(sigmoid_rampup(epoch, self.params.rampup_epochs))
