@@ -472,3 +472,21 @@ def test_batched_seeds_equal_single_runs(method, steps, tmp_path):
         assert set(x["terms"]) == set(y["terms"]) and len(x["terms"]) >= 3
         for key in x["terms"]:
             assert x["terms"][key] == pytest.approx(y["terms"][key], rel=1e-3 if steps > 1 else 1e-5), key
+
+
+@pytest.mark.parametrize("over, msg", [
+    (["method.name=one", "method.one.branches=1"], "method.one.branches must be >= 2"),
+    (["method.name=byot", "method.byot.alpha=1.5"], "method.byot needs 0 <= alpha <= 1.*got alpha 1.5"),
+    (["method.name=byot", "model.taps=[layer3]"], "byot needs at least two tapped stages"),
+    (["method.name=frskd", "method.frskd.depth=[1,1]"], "depth as three integers"),
+    (["method.name=frskd", "model.taps=[layer1,layer3]"], "32x32 is followed by 8x8; set model.taps"),
+])
+def test_bad_settings_are_one_clear_line_and_leave_no_run(over, msg, tmp_path, capsys):
+    import re
+
+    from tfdistill.cli import main
+
+    assert main(["train", *SMALL, f"out_dir={tmp_path}", "name=r", *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(msg, err[0]), err
+    assert not (tmp_path / "r").exists()

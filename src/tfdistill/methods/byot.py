@@ -63,7 +63,8 @@ class BYOT(Distiller):
     def __init__(self, params: BYOTParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
         if not 0 <= params.alpha <= 1 or params.feature_weight < 0 or params.T <= 0:
-            raise ConfigError("method.byot needs 0 <= alpha <= 1, feature_weight >= 0 and T > 0")
+            raise ConfigError(f"method.byot needs 0 <= alpha <= 1, feature_weight >= 0 and T > 0, got alpha "
+                              f"{params.alpha}, feature_weight {params.feature_weight}, T {params.T}")
         info = ctx.student
         if info is None or len(info.names) < 2 or not info.embedding_dim:
             got = info.names if info is not None else []

@@ -51,7 +51,9 @@ class FRSKD(Distiller):
     def __init__(self, params: FRSKDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
         if params.alpha < 0 or params.beta < 0 or params.teacher_ce_weight < 0 or params.T <= 0:
-            raise ConfigError("method.frskd needs alpha, beta, teacher_ce_weight >= 0 and T > 0")
+            raise ConfigError(f"method.frskd needs alpha, beta, teacher_ce_weight >= 0 and T > 0, got alpha "
+                              f"{params.alpha}, beta {params.beta}, teacher_ce_weight {params.teacher_ce_weight}, "
+                              f"T {params.T}")
         if params.width < 1 or len(params.depth) != 3 or any(int(d) < 1 for d in params.depth):
             raise ConfigError(f"method.frskd needs width >= 1 and depth as three integers >= 1, "
                               f"got width {params.width}, depth {list(params.depth)}")
@@ -60,7 +62,7 @@ class FRSKD(Distiller):
         why = check_pyramid([(int(s[1]), int(s[2])) for s in info.shapes])
         if why:
             raise ConfigError(f"frskd's self-teacher cannot use the stages {info.names} "
-                              f"(sizes {[f'{s[1]}x{s[2]}' for s in info.shapes]}): it {why}; set model.taps")
+                              f"(sizes {[f'{s[1]}x{s[2]}' for s in info.shapes]}): {why}; set model.taps")
         self.teacher = SelfTeacher([int(s[0]) for s in info.shapes], ctx.num_classes, int(params.width),
                                    [int(d) for d in params.depth])
 

@@ -153,7 +153,9 @@ class ONE(Distiller):
             raise ConfigError(f"method.one.branches must be >= 2 (the student's own branch and at least one more), "
                               f"got {params.branches}")
         if params.T <= 0 or params.kl_weight < 0 or params.ce_weight < 0 or params.rampup_epochs < 0:
-            raise ConfigError("method.one needs T > 0 and kl_weight, ce_weight, rampup_epochs >= 0")
+            raise ConfigError(f"method.one needs T > 0 and kl_weight, ce_weight, rampup_epochs >= 0, got T {params.T}, "
+                              f"kl_weight {params.kl_weight}, ce_weight {params.ce_weight}, "
+                              f"rampup_epochs {params.rampup_epochs}")
         model, info, example = ctx.student_model, ctx.student, ctx.example
         if model is None or info is None or example is None or not info.names:
             raise ConfigError("method 'one' needs the student model, its tapped stages and an example batch")
