@@ -2,7 +2,8 @@
 
 Golden values: independent formulas written out here, and values of the authors' released code on the same fixed
 inputs, obtained by running that code outside the project (the files are named at each test; the inputs are
-rebuilt here exactly as they were there). Engine runs: one epoch of each method on the CPU, resume after an
+rebuilt here exactly as they were there; ``tests/golden/selfdistill_authors.py`` recomputes them from checkouts of
+the three repositories). Engine runs: one epoch of each method on the CPU, resume after an
 interruption (bit-identical to an uninterrupted run, method state included), the exported student unchanged, the
 training-only parameter count in summary.json, and ONE under DDP (gloo, 2 processes).
 """
