@@ -41,8 +41,8 @@ Runs that differ in loss weights, and runs that diverge
 
 What runs batched, and what falls back
 --------------------------------------
-Batched: methods whose components all declare ``batchable = True`` -- ``ce``, ``ls``, ``tfd``, ``tfd_ls``, and
-with a teacher ``kd``, ``fitnet``, ``at``, ``sp``, ``nst``, ``pkt``, ``rkd``, ``cc``, ``vid``, ``fsp`` and their
+Batched: methods whose components all declare ``batchable = True`` -- ``ce``, ``ls``, ``tfd``, ``tfd_ls``, the
+self-distillation methods with auxiliary modules ``one``, ``byot``, ``frskd``, and with a teacher ``kd``, ``fitnet``, ``at``, ``sp``, ``nst``, ``pkt``, ``rkd``, ``cc``, ``vid``, ``fsp`` and their
 combinations (``tfd+kd``, ``kd+ls``, ...) -- with the device-resident loader, fp32 or bf16, no DropBlock, in a single
 process; and the model must run under ``vmap`` (checked with one trial forward/backward pass that changes nothing).
 The frozen teacher is not stacked: it is one network, run on the K models' batches in one vmapped call. Anything

@@ -74,6 +74,9 @@ class BuildContext:
     submodule of a component: the Method owns it."""
     teacher_model: nn.Module | None = None
     """The frozen teacher network (e.g. to check its architecture). Never a submodule of a component either."""
+    example: Optional[Tensor] = None
+    """One input batch on the device (for components that watch a forward pass of the student while they build
+    themselves, e.g. ONE's branches; run it in eval mode without gradients)."""
 
 
 @dataclass

@@ -109,6 +109,8 @@ class Method(nn.Module):
     def describe(self) -> dict[str, Any]:
         return {
             "components": list(self.distillers.keys()),
+            # training-only modules (regressors, embeddings, auxiliary branches/heads): not in the deployed student
+            "aux_params": sum(p.numel() for p in self.distillers.parameters()),
             "student_taps": self.student_tap.names if self.student_tap else [],
             "teacher_taps": self.teacher_tap.names if self.teacher_tap else [],
         }
@@ -169,7 +171,8 @@ def build_method(
         t_tap = FeatureTap(teacher, teacher_taps, embedding=uses.embedding)
         t_info = _feature_info(t_tap, example)
     ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
-                       teacher=t_info, device=example.device, student_model=student, teacher_model=teacher)
+                       teacher=t_info, device=example.device, student_model=student, teacher_model=teacher,
+                       example=example)
     comps = {c: DISTILLERS.get(c)(getattr(params, c), ctx) for c in preset.components}
     for c in comps.values():
         c.to(example.device)

@@ -1,0 +1,85 @@
+"""ONE: knowledge distillation by On-the-fly Native Ensemble (Lan, Zhu & Gong, NeurIPS 2018).
+
+* :class:`Gate` -- the gate: global average pooling of the shared features (the input of the branches), one FC
+  layer to one score per branch, BatchNorm1d, ReLU and a softmax over the branches.
+* :func:`gated_ensemble` -- the ensemble teacher: the gate-weighted sum of the branches' logits.
+* :func:`one_kl_loss` -- the distillation term from the ensemble to one branch, ``T^2 KL`` at ``T = 3``.
+* :func:`sigmoid_rampup` -- the weight schedule of the distillation term in the authors' code.
+
+Checked against the authors' release, github.com/Lan1991Xu/ONE_NeurIPS2018: ``loss/kl_loss.py`` (``KLLoss``),
+``models/cifar/resnet.py`` (``ONE_ResNet``: gate and ensemble), ``cifar_one.py`` (the total loss) and
+``utils/ramps.py``; ``tests/test_selfdistill_aux.py`` reproduces ``KLLoss``'s value on fixed inputs.
+
+Where the sources differ
+------------------------
+* **Teacher target.** The code adds ``1e-7`` to the softened ensemble probabilities before the log (not
+  renormalised); :func:`one_kl_loss` does the same (``eps``), so its values match the code's. The ensemble is a
+  constant for the KL term (the code takes ``.data``); its gradient comes from its own cross-entropy only.
+* **Weight schedule.** The paper weights the KL term by 1; the released scripts ramp it in with
+  ``exp(-5 (1 - e / 80)^2)`` over the first 80 of 300 epochs (``--consistency_rampup 80``), ``e`` the 0-based
+  epoch. We follow the code.
+* **Gradient rescaling.** The paper mentions no gradient rescaling of the shared layers and the release has none
+  (the ``ILR`` rescaling of later re-implementations is not ONE's).
+
+Computed in float32 under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Gate", "gated_ensemble", "one_kl_loss", "sigmoid_rampup"]
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class Gate(nn.Module):
+    """``softmax(relu(bn(fc(avgpool(x)))))``: one weight per branch and sample, from the shared map ``x``."""
+
+    def __init__(self, in_channels: int, branches: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_channels, branches)
+        self.bn = nn.BatchNorm1d(branches)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return F.softmax(F.relu(self.bn(self.fc(z))), dim=1)
+
+
+def gated_ensemble(logits: Sequence[Tensor], gate: Tensor) -> Tensor:
+    """``sum_b gate[:, b] * logits[b]``: the ensemble of ``B`` branches' ``(N, K)`` logits, ``gate`` ``(N, B)``."""
+    if gate.dim() != 2 or gate.shape[1] != len(logits):
+        raise ValueError(f"gated_ensemble: gate of shape {tuple(gate.shape)} for {len(logits)} branches")
+    stacked = torch.stack([_f32(z) for z in logits], dim=1)  # (N, B, K)
+    return (_f32(gate).unsqueeze(2) * stacked).sum(1)
+
+
+def one_kl_loss(logits: Tensor, teacher: Tensor, T: float = 3.0, eps: float = 1e-7) -> Tensor:
+    """``T^2 / N * sum_n sum_k t (log t - log_softmax(z / T))`` with ``t = softmax(teacher / T) + eps``.
+
+    ``teacher`` is detached. ``eps = 0`` gives the plain ``T^2 KL(softmax(teacher/T) || softmax(z/T))``.
+    """
+    if T <= 0:
+        raise ValueError(f"ONE temperature must be > 0, got {T}")
+    if logits.shape != teacher.shape or logits.dim() != 2:
+        raise ValueError(f"one_kl_loss expects two (N, K) logit tensors of the same shape, "
+                         f"got {tuple(logits.shape)} and {tuple(teacher.shape)}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        log_p = F.log_softmax(_f32(logits) / T, dim=1)
+        t = F.softmax(_f32(teacher).detach() / T, dim=1) + eps
+        return (t * (t.log() - log_p)).sum() / logits.shape[0] * (T * T)
+
+
+def sigmoid_rampup(epoch: float, length: float) -> float:
+    """``exp(-5 (1 - min(epoch, length) / length)^2)``; 1 for ``length <= 0`` (the code's ``sigmoid_rampup``)."""
+    if length <= 0:
+        return 1.0
+    phase = 1.0 - min(max(float(epoch), 0.0), float(length)) / float(length)
+    return math.exp(-5.0 * phase * phase)
