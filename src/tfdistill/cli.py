@@ -1,6 +1,7 @@
 """Command line: argument parsing and error presentation only; every command calls into the library.
 
-    tfdistill train CONFIG.yaml [key=value ...] [--resume | --overwrite]
+    tfdistill train RECIPE [key=value ...] [--resume | --overwrite]
+    tfdistill train --resume RUN_DIR|RUN_DIR/last.pt [key=value ...]
     tfdistill eval CHECKPOINT [--data NAME] [key=value ...]
     tfdistill demo
     tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
@@ -28,10 +29,38 @@ def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]
 def cmd_train(ns: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import train
+    from .errors import ConfigError
+    from .recipes import list_recipes
 
-    path, overrides = _split_config_and_overrides(ns.args)
-    cfg = load_config(path, overrides)
-    result = train(cfg, resume=ns.resume, overwrite=ns.overwrite)
+    args, resume = list(ns.args), ns.resume  # resume: None (no --resume), True (bare flag) or its value
+    if isinstance(resume, str):
+        from .engine.resume import looks_like_run_target
+
+        if not looks_like_run_target(resume):  # `train --resume RECIPE key=value ...`: the retyped form
+            args, resume = [resume, *args], True
+    if resume is None and not args:
+        raise ConfigError(f"train needs a recipe: tfdistill train RECIPE [key=value ...], one of "
+                          f"{', '.join(list_recipes())} (see `tfdistill recipes`), or a YAML file; "
+                          f"or --resume RUN_DIR to continue a run")
+    if resume is True and not args:
+        raise ConfigError("--resume needs the run to continue: tfdistill train --resume RUN_DIR (or RUN_DIR/last.pt), "
+                          "or the recipe and overrides the run was started with")
+    if isinstance(resume, str):
+        from .engine.resume import resume_config
+
+        path, overrides = None, args
+        if args and "=" not in args[0]:
+            raise ConfigError(f"--resume {resume} continues that run from its config.yaml; give only key=value "
+                              f"overrides, not {args[0]!r}")
+        cfg = resume_config(resume, overrides)
+    else:
+        path, overrides = _split_config_and_overrides(args)
+        cfg = load_config(path, overrides)
+    if resume:
+        from .engine.resume import prepare_resume
+
+        prepare_resume(cfg)
+    result = train(cfg, resume=bool(resume), overwrite=ns.overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary line, from rank 0
         return 0
     for r in result if isinstance(result, list) else [result]:  # a list with seeds=[...]: one run per seed
@@ -150,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value",
                    help="a YAML recipe (optional) followed by dotted overrides, e.g. optim.lr=0.1 method.name=tfd")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue the run directory from its last.pt")
+    g.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR|last.pt",
+                   help="continue a run from its last.pt: give its run directory (or last.pt), which holds its "
+                        "config, plus optional resume-free overrides (engine.device=..., a larger epochs=N to "
+                        "extend a multistep run); or retype the run's recipe and overrides followed by --resume. "
+                        "Never starts a new run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.set_defaults(func=cmd_train)
 

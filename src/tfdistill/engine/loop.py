@@ -464,7 +464,9 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
             raise CheckpointError(f"{self.run.last} is not a resumable tfdistill checkpoint")
         stored = OmegaConf.to_container(OmegaConf.create(ckpt["config_yaml"]))
-        diff = config_diff(stored, to_dict(self.cfg))
+        from .resume import resume_changes  # resume-free keys, and an allowed extension of epochs
+
+        diff = resume_changes(stored, to_dict(self.cfg))
         if diff:
             raise CheckpointError(f"cannot resume {self.run.path}: the config differs from the checkpoint's at "
                                   f"{', '.join(diff[:8])}")
