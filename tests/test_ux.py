@@ -72,3 +72,79 @@ def test_retyped_resume_still_works(capsys, tmp_path):
     rec.write_text("epochs: 1\n")
     assert main(["train", "--resume", str(rec), *CPU, f"out_dir={tmp_path}", "name=r"]) == 0
     assert "already finished" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- 3. why a run stopped
+def test_a_run_that_stops_says_why_in_train_log_and_is_marked_failed(tmp_path, monkeypatch):
+    from tfdistill.config import load_config
+    from tfdistill.engine import Trainer, train
+    from tfdistill.errors import DivergenceError
+    from tfdistill.report.collect import read_run
+
+    runs = tmp_path / "runs"
+    with pytest.raises(DivergenceError):  # NaN in epoch 1: no checkpoint
+        train(load_config(None, [*CPU, f"out_dir={runs}", "name=nan", "optim.lr=1e12", "epochs=3"]),
+              echo=lambda s: None)
+    log = (runs / "nan" / "train.log").read_text().splitlines()
+    assert log[-1].startswith("stopped after epoch 0/3, before the first checkpoint: DivergenceError: loss became NaN")
+    assert (runs / "nan" / "FAILED").read_text().startswith("DivergenceError: loss became NaN")
+    assert read_run(runs / "nan").status == "diverged"  # the report counts it, not as unfinished
+
+    real = Trainer.train_epoch
+
+    def interrupt_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):  # after a checkpoint: resumable, so not marked
+        train(load_config(None, [*CPU, f"out_dir={runs}", "name=int", "epochs=3"]), echo=lambda s: None)
+    last = (runs / "int" / "train.log").read_text().splitlines()[-1]
+    assert last.startswith("stopped after epoch 1/3: interrupted") and "--resume" in last
+    assert not (runs / "int" / "FAILED").exists() and read_run(runs / "int").status == "unfinished"
+
+    def crash(self, epoch):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    with pytest.raises(RuntimeError):
+        train(load_config(None, [*CPU, f"out_dir={runs}", "name=oom"]), echo=lambda s: None)
+    assert "RuntimeError: CUDA out of memory (simulated)" in (runs / "oom" / "train.log").read_text()
+    assert read_run(runs / "oom").status == "failed"
+
+
+# ------------------------------------------------------------------------------------------- 5. bad checkpoints
+def test_unusable_checkpoints_are_one_line_each(capsys, tmp_path):
+    import pickle
+    import warnings
+
+    import torch
+
+    assert main(["train", *CPU, f"out_dir={tmp_path}", "name=r"]) == 0
+    capsys.readouterr()
+    good = (tmp_path / "r" / "last.pt").read_bytes()
+    (tmp_path / "text.pt").write_text("hello\n")
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"a": [1, 2]}, protocol=4))
+    torch.save({"ns": __import__("argparse").Namespace(a=1)}, tmp_path / "objects.pt")
+    cases = {"text.pt": "a text file", "trunc.pt": "truncated", "empty.pt": "empty", "plain.pkl": "a plain pickle",
+             "objects.pt": "argparse.Namespace", "missing.pt": "not found"}
+    for name, needle in cases.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no torch warning leaks out
+            err = one_line_error(capsys, ["eval", str(tmp_path / name), "--device", "cpu"], name, needle)
+        assert "weights_only=False" not in err and "Weights only load failed" not in err, err
+
+
+def test_eval_of_a_run_directory_uses_its_best_then_last_checkpoint(capsys, tmp_path):
+    assert main(["train", *CPU, f"out_dir={tmp_path}", "name=r"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r"), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"].endswith("best.pt")
+    (tmp_path / "r" / "best.pt").unlink()
+    assert main(["eval", str(tmp_path / "r"), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"].endswith("last.pt")
+    (tmp_path / "r" / "last.pt").unlink()
+    one_line_error(capsys, ["eval", str(tmp_path / "r"), "--device", "cpu"], "neither best.pt nor last.pt")

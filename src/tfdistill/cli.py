@@ -81,7 +81,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         print(json.dumps(res))
     else:
         print(f"{res['model']} on {res['dataset']} ({res['count']} images): top-1 {res['top1']:.2f}%  "
-              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}"
+              + (f"  ({res['checkpoint']})" if os.path.isdir(ns.checkpoint) else ""))
     return 0
 
 
@@ -188,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
-    e.add_argument("checkpoint", help="a best.pt / last.pt written by tfdistill train")
+    e.add_argument("checkpoint", help="a best.pt / last.pt written by tfdistill train, or a run directory (its best.pt, "
+                                      "else its last.pt)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the stored config, e.g. data.root=...")
     e.add_argument("--data", help="evaluate on another dataset (same classes), e.g. cifar10")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

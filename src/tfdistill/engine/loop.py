@@ -622,7 +622,9 @@ class Trainer:
     def fit(self) -> RunResult:
         try:
             return self._fit()
-        except BaseException:
+        except BaseException as exc:
+            if self.info.is_main and self.run.replaced is None:  # else the replaced run comes back instead
+                self.run.record_stop(exc, self.epoch, int(self.cfg.epochs))  # train.log says why; FAILED marker
             self.restore_replaced()
             raise
 

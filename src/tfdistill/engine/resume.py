@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..errors import CheckpointError, ConfigError, RunDirError
-from .rundir import RunDir
+from .rundir import FAILED, RunDir
 
 EXTENDABLE_SCHEDULES = ("multistep", "constant")
 
@@ -163,6 +163,7 @@ def prepare_resume(cfg: Any) -> list[RunDir]:
     extended = [(rd, c, check_resume(rd, c)) for rd, c in dirs]
     if int(os.environ.get("RANK", "0")) == 0:
         for rd, c, old in extended:
+            (rd.path / FAILED).unlink(missing_ok=True)  # it is being continued: no longer stopped for good
             if old is not None:
                 mark_extension(rd, c, old)
     return [rd for rd, _, _ in extended]

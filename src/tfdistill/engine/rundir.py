@@ -21,6 +21,8 @@ import torch
 from ..errors import RunDirError
 
 MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt")
+FAILED = "FAILED"
+"""Marker of a run that stopped for good: its first line is the reason (read by ``tfdistill report`` and sweeps)."""
 
 
 class RunDir:
@@ -126,6 +128,36 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         self.write_text_atomic(self.summary, json.dumps(_jsonable(summary), indent=2) + "\n")
+
+    def record_stop(self, exc: BaseException, epochs_done: int, epochs: int) -> str:
+        """Say in ``train.log`` why the run stopped (always), and mark the run ``FAILED`` unless it can simply be
+        continued: an interrupt (Ctrl-C, SIGTERM) after a checkpoint leaves a resumable run, unmarked.
+
+        A run directory without a checkpoint is kept, not deleted: its ``config.yaml`` and ``train.log`` are the
+        only record of what was tried and why it stopped (a setting that diverges in epoch 1 is a result, e.g. in
+        an alpha/beta ablation), and the ``FAILED`` marker makes reports and sweeps count it as failed/diverged
+        rather than as unfinished. ``--overwrite`` (or a sweep's retry) starts it again. Returns the log line."""
+        resumable = self.last.is_file()
+        if isinstance(exc, KeyboardInterrupt):
+            why = "interrupted (Ctrl-C or SIGTERM)"
+        else:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        where = f"after epoch {epochs_done}/{epochs}"
+        if resumable and isinstance(exc, KeyboardInterrupt):
+            line = f"stopped {where}: {why}; continue with `tfdistill train --resume {self.path}`"
+        elif resumable:
+            line = f"stopped {where}: {why}; last.pt holds epoch {epochs_done}"
+        else:
+            line = (f"stopped {where}, before the first checkpoint: {why}; nothing to resume, start again with "
+                    f"--overwrite")
+        try:
+            self.log_line(line)
+            if not (resumable and isinstance(exc, KeyboardInterrupt)):
+                self.write_text_atomic(self.path / FAILED, f"{why}\n{line}\n")
+        except OSError:  # the folder is gone or the disk is full: the exception itself still reaches the user
+            pass
+        return line
 
     def log_line(self, line: str) -> None:
         with open(self.log, "a") as fh:

@@ -36,10 +36,10 @@ from typing import Callable, Sequence
 from omegaconf import OmegaConf
 
 from ..config import to_dict, to_yaml
+from ..engine.rundir import FAILED as FAILED_MARKER  # one name for the engine's and the sweeps' marker
 from ..errors import ConfigError, RunDirError
 from .spec import Plan, PlannedRun
 
-FAILED_MARKER = "FAILED"
 STATE_FILE = "sweep_state.json"
 SPEC_FILE = "sweep.yaml"
 LOCK_FILE = ".sweep.lock"
