@@ -87,7 +87,7 @@ def test_bad_yaml_and_missing_files(capsys, tmp_path):
     one_line_error(capsys, ["eval", str(tmp_path / "missing.pt")], "checkpoint not found")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00garbage")
-    one_line_error(capsys, ["eval", str(corrupt)], "corrupt or unreadable")
+    one_line_error(capsys, ["eval", str(corrupt)], "unreadable checkpoint", "not a torch checkpoint")
 
 
 def test_mismatched_checkpoints(capsys, tmp_path):

@@ -148,3 +148,56 @@ def test_eval_of_a_run_directory_uses_its_best_then_last_checkpoint(capsys, tmp_
     assert json.loads(capsys.readouterr().out)["checkpoint"].endswith("last.pt")
     (tmp_path / "r" / "last.pt").unlink()
     one_line_error(capsys, ["eval", str(tmp_path / "r"), "--device", "cpu"], "neither best.pt nor last.pt")
+
+
+# ------------------------------------------------------------------------------------------- 4. config messages
+@pytest.mark.parametrize("argv, needles", [
+    (["optim.lrr=0.1"], ["unknown config key 'optim.lrr'; did you mean 'optim.lr'?",
+                         "Valid keys in optim: name, lr, momentum, nesterov, weight_decay"]),
+    (["lr=0.1"], ["did you mean 'optim.lr'?", "Valid keys at the top level:"]),
+    (["method.name=tfd", "method.tfd.alpah=1"], ["did you mean 'method.tfd.alpha'?", "beta"]),
+    (["data.augment=crops"], ["unknown augmentation 'crops'", "valid: ", "crop, flip"]),
+    (["data.augment=[crop,flipp]"], ["unknown augmentation 'flipp'"]),
+    (["schedule.milestones=150"], ["'schedule.milestones': it takes a list"]),
+])
+def test_config_errors_suggest_and_list(capsys, tmp_path, argv, needles):
+    err = one_line_error(capsys, ["train", *CPU, f"out_dir={tmp_path}", *argv], *needles)
+    assert "OmegaConf" not in err and "AnyNode" not in err and "??" not in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_augment_given_as_a_word_is_a_list(tmp_path):
+    from tfdistill.config import load_config
+
+    assert list(load_config(None, ["data.augment=flip"]).data.augment) == ["flip"]
+    assert list(load_config(None, ["data.augment=crop,flip"]).data.augment) == ["crop", "flip"]
+
+
+def test_broken_yaml_names_file_line_and_column(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nmodel:\n  name: [resnet8\noptim: {lr: 0.1}\n")
+    err = one_line_error(capsys, ["train", str(bad)], f"{bad}:4:")
+    bad.write_text("epochs: 1\n  model: x\n")
+    one_line_error(capsys, ["train", str(bad)], f"{bad}:2:8: malformed YAML: mapping values are not allowed")
+
+
+def test_did_you_mean_has_one_question_mark():
+    from tfdistill.sweep.spec import _did_you_mean
+
+    assert _did_you_mean("Key 'gird' not in 'Spec'. Did you mean 'grid'?") == " (did you mean 'grid'?)"
+
+
+def test_print_config_and_dry_run_write_nothing(capsys, tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "demo", "optim.lr=0.2", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.2 and printed["data"]["name"] == "digits" and "engine" in printed
+    assert main(["train", *CPU, "method.name=tfd", "name=d", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "runs/d: resnet8 / tfd on synthetic (128 train images, 10 classes), 1 epochs of 4 steps" in out
+    assert "student taps layer1, layer2, layer3" in out
+    assert not any(tmp_path.iterdir())  # nothing written
+    # a dry run finds what a real start would find
+    one_line_error(capsys, ["train", *CPU, "method.name=tfd", "model.taps=[layer9]", "--dry-run"], "layer9")

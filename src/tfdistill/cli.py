@@ -56,6 +56,16 @@ def cmd_train(ns: argparse.Namespace) -> int:
     else:
         path, overrides = _split_config_and_overrides(args)
         cfg = load_config(path, overrides)
+    if ns.print_config:
+        from .config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        return 0
+    if ns.dry_run:
+        from .engine.dryrun import dry_run
+
+        dry_run(cfg, resume=bool(resume), overwrite=ns.overwrite)
+        return 0
     if resume:
         from .engine.resume import prepare_resume
 
@@ -186,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "extend a multistep run); or retype the run's recipe and overrides followed by --resume. "
                         "Never starts a new run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (recipe + overrides, every key) as YAML and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="build everything (data, model, method, taps) and print the run header; train and write "
+                        "nothing")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")

@@ -76,10 +76,12 @@ def _diagnose(path: Path, exc: Exception) -> str:
         return ("a plain pickle, not a torch checkpoint of tensors (or one that holds Python objects); tfdistill "
                 "loads checkpoints with weights_only=True and does not run code stored in files")
     try:
-        head.decode("utf-8")
-        return "a text file, not a torch checkpoint"
+        text = head.decode("utf-8")
+        if text.isprintable() or all(c.isprintable() or c in "\t\r\n" for c in text):
+            return "a text file, not a torch checkpoint"
     except UnicodeDecodeError:
-        return f"not a torch checkpoint ({size:,} bytes of another format)"
+        pass
+    return f"not a torch checkpoint ({size:,} bytes of another format)"
 
 
 def checkpoint_in(path: str | Path) -> Path:
