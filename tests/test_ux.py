@@ -201,3 +201,34 @@ def test_print_config_and_dry_run_write_nothing(capsys, tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())  # nothing written
     # a dry run finds what a real start would find
     one_line_error(capsys, ["train", *CPU, "method.name=tfd", "model.taps=[layer9]", "--dry-run"], "layer9")
+
+
+# ------------------------------------------------------------------------------------------- 6. absolute paths
+def test_relative_paths_are_stored_absolute_so_eval_works_from_elsewhere(capsys, tmp_path, monkeypatch):
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    work = tmp_path / "work"
+    for split in ("train", "test"):
+        for c, colour in (("a", 40), ("b", 200)):
+            d = work / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((32, 32, 3), colour + i, np.uint8)).save(d / f"{i}.png")
+    monkeypatch.chdir(work)
+    common = ["data.name=imagefolder", "data.root=imgs", "data.batch_size=4", "data.eval_batch_size=4",
+              "model.name=resnet8", "epochs=1", "engine.device=cpu", "engine.progress=false", "out_dir=runs"]
+    assert main(["train", *common, "name=first"]) == 0
+    assert main(["train", *common, "name=second", "model.init_checkpoint=runs/first/best.pt"]) == 0
+    stored = yaml.safe_load((work / "runs" / "second" / "config.yaml").read_text())
+    assert stored["data"]["root"] == str(work / "imgs")
+    assert stored["model"]["init_checkpoint"] == str(work / "runs" / "first" / "best.pt")
+    assert stored["teacher"]["checkpoint"] == ""  # empty stays empty
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "work/runs/second", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 8
+    # and resuming from elsewhere: data.root is resume-free, the stored paths are found
+    assert main(["train", "--resume", "work/runs/second"]) == 0
+    assert "already finished" in capsys.readouterr().out

@@ -311,7 +311,24 @@ def build_config(raw: DictConfig | dict) -> Config:
                               f"see `tfdistill methods`)") from None
         raise _fail(exc, schema=schema) from None
     _check(cfg)
+    _absolute_paths(cfg)
     return cfg  # type: ignore[return-value]
+
+
+PATH_KEYS = ("data.root", "teacher.checkpoint", "model.init_checkpoint")
+"""Config keys holding file paths: stored absolute, so a run's config.yaml (and checkpoints) work from any folder."""
+
+
+def _absolute_paths(cfg: Any) -> None:
+    """Make the :data:`PATH_KEYS` absolute (relative to the current folder, ``~`` expanded); empty values and
+    ``torchvision:<Weights>`` names stay as they are."""
+    import os
+
+    for key in PATH_KEYS:
+        section, leaf = key.split(".")
+        value = str(cfg[section][leaf])
+        if value and not value.startswith("torchvision:"):
+            cfg[section][leaf] = os.path.abspath(os.path.expanduser(value))
 
 
 def _check(cfg: Any) -> None:
