@@ -232,3 +232,40 @@ def test_relative_paths_are_stored_absolute_so_eval_works_from_elsewhere(capsys,
     # and resuming from elsewhere: data.root is resume-free, the stored paths are found
     assert main(["train", "--resume", "work/runs/second"]) == 0
     assert "already finished" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- 2. extending a run
+def test_extending_a_finished_multistep_run_equals_training_it_longer(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    ms = ["schedule.name=multistep", "schedule.milestones=[1,5]", "out_dir=runs"]
+    assert main(["train", *CPU, *ms, "name=long", "epochs=2"]) == 0
+    assert main(["train", *CPU, *ms, "name=ext", "epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "runs/ext", "epochs=2"]) == 0
+    ext, long = tmp_path / "runs" / "ext", tmp_path / "runs" / "long"
+    a, b = torch.load(ext / "last.pt", weights_only=True), torch.load(long / "last.pt", weights_only=True)
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    rows = [json.loads(x) for x in (ext / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["lr"] == pytest.approx(0.05 * 0.1)  # milestone 1 in force: base lr x gamma
+    assert json.loads((ext / "summary.json").read_text())["epochs"] == 2
+    assert json.loads((ext / "summary.e1.json").read_text())["epochs"] == 1  # the 1-epoch result is kept
+    assert "epochs: 2" in (ext / "config.yaml").read_text()
+    assert "extending" in (ext / "train.log").read_text()
+
+
+def test_extensions_that_would_change_the_past_are_refused(capsys, tmp_path):
+    assert main(["train", *CPU, f"out_dir={tmp_path}", "name=cos", "epochs=2"]) == 0  # TINY: cosine
+    capsys.readouterr()
+    before = sorted(p.name for p in (tmp_path / "cos").iterdir())
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "cos"), "epochs=3"],
+                   "epochs (2 -> 3)", "cosine schedule is a function of epochs", "model.init_checkpoint=")
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "cos"), "epochs=1"], "fewer than the run's 2")
+    assert sorted(p.name for p in (tmp_path / "cos").iterdir()) == before
+    assert main(["train", *CPU, f"out_dir={tmp_path}", "name=ms", "schedule.name=multistep",
+                 "schedule.milestones=[1]"]) == 0
+    one_line_error(capsys, ["train", "--resume", str(tmp_path / "ms"), "epochs=3", "schedule.milestones=[2]"],
+                   "schedule.milestones")  # moving a milestone already passed changes the past
