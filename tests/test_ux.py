@@ -269,3 +269,22 @@ def test_extensions_that_would_change_the_past_are_refused(capsys, tmp_path):
                  "schedule.milestones=[1]"]) == 0
     one_line_error(capsys, ["train", "--resume", str(tmp_path / "ms"), "epochs=3", "schedule.milestones=[2]"],
                    "schedule.milestones")  # moving a milestone already passed changes the past
+
+
+# ------------------------------------------------------------------------------------------- 7. option names
+def test_one_option_convention_with_old_spellings_kept(capsys, tmp_path, monkeypatch):
+    from tfdistill.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--out-dir", "elsewhere", "--device", "cpu", "name=r", "--print-config"]) == 0
+    import yaml
+
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["out_dir"] == "elsewhere" and printed["engine"]["device"] == "cpu"
+    p = build_parser()
+    for old, new in ((["report", "runs", "--out", "x"], ["report", "runs", "--out-dir", "x"]),):
+        assert p.parse_args(old).out == p.parse_args(new).out == "x"
+    for cmd in (["demo"], ["sweep", "s.yaml"], ["report", "runs"]):  # every folder option is --out-dir
+        assert p.parse_args([*cmd, "--out-dir", "d"]) is not None
+    for cmd in (["eval", "x.pt"], ["cam", "--checkpoint", "x.pt", "--images", "test"], ["train"]):
+        assert p.parse_args([*cmd, "--device", "cpu"]).device == "cpu"

@@ -33,6 +33,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from .recipes import list_recipes
 
     args, resume = list(ns.args), ns.resume  # resume: None (no --resume), True (bare flag) or its value
+    # --out-dir / --device: the option spelling the other commands use, for out_dir= / engine.device=
+    aliases = ([f"out_dir={ns.out_dir}"] if ns.out_dir is not None else []) + \
+        ([f"engine.device={ns.device}"] if ns.device is not None else [])
     if isinstance(resume, str):
         from .engine.resume import looks_like_run_target
 
@@ -45,6 +48,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if resume is True and not args:
         raise ConfigError("--resume needs the run to continue: tfdistill train --resume RUN_DIR (or RUN_DIR/last.pt), "
                           "or the recipe and overrides the run was started with")
+    args += aliases
     if isinstance(resume, str):
         from .engine.resume import resume_config
 
@@ -196,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "extend a multistep run); or retype the run's recipe and overrides followed by --resume. "
                         "Never starts a new run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--out-dir", default=None, metavar="DIR", help="same as out_dir=DIR (parent of the run directory)")
+    t.add_argument("--device", default=None, help="same as engine.device=... (auto | cpu | cuda | cuda:N | mps)")
     t.add_argument("--print-config", action="store_true",
                    help="print the resolved config (recipe + overrides, every key) as YAML and exit")
     t.add_argument("--dry-run", action="store_true",
@@ -248,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Scan RUNS_DIR recursively for run directories and write report.md, report.csv, "
                                     "report.json and PNG plots.")
     rp.add_argument("runs_dir", metavar="RUNS_DIR", help="a sweep folder, a run directory or any folder above them")
-    rp.add_argument("--out", default=None, help="where to write the report (default: RUNS_DIR/report)")
+    rp.add_argument("--out-dir", "--out", dest="out", default=None,
+                    help="where to write the report (default: RUNS_DIR/report); --out is an alias")
     rp.add_argument("--metric", choices=("last", "best"), default="last",
                     help="top-1 used for gains and the bar chart: last epoch (default, honest) or best epoch")
     rp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -265,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder of images (class-named subfolders give true labels), 'test'/'train' (that split of "
                         "the first checkpoint's dataset) or a dataset name (its test split)")
     c.add_argument("--num", type=int, default=8, help="number of images (rows), picked evenly spaced (default 8)")
-    c.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
+    c.add_argument("--out", default="grid.png",
+                   help="output PNG file (default grid.png); a file, so not --out-dir as for the folders of demo, "
+                        "sweep and report")
     c.add_argument("--labels", default=None, help="comma-separated column titles, one per checkpoint")
     c.add_argument("--target", choices=("pred", "true"), default="pred",
                    help="explain the predicted class (default) or the true one")
