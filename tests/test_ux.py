@@ -196,7 +196,7 @@ def test_print_config_and_dry_run_write_nothing(capsys, tmp_path, monkeypatch):
     assert printed["optim"]["lr"] == 0.2 and printed["data"]["name"] == "digits" and "engine" in printed
     assert main(["train", *CPU, "method.name=tfd", "name=d", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "runs/d: resnet8 / tfd on synthetic (128 train images, 10 classes), 1 epochs of 4 steps" in out
+    assert "runs/d: resnet8 / tfd on synthetic (128 train images, 10 classes), 1 epoch of 4 steps" in out
     assert "student taps layer1, layer2, layer3" in out
     assert not any(tmp_path.iterdir())  # nothing written
     # a dry run finds what a real start would find
@@ -288,3 +288,55 @@ def test_one_option_convention_with_old_spellings_kept(capsys, tmp_path, monkeyp
         assert p.parse_args([*cmd, "--out-dir", "d"]) is not None
     for cmd in (["eval", "x.pt"], ["cam", "--checkpoint", "x.pt", "--images", "test"], ["train"]):
         assert p.parse_args([*cmd, "--device", "cpu"]).device == "cpu"
+
+
+# ------------------------------------------------------------------------------------------- 8. small things
+def test_epoch_line_fits_100_columns_and_terms_go_to_train_log():
+    from tfdistill.engine.progress import epoch_line
+
+    worst = {"loss": 12.3456, "train_acc": 100.0, "epoch_seconds": 1234.5, "images_per_sec": 123456.0,
+             "terms": {"ce": 1.0, "tfd_depth": 0.0123, "tfd_width": 0.000456}}
+    line, terms = epoch_line(240, 240, 0.000125, worst, {"top1": 100.0}, 100.0, 240, 12 * 3600 + 3456)
+    assert len(line) <= 100, (len(line), line)
+    assert line.startswith("epoch 240/240") and "ETA 12:57:36" in line and "test 100.00% best 100.00%@240" in line
+    assert terms == "    terms tfd_depth 0.0123 tfd_width 0.000456"
+    short, none = epoch_line(1, 1, 0.05, {**worst, "terms": {"ce": 1.0, "kd": 0.5}, "loss": 1.0,
+                                          "epoch_seconds": 1.0}, {"top1": 50.0}, 50.0, 1, 0)
+    assert none is None and short.endswith("kd 0.5") and len(short) <= 100  # room: the term is on the line
+
+
+def test_run_log_plurals_notes_and_one_result_line(capsys, tmp_path):
+    assert main(["train", *CPU, f"out_dir={tmp_path}", "name=r", "schedule.name=multistep",
+                 "schedule.milestones=[1,3]", "method.name=tfd"]) == 0
+    out = capsys.readouterr().out
+    assert ", 1 epoch, device" in out and "1 epochs" not in out
+    assert "note: schedule.milestones [1, 3] never take effect in a run of 1 epoch" in out
+    assert out.count("best top-1") == 1  # the result once, not twice
+    assert max(len(x) for x in out.splitlines() if x.startswith("epoch ")) <= 100
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "    terms tfd_depth " in log and "tfd_width" in log
+
+
+def test_train_subset_larger_than_the_data_is_an_error(capsys, tmp_path):
+    one_line_error(capsys, ["train", *CPU, f"out_dir={tmp_path}", "data.train_subset=1000"],
+                   "data.train_subset=1000", "only 128 train images")
+    one_line_error(capsys, ["train", *CPU, f"out_dir={tmp_path}", "data.test_subset=65"], "only 64 test images")
+    assert not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_in_a_sweep_leaves_no_run_marked_running(tmp_path, monkeypatch):
+    from tfdistill.engine import Trainer
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"name": "sw", "recipe": "demo", "out_dir": str(tmp_path / "runs"), "seeds": [0],
+                                "models": ["resnet8"], "overrides": [o for o in CPU if not o.startswith("model.name=")],
+                                "grid": {"methods": ["ce", "tfd"]}}))
+
+    def interrupt(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
+    assert main(["sweep", str(spec)]) == 130
+    state = json.loads(next((tmp_path / "runs").rglob("sweep_state.json")).read_text())
+    statuses = [r["status"] for r in state["runs"].values()]
+    assert "running" not in statuses and "interrupted" in statuses, statuses

@@ -74,13 +74,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         from .engine.resume import prepare_resume
 
         prepare_resume(cfg)
-    result = train(cfg, resume=bool(resume), overwrite=ns.overwrite)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary line, from rank 0
-        return 0
-    for r in result if isinstance(result, list) else [result]:  # a list with seeds=[...]: one run per seed
-        s = r.summary
-        print(f"best top-1 {s['best_top1']:.2f}% (epoch {s['best_epoch']}), last top-1 {s['last_top1']:.2f}%, "
-              f"run directory {r.run_dir}")
+    train(cfg, resume=bool(resume), overwrite=ns.overwrite)  # its last line, "finished: ...", is the result
     return 0
 
 

@@ -375,6 +375,26 @@ def _check(cfg: Any) -> None:
         raise ConfigError(f"bad value for config key 'model.taps': {taps!r}; valid: 'auto' or a list of module names")
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" + ("" if int(n) == 1 else "s")
+
+
+def config_notes(cfg: Any) -> list[str]:
+    """Valid but probably unintended settings, as ``note: ...`` lines for the run's log (not errors: a recipe's
+    schedule stays valid when a smoke test shortens ``epochs``)."""
+    notes = []
+    if cfg.schedule.name == "multistep":
+        late = [int(m) for m in cfg.schedule.milestones if int(m) >= int(cfg.epochs)]
+        if late:
+            notes.append(f"note: schedule.milestones {late} never take effect in a run of "
+                         f"{plural(int(cfg.epochs), 'epoch')} (a milestone m lowers the lr from epoch m+1 on)")
+    if int(cfg.schedule.warmup_epochs) >= int(cfg.epochs):
+        notes.append(f"note: schedule.warmup_epochs={int(cfg.schedule.warmup_epochs)} covers the whole run of "
+                     f"{plural(int(cfg.epochs), 'epoch')}")
+    return notes
+
+
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 

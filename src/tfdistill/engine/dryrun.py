@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
+from ..config import config_notes, plural
 from .rundir import RunDir, device_name
 
 
@@ -49,7 +50,7 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
         shutil.rmtree(tmp, ignore_errors=True)
     runs = ", ".join(facts["run_dirs"])
     echo(f"dry run: {runs}: {facts['model']} / {facts['method']} on {facts['dataset']} ({facts['num_train']} train "
-         f"images, {facts['num_classes']} classes), {facts['epochs']} epochs of {facts['steps_per_epoch']} steps, "
+         f"images, {facts['num_classes']} classes), {plural(facts['epochs'], 'epoch')} of {plural(facts['steps_per_epoch'], 'step')}, "
          f"{facts['params']:,} student parameters" + (f" + {facts['extra_params']:,} in the method's modules"
                                                      if facts["extra_params"] else "")
          + f", device {facts['device']}")
@@ -58,5 +59,7 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
              for k, v in d.items() if v not in ([], (), None, "")]
     if parts:
         echo(f"method: {'; '.join(parts)}")
+    for note in config_notes(cfg):
+        echo(note)
     echo("nothing was trained or written (drop --dry-run to start)")
     return facts
