@@ -34,6 +34,7 @@ def test_resume_with_nothing_to_resume_never_starts_a_run(capsys, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     one_line_error(capsys, ["train", "--resume"], "--resume needs the run")
     one_line_error(capsys, ["train", *CPU, "name=a", "--resume"], "nothing to resume", "does not exist")
+    one_line_error(capsys, ["train", *CPU, "name=a", "--resume", "--dry-run"], "nothing to resume")
     one_line_error(capsys, ["train", "--resume", "runs/nope"], "nothing to resume", "runs/nope")
     (tmp_path / "runs" / "cfgonly").mkdir(parents=True)
     (tmp_path / "runs" / "cfgonly" / "config.yaml").write_text("epochs: 1\n")
@@ -181,10 +182,14 @@ def test_broken_yaml_names_file_line_and_column(capsys, tmp_path):
     one_line_error(capsys, ["train", str(bad)], f"{bad}:2:8: malformed YAML: mapping values are not allowed")
 
 
-def test_did_you_mean_has_one_question_mark():
+def test_did_you_mean_has_one_question_mark(capsys, tmp_path):
     from tfdistill.sweep.spec import _did_you_mean
 
     assert _did_you_mean("Key 'gird' not in 'Spec'. Did you mean 'grid'?") == " (did you mean 'grid'?)"
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: x\nrecipe: demo\nsedes: [0]\ngrid:\n  methods: [ce]\n")
+    err = one_line_error(capsys, ["sweep", str(spec), "--dry-run"], "unknown key 'sedes' (did you mean 'seeds'?)")
+    assert "??" not in err
 
 
 def test_print_config_and_dry_run_write_nothing(capsys, tmp_path, monkeypatch):

@@ -65,15 +65,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
         print(to_yaml(cfg), end="")
         return 0
+    if resume:
+        from .engine.resume import prepare_resume
+
+        prepare_resume(cfg, dry=ns.dry_run)  # something to resume, and cfg may resume it (or extend it)
     if ns.dry_run:
         from .engine.dryrun import dry_run
 
         dry_run(cfg, resume=bool(resume), overwrite=ns.overwrite)
         return 0
-    if resume:
-        from .engine.resume import prepare_resume
-
-        prepare_resume(cfg)
     train(cfg, resume=bool(resume), overwrite=ns.overwrite)  # its last line, "finished: ...", is the result
     return 0
 

@@ -72,8 +72,15 @@ def looks_like_run_target(value: str) -> bool:
 def resume_changes(stored: dict, new: dict) -> list[str]:
     """Keys whose change forbids resuming a run stored with config ``stored`` under config ``new`` (``dict``s):
     everything outside :data:`RESUME_FREE_KEYS`, except an allowed extension (see the module docs)."""
+    from ..config import PATH_KEYS
     from .loop import RESUME_FREE_KEYS, config_diff
 
+    stored = OmegaConf.to_container(OmegaConf.create(stored))  # a copy; paths of runs from before they were
+    for key in PATH_KEYS:                                      # stored absolute: relative to this folder
+        section, leaf = key.split(".")
+        value = str((stored.get(section) or {}).get(leaf) or "")
+        if value and not value.startswith("torchvision:"):
+            stored[section][leaf] = os.path.abspath(os.path.expanduser(value))
     diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS)
     if "epochs" in diff and extension_problem(stored, new) is None:
         done = int(stored["epochs"])
@@ -142,9 +149,9 @@ def resume_config(target: str | Path, overrides: list[str]) -> Any:
     return cfg
 
 
-def prepare_resume(cfg: Any) -> list[RunDir]:
+def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
     """Check that every run of ``cfg`` (one, or one per seed of ``cfg.seeds``) has something to resume and that
-    ``cfg`` may resume it; mark an extension (module docs). Returns the run directories."""
+    ``cfg`` may resume it; unless ``dry``, mark an extension (module docs). Returns the run directories."""
     from .loop import default_run_name
 
     cfgs = [cfg]
@@ -161,7 +168,7 @@ def prepare_resume(cfg: Any) -> list[RunDir]:
             run_dir_of(rd.path)  # raises the reason
         dirs.append((rd, c))
     extended = [(rd, c, check_resume(rd, c)) for rd, c in dirs]
-    if int(os.environ.get("RANK", "0")) == 0:
+    if not dry and int(os.environ.get("RANK", "0")) == 0:
         for rd, c, old in extended:
             (rd.path / FAILED).unlink(missing_ok=True)  # it is being continued: no longer stopped for good
             if old is not None:
