@@ -105,6 +105,14 @@ def test_a_run_that_stops_says_why_in_train_log_and_is_marked_failed(tmp_path, m
     assert last.startswith("stopped after epoch 1/3: interrupted") and "--resume" in last
     assert not (runs / "int" / "FAILED").exists() and read_run(runs / "int").status == "unfinished"
 
+    def interrupt_in_epoch_1(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):  # before a checkpoint: nothing to keep, the same command runs again
+        train(load_config(None, [*CPU, f"out_dir={runs}", "name=int1"]), echo=lambda s: None)
+    assert not (runs / "int1").exists()
+
     def crash(self, epoch):
         raise RuntimeError("CUDA out of memory (simulated)")
 

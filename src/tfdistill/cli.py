@@ -184,9 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train one run from a YAML recipe + key=value overrides",
-                       description="Train one run. Example: tfdistill train configs/cifar100/resnet32_tfd.yaml seed=1")
-    t.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value",
-                   help="a YAML recipe (optional) followed by dotted overrides, e.g. optim.lr=0.1 method.name=tfd")
+                       description="Train one run. Examples: tfdistill train cifar100/paper seed=1; "
+                                   "tfdistill train --resume runs/<run>")
+    t.add_argument("args", nargs="*", metavar="RECIPE|key=value",
+                   help="a recipe (a name from `tfdistill recipes`, or a YAML file) followed by dotted overrides, "
+                        "e.g. optim.lr=0.1 method.name=tfd")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR|last.pt",
                    help="continue a run from its last.pt: give its run directory (or last.pt), which holds its "
