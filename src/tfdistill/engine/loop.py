@@ -642,8 +642,9 @@ class Trainer:
                 return RunResult(self.run.path, done)
         if self.info.is_main and self.resumed_from is None:
             self._log(f"run {self.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
-                      f"({self.data.num_train} train images, {self.num_classes} classes), {plural(int(cfg.epochs), 'epoch')}, "
-                      f"device {device_name(self.device)}, world size {self.info.world_size}")
+                      f"({self.data.num_train} train images, {self.num_classes} classes), "
+                      f"{plural(int(cfg.epochs), 'epoch')}, device {device_name(self.device)}, "
+                      f"world size {self.info.world_size}")
         elif self.resumed_from is not None:
             self._log(f"resuming {self.run.path} after epoch {self.resumed_from}/{cfg.epochs}")
         if not self.pre_done:
