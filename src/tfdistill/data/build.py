@@ -23,8 +23,8 @@ def load_source(cfg: Any) -> DatasetSource:
     src = factory(cfg)
     for key, split in (("train_subset", src.train), ("test_subset", src.test)):
         # an error, not a silent "all of it": the run would be reported with a subset size it never had
-        if int(cfg[key] or 0) > len(split):
-            raise ConfigError(f"data.{key}={int(cfg[key])} but {cfg.name!r} has only {len(split)} "
+        if int(getattr(cfg, key) or 0) > len(split):
+            raise ConfigError(f"data.{key}={int(getattr(cfg, key))} but {cfg.name!r} has only {len(split)} "
                               f"{key.split('_')[0]} images; use at most {len(split)}, or 0 for all")
     if int(cfg.train_subset or 0) > 0:
         src = replace(src, train=src.train.subset(balanced_subset(src.train.labels, int(cfg.train_subset))))
