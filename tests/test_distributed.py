@@ -173,8 +173,8 @@ def test_batchnorm_model_through_torchrun_cli(tmp_path):
     one = _one_process([*over, f"out_dir={tmp_path / 'one'}"])
     proc = torchrun(["train", *over, f"out_dir={tmp_path / 'two'}"], module=True)
     _ok(proc)
-    summary = [line for line in proc.stdout.splitlines() if line.startswith("best top-1")]
-    assert len(summary) == 1  # the CLI's summary line comes from rank 0 only
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("finished: best top-1")]
+    assert len(summary) == 1  # the result line comes from rank 0 only
     a, b = _rows(tmp_path / "one" / "bn"), _rows(tmp_path / "two" / "bn")
     assert len(b) == 2
     for x, y in zip(a, b):

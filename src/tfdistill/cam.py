@@ -67,9 +67,10 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") 
     from omegaconf import OmegaConf
 
     from .config import build_config
-    from .engine.checkpoint import load_checkpoint, load_model_weights
+    from .engine.checkpoint import checkpoint_in, load_checkpoint, load_model_weights
     from .models import create_model
 
+    path = checkpoint_in(path)  # a run directory: its best.pt (else last.pt)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config_yaml"), str) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a tfdistill checkpoint (no stored config); Grad-CAM needs one written "

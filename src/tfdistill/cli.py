@@ -1,6 +1,7 @@
 """Command line: argument parsing and error presentation only; every command calls into the library.
 
-    tfdistill train CONFIG.yaml [key=value ...] [--resume | --overwrite]
+    tfdistill train RECIPE [key=value ...] [--resume | --overwrite]
+    tfdistill train --resume RUN_DIR|RUN_DIR/last.pt [key=value ...]
     tfdistill eval CHECKPOINT [--data NAME] [key=value ...]
     tfdistill demo
     tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
@@ -28,16 +29,52 @@ def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]
 def cmd_train(ns: argparse.Namespace) -> int:
     from .config import load_config
     from .engine import train
+    from .errors import ConfigError
+    from .recipes import list_recipes
 
-    path, overrides = _split_config_and_overrides(ns.args)
-    cfg = load_config(path, overrides)
-    result = train(cfg, resume=ns.resume, overwrite=ns.overwrite)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one summary line, from rank 0
+    args, resume = list(ns.args), ns.resume  # resume: None (no --resume), True (bare flag) or its value
+    # --out-dir / --device: the option spelling the other commands use, for out_dir= / engine.device=
+    aliases = ([f"out_dir={ns.out_dir}"] if ns.out_dir is not None else []) + \
+        ([f"engine.device={ns.device}"] if ns.device is not None else [])
+    if isinstance(resume, str):
+        from .engine.resume import looks_like_run_target
+
+        if not looks_like_run_target(resume):  # `train --resume RECIPE key=value ...`: the retyped form
+            args, resume = [resume, *args], True
+    if resume is None and not args:
+        raise ConfigError(f"train needs a recipe: tfdistill train RECIPE [key=value ...], one of "
+                          f"{', '.join(list_recipes())} (see `tfdistill recipes`), or a YAML file; "
+                          f"or --resume RUN_DIR to continue a run")
+    if resume is True and not args:
+        raise ConfigError("--resume needs the run to continue: tfdistill train --resume RUN_DIR (or RUN_DIR/last.pt), "
+                          "or the recipe and overrides the run was started with")
+    args += aliases
+    if isinstance(resume, str):
+        from .engine.resume import resume_config
+
+        path, overrides = None, args
+        if args and "=" not in args[0]:
+            raise ConfigError(f"--resume {resume} continues that run from its config.yaml; give only key=value "
+                              f"overrides, not {args[0]!r}")
+        cfg = resume_config(resume, overrides)
+    else:
+        path, overrides = _split_config_and_overrides(args)
+        cfg = load_config(path, overrides)
+    if ns.print_config:
+        from .config import to_yaml
+
+        print(to_yaml(cfg), end="")
         return 0
-    for r in result if isinstance(result, list) else [result]:  # a list with seeds=[...]: one run per seed
-        s = r.summary
-        print(f"best top-1 {s['best_top1']:.2f}% (epoch {s['best_epoch']}), last top-1 {s['last_top1']:.2f}%, "
-              f"run directory {r.run_dir}")
+    if resume:
+        from .engine.resume import prepare_resume
+
+        prepare_resume(cfg, dry=ns.dry_run)  # something to resume, and cfg may resume it (or extend it)
+    if ns.dry_run:
+        from .engine.dryrun import dry_run
+
+        dry_run(cfg, resume=bool(resume), overwrite=ns.overwrite)
+        return 0
+    train(cfg, resume=bool(resume), overwrite=ns.overwrite)  # its last line, "finished: ...", is the result
     return 0
 
 
@@ -52,7 +89,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         print(json.dumps(res))
     else:
         print(f"{res['model']} on {res['dataset']} ({res['count']} images): top-1 {res['top1']:.2f}%  "
-              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}"
+              + (f"  ({res['checkpoint']})" if os.path.isdir(ns.checkpoint) else ""))
     return 0
 
 
@@ -151,16 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train one run from a YAML recipe + key=value overrides",
-                       description="Train one run. Example: tfdistill train configs/cifar100/resnet32_tfd.yaml seed=1")
-    t.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value",
-                   help="a YAML recipe (optional) followed by dotted overrides, e.g. optim.lr=0.1 method.name=tfd")
+                       description="Train one run. Examples: tfdistill train cifar100/paper seed=1; "
+                                   "tfdistill train --resume runs/<run>")
+    t.add_argument("args", nargs="*", metavar="RECIPE|key=value",
+                   help="a recipe (a name from `tfdistill recipes`, or a YAML file) followed by dotted overrides, "
+                        "e.g. optim.lr=0.1 method.name=tfd")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue the run directory from its last.pt")
+    g.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR|last.pt",
+                   help="continue a run from its last.pt: give its run directory (or last.pt), which holds its "
+                        "config, plus optional resume-free overrides (engine.device=..., a larger epochs=N to "
+                        "extend a multistep run); or retype the run's recipe and overrides followed by --resume. "
+                        "Never starts a new run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--out-dir", default=None, metavar="DIR", help="same as out_dir=DIR (parent of the run directory)")
+    t.add_argument("--device", default=None, help="same as engine.device=... (auto | cpu | cuda | cuda:N | mps)")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (recipe + overrides, every key) as YAML and exit")
+    t.add_argument("--dry-run", action="store_true",
+                   help="build everything (data, model, method, taps) and print the run header; train and write "
+                        "nothing")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
-    e.add_argument("checkpoint", help="a best.pt / last.pt written by tfdistill train")
+    e.add_argument("checkpoint", help="a best.pt / last.pt written by tfdistill train, or a run directory (its best.pt, "
+                                      "else its last.pt)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the stored config, e.g. data.root=...")
     e.add_argument("--data", help="evaluate on another dataset (same classes), e.g. cifar10")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -203,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Scan RUNS_DIR recursively for run directories and write report.md, report.csv, "
                                     "report.json and PNG plots.")
     rp.add_argument("runs_dir", metavar="RUNS_DIR", help="a sweep folder, a run directory or any folder above them")
-    rp.add_argument("--out", default=None, help="where to write the report (default: RUNS_DIR/report)")
+    rp.add_argument("--out-dir", "--out", dest="out", default=None,
+                    help="where to write the report (default: RUNS_DIR/report); --out is an alias")
     rp.add_argument("--metric", choices=("last", "best"), default="last",
                     help="top-1 used for gains and the bar chart: last epoch (default, honest) or best epoch")
     rp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -220,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder of images (class-named subfolders give true labels), 'test'/'train' (that split of "
                         "the first checkpoint's dataset) or a dataset name (its test split)")
     c.add_argument("--num", type=int, default=8, help="number of images (rows), picked evenly spaced (default 8)")
-    c.add_argument("--out", default="grid.png", help="output PNG (default grid.png)")
+    c.add_argument("--out", default="grid.png",
+                   help="output PNG file (default grid.png); a file, so not --out-dir as for the folders of demo, "
+                        "sweep and report")
     c.add_argument("--labels", default=None, help="comma-separated column titles, one per checkpoint")
     c.add_argument("--target", choices=("pred", "true"), default="pred",
                    help="explain the predicted class (default) or the true one")

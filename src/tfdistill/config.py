@@ -147,17 +147,57 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-def _fail(exc: Exception, where: str = "") -> ConfigError:
-    """Turn an OmegaConf exception into a one-line ConfigError that names the key."""
+def _fail(exc: Exception, where: str = "", schema: Any = None) -> ConfigError:
+    """Turn an OmegaConf exception into a one-line ConfigError that names the key (and, for an unknown key, the
+    closest valid one and the valid keys of its section, read from ``schema``)."""
     if isinstance(exc, OmegaConfBaseException):
         key = getattr(exc, "full_key", None) or ""
         msg = str(exc).splitlines()[0]
         if "not in struct" in msg or "Key '" in msg and "not in" in msg or "ConfigKeyError" in type(exc).__name__:
-            return ConfigError(f"unknown config key {key!r}{where}")
+            return ConfigError(f"unknown config key {key!r}{where}{unknown_key_hint(str(key), schema)}")
+        if "is not a ListConfig" in msg:
+            return ConfigError(f"bad value for config key {key!r}{where}: it takes a list, e.g. {key}=[a,b]")
         if key:
             return ConfigError(f"bad value for config key {key!r}{where}: {msg}")
         return ConfigError(f"{msg}{where}")
     return ConfigError(f"{exc}{where}")
+
+
+def unknown_key_hint(key: str, schema: Any) -> str:
+    """``"; did you mean 'optim.lr'? valid keys in optim: ..."`` for an unknown ``key`` of ``schema``."""
+    import difflib
+
+    if schema is None or not key:
+        return ""
+    section, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(schema, section) if section else schema
+    every = sorted(_flat_schema_keys(schema))
+    hint = ""
+    if isinstance(node, DictConfig):
+        near = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+        if near:
+            hint = f"; did you mean {(section + '.' if section else '') + near[0]!r}?"
+    if not hint:  # the right name in the wrong section (lr= for optim.lr=), or a typo in the section's name
+        by_leaf = [k for k in every if k.rsplit(".", 1)[-1] == leaf]
+        near = by_leaf or difflib.get_close_matches(key, every, n=1)
+        if near:
+            hint = f"; did you mean {near[0]!r}?"
+    if isinstance(node, DictConfig):
+        where = f"in {section}" if section else "at the top level"
+        hint += f" Valid keys {where}: {', '.join(str(k) for k in node.keys())}"
+    return hint
+
+
+def _flat_schema_keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    for k in node.keys():
+        v = node._get_node(k) if isinstance(node, DictConfig) else None
+        full = f"{prefix}{k}"
+        if isinstance(v, DictConfig) and not v._is_none() and str(k) not in ("kwargs",):
+            out += _flat_schema_keys(v, full + ".")
+        else:
+            out.append(full)
+    return out
 
 
 def read_yaml(path: str | Path) -> DictConfig:
@@ -169,11 +209,19 @@ def read_yaml(path: str | Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(p)
     except Exception as exc:  # yaml.YAMLError and friends
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"malformed YAML in {p}: {first}") from None
+        raise ConfigError(yaml_error_message(p, exc)) from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"malformed config {p}: the top level must be a mapping, not a list")
     return cfg
+
+
+def yaml_error_message(path: Path, exc: Exception) -> str:
+    """``file:line:column: malformed YAML: problem`` (1-based, as editors count) from a PyYAML error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if mark is not None:
+        return f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}"
+    return f"malformed YAML in {path}: {problem}"
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -196,6 +244,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         extra = parse_overrides(overrides)
         _adapt_method_section(raw, extra)
         raw = OmegaConf.merge(raw, extra)
+    augment = OmegaConf.select(raw, "data.augment", default=None)
+    if isinstance(augment, str):  # data.augment=crop,flip (or one name): a list, as the schema wants
+        raw.data.augment = [a.strip() for a in augment.split(",") if a.strip()]
     return build_config(raw)
 
 
@@ -249,7 +300,7 @@ def build_config(raw: DictConfig | dict) -> Config:
     try:
         cfg = OmegaConf.merge(schema, body)
     except OmegaConfBaseException as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, schema=schema) from None
     try:
         cfg.method = OmegaConf.merge(schema.method, method_raw)
     except OmegaConfBaseException as exc:
@@ -261,9 +312,26 @@ def build_config(raw: DictConfig | dict) -> Config:
             raise ConfigError(f"config key {key!r} belongs to the '{part}' component, which method "
                               f"{method_name!r} does not use; set method.name={part} (or a preset with it, "
                               f"see `tfdistill methods`)") from None
-        raise _fail(exc) from None
+        raise _fail(exc, schema=schema) from None
     _check(cfg)
+    _absolute_paths(cfg)
     return cfg  # type: ignore[return-value]
+
+
+PATH_KEYS = ("data.root", "teacher.checkpoint", "model.init_checkpoint")
+"""Config keys holding file paths: stored absolute, so a run's config.yaml (and checkpoints) work from any folder."""
+
+
+def _absolute_paths(cfg: Any) -> None:
+    """Make the :data:`PATH_KEYS` absolute (relative to the current folder, ``~`` expanded); empty values and
+    ``torchvision:<Weights>`` names stay as they are."""
+    import os
+
+    for key in PATH_KEYS:
+        section, leaf = key.split(".")
+        value = str(cfg[section][leaf])
+        if value and not value.startswith("torchvision:"):
+            cfg[section][leaf] = os.path.abspath(os.path.expanduser(value))
 
 
 def _check(cfg: Any) -> None:
@@ -273,6 +341,9 @@ def _check(cfg: Any) -> None:
         "optim.name": (cfg.optim.name, ("sgd",)),
         "data.loader": (cfg.data.loader, ("auto", "device", "dataloader")),
     }
+    from .data.base import check_augments  # the data layer owns the augmentation names
+
+    check_augments(list(cfg.data.augment or []))
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"bad value for config key {key!r}: {value!r}; valid: {', '.join(valid)}")
@@ -309,6 +380,26 @@ def _check(cfg: Any) -> None:
     taps = cfg.model.taps
     if not (taps == "auto" or isinstance(taps, (list, ListConfig))):
         raise ConfigError(f"bad value for config key 'model.taps': {taps!r}; valid: 'auto' or a list of module names")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}" + ("" if int(n) == 1 else "s")
+
+
+def config_notes(cfg: Any) -> list[str]:
+    """Valid but probably unintended settings, as ``note: ...`` lines for the run's log (not errors: a recipe's
+    schedule stays valid when a smoke test shortens ``epochs``)."""
+    notes = []
+    if cfg.schedule.name == "multistep":
+        late = [int(m) for m in cfg.schedule.milestones if int(m) >= int(cfg.epochs)]
+        if late:
+            notes.append(f"note: schedule.milestones {late} never take effect in a run of "
+                         f"{plural(int(cfg.epochs), 'epoch')} (a milestone m lowers the lr from epoch m+1 on)")
+    if int(cfg.schedule.warmup_epochs) >= int(cfg.epochs):
+        notes.append(f"note: schedule.warmup_epochs={int(cfg.schedule.warmup_epochs)} covers the whole run of "
+                     f"{plural(int(cfg.epochs), 'epoch')}")
+    return notes
 
 
 def to_yaml(cfg: Any) -> str:

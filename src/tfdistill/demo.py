@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import load_config
+from .config import load_config, plural
 from .engine import train
 from .engine.rundir import RunDir
 
@@ -32,7 +32,7 @@ def run_demo(out_dir: str | Path = "runs", epochs: int | None = None, model: str
         if model:
             overrides.append(f"model.name={model}")
         cfg = load_config("demo", overrides)
-        print(f"\n== {method}: {cfg.model.name} on {cfg.data.name}, {cfg.epochs} epochs ==")
+        print(f"\n== {method}: {cfg.model.name} on {cfg.data.name}, {plural(int(cfg.epochs), 'epoch')} ==")
         results[method] = train(cfg).summary
     curves = plot_curves({m: [RunDir(base / m).read_metrics()] for m in results}, base / "curves.png",
                          title=f"tfdistill demo: {cfg.model.name} on digits, CE vs TFD (seed {cfg.seed})")

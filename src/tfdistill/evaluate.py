@@ -9,13 +9,15 @@ from omegaconf import OmegaConf
 
 from .config import build_config, parse_overrides
 from .data import build_data
-from .engine.checkpoint import load_checkpoint, load_model_weights
+from .engine.checkpoint import checkpoint_in, load_checkpoint, load_model_weights
 from .engine.loop import evaluate, resolve_device
 from .errors import CheckpointError, ConfigError
 from .models import create_model
 
 
 def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate the checkpoint ``path`` (a file, or a run directory: its best.pt, else its last.pt)."""
+    path = checkpoint_in(path)
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config_yaml"), str) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a tfdistill checkpoint (no stored config); it cannot be evaluated alone")

@@ -21,6 +21,11 @@ def load_source(cfg: Any) -> DatasetSource:
     """The registered dataset `cfg.name`, with `train_subset` / `test_subset` applied."""
     factory = DATASETS.get(str(cfg.name))
     src = factory(cfg)
+    for key, split in (("train_subset", src.train), ("test_subset", src.test)):
+        # an error, not a silent "all of it": the run would be reported with a subset size it never had
+        if int(getattr(cfg, key) or 0) > len(split):
+            raise ConfigError(f"data.{key}={int(getattr(cfg, key))} but {cfg.name!r} has only {len(split)} "
+                              f"{key.split('_')[0]} images; use at most {len(split)}, or 0 for all")
     if int(cfg.train_subset or 0) > 0:
         src = replace(src, train=src.train.subset(balanced_subset(src.train.labels, int(cfg.train_subset))))
     if int(cfg.test_subset or 0) > 0:

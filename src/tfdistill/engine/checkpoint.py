@@ -31,18 +31,68 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; missing/corrupt files raise :class:`CheckpointError`."""
+    """Load a checkpoint with ``weights_only=True``; a missing or unusable file raises :class:`CheckpointError`
+    with one line naming the file and what is wrong with it (a text file, a truncated or damaged archive, a plain
+    pickle, Python objects that ``weights_only=True`` refuses). torch's own warnings and its advice to load with
+    ``weights_only=False`` (which would run arbitrary code from the file) are not passed on."""
+    import warnings
+
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (a run directory? give its best.pt "
+                              f"or last.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, truncated files, disallowed globals
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {reason[:200]}") from None
+        raise CheckpointError(f"unreadable checkpoint {path}: {_diagnose(path, exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(obj).__name__})")
     return obj
+
+
+def _diagnose(path: Path, exc: Exception) -> str:
+    """What is wrong with a file that ``torch.load(weights_only=True)`` refused, in a few words."""
+    import re
+    import zipfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            return (f"a truncated or damaged torch archive ({size:,} bytes; an interrupted copy or download?)")
+        glob = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if glob:
+            return (f"it holds Python objects ({glob.group(1)}), not only tensors; tfdistill loads checkpoints "
+                    f"with weights_only=True and does not run code stored in files")
+        return f"a damaged torch archive ({type(exc).__name__})"
+    if head.startswith(b"\x80"):  # a pickle stream: torch's legacy format or a plain pickle
+        return ("a plain pickle, not a torch checkpoint of tensors (or one that holds Python objects); tfdistill "
+                "loads checkpoints with weights_only=True and does not run code stored in files")
+    try:
+        text = head.decode("utf-8")
+        if text.isprintable() or all(c.isprintable() or c in "\t\r\n" for c in text):
+            return "a text file, not a torch checkpoint"
+    except UnicodeDecodeError:
+        pass
+    return f"not a torch checkpoint ({size:,} bytes of another format)"
+
+
+def checkpoint_in(path: str | Path) -> Path:
+    """``path`` itself, or for a run directory its ``best.pt`` (else ``last.pt``)."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    for name in ("best.pt", "last.pt"):
+        if (p / name).is_file():
+            return p / name
+    raise CheckpointError(f"no checkpoint in {p}: it has neither best.pt nor last.pt")
 
 
 def model_state(obj: dict, path: str | Path) -> dict:

@@ -33,12 +33,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import to_dict, to_yaml
+from ..config import config_notes, plural, to_dict, to_yaml
 from ..data import build_data
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
+from .progress import epoch_line
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_atomic, set_rng_state
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors, cleanup_distributed,
                           gather_object, gather_rows, setup_distributed)
@@ -232,6 +233,8 @@ class Trainer:
         do_resume = self._prepare_run_dir(resume, overwrite, dry=True)
         if resume and not do_resume:
             self._log(f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
+        for note in config_notes(cfg):  # valid but probably unintended settings (milestones beyond epochs)
+            self._log(note)
         self.started = time.time()
         self.show_bars = self.show_bars and self.info.is_main
 
@@ -467,7 +470,9 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
             raise CheckpointError(f"{self.run.last} is not a resumable tfdistill checkpoint")
         stored = OmegaConf.to_container(OmegaConf.create(ckpt["config_yaml"]))
-        diff = config_diff(stored, to_dict(self.cfg))
+        from .resume import resume_changes  # resume-free keys, and an allowed extension of epochs
+
+        diff = resume_changes(stored, to_dict(self.cfg))
         if diff:
             raise CheckpointError(f"cannot resume {self.run.path}: the config differs from the checkpoint's at "
                                   f"{', '.join(diff[:8])}")
@@ -623,7 +628,9 @@ class Trainer:
     def fit(self) -> RunResult:
         try:
             return self._fit()
-        except BaseException:
+        except BaseException as exc:
+            if self.info.is_main and self.run.replaced is None:  # else the replaced run comes back instead
+                self.run.record_stop(exc, self.epoch, int(self.cfg.epochs))  # train.log says why; FAILED marker
             self.restore_replaced()
             raise
 
@@ -638,8 +645,9 @@ class Trainer:
                 return RunResult(self.run.path, done)
         if self.info.is_main and self.resumed_from is None:
             self._log(f"run {self.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
-                      f"({self.data.num_train} train images, {self.num_classes} classes), {cfg.epochs} epochs, "
-                      f"device {device_name(self.device)}, world size {self.info.world_size}")
+                      f"({self.data.num_train} train images, {self.num_classes} classes), "
+                      f"{plural(int(cfg.epochs), 'epoch')}, device {device_name(self.device)}, "
+                      f"world size {self.info.world_size}")
         elif self.resumed_from is not None:
             self._log(f"resuming {self.run.path} after epoch {self.resumed_from}/{cfg.epochs}")
         if not self.pre_done:
@@ -669,10 +677,11 @@ class Trainer:
             self.save(best=improved)
             done = epoch + 1 - first
             eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
-            self._log(
-                f"epoch {epoch + 1:>3}/{cfg.epochs}  lr {lr:.4g}  loss {train['loss']:.4f}  train {train['train_acc']:.2f}%"
-                f"  test {last_eval.get('top1', float('nan')):.2f}% (best {self.best_top1:.2f}% @{self.best_epoch})"
-                f"  {train['epoch_seconds']:.1f}s  {train['images_per_sec']:.0f} img/s  ETA {_hms(eta)}")
+            line, terms = epoch_line(epoch + 1, int(cfg.epochs), lr, train, last_eval, self.best_top1,
+                                     self.best_epoch, eta)  # <= 100 columns; terms that do not fit: train.log
+            self._log(line)
+            if terms and self.info.is_main:
+                self.run.log_line(terms)
         if not last_eval:  # killed after the last checkpoint, before the summary was written
             last_eval = self._evaluate()
         summary = self._summary(last_eval)

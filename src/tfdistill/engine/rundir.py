@@ -21,6 +21,8 @@ import torch
 from ..errors import RunDirError
 
 MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "last.pt")
+FAILED = "FAILED"
+"""Marker of a run that stopped for good: its first line is the reason (read by ``tfdistill report`` and sweeps)."""
 
 
 class RunDir:
@@ -126,6 +128,44 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         self.write_text_atomic(self.summary, json.dumps(_jsonable(summary), indent=2) + "\n")
+
+    def record_stop(self, exc: BaseException, epochs_done: int, epochs: int) -> str:
+        """Record why the run stopped. Returns the line written to ``train.log`` (or the note of the removal).
+
+        * An interrupt (Ctrl-C, SIGTERM) after a checkpoint: ``train.log`` says so; the run stays resumable and
+          unmarked (reports list it as unfinished; ``--resume`` or a sweep continues it).
+        * An interrupt before the first checkpoint: the folder is removed. Not one epoch was completed, so it
+          holds nothing but the config, and the same command can simply be run again (no ``--overwrite``).
+        * Any error (divergence, a crash): ``train.log`` says why and a ``FAILED`` marker holds the reason. The
+          folder is kept even without a checkpoint: its ``config.yaml`` and ``train.log`` are the record of what
+          was tried and why it stopped (a setting that diverges in epoch 1 is a result, e.g. in an alpha/beta
+          ablation), and the marker makes reports and sweeps count it as failed/diverged, not as unfinished.
+          ``--overwrite`` (or a sweep's retry) starts it again."""
+        resumable = self.last.is_file()
+        interrupt = isinstance(exc, KeyboardInterrupt)
+        if interrupt and not resumable:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return f"removed {self.path}: interrupted before its first checkpoint (nothing to keep)"
+        if interrupt:
+            why = "interrupted (Ctrl-C or SIGTERM)"
+        else:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        where = f"after epoch {epochs_done}/{epochs}"
+        if interrupt:
+            line = f"stopped {where}: {why}; continue with `tfdistill train --resume {self.path}`"
+        elif resumable:
+            line = f"stopped {where}: {why}; last.pt holds epoch {epochs_done}"
+        else:
+            line = (f"stopped {where}, before the first checkpoint: {why}; nothing to resume, start again with "
+                    f"--overwrite")
+        try:
+            self.log_line(line)
+            if not interrupt:
+                self.write_text_atomic(self.path / FAILED, f"{why}\n{line}\n")
+        except OSError:  # the folder is gone or the disk is full: the exception itself still reaches the user
+            pass
+        return line
 
     def log_line(self, line: str) -> None:
         with open(self.log, "a") as fh:

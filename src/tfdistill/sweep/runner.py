@@ -36,10 +36,10 @@ from typing import Callable, Sequence
 from omegaconf import OmegaConf
 
 from ..config import to_dict, to_yaml
+from ..engine.rundir import FAILED as FAILED_MARKER  # one name for the engine's and the sweeps' marker
 from ..errors import ConfigError, RunDirError
 from .spec import Plan, PlannedRun
 
-FAILED_MARKER = "FAILED"
 STATE_FILE = "sweep_state.json"
 SPEC_FILE = "sweep.yaml"
 LOCK_FILE = ".sweep.lock"
@@ -587,7 +587,11 @@ class Sweep(Hooks):
             self._stop.set()
             executor.interrupt()
             self.echo(f"sweep {self.plan.spec.name}: interrupted; re-run the same command to continue")
-            self._save_state()
+            with self._lock:  # runs stopped mid-way (an in-process run re-raises Ctrl-C before its hook)
+                for st in self.state.values():
+                    if st.get("status") == "running":
+                        st.update(status="interrupted", ended=time.time())
+                self._save_state()
             raise
         finally:
             _restore_sigterm(old)

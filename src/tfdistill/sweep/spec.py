@@ -210,7 +210,7 @@ def _spec_error(exc: Exception, prefix: str, path: Path | None) -> ConfigError:
 
 def _did_you_mean(msg: str) -> str:
     m = re.search(r"Did you mean[^']*('[^.]*)", msg)
-    return f" (did you mean {m.group(1)}?)" if m else ""
+    return f" (did you mean {m.group(1).rstrip('?')}?)" if m else ""  # OmegaConf's own '?' is part of the match
 
 
 def load_spec(path: str | Path) -> Any:

@@ -1,0 +1,44 @@
+"""The per-epoch console line: at most :data:`WIDTH` columns, optional fields only where they fit.
+
+Fields, in order of importance: epoch, lr, loss, train / test accuracy and the best so far, epoch time, ETA (always);
+then images/s and the method's loss terms (e.g. ``tfd_depth`` / ``tfd_width``) where the line has room. Every
+term is in ``metrics.jsonl`` (and TensorBoard) in any case, and ``train.log`` gets the terms that did not fit on a
+line of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+WIDTH = 100
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def epoch_line(epoch: int, epochs: int, lr: float, train: dict[str, Any], test: dict[str, float],
+               best_top1: float, best_epoch: int, eta: float, width: int = WIDTH) -> tuple[str, str | None]:
+    """``(line, terms_line)``: the console/log line (at most ``width`` columns for any realistic value) and, when
+    the method's terms did not fit in it, a line with them for ``train.log`` (else None)."""
+    core = [f"epoch {epoch:>3}/{epochs}", f"lr {lr:.3g}", f"loss {train['loss']:.4f}",
+            f"train {train['train_acc']:.1f}%",
+            f"test {test.get('top1', float('nan')):.2f}% best {best_top1:.2f}%@{best_epoch}",
+            f"{sec:.1f}s" if (sec := train["epoch_seconds"]) < 100 else f"{sec:.0f}s", f"ETA {_hms(eta)}"]
+    terms = {k: v for k, v in (train.get("terms") or {}).items() if k != "ce"}
+    optional = [f"{train['images_per_sec']:.0f} img/s"] if math.isfinite(train.get("images_per_sec", float("nan"))) \
+        else []
+    term_text = " ".join(f"{k} {v:.3g}" for k, v in terms.items())
+    fits = [ln for ln in ("  ".join(core + [term_text]), " ".join(core + [term_text])) if len(ln) <= width]
+    if term_text and fits:
+        line, term_text = fits[0], ""
+    else:
+        line = "  ".join(core) if len("  ".join(core)) <= width else " ".join(core)
+    for extra in optional:
+        if len(line) + 2 + len(extra) <= width:
+            line = f"{line}  {extra}"
+    return line, (f"    terms {term_text}" if term_text else None)
