@@ -178,6 +178,9 @@ class DataBundle:
     loader: str = "device"
     """Which loader was built: "device" (resident uint8 tensors) or "dataloader" (torch DataLoader + workers)."""
     num_test: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Lines for the run header: how the dataset was read (e.g. an image folder's decided resolution, off-size
+    images)."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
 
     def train_loader_for(self, seed: int) -> Loader:

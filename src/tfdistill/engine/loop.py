@@ -637,6 +637,8 @@ class Trainer:
             self._log(f"run {self.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
                       f"({self.data.num_train} train images, {self.num_classes} classes), {cfg.epochs} epochs, "
                       f"device {device_name(self.device)}, world size {self.info.world_size}")
+            for line in [*self.data.notes, *self.method.describe_taps()]:  # resolution decided, layers tapped
+                self._log(line)
         elif self.resumed_from is not None:
             self._log(f"resuming {self.run.path} after epoch {self.resumed_from}/{cfg.epochs}")
         if not self.pre_done:
