@@ -183,6 +183,11 @@ class DataBundle:
     images)."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
 
+    def describe(self) -> dict:
+        """What summary.json records of the data: resolution as decided, loader, sizes, the header notes."""
+        return {"name": self.name, "image_size": int(self.image_size), "loader": self.loader,
+                "num_train": int(self.num_train), "num_test": int(self.num_test), "notes": list(self.notes)}
+
     def train_loader_for(self, seed: int) -> Loader:
         """Another training loader over the same resident data, with its own seed (order + augmentation)."""
         if self._make_train is None:  # pragma: no cover - always set by build_data

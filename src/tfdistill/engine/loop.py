@@ -711,6 +711,7 @@ class Trainer:
             "model": cfg.model.name,
             "method": cfg.method.name,
             "dataset": cfg.data.name,
+            "data": self.data.describe(),  # the resolution as decided (data.image_size=0: by the dataset)
             "seed": int(cfg.seed),
             "epochs": int(cfg.epochs),
             "best_top1": self.best_top1,
