@@ -276,3 +276,5 @@ def test_one_epoch_curves_are_visible(tmp_path, monkeypatch):
     assert len(lines) == 4
     for ln in lines:
         assert len(ln.get_xdata()) == 1 and ln.get_marker() not in (None, "None", "", " ") and ln.get_markersize() > 0
+    for ax in fig.axes:  # whole epochs only on the axis
+        assert all(float(t).is_integer() for t in ax.get_xticks())

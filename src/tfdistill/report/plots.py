@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -62,6 +63,7 @@ def curves_figure(groups: dict[str, Sequence[list[dict]]], *, title: str = "") -
     axes[1].set_ylabel("training loss (all terms)")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs, not 0.96 ... 1.04 around a single one
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
