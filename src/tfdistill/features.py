@@ -97,8 +97,13 @@ _RESAMPLERS: tuple[type, ...] = (
 """Parameter-free layers whose output is a resampled (or the same) copy of their input: never a stage (rule 5)."""
 
 
-def _tensor_key(t: Tensor) -> tuple:
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+def _tensor_key(t: Tensor) -> tuple | None:
+    """Identifies a tensor during one pass (storage, shape, strides); None where there is no storage to read
+    (functorch-batched, meta or fake tensors)."""
+    try:
+        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
 def _is_permute_to_last(m: nn.Module) -> bool | None:
@@ -141,9 +146,11 @@ class _Watcher:
             x = inputs[0] if inputs else None
             ok_in = isinstance(x, Tensor) and x.dim() == 4
             self.in_shape[name] = tuple(x.shape) if ok_in else None
-            self.in_from[name] = self._produced.get(_tensor_key(x)) if ok_in else None
-            if ok:
-                self._produced[_tensor_key(output)] = name
+            key_in = _tensor_key(x) if ok_in else None
+            self.in_from[name] = self._produced.get(key_in) if key_in is not None else None
+            key_out = _tensor_key(output) if ok else None
+            if key_out is not None:
+                self._produced[key_out] = name
             if self.keep:
                 self.outputs[name] = output
             if isinstance(module, nn.Linear):
