@@ -301,6 +301,25 @@ def test_describe_names_and_shapes():
     assert tap.describe() == "layer1 16x32x32, layer2 32x16x16, layer3 64x8x8 [auto]"
 
 
+def test_two_taps_on_one_shared_model_keep_their_own_features():
+    """A frozen teacher shared by several runs (batched seeds) carries one tap per run: a call through one tap is
+    neither a repeated call for the other (no warning) nor overwrites the other's embedding."""
+    model = create_model("resnet8", 10).eval()
+    a, b = FeatureTap(model, "auto", embedding=True), FeatureTap(model, "auto", embedding=True)
+    xa, xb = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _, ref = FeatureTap(model, "auto")(xa)
+        a(xa), b(xb)                                     # discovery
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(2):
+                _, fa = a(xa)
+                a(xa)                                    # b's hooks see two forwards between b's own calls
+                _, fb = b(xb)
+    torch.testing.assert_close(fa[0], ref[0])
+    torch.testing.assert_close(a.embedding, ref[-1].mean(dim=(2, 3)))  # not b's input, though b ran last
+
+
 def test_run_header_names_the_taps(tiny):
     """train.log says which layers were tapped, with their shapes (resnet8 at 32 px: layer1..3)."""
     from tfdistill.config import load_config

@@ -338,6 +338,7 @@ class FeatureTap:
         self._checked = False  # layouts of named taps checked (auto taps: at discovery)
         self._repeated: set[int] = set()
         self._warned: set[str] = set()
+        self._active = False  # inside this tap's own call: hooks fired by other callers of the model are ignored
         self._classifier: str | None = None
         if isinstance(layers, str):
             if layers != "auto":
@@ -373,6 +374,8 @@ class FeatureTap:
 
     def _store(self, k: int) -> Callable:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self._active:  # the model run by someone else (another tap on a shared teacher, a plain call)
+                return
             if self._outs[k] is not None:
                 self._repeated.add(k)
             self._outs[k] = output.permute(0, 3, 1, 2) if self._permute[k] else output
@@ -384,7 +387,8 @@ class FeatureTap:
         module = dict(self.model.named_modules())[name]
 
         def pre_hook(module: nn.Module, inputs: Any) -> None:
-            self.embedding = inputs[0]
+            if self._active:
+                self.embedding = inputs[0]
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
 
@@ -454,8 +458,13 @@ class FeatureTap:
         if self._names is None or not self._checked or (self.want_embedding and self._classifier is None):
             return self._first_call(args, kwargs)
         self._outs = [None] * len(self._outs)
+        self._repeated.clear()
         self.embedding = None
-        out = self.call(*args, **kwargs)
+        self._active = True
+        try:
+            out = self.call(*args, **kwargs)
+        finally:
+            self._active = False
         feats = self._outs
         self._outs = [None] * len(feats)
         missing = [n for n, f in zip(self._names, feats) if f is None]
