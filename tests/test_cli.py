@@ -144,3 +144,16 @@ def test_sweep_gpus_without_cuda_is_refused(capsys, tmp_path):
                                 "models": ["resnet8"], "grid": {"methods": ["ce"]}}))
     one_line_error(capsys, ["sweep", str(spec), "--gpus", "0,1"], "--gpus 0,1", "no CUDA device")
     assert not (tmp_path / "g" / "resnet8_ce_s0").exists()
+
+
+def test_demo_output_says_one_seed_and_machine_dependent(capsys, tmp_path):
+    """The demo's own words (console and results.md): one seed, no verdict on TFD, numbers differ across machines."""
+    from tfdistill.demo import run_demo
+
+    out = run_demo(out_dir=tmp_path, epochs=1, extra=[t for t in TINY if not t.startswith("epochs=")]
+                   + ["engine.device=cpu", "engine.tensorboard=false"])
+    printed = capsys.readouterr().out
+    written = (out["dir"] / "results.md").read_text()
+    for text in (printed, written):
+        assert "One seed" in text and "not evidence for or against TFD" in text
+        assert "differ from machine to machine" in text

@@ -577,6 +577,84 @@ def test_imagefolder_errors(tmp_path):
         build_data(cfg(name="imagefolder", root=str(tmp_path / "b")))
 
 
+def _odd_image(w: int, h: int) -> Image.Image:
+    return Image.fromarray(np.full((h, w, 3), 128, dtype=np.uint8))
+
+
+def test_imagefolder_resolution_is_the_majority_not_the_first_image(tmp_path):
+    """Issue 14: one 500x300 JPEG sorted first among 16x16 images used to switch the whole dataset to 224 px and the
+    DataLoader path. Now: the majority size, the device loader, a warning naming the odd file, and a header note."""
+    _write_folder(tmp_path, per_class=4, size=16, fmt="PNG")
+    _odd_image(500, 300).save(tmp_path / "train" / "cat" / "000_big.jpg")  # first in ImageFolder order
+    c = cfg(name="imagefolder", root=str(tmp_path), loader="auto", batch_size=6)
+    with pytest.warns(UserWarning, match=r"1 of 13 training images are not 16x16 .*000_big\.jpg \(500x300\)"):
+        b = build_data(c, "cpu")
+    assert (b.image_size, b.loader, b.num_train) == (16, "device", 13)
+    assert b.notes[0] == f"imagefolder {tmp_path}: 16x16 px (data.image_size=0: the majority size (16x16) of 13 " \
+                         "training images read)"
+    assert any("000_big.jpg" in n for n in b.notes[1:])
+    # the odd image is resized (shorter side 300 -> 16) and centre-cropped, like every off-size image
+    src = load_source(c)
+    assert tuple(src.train.images.shape[1:]) == (3, 16, 16)
+    # from the cache: same decision, same warning
+    with pytest.warns(UserWarning, match="000_big"):
+        b2 = build_data(c, "cpu")
+    assert (b2.image_size, b2.loader) == (16, "device") and b2.notes == b.notes
+
+
+def test_imagefolder_small_first_image_does_not_shrink_the_dataset(tmp_path):
+    _write_folder(tmp_path, per_class=4, size=16, fmt="PNG")
+    _odd_image(8, 8).save(tmp_path / "train" / "cat" / "000_tiny.png")
+    with pytest.warns(UserWarning, match=r"not 16x16 .*000_tiny\.png \(8x8\)"):
+        b = build_data(cfg(name="imagefolder", root=str(tmp_path), loader="auto", batch_size=6), "cpu")
+    assert b.image_size == 16
+
+
+def test_imagefolder_explicit_image_size_wins(tmp_path):
+    _write_folder(tmp_path, per_class=4, size=16, fmt="PNG")
+    b = build_data(cfg(name="imagefolder", root=str(tmp_path), loader="auto", batch_size=6, image_size=24), "cpu")
+    assert b.image_size == 24 and b.loader == "device"
+    assert b.notes == [f"imagefolder {tmp_path}: 24x24 px (data.image_size=24; the majority size of the training "
+                       "images is 16x16)"]
+    assert next(iter(b.train))[0].shape[1:] == (3, 24, 24)
+
+
+def test_imagefolder_archive_majority_and_warning(tmp_path):
+    """Archives: the odd member first in the archive; the majority of the members read decides."""
+    written = _write_archives(tmp_path, per_class=4, size=16)
+    members = [("train/cat/zzz_big.jpg", _encode(_odd_image(300, 200), "JPEG"))]
+    with tarfile.open(tmp_path / "train.tar.gz", "r:gz") as tf:
+        members += [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]
+    with tarfile.open(tmp_path / "train.tar.gz", "w:gz") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    assert len(written["train"]) == 12
+    with pytest.warns(UserWarning, match=r"1 of 13 training images .*train\.tar\.gz:cat/zzz_big\.jpg \(300x200\)"):
+        b = build_data(cfg(name="imagefolder", root=str(tmp_path), loader="auto", batch_size=6), "cpu")
+    assert (b.image_size, b.loader) == (16, "device")
+
+
+def test_imagefolder_resolution_in_train_log_and_summary(tmp_path, monkeypatch):
+    import json
+
+    from tfdistill.config import load_config
+    from tfdistill.engine import train
+
+    _write_folder(tmp_path / "ds", per_class=4, size=16, fmt="PNG")
+    _odd_image(500, 300).save(tmp_path / "ds" / "train" / "cat" / "000_big.jpg")
+    c = load_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'ds'}", "data.batch_size=6",
+                           "model.name=resnet8", "epochs=1", "engine.progress=false", "engine.device=cpu",
+                           f"out_dir={tmp_path / 'runs'}", "name=r", "engine.tensorboard=false"])
+    with pytest.warns(UserWarning, match="000_big"):
+        res = train(c, echo=lambda s: None)
+    log = (res.run_dir / "train.log").read_text()
+    assert "16x16 px (data.image_size=0: the majority size (16x16)" in log and "000_big.jpg (500x300)" in log
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    assert summary["data"]["image_size"] == 16 and summary["data"]["loader"] == "device"
+
+
 # ----------------------------------------------------------------------------------------------- real data
 def _real_cifar_jpeg() -> Path:
     env = os.environ.get("TFDISTILL_CIFAR10_JPEG")

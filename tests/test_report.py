@@ -220,3 +220,61 @@ def test_report_cli(capsys, tmp_path):
     assert err.startswith("tfdistill: error: no run directories") and "\n" not in err
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- issue 14
+def test_no_ce_baseline_says_why(tmp_path):
+    """Two ce configs in one folder: none is *the* baseline; the report names the key that differs."""
+    from tfdistill.config import load_config
+
+    base = ["data.name=synthetic", "model.name=resnet8"]
+    write_run(tmp_path / "ce2", load_config(None, [*base, "method.name=ce", "epochs=2"]), (60.0, 61.0), epochs=2)
+    write_run(tmp_path / "ce3", load_config(None, [*base, "method.name=ce", "epochs=3"]), (62.0, 63.0))
+    write_run(tmp_path / "tfd3", load_config(None, [*base, "method.name=tfd", "epochs=3"]), (64.0, 65.0))
+    rep = make_report(tmp_path, plots=False)
+    assert "No CE baseline: the ce runs here differ from each other in epochs" in rep.markdown
+    assert "`ce [epochs=2]` (resnet8)" in rep.markdown and "`ce [epochs=3]` (resnet8)" in rep.markdown
+    assert "No CE baseline (method ce) among these runs" not in rep.markdown
+
+
+def test_no_ce_run_at_all_and_a_mismatched_baseline_is_flagged(tmp_path):
+    from tfdistill.config import load_config
+
+    base = ["data.name=synthetic", "model.name=resnet8"]
+    write_run(tmp_path / "a" / "tfd", load_config(None, [*base, "method.name=tfd", "epochs=3"]), (64.0, 65.0))
+    assert "No CE baseline (no run of method ce in this folder)" in make_report(tmp_path / "a", plots=False).markdown
+    # one ce config, but not the tfd run's: the gain is computed and flagged with the keys that differ
+    write_run(tmp_path / "b" / "ce", load_config(None, [*base, "method.name=ce", "epochs=2"]), (60.0, 61.0), epochs=2)
+    write_run(tmp_path / "b" / "tfd", load_config(None, [*base, "method.name=tfd", "epochs=3"]), (64.0, 65.0))
+    rep = make_report(tmp_path / "b", plots=False)
+    g = rep.sections[0].group("synthetic", "resnet8", "tfd")
+    assert g.baseline_differences() == ["epochs: 2 in ce, 3 here"]
+    assert "its ce baseline was trained with another config (epochs: 2 in ce, 3 here)" in rep.markdown
+    # same config apart from the method: no flag
+    write_run(tmp_path / "c" / "ce", load_config(None, [*base, "method.name=ce", "epochs=3"]), (60.0, 61.0))
+    write_run(tmp_path / "c" / "tfd", load_config(None, [*base, "method.name=tfd", "epochs=3"]), (64.0, 65.0))
+    rep = make_report(tmp_path / "c", plots=False)
+    assert rep.sections[0].group("synthetic", "resnet8", "tfd").baseline_differences() == []
+    assert "another config" not in rep.markdown
+
+
+def test_one_epoch_curves_are_visible(tmp_path, monkeypatch):
+    """A 1-epoch run is one point per curve: drawn as a marker (a line through one point draws nothing)."""
+    import matplotlib.figure
+
+    from tfdistill.report.plots import plot_curves
+
+    saved = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (saved.append(fig), real_savefig(fig, *a, **k))[1])
+    one = [{"epoch": 1, "loss": 2.0, "test_top1": 30.0}]
+    path = plot_curves({"ce": [one], "tfd": [one, [{"epoch": 1, "loss": 2.1, "test_top1": 32.0}]]}, tmp_path / "c.png")
+    assert path.stat().st_size > 0
+    (fig,) = saved
+    lines = [ln for ax in fig.axes for ln in ax.lines if not ln.get_label().startswith("_")]  # not error caps
+    assert len(lines) == 4
+    for ln in lines:
+        assert len(ln.get_xdata()) == 1 and ln.get_marker() not in (None, "None", "", " ") and ln.get_markersize() > 0
+    for ax in fig.axes:  # whole epochs only on the axis
+        assert all(float(t).is_integer() for t in ax.get_xticks())

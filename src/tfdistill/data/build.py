@@ -118,5 +118,6 @@ def build_data(
         name=src.name,
         loader=kind,
         num_test=n_test,
+        notes=list(src.notes),
         _make_train=make_train,
     )

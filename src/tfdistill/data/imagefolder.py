@@ -10,6 +10,14 @@
   DataLoader workers; ImageNet mean/std; default resolution 224. Forcing `loader: device` decodes everything
   at `image_size` (shorter side resized, centre crop) and caches it like a small folder.
 
+Resolution. An explicit `data.image_size` wins. Otherwise the image size is the *majority* size of the training
+images, read from the headers of up to 2,048 of them (spread over the whole folder; for an archive, its first
+2,048 members), so that one odd image -- a 500x300 JPEG among 32x32 ones -- neither rescales the dataset nor moves
+it to the DataLoader path. The decision is a line of the run header (`DatasetSource.notes`, logged to train.log)
+and goes into summary.json's `data` entry. Small folders are decoded in full anyway: every image that is not the
+majority size is counted while decoding, and a warning names how many and the first few (they are resized, shorter
+side, and centre-cropped to the chosen size).
+
 Sample order = sorted class names, then sorted paths inside each class (torchvision ImageFolder's order).
 """
 
@@ -22,6 +30,7 @@ import sys
 import tarfile
 import time
 import warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
@@ -51,6 +60,9 @@ TEST_NAMES = ("val", "test")
 MAX_ARCHIVE_BYTES = 8 << 30
 """Archives of large images are held in memory encoded (decoded by DataLoader workers): at most this big."""
 _CHUNK = 2048
+SIZE_SAMPLE = 2048
+"""At most this many image headers are read to find the majority size."""
+_OFF_EXAMPLES = 5
 _POOL_MIN = 4096  # decode in worker processes from this many images on
 
 Item = Union[str, bytes]
@@ -149,9 +161,10 @@ def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
     return F.center_crop(img, [size, size])
 
 
-def _decode_chunk(items: Sequence[Item], names: Sequence[str], size: int) -> np.ndarray:
-    """Decode encoded images (bytes or file paths) into uint8 (n,3,size,size)."""
+def _decode_chunk(items: Sequence[Item], names: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode encoded images (bytes or file paths) into uint8 (n,3,size,size); also their native (h, w)."""
     out = np.empty((len(items), 3, size, size), dtype=np.uint8)
+    native = np.empty((len(items), 2), dtype=np.int64)
     datas = []
     for it in items:
         if isinstance(it, str):
@@ -176,15 +189,16 @@ def _decode_chunk(items: Sequence[Item], names: Sequence[str], size: int) -> np.
         img = done.get(i)
         if img is None:
             img = _to_rgb_tensor(datas[i], names[i])
+        native[i] = img.shape[-2:]
         out[i] = _fit(img, size).numpy()
-    return out
+    return out, native
 
 
 def _pool_init() -> None:
     torch.set_num_threads(1)
 
 
-def _pool_decode(args: tuple[Sequence[Item], Sequence[str], int]) -> np.ndarray:
+def _pool_decode(args: tuple[Sequence[Item], Sequence[str], int]) -> tuple[np.ndarray, np.ndarray]:
     return _decode_chunk(*args)
 
 
@@ -195,12 +209,14 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def decode_items(chunks: Iterable[tuple[list[Item], list[str]]], size: int, workers: int = 0) -> np.ndarray:
+def decode_items(chunks: Iterable[tuple[list[Item], list[str]]], size: int, workers: int = 0,
+                 native: Optional[list[np.ndarray]] = None) -> np.ndarray:
     """Decode a stream of (items, names) chunks into one uint8 (N,3,size,size) array, in order.
 
     With `workers` > 0 the chunks are decoded by that many worker processes *while* the stream is being
-    produced (e.g. a .tar.gz being inflated by this process), otherwise here, one chunk after the other."""
-    parts: list[np.ndarray] = []
+    produced (e.g. a .tar.gz being inflated by this process), otherwise here, one chunk after the other.
+    `native`, when given, receives the images' native (h, w) sizes, one int64 (n, 2) array per chunk."""
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
     if workers > 0:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init) as ex:
@@ -208,9 +224,11 @@ def decode_items(chunks: Iterable[tuple[list[Item], list[str]]], size: int, work
             parts = [f.result() for f in futs]
     else:
         parts = [_decode_chunk(items, names, size) for items, names in chunks]
+    if native is not None:
+        native.extend(p[1] for p in parts)
     if not parts:
         return np.empty((0, 3, size, size), dtype=np.uint8)
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
 
 
 def _pool_size(n_items: int, busy_main: bool) -> int:
@@ -277,26 +295,34 @@ class _SplitReader:
         labels = np.asarray([cidx[r[0]] for r in rows], dtype=np.int64)
         return _RawSplit("tar", self.path, classes, labels, [r[2] for r in rows])
 
-    def first(self) -> tuple[Item, str]:
-        """The first image (for probing its size) without reading a whole archive."""
+    def sample_sizes(self, limit: int = SIZE_SAMPLE) -> list[tuple[int, int]]:
+        """Native (h, w) of up to `limit` images, from their headers: evenly spread over a folder (or an archive
+        already read), the first `limit` members of an archive not read yet (never inflating all of it)."""
         if self.kind == "tar" and self._raw is None:
+            picked: list[tuple[Item, str]] = []
             for cls, rel, data in _archive_members(self.path):
-                return data, f"{self.path}:{cls}/{rel}"
-            raise DataError(f"archive {self.path} holds no images under <class>/<file> (extensions: "
+                picked.append((data, f"{self.path}:{cls}/{rel}"))
+                if len(picked) >= limit:
+                    break
+        else:
+            raw = self.raw()
+            step = max(1, -(-len(raw) // limit))
+            picked = [(raw.items[i], raw.name(i)) for i in range(0, len(raw), step)]
+        if not picked:
+            what = "archive" if self.kind == "tar" else "image folder"
+            raise DataError(f"{what} {self.path} holds no images under <class>/<file> (extensions: "
                             f"{', '.join(IMG_EXTENSIONS)})")
-        raw = self.raw()
-        if len(raw) == 0:
-            raise DataError(f"image folder {self.path} holds no images")
-        return raw.items[0], raw.name(0)
+        return [_probe_size(item, name) for item, name in picked]
 
-    def decode(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(classes, labels, uint8 images (N,3,size,size)) in ImageFolder order. An archive not read yet is
-        inflated here while worker processes decode the chunks already read."""
+    def decode(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """(classes, labels, uint8 images (N,3,size,size), native (h, w) sizes (N,2), names) in ImageFolder
+        order. An archive not read yet is inflated here while worker processes decode the chunks already read."""
+        native: list[np.ndarray] = []
         if self.kind == "dir" or self._raw is not None:
             raw = self.raw()
             names = [raw.name(i) for i in range(len(raw))]
-            images = decode_items(_chunks(raw.items, names), size, _pool_size(len(raw), busy_main=False))
-            return raw.classes, raw.labels, images
+            images = decode_items(_chunks(raw.items, names), size, _pool_size(len(raw), busy_main=False), native)
+            return raw.classes, raw.labels, images, _stack_sizes(native), names
         keys: list[tuple[str, str]] = []
 
         def stream() -> Iterator[tuple[list[Item], list[str]]]:
@@ -314,7 +340,8 @@ class _SplitReader:
 
         # ~1 KB per small compressed image: decide on the pool from the archive size
         est = self.path.stat().st_size // 1024
-        images = decode_items(stream(), size, _pool_size(est, busy_main=True))
+        images = decode_items(stream(), size, _pool_size(est, busy_main=True), native)
+        sizes = _stack_sizes(native)
         if not keys:
             raise DataError(f"archive {self.path} holds no images under <class>/<file> (extensions: "
                             f"{', '.join(IMG_EXTENSIONS)})")
@@ -323,24 +350,50 @@ class _SplitReader:
         cidx = {c: i for i, c in enumerate(classes)}
         labels = np.asarray([cidx[keys[i][0]] for i in order], dtype=np.int64)
         if order != list(range(len(order))):
-            images = images[np.asarray(order)]
-        return classes, labels, images
+            images, sizes = images[np.asarray(order)], sizes[np.asarray(order)]
+        names = [f"{self.path}:{keys[i][0]}/{keys[i][1]}" for i in order]
+        return classes, labels, images, sizes, names
 
 
-def _decoded_split(reader: _SplitReader, size: int, image_size_cfg: int, small: bool, stats: bool
-                   ) -> tuple[Split, list[str], dict[str, Any]]:
-    """The decoded split, from the cache when it is there (else decoded and cached)."""
-    key = cache.cache_key(reader.stamp(), image_size_cfg, size, small, stats)
+def _stack_sizes(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+
+def majority_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The most common (h, w) (the first seen among equally common ones)."""
+    return Counter(tuple(int(v) for v in hw) for hw in sizes).most_common(1)[0][0]  # type: ignore[return-value]
+
+
+def _off_size(sizes: np.ndarray, names: list[str], major: tuple[int, int]) -> dict[str, Any]:
+    """How many images are not `major` (h, w), and the first few (name, h, w)."""
+    off = np.flatnonzero((sizes[:, 0] != major[0]) | (sizes[:, 1] != major[1])) if len(sizes) else np.zeros(0, int)
+    return {"count": int(off.size), "total": int(len(sizes)),
+            "examples": [[names[i], int(sizes[i, 0]), int(sizes[i, 1])] for i in off[:_OFF_EXAMPLES].tolist()]}
+
+
+def off_size_message(split: str, off: dict[str, Any], major: tuple[int, int], size: int) -> str:
+    ex = ", ".join(f"{n} ({w}x{h})" for n, h, w in off["examples"])
+    more = f", ... ({off['count'] - len(off['examples'])} more)" if off["count"] > len(off["examples"]) else ""
+    return (f"imagefolder: {off['count']} of {off['total']} {split} images are not {major[1]}x{major[0]} (the "
+            f"majority size); they were resized (shorter side) and centre-cropped to {size}x{size}: {ex}{more}")
+
+
+def _decoded_split(reader: _SplitReader, size: int, image_size_cfg: int, small: bool, stats: bool,
+                   major: tuple[int, int]) -> tuple[Split, list[str], dict[str, Any]]:
+    """The decoded split, from the cache when it is there (else decoded and cached). Its meta's ``off_size``
+    counts the images whose native size is not `major`."""
+    key = cache.cache_key(reader.stamp(), image_size_cfg, size, small, stats, "sizes", list(major))
     hit = cache.load("imagefolder", key)
     if hit is not None:
         meta = hit["meta"]
         split = Split(labels=hit["labels"], images=hit["images"], origin=str(reader.path))
         return split, list(meta["classes"]), meta
     t0 = time.perf_counter()
-    classes, labels_np, images_np = reader.decode(size)
+    classes, labels_np, images_np, native, names = reader.decode(size)
     images, labels = torch.from_numpy(images_np), torch.from_numpy(labels_np)
     meta: dict[str, Any] = {"classes": classes, "size": size, "small": small, "source": str(reader.path),
-                            "decode_s": round(time.perf_counter() - t0, 3)}
+                            "decode_s": round(time.perf_counter() - t0, 3),
+                            "off_size": _off_size(native, names, major)}
     if stats:
         meta["mean"], meta["std"] = channel_stats(images)
     cache.save("imagefolder", key, {"images": images, "labels": labels}, meta)
@@ -361,28 +414,46 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
     # Decide small vs large from the training split: cached decision first (archives), else probe one image.
     index_key = cache.cache_key(train_r.stamp(), want) if train_r.kind == "tar" else None
     idx = cache.load("imagefolder-index", index_key) if index_key else None
-    if idx is not None and (idx["meta"]["small"] or loader == "device"):
+    if idx is not None and "major" in idx["meta"] and (idx["meta"]["small"] or loader == "device"):
         small, size = bool(idx["meta"]["small"]), int(idx["meta"]["size"])
+        major, sampled = tuple(idx["meta"]["major"]), int(idx["meta"]["sampled"])
     else:
-        item, name = train_r.first()
-        h, w = _probe_size(item, name)
-        native = max(h, w)
+        sizes = train_r.sample_sizes()
+        major, sampled = majority_size(sizes), len(sizes)
+        native = max(major)
         # the image count is known up front for directories only; archives of small images count as small
         count = len(train_r.raw()) if train_r.kind == "dir" else 0
         small = native <= SMALL_MAX_SIDE and count * 3 * native * native <= SMALL_MAX_BYTES
         size = want or (native if small else 224)
         if index_key and (small or loader == "device"):
-            cache.save("imagefolder-index", index_key, {}, {"small": small, "size": size})
+            cache.save("imagefolder-index", index_key, {},
+                       {"small": small, "size": size, "major": list(major), "sampled": sampled})
+    mh, mw = major
+    if want:
+        why = f"data.image_size={want}; the majority size of the training images is {mw}x{mh}"
+    elif small:
+        why = f"data.image_size=0: the majority size ({mw}x{mh}) of {sampled} training images read"
+    else:
+        why = (f"data.image_size=0 and the majority size ({mw}x{mh}, of {sampled} training images read) is over "
+               f"{SMALL_MAX_SIDE} px: the ImageNet default; images are resized and centre-cropped")
+    notes = [f"imagefolder {root}: {size}x{size} px ({why})"]
 
     if small or loader == "device":
-        train, classes, meta = _decoded_split(train_r, size, want, small, stats=small)
-        test, test_classes, _ = _decoded_split(test_r, size, want, small, stats=False)
+        train, classes, meta = _decoded_split(train_r, size, want, small, stats=small, major=major)
+        test, test_classes, test_meta = _decoded_split(test_r, size, want, small, stats=False, major=major)
         _check_classes(classes, test_classes, train_r.path, test_r.path)
         if small:
             mean, std = tuple(meta["mean"]), tuple(meta["std"])
         else:
             mean, std = IMAGENET_STATS
-        return DatasetSource("imagefolder", train, test, classes, mean, std, image_size=size, small=small)
+        for split, m in (("training", meta), ("test", test_meta)):
+            off = m.get("off_size") or {}
+            if off.get("count") and small:  # large images are resized anyway: sizes differing is normal there
+                msg = off_size_message(split, off, major, size)
+                warnings.warn(msg, stacklevel=3)
+                notes.append(f"warning: {msg}")
+        return DatasetSource("imagefolder", train, test, classes, mean, std, image_size=size, small=small,
+                             notes=notes)
 
     # large + dataloader: encoded splits, decoded by workers; decodable on demand (e.g. for a subset on device)
     for r in (train_r, test_r):
@@ -406,7 +477,7 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
         splits.append(split)
     mean, std = IMAGENET_STATS
     return DatasetSource("imagefolder", splits[0], splits[1], raw_tr.classes, mean, std, image_size=size,
-                         small=False)
+                         small=False, notes=notes)
 
 
 def _encoded_decoder(split: Split, size: int) -> Split:

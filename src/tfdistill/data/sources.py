@@ -132,6 +132,8 @@ class DatasetSource:
     `crop` works on the native resolution. Large (ImageNet-like): dataloader, Resize + CenterCrop eval."""
     stats: Optional[Callable[[], tuple[tuple[float, ...], tuple[float, ...]]]] = field(default=None, repr=False)
     """Lazily computed (mean, std) when `mean`/`std` are empty (small image folders: from the train images)."""
+    notes: list[str] = field(default_factory=list)
+    """Lines for the run header (how the resolution was decided, off-size images)."""
 
     @property
     def num_classes(self) -> int:

@@ -43,6 +43,7 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
             "num_train": int(t.data.num_train), "num_classes": int(t.num_classes), "epochs": int(cfg.epochs),
             "steps_per_epoch": int(t.steps_per_epoch), "params": params, "extra_params": extra,
             "device": device_name(t.device), "describe": t.method.describe(),
+            "header": [*t.data.notes, *t.method.describe_taps()],  # resolution decided, layers tapped
         }
         if t.tb is not None:
             t.tb.close()
@@ -59,6 +60,8 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
              for k, v in d.items() if v not in ([], (), None, "")]
     if parts:
         echo(f"method: {'; '.join(parts)}")
+    for line in facts["header"]:
+        echo(line)
     for note in config_notes(cfg):
         echo(note)
     echo("nothing was trained or written (drop --dry-run to start)")

@@ -648,6 +648,8 @@ class Trainer:
                       f"({self.data.num_train} train images, {self.num_classes} classes), "
                       f"{plural(int(cfg.epochs), 'epoch')}, device {device_name(self.device)}, "
                       f"world size {self.info.world_size}")
+            for line in [*self.data.notes, *self.method.describe_taps()]:  # resolution decided, layers tapped
+                self._log(line)
         elif self.resumed_from is not None:
             self._log(f"resuming {self.run.path} after epoch {self.resumed_from}/{cfg.epochs}")
         if not self.pre_done:
@@ -721,6 +723,7 @@ class Trainer:
             "model": cfg.model.name,
             "method": cfg.method.name,
             "dataset": cfg.data.name,
+            "data": self.data.describe(),  # the resolution as decided (data.image_size=0: by the dataset)
             "seed": int(cfg.seed),
             "epochs": int(cfg.epochs),
             "best_top1": self.best_top1,

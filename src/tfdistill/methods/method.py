@@ -106,6 +106,11 @@ class Method(nn.Module):
     def pre_stages(self) -> list[PreStage]:
         return [s for comp in self.distillers.values() for s in comp.pre_stages()]
 
+    def describe_taps(self) -> list[str]:
+        """One line per feature tap in use (module names and (C, H, W) shapes), for the run header."""
+        return [f"feature taps ({who}): {tap.describe()}"
+                for who, tap in (("student", self.student_tap), ("teacher", self.teacher_tap)) if tap is not None]
+
     def describe(self) -> dict[str, Any]:
         return {
             "components": list(self.distillers.keys()),

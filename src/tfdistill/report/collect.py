@@ -253,7 +253,41 @@ class Group:
             out.append(f"repeated seeds {seeds}: the same run counted twice?")
         if self.section.sweep and self.label != self.base_label:
             out.append(f"runs of label {self.base_label!r} differ in config ({self.label}): split into groups")
+        differ = self.baseline_differences()
+        if differ:
+            out.append(f"its {BASELINE} baseline was trained with another config ({'; '.join(differ)}): the gain "
+                       "compares different setups")
         return out
+
+    def baseline_differences(self) -> list[str]:
+        """The config keys, other than the method's own (``method.*``), in which this group differs from its CE
+        baseline, as ``key: <baseline value> in ce, <value> here``."""
+        if self.baseline is None or self.baseline is self or not self.key or not self.baseline.key:
+            return []
+        return _key_differences(dict(self.baseline.key), dict(self.key), BASELINE, "here")
+
+
+def _key_differences(a: dict, b: dict, name_a: str, name_b: str) -> list[str]:
+    """``a`` and ``b``: flat fingerprints (key -> JSON text); the keys outside ``method.*`` that differ."""
+    keys = sorted(k for k in set(a) | set(b) if not k.startswith("method.") and a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k, '–')} in {name_a}, {b.get(k, '–')} {name_b}" for k in keys]
+
+
+def no_baseline_reason(section: "Section", dataset: str) -> str:
+    """Why no group of ``dataset`` in ``section`` has a CE baseline: one sentence for the report."""
+    ce = [g for g in section.groups if g.dataset == dataset and g.base_label == BASELINE]
+    if not ce:
+        return f"No CE baseline (no run of method {BASELINE} in this folder): gains are not computed."
+    split = [g for g in ce if g.label != BASELINE]
+    if split:
+        keys = _varying(ce, exclude_student=True) or _varying(ce, exclude_student=False)
+        labels = ", ".join(f"`{g.label}` ({g.model})" for g in split)
+        return (f"No CE baseline: the {BASELINE} runs here differ from each other in {', '.join(keys) or 'config'} "
+                f"and are reported apart ({labels}), so none is *the* baseline; gains need one {BASELINE} config "
+                "per student (keep other configs' runs in another folder).")
+    others = sorted({g.model for g in ce})
+    return (f"No CE baseline for these students: {BASELINE} runs exist only for {', '.join(others)}: gains are "
+            "not computed.")
 
 
 def _fingerprint(rec: RunRecord) -> tuple:

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -20,11 +21,24 @@ def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(e, dtype=float), np.asarray(v, dtype=float)
 
 
+MARKERS_UP_TO = 30
+"""Curves with at most this many epochs get a marker at every point (a 1-epoch run is a single visible dot)."""
+
+
 def plot_curves(groups: dict[str, Sequence[list[dict]]], path: str | Path, *, title: str = "") -> Path:
     """Test top-1 and training loss per epoch; each label maps to one or more runs' metrics rows.
 
     Several runs under one label are drawn as their mean with a +-1 std band (epochs common to all runs).
     """
+    fig = curves_figure(groups, title=title)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(groups: dict[str, Sequence[list[dict]]], *, title: str = "") -> "plt.Figure":
+    """The figure :func:`plot_curves` saves (two axes: test top-1, training loss)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, runs in groups.items():
         for ax, key in zip(axes, ("test_top1", "loss")):
@@ -36,23 +50,27 @@ def plot_curves(groups: dict[str, Sequence[list[dict]]], path: str | Path, *, ti
             epochs = series[0][0][:n]
             vals = np.stack([s[1][:n] for s in series])
             mean = vals.mean(0)
-            (line,) = ax.plot(epochs, mean, label=f"{label} (n={len(series)})" if len(series) > 1 else label)
+            marker = "o" if n <= MARKERS_UP_TO else None
+            (line,) = ax.plot(epochs, mean, marker=marker, markersize=4,
+                              label=f"{label} (n={len(series)})" if len(series) > 1 else label)
             if len(series) > 1:
                 std = vals.std(0, ddof=1)
-                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+                if n == 1:
+                    ax.errorbar(epochs, mean, yerr=std, fmt="none", ecolor=line.get_color(), capsize=3)
+                else:
+                    ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     axes[0].set_ylabel("test top-1 (%)")
     axes[1].set_ylabel("training loss (all terms)")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs, not 0.96 ... 1.04 around a single one
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_gains(bars: Sequence[dict], path: str | Path, *, title: str = "",

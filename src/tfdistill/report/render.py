@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .collect import BASELINE, Group, Section
+from .collect import BASELINE, Group, Section, no_baseline_reason
 from .stats import Diff, Stat
 
 WARN = "⚠"
@@ -99,7 +99,7 @@ def _section_md(sec: Section, metric: str) -> list[str]:
             out += [f"### {ds}: gain over ce, {which_name[metric]} (difference of means ± combined std error)", ""]
             out += _table(["student", *gain_labels], rows)
         elif gain_labels:
-            out += ["No CE baseline (method ce) among these runs: gains are not computed.", ""]
+            out += [no_baseline_reason(sec, ds), ""]
         if sec.has_paper:
             rows = [[m] + [_num(sec.group(ds, m, lab).paper["top1"]) if sec.group(ds, m, lab) else DASH
                            for lab in labels] for m in students]
