@@ -25,17 +25,16 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from ..engine.loop import RESUME_FREE_KEYS, flat_keys
-from ..engine.rundir import RunDir
+from ..rundir import CONFIG_FILE, FAILED_MARKER, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir, flat_keys
 from ..errors import RunDirError
-from ..sweep.runner import FAILED_MARKER, SPEC_FILE
+from ..sweep.runner import SPEC_FILE
 from ..sweep.spec import paper_entry
 from .stats import Diff, Stat, aggregate, describe, difference
 
-IGNORED_KEYS = RESUME_FREE_KEYS | {"seed", "seeds"}
+IGNORED_KEYS = NON_EXPERIMENT_KEYS
+"""Config keys that do not define an experiment (see :data:`tfdistill.rundir.NON_EXPERIMENT_KEYS`)."""
 BASELINE = "ce"
 """The column every gain is measured against: the plain cross-entropy runs of the same student and folder."""
-"""Config keys that do not define an experiment: the seed, and those that do not change the computation."""
 _STUDENT_KEYS = ("model.name", "teacher.")
 
 
@@ -109,11 +108,11 @@ def _load_yaml(path: Path) -> dict:
 
 def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
     """One run directory -> :class:`RunRecord` (status, config, summary)."""
-    cfg_file = path / "config.yaml"
+    cfg_file = path / CONFIG_FILE
     config = _load_yaml(cfg_file) if cfg_file.is_file() else (
         _load_yaml(fallback_config) if fallback_config and fallback_config.is_file() else {})
     rec = RunRecord(path, path.name, "unfinished", config, epochs_done=len(RunDir(path).read_metrics()))
-    summary_file, failed = path / "summary.json", path / FAILED_MARKER
+    summary_file, failed = path / SUMMARY_FILE, path / FAILED_MARKER
     if summary_file.is_file():
         try:
             rec.summary = json.loads(summary_file.read_text())
@@ -336,7 +335,7 @@ def scan(root: str | Path) -> list[Section]:
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        if "config.yaml" in filenames or FAILED_MARKER in filenames:
+        if CONFIG_FILE in filenames or FAILED_MARKER in filenames:
             sec = section_of(d.parent)
             rec = read_run(d, d.parent / "configs" / f"{d.name}.yaml")
             rec.section = sec
