@@ -62,10 +62,24 @@ def flat_keys(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_diff(a: dict, b: dict, ignore: frozenset[str] | set[str] = RESUME_FREE_KEYS) -> list[str]:
-    """Sorted dotted keys whose values differ between two (nested) configs, apart from ``ignore``."""
+AUTO_KEYS = frozenset({"engine.precision", "engine.channels_last", "engine.cuda_graphs"})
+"""Keys whose value ``auto`` the engine resolves for the device (``tfdistill.engine.auto``); a run directory's
+config.yaml holds the resolved value."""
+
+
+def config_diff(a: dict, b: dict, ignore: frozenset[str] | set[str] = RESUME_FREE_KEYS, *,
+                auto_matches: bool = False) -> list[str]:
+    """Sorted dotted keys whose values differ between two (nested) configs, apart from ``ignore``.
+
+    ``auto_matches``: an :data:`AUTO_KEYS` value ``auto`` on either side matches any value (a planned config
+    against a run directory's resolved one; the engine compares the resolved values when it resumes)."""
     fa, fb = flat_keys(a), flat_keys(b)
-    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
+
+    def same(k: str) -> bool:
+        va, vb = fa.get(k), fb.get(k)
+        return va == vb or (auto_matches and k in AUTO_KEYS and "auto" in (va, vb))
+
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and not same(k))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -45,6 +45,7 @@ from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, b
 from ..rundir import RESUME_FREE_KEYS, RunDir, config_diff, device_name, flat_keys, git_commit, save_atomic
 from .schedule import StepLR
 from .accel import Accelerator
+from .auto import apply_engine_settings
 
 CHECKPOINT_FORMAT = "tfdistill/1"
 
@@ -203,6 +204,9 @@ class Trainer:
         # Progress bars on an interactive terminal; in logs and CI the per-epoch lines carry the progress.
         self.show_bars = bool(cfg.engine.progress) and sys.stdout.isatty()
         self.device = resolve_device(cfg.engine.device, self.info)
+        # engine.precision / channels_last / cuda_graphs = auto -> their values on this device, written into cfg
+        # (config.yaml, checkpoints and summary.json record what was computed)
+        apply_engine_settings(cfg, self.device, distributed=self.info.enabled)
         self.name = cfg.name or default_run_name(cfg)
         self.run = RunDir(Path(cfg.out_dir) / self.name)
         # Checked now, created (or, with --overwrite, replaced) only once the whole run has been built: bad input
@@ -691,6 +695,9 @@ class Trainer:
             "device": device_name(self.device),
             "world_size": self.info.world_size,
             "precision": self.precision,
+            "channels_last": bool(cfg.engine.channels_last),
+            "cuda_graphs": bool(cfg.engine.cuda_graphs),
+            "step_mode": self.accel.mode,
             "torch": str(torch.__version__),
             "tfdistill": __version__,
             "git_commit": git_commit(),
@@ -719,6 +726,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
     if getattr(cfg, "seeds", None):
         from .multiseed import train_seeds
 
+        apply_engine_settings(cfg, resolve_device(cfg.engine.device))  # before the seeds' configs are copied
         return train_seeds(cfg, resume=resume, overwrite=overwrite, echo=echo)  # type: ignore[return-value]
     try:
         return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from ..rundir import CONFIG_FILE, FAILED_MARKER, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir, flat_keys
+from ..rundir import AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir, flat_keys
 from ..errors import RunDirError
 from ..sweep.runner import SPEC_FILE
 from ..sweep.spec import paper_entry
@@ -260,6 +260,15 @@ def _fingerprint(rec: RunRecord) -> tuple:
                         if k not in IGNORED_KEYS))
 
 
+def _has_auto(rec: RunRecord) -> bool:
+    """A planned config (never started): the engine writes engine.* = auto resolved into a run's config.yaml."""
+    return any(rec.flat.get(k) == "auto" for k in AUTO_KEYS)
+
+
+def _without_auto(fingerprint: tuple) -> tuple:
+    return tuple(kv for kv in fingerprint if kv[0] not in AUTO_KEYS)
+
+
 def _varying(groups: list[Group], exclude_student: bool) -> list[str]:
     keys: set[str] = set()
     flats = [dict(g.key) for g in groups]
@@ -279,10 +288,27 @@ def _suffix(g: Group, keys: list[str]) -> str:
 
 def build_groups(section: Section) -> None:
     groups: dict[tuple, Group] = {}
+    planned: list[RunRecord] = []
     for rec in section.runs:
+        if rec.config and not rec.partial and _has_auto(rec):
+            planned.append(rec)
+            continue
         gk = (rec.dataset, rec.model, rec.label, None if rec.partial or not rec.config else _fingerprint(rec))
         if gk not in groups:
             groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, gk[3] or ())
+        groups[gk].runs.append(rec)
+    # A planned config with engine.* = auto joins the one group of its label whose runs resolved those values
+    # and agree on every other key; without exactly one such group it forms its own.
+    for rec in planned:
+        fp = _fingerprint(rec)
+        peers = [g for k, g in groups.items() if k[:3] == (rec.dataset, rec.model, rec.label) and k[3] is not None
+                 and _without_auto(k[3]) == _without_auto(fp)]
+        if len(peers) == 1:
+            peers[0].runs.append(rec)
+            continue
+        gk = (rec.dataset, rec.model, rec.label, fp)
+        if gk not in groups:
+            groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, fp)
         groups[gk].runs.append(rec)
     # Runs whose config is unknown (planned in sweep.yaml, never started) join their label's only group.
     for gk in [k for k in groups if k[3] is None]:

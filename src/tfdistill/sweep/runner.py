@@ -448,7 +448,7 @@ class Sweep(Hooks):
         for r in runs:
             stored = r.run_dir / rundir.CONFIG_FILE
             if stored.is_file() and (is_finished(r) or rundir.is_resumable(r.run_dir)):
-                diff = config_diff(OmegaConf.to_container(OmegaConf.load(stored)), to_dict(r.cfg))
+                diff = config_diff(OmegaConf.to_container(OmegaConf.load(stored)), to_dict(r.cfg), auto_matches=True)
                 if diff:
                     out.append((r.name, ", ".join(diff[:4])))
         return out
