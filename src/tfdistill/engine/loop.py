@@ -42,7 +42,7 @@ from ..models import create_model
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, set_rng_state
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors, cleanup_distributed,
                           gather_object, gather_rows, setup_distributed)
-from ..rundir import RESUME_FREE_KEYS, RunDir, config_diff, device_name, flat_keys, git_commit, save_atomic
+from ..rundir import RunDir, config_diff, device_name, flat_keys, git_commit, save_atomic
 from .schedule import StepLR
 from .accel import Accelerator
 from .auto import apply_engine_settings
