@@ -516,7 +516,8 @@ def evaluate_targets(res: dict) -> list[dict]:
         "" if pk.get("mode") == "packed" and cuda else
         (f"measured {pk.get('mode')}: {pk.get('reason')}" if pk else "not measured"))
     c = res.get("compile", {})
-    out.append({"target": "torch.compile warm-up (reported, no target)", "goal": f"<= {c.get('budget_s', '-')} s cap",
+    cap = f"<= {c['budget_s']:.0f} s cap" if c.get("budget_s") else "capped by --compile-budget"
+    out.append({"target": "torch.compile warm-up (reported, no target)", "goal": cap,
                 "value": c.get("warmup_s"), "status": c.get("status", "n.a."), "note": c.get("reason", "")})
     return out
 
