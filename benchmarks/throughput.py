@@ -433,18 +433,23 @@ def measure_packed(args, root: Path, out: Path, k: int, batch: int, steps: int) 
             how = "no group engine in tfdistill.engine"
         for r in runners:  # warm-up (graph capture) of every run
             r.run(steps)
-        one = statistics.median(runners[0].run(steps) / steps for _ in range(3))
-        t = time.perf_counter()
-        for r in runners:
-            r.run(steps)
-        seq = time.perf_counter() - t
+        ones, groups = [], []
+        for _ in range(3):  # interleaved rounds: one run alone, then the K runs (same machine load), medians
+            t = time.perf_counter()
+            runners[0].run(steps)
+            ones.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for r in runners:
+                r.run(steps)
+            groups.append(time.perf_counter() - t)
     finally:
         for r in runners:
             r.close()
-    agg = k * steps * batch / seq
+    single = steps * batch / statistics.median(ones)
+    agg = k * steps * batch / statistics.median(groups)
     return {"k": k, "batch": batch, "mode": "sequential", "reason": f"{how}: the K runs were timed one after another",
-            "aggregate_images_per_sec": agg, "single_run_images_per_sec": batch / one,
-            "aggregate_over_single": agg / (batch / one)}
+            "aggregate_images_per_sec": agg, "single_run_images_per_sec": single,
+            "aggregate_over_single": statistics.median(k * o / g for o, g in zip(ones, groups))}
 
 
 # ----------------------------------------------------------------------------------------------- compile warm-up
