@@ -12,6 +12,17 @@
 # (default .data/cifar10-jpeg), GPU_SLICE_RUNS (default runs), GPU_SLICE_EXTRA (more key=value overrides), PYTHON.
 # Run directories go to $GPU_SLICE_RUNS/gpu_slice_e<epochs>/gpu_slice/ (re-running with the same epochs skips
 # finished runs); the report (report.md/csv/json + PNGs) and sweep_state.json go to $OUT when it is set.
+#
+# Table 1 proxy (configs/reproduce/cifar10_table1.yaml: 4 students x {CE, TFD} x 3 seeds x 240 epochs, the paper's
+# recipe, 24 runs x 12 M images), in slices that each stop within 9 minutes and resume where the last stopped:
+#
+#   TABLE1=1 bash benchmarks/gpu_reproduce.sh                    # one slice; run it again to go on
+#   TABLE1=1 TABLE1_SLICES=0 bash benchmarks/gpu_reproduce.sh    # slice after slice until the sweep is done
+#   TABLE1=1 GPU_SLICE_TINY=1 bash benchmarks/gpu_reproduce.sh   # the slice logic on CPU (tiny data, 2 epochs)
+#
+# Table 1 settings: TABLE1_SLICE_S (sweep seconds per slice, default 500; the report follows), TABLE1_SLICES (slices
+# in this call, default 1; 0 = until finished), TABLE1_JOBS (processes, default 4), TABLE1_SWEEP_ARGS (more sweep
+# flags), TABLE1_ONLY (a run-name pattern, e.g. 'resnet20_*'); runs go to $GPU_SLICE_RUNS/cifar10_table1/.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)
@@ -44,6 +55,65 @@ if ! $PY -c "import tfdistill" 2>/dev/null; then
   $PY -c "import tfdistill" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 $PY -c "import tfdistill" || { echo "gpu_slice: cannot import tfdistill" >&2; exit 3; }
+
+# ---------------------------------------------------------------- 2a. Table 1 proxy in resumable slices
+if [ "${TABLE1:-0}" = 1 ]; then
+  SPEC=configs/reproduce/cifar10_table1.yaml
+  SLICE_S=${TABLE1_SLICE_S:-500}
+  SLICES=${TABLE1_SLICES:-1}
+  JOBS=${TABLE1_JOBS:-4}
+  OVR=()
+  ONLY=()
+  if [ "$TINY" = 1 ]; then
+    # the slice logic on CPU: one student, both methods, one seed, 2 short epochs, 2 processes
+    OVR+=(engine.device=cpu epochs=2 "schedule.milestones=[1]" engine.max_steps_per_epoch=8)
+    if [ -f "$DATA_ROOT/train.tar.gz" ] || [ -d "$DATA_ROOT/train" ]; then
+      OVR+=("data.root=$DATA_ROOT" data.train_subset=512 data.test_subset=256)
+    else
+      log "tiny mode without $DATA_ROOT: synthetic data"
+      OVR+=(data.name=synthetic data.synthetic_train=256 data.synthetic_test=128 data.loader=auto)
+    fi
+    ONLY+=(--only "resnet20_*_s0")
+    SLICE_S=${TABLE1_SLICE_S:-60}; SLICES=${TABLE1_SLICES:-3}; JOBS=${TABLE1_JOBS:-2}
+  else
+    $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+      || { echo "gpu_slice: no CUDA device (GPU_SLICE_TINY=1 runs the logic on CPU)" >&2; exit 3; }
+    [ -f "$DATA_ROOT/train.tar.gz" ] && [ -f "$DATA_ROOT/test.tar.gz" ] \
+      || { echo "gpu_slice: $DATA_ROOT/{train,test}.tar.gz not found (carry .data/cifar10-jpeg)" >&2; exit 3; }
+    OVR+=("data.root=$DATA_ROOT")
+  fi
+  # shellcheck disable=SC2206
+  OVR+=(${GPU_SLICE_EXTRA:-})
+  [ -n "${TABLE1_ONLY:-}" ] && ONLY+=(--only "$TABLE1_ONLY")
+  # shellcheck disable=SC2206
+  SWEEP_ARGS=(--jobs "$JOBS" ${TABLE1_SWEEP_ARGS:-})
+  SWEEP_OUT="$RUNS/cifar10_table1"
+  SWEEP_DIR="$SWEEP_OUT/cifar10_table1"
+  REPORT_DIR=${OUT:-$SWEEP_DIR/report}
+  log "table1: $SPEC -> $SWEEP_DIR, slices of ${SLICE_S}s, ${SWEEP_ARGS[*]} ${ONLY[*]} ${OVR[*]}"
+  i=0
+  while :; do
+    i=$(( i + 1 ))
+    log "table1 slice $i: sweep for at most ${SLICE_S}s (finished runs are skipped, interrupted ones resume)"
+    timeout -s INT -k 20 "$SLICE_S" $PY -m tfdistill sweep "$SPEC" --out-dir "$SWEEP_OUT" "${SWEEP_ARGS[@]}" \
+      "${ONLY[@]}" "${OVR[@]}"
+    SWEEP_RC=$?
+    case $SWEEP_RC in
+      0) log "table1 slice $i: the sweep is finished" ;;
+      124|130|137) log "table1 slice $i: stopped at the slice limit; run the same command again to resume" ;;
+      *) log "table1 slice $i: sweep exit code $SWEEP_RC (failed runs are flagged in the report)" ;;
+    esac
+    [ -n "${OUT:-}" ] && [ -f "$SWEEP_DIR/sweep_state.json" ] && cp "$SWEEP_DIR/sweep_state.json" "$OUT/"
+    if [ -f "$SWEEP_DIR/sweep.yaml" ]; then
+      log "table1 slice $i: report ($(( $(now) - T0 ))s so far) -> $REPORT_DIR"
+      $PY -m tfdistill report "$SWEEP_DIR" --out "$REPORT_DIR" || exit $?
+    else
+      log "table1 slice $i: the sweep stopped before it had planned its runs (no report yet)"
+    fi
+    case $SWEEP_RC in 124|130|137) ;; *) exit $SWEEP_RC ;; esac
+    [ "$SLICES" != 0 ] && [ "$i" -ge "$SLICES" ] && exit 0
+  done
+fi
 
 # ---------------------------------------------------------------- 2. settings
 OVR=()

@@ -12,13 +12,22 @@
 * **step-time ratios** -- TFD/CE, TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the engine's steps on
   one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round ratios is reported
   (robust on a busy machine).
-* **multi-seed** -- K seeds of TFD as one batched (vmapped) model: group images/s and the gain over one run.
+* **multi-seed** -- K seeds of TFD as one batched (vmapped) model: group images/s and the gain over one run
+  (while ``tfdistill.engine.multiseed`` exists).
+* **packed runs** -- K = 8 (CPU: 2) ResNet32 runs at batch 64 as one packed group vs one run (issue #12's target
+  >= 3x). :func:`measure_packed` is the hook for the group engine's API; until it exists the K runs are measured
+  one after another and labelled so ("sequential", not a packing result).
+* **torch.compile warm-up** -- timed separately in a child process under ``--compile-budget`` seconds (default
+  120; on CUDA by default, on the CPU with ``--compile``); a compile that exceeds it is reported as skipped, and the
+  engine runs then stay uncompiled.
+* **targets** -- issue #12's targets, each printed with PASS / FAIL / n.a. and the device name (absolute GPU
+  targets are n.a. on a CPU).
 
 Models: ResNet32 student, ResNet110 teacher (random weights; only the time matters), 10 classes. Images: the
 CIFAR-10 JPEG archives (a subset is extracted to a temp dir; ``--archive``), or generated CIFAR-sized PNGs when
 they are absent. Prints a table and, last, one JSON line. Ratios, not timed assertions.
 
-    python benchmarks/throughput.py --device cpu --quick      # < 1 minute on 2 CPU cores
+    python benchmarks/throughput.py --device cpu --quick      # about 1 minute on 2 CPU cores
     python benchmarks/throughput.py --device cuda             # the real thing (~3-4 minutes on an H200)
 """
 
@@ -71,7 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "CPU, quick 64)")
     p.add_argument("--workers", type=int, default=-1, help="classic DataLoader workers (default: 4; CPU 2)")
     p.add_argument("--archive", default="", help="folder with the CIFAR-10 JPEG train.tar.gz/test.tar.gz")
-    p.add_argument("--compile", action="store_true", help="engine.compile=true for the engine runs")
+    p.add_argument("--compile", action="store_true", help="engine.compile=true for the engine runs (after the "
+                   "compile warm-up fitted --compile-budget)")
+    p.add_argument("--compile-budget", type=float, default=120.0, help="seconds allowed for the torch.compile "
+                   "warm-up, measured in a child process (default 120; 0: skip it). Measured on CUDA by default, "
+                   "on the CPU only with --compile")
+    p.add_argument("--packed", type=int, default=0, help="K of the packed-runs measurement (default: 8 CUDA, 2 CPU)")
+    p.add_argument("--compile-probe", default="", help=argparse.SUPPRESS)  # internal: the child process
     p.add_argument("--no-graphs", action="store_true", help="engine.cuda_graphs=false on CUDA")
     p.add_argument("--skip-classic", action="store_true")
     p.add_argument("--json-out", default="", help="also write the JSON line to this file")
@@ -83,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device cuda, but no CUDA device is available")
     a.big_batch = a.big_batch or (512 if cuda else 256)
     a.seeds = a.seeds or (4 if cuda else 2)
+    a.packed = a.packed or (8 if cuda else 2)
     a.steps = a.steps or (50 if cuda else (1 if a.quick else 2))
     a.rounds = a.rounds or (5 if cuda else (2 if a.quick else 4))
     a.ratio_rounds = a.ratio_rounds or (7 if cuda else (4 if a.quick else 8))
@@ -251,8 +267,9 @@ def engine_overrides(args, root: Path, batch: int, method: str, out: Path, teach
     cuda = args.device.startswith("cuda")
     ov = ["data.name=imagefolder", f"data.root={root}", "data.loader=device", f"data.batch_size={batch}",
           "data.eval_batch_size=512", "model.name=resnet32", f"method.name={method}", f"engine.device={args.device}",
-          f"engine.precision={'bf16' if cuda else 'fp32'}", f"engine.channels_last={str(cuda).lower()}",
-          f"engine.cuda_graphs={str(cuda and not args.no_graphs).lower()}",
+          # the engine's defaults (auto: bf16 + channels_last + CUDA graphs on a GPU, fp32 eager on the CPU)
+          "engine.precision=auto", "engine.channels_last=auto",
+          f"engine.cuda_graphs={'false' if args.no_graphs else 'auto'}",
           f"engine.compile={str(args.compile).lower()}",
           "engine.progress=false", "engine.tensorboard=false", f"engine.max_steps_per_epoch={steps}", "epochs=1000",
           f"out_dir={out}", "optim.lr=0.05"]
@@ -299,9 +316,13 @@ class MultiSeedRunner:
 
     def __init__(self, args, root, batch, out) -> None:
         from tfdistill.config import load_config
-        from tfdistill.engine.multiseed import MultiSeedTrainer, seed_configs
 
         self.method, self.seeds = "tfd", args.seeds
+        try:
+            from tfdistill.engine.multiseed import MultiSeedTrainer, seed_configs
+        except ImportError as exc:  # the group engine replaces the vmap engine
+            self.blocker = f"no vmap multi-seed engine in this version ({exc})"
+            return
         self.batch = batch * args.seeds  # images per step, all seeds together
         ov = engine_overrides(args, root, batch, "tfd", out, Path("unused"), 1)
         cfg = load_config(None, [*ov, f"seeds={list(range(args.seeds))}", f"name=multiseed_b{batch}"])
@@ -392,9 +413,126 @@ def release(runners: dict) -> None:
         torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------------------------- packed runs
+def measure_packed(args, root: Path, out: Path, k: int, batch: int, steps: int) -> dict:
+    """K ResNet32 CE runs at ``batch``: aggregate images/s of the K runs together vs one run alone.
+
+    HOOK for the group engine (issue #12: one engine whose unit is a group of K runs, packed into one CUDA graph):
+    when ``tfdistill.engine`` offers a group trainer, build the K runs as ONE group here and time its epochs; the
+    result is then labelled ``"packed"``. Until then the K runs are timed one after another (``"sequential"``),
+    which is what packing must beat -- by construction that is about 1x, not a packing result, and the target
+    is reported as n.a."""
+    import tfdistill.engine as engine
+
+    group_api = getattr(engine, "GroupTrainer", None)  # the expected name of the group engine's entry point
+    runners = [EngineRunner(args, root, batch, "ce", out, Path("unused")) for _ in range(k)]
+    try:
+        if group_api is not None:
+            how = f"{group_api.__module__}.{group_api.__name__} present, but this hook is not wired to it yet"
+        else:
+            how = "no group engine in tfdistill.engine"
+        for r in runners:  # warm-up (graph capture) of every run
+            r.run(steps)
+        ones, groups = [], []
+        for _ in range(3):  # interleaved rounds: one run alone, then the K runs (same machine load), medians
+            t = time.perf_counter()
+            runners[0].run(steps)
+            ones.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for r in runners:
+                r.run(steps)
+            groups.append(time.perf_counter() - t)
+    finally:
+        for r in runners:
+            r.close()
+    single = steps * batch / statistics.median(ones)
+    agg = k * steps * batch / statistics.median(groups)
+    return {"k": k, "batch": batch, "mode": "sequential", "reason": f"{how}: the K runs were timed one after another",
+            "aggregate_images_per_sec": agg, "single_run_images_per_sec": single,
+            "aggregate_over_single": statistics.median(k * o / g for o, g in zip(ones, groups))}
+
+
+# ----------------------------------------------------------------------------------------------- compile warm-up
+def compile_probe(args) -> None:
+    """Child process: build one engine run (TFD, batch ``--batch``) with engine.compile=true, time its first steps
+    (compilation) and then steady steps; print one JSON line."""
+    root, out = Path(args.compile_probe), Path(args.compile_probe) / "compile_runs"
+    args.compile = True
+    t = time.perf_counter()
+    r = StepRunner(args, root, args.batch, "tfd", out, Path("unused"))
+    built = time.perf_counter() - t
+    t = time.perf_counter()
+    r.run(3)  # compilation (and graph capture) happen in the first steps
+    warm = time.perf_counter() - t
+    steady = r.run(max(args.steps, 5)) / max(args.steps, 5)
+    print(json.dumps({"build_s": built, "warmup_s": warm, "steady_step_ms": 1e3 * steady, "mode": r.mode}))
+
+
+def measure_compile(args, root: Path) -> dict:
+    """torch.compile warm-up in a child process, killed after ``--compile-budget`` seconds."""
+    import subprocess
+
+    budget = float(args.compile_budget)
+    if budget <= 0:
+        return {"status": "skipped", "reason": "--compile-budget 0"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--compile-probe", str(root)]
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
+    except subprocess.TimeoutExpired:
+        return {"status": "skipped", "budget_s": budget,
+                "reason": f"torch.compile warm-up did not finish within --compile-budget {budget:.0f} s"}
+    wall = time.perf_counter() - t
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        err = (p.stderr.strip().splitlines() or ["?"])[-1][:200]
+        return {"status": "failed", "budget_s": budget, "reason": f"the compile probe exited {p.returncode}: {err}"}
+    return {"status": "ok", "budget_s": budget, "child_wall_s": wall, **json.loads(lines[-1])}
+
+
+# ----------------------------------------------------------------------------------------------- targets
+def evaluate_targets(res: dict) -> list[dict]:
+    """Issue #12's targets: PASS / FAIL / n.a. (with why) for this run of the benchmark."""
+    cuda = res["device_type"] == "cuda"
+    speed, r = res.get("speed", {}), res.get("ratios", {})
+    B, BB = res["batch"], res["big_batch"]
+    out: list[dict] = []
+
+    def add(name: str, value, ok, target: str, na: str = "") -> None:
+        status = "n.a." if na or value is None else ("PASS" if ok else "FAIL")
+        out.append({"target": name, "goal": target, "value": value, "status": status,
+                    "note": na or ("" if value is not None else "not measured in this run")})
+
+    big = speed.get("engine_big/ce", {}).get("images_per_sec")
+    add(f"one ResNet32 run, batch {BB}, images/s", big, big is not None and big >= 100_000, ">= 100000 (GPU)",
+        "" if cuda else "a GPU target" if big is not None else "a GPU target; engine_big not measured (--quick)")
+    for b in (B, BB):
+        v = r.get(f"tfd_over_ce_step_b{b}")
+        add(f"TFD/CE step, batch {b}", v, v is not None and v <= 1.05, "<= 1.05")
+    v = r.get(f"fitnet_over_tfd_step_b{B}")
+    add(f"FitNets/TFD step, batch {B}", v, v is not None and v >= 1.6, ">= 1.6")
+    eoc = r.get(f"engine_over_classic_b{B}", {}).get("ce")
+    add(f"engine/classic CE, batch {B}", eoc, eoc is not None and eoc >= 5.0, ">= 5x",
+        "" if cuda else "a GPU target (the CPU has no fast path to gain from)" if eoc is not None else "")
+    pk = res.get("packed", {})
+    v = pk.get("aggregate_over_single")
+    add(f"K={pk.get('k', '?')} packed runs aggregate vs one run", v, v is not None and v >= 3.0, ">= 3x (GPU)",
+        "" if pk.get("mode") == "packed" and cuda else
+        (f"measured {pk.get('mode')}: {pk.get('reason')}" if pk else "not measured"))
+    c = res.get("compile", {})
+    cap = f"<= {c['budget_s']:.0f} s cap" if c.get("budget_s") else "capped by --compile-budget"
+    out.append({"target": "torch.compile warm-up (reported, no target)", "goal": cap,
+                "value": c.get("warmup_s"), "status": c.get("status", "n.a."), "note": c.get("reason", "")})
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.compile_probe:
+        compile_probe(args)
+        return {}
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -402,6 +540,7 @@ def main(argv=None) -> dict:
     os.environ["TFDISTILL_CACHE"] = str(tmp / "cache")
     result: dict = {
         "benchmark": "tfdistill throughput", "date": _dt.date.today().isoformat(), "device": device_label(device),
+        "device_type": device.type,
         "torch": torch.__version__, "python": platform.python_version(), "quick": bool(args.quick),
         "batch": args.batch, "big_batch": args.big_batch, "seeds": args.seeds, "steps_per_chunk": args.steps,
         "rounds": args.rounds, "ratio_rounds": args.ratio_rounds, "classic_workers": args.workers,
@@ -417,6 +556,18 @@ def main(argv=None) -> dict:
         random.seed(0)
         B, BB = args.batch, args.big_batch
 
+        # 0. torch.compile warm-up, on its own and capped (the engine runs compile only when it fitted)
+        if device.type == "cuda" or args.compile:
+            log(f"torch.compile warm-up (child process, at most {args.compile_budget:.0f} s)")
+            result["compile"] = measure_compile(args, root)
+            log(f"compile: {result['compile']}")
+            if args.compile and result["compile"]["status"] != "ok":
+                args.compile = False
+                log("engine runs without torch.compile: " + result["compile"].get("reason", ""))
+        else:
+            result["compile"] = {"status": "n.a.", "reason": "not requested on the CPU (--compile)"}
+        result["compile_used"] = bool(args.compile)
+
         # 1. classic vs engine at batch B (+ the multi-seed group), interleaved
         runners: dict = {}
         if not args.skip_classic:
@@ -425,8 +576,10 @@ def main(argv=None) -> dict:
         for m in ["ce", "tfd", "fitnet"]:
             runners[f"engine/{m}"] = EngineRunner(args, root, B, m, out, teacher)
         ms_batch = B if args.quick else BB
-        msr = MultiSeedRunner(args, root, ms_batch, out)
-        if msr.blocker is None:
+        msr = MultiSeedRunner(args, root, ms_batch, out) if not args.quick else None
+        if msr is None:
+            msr = argparse.Namespace(blocker="not measured with --quick")
+        elif msr.blocker is None:
             runners["engine/multiseed"] = msr
         if not args.quick:
             for m in ["ce", "tfd"]:
@@ -484,8 +637,13 @@ def main(argv=None) -> dict:
             r[f"multiseed_K{args.seeds}_over_sequential"] = multi["gain_over_sequential_runs"]
         else:
             multi["reason"] = msr.blocker
-        result.update(speed=speed, step_ratios=ratios_by_batch, multiseed=multi, ratios=r,
-                      seconds=time.time() - T0)
+        # 3. K packed runs vs one run (see measure_packed: sequential until the group engine lands)
+        log(f"packed runs: K={args.packed} at batch {B}")
+        packed = measure_packed(args, root, out, args.packed, B, args.steps)
+        r[f"packed_K{args.packed}_over_single_b{B}"] = packed["aggregate_over_single"]
+        result.update(speed=speed, step_ratios=ratios_by_batch, multiseed=multi, packed=packed, ratios=r)
+        result["targets"] = evaluate_targets(result)
+        result["seconds"] = time.time() - T0
         print_table(result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -529,6 +687,22 @@ def print_table(res: dict) -> None:
             w(f"  {k}: {v:.3f}\n")
     if not res["multiseed"]["batched"]:
         w(f"  multi-seed not batched: {res['multiseed'].get('reason')}\n")
+    pk = res.get("packed", {})
+    if pk:
+        w(f"  K={pk['k']} runs at batch {pk['batch']}, {pk['mode']}: {pk['aggregate_images_per_sec']:.0f} img/s "
+          f"together vs {pk['single_run_images_per_sec']:.0f} one run ({pk['reason']})\n")
+    c = res.get("compile", {})
+    if c.get("status") == "ok":
+        w(f"  torch.compile warm-up: {c['warmup_s']:.1f} s (+ {c['build_s']:.1f} s build), then "
+          f"{c['steady_step_ms']:.2f} ms/step [{c['mode']}]\n")
+    else:
+        w(f"  torch.compile warm-up: {c.get('status', 'n.a.')} ({c.get('reason', '')})\n")
+    w(f"\ntargets (issue #12) on {res['device']}:\n")
+    for t in res.get("targets", []):
+        v = t["value"]
+        text = "-" if v is None else f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+        w(f"  {t['status']:<7} {t['target']:<44} {text:>10}  (goal {t['goal']})"
+          + (f"  {t['note']}" if t["note"] else "") + "\n")
     w(f"\n({res['seconds']:.0f} s)\n")
     print(out.getvalue())
 

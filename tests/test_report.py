@@ -32,6 +32,8 @@ PAPER = {"source": "Table X", "statistic": "best-of-3", "epoch": "best", "note":
 def write_run(run_dir: Path, cfg, outcome, epochs: int = 3) -> None:
     """A run directory as the engine (and the sweep, for FAILED) would leave it."""
     run_dir.mkdir(parents=True)
+    cfg = cfg.copy()
+    cfg.engine.precision = "bf16"  # the engine writes engine.* = auto resolved (here: as on a GPU)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     if isinstance(outcome, str) and outcome != "unfinished":
         (run_dir / "FAILED").write_text(f"{outcome}\nexit code: 1\n")
@@ -70,6 +72,8 @@ Runs under `<ROOT>`: 12 (9 finished, 1 unfinished, 1 failed, 1 diverged).
 {legend}
 
 ## sweep `golden` (golden)
+
+Protocol: epochs 3; train subset all; test subset all; resolution the dataset's own; batch 64; precision bf16.
 
 Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 
@@ -278,3 +282,25 @@ def test_one_epoch_curves_are_visible(tmp_path, monkeypatch):
         assert len(ln.get_xdata()) == 1 and ln.get_marker() not in (None, "None", "", " ") and ln.get_markersize() > 0
     for ax in fig.axes:  # whole epochs only on the axis
         assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_protocol_prefers_the_summarys_precision_and_flags_differences(tmp_path):
+    """#14: the report states epochs, subsets, resolution and precision; values that differ between runs are
+    listed and flagged; the precision a run computed in comes from its summary.json."""
+    import yaml
+
+    sweep = make_sweep(tmp_path)
+    run = sweep.parent / "resnet8_tfd_s0"
+    if not run.is_dir():
+        run = next(p for p in sweep.parent.rglob("resnet8_tfd_s0") if p.is_dir())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["image_size"] = 32
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "precision": "fp32"}))
+    rep = make_report(tmp_path, out_dir=tmp_path / "out", plots=False)
+    line = next(ln for ln in rep.markdown.splitlines() if ln.startswith("Protocol:"))
+    assert "resolution the dataset's own / 32 px ⚠ differs between runs" in line
+    assert "precision bf16 / fp32 ⚠ differs between runs" in line and "epochs 3;" in line
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["sections"][0]["protocol"]["precision"] == ["bf16", "fp32"]

@@ -360,3 +360,46 @@ def test_gpu_slice_script_logic_on_cpu(tmp_path):
     tail = r.stdout[r.stdout.index("# tfdistill report"):]
     assert "| resnet20 | " in tail and tail.rstrip().splitlines()[-1].startswith("written:")
     assert {"report.md", "report.csv", "report.json", "sweep_state.json", "gains.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_cifar10_table1_spec_is_the_papers_recipe_on_cifar10():
+    """#12: Table 1's four students x {CE, TFD} x 3 seeds x 240 epochs, batch 64, lr 0.05, momentum 0.9, wd 5e-4,
+    milestones 150/180/210, on the CIFAR-10 JPEG copy (an image folder), engine settings left to auto."""
+    plan = plan_sweep(REPO / "configs" / "reproduce" / "cifar10_table1.yaml")
+    assert len(plan.runs) == 24
+    assert {(r.model, r.method, r.seed) for r in plan.runs} == {
+        (m, meth, s) for m in ("resnet20", "resnet32", "wrn_16_2", "wrn_40_1") for meth in ("ce", "tfd")
+        for s in (0, 1, 2)}
+    for r in plan.runs:
+        c = r.cfg
+        assert (c.epochs, c.data.batch_size, c.optim.lr, c.optim.momentum, c.optim.weight_decay) == \
+            (240, 64, 0.05, 0.9, 5e-4)
+        assert list(c.schedule.milestones) == [150, 180, 210] and c.schedule.name == "multistep"
+        assert c.data.name == "imagefolder" and c.data.root.endswith("cifar10-jpeg")
+        assert (c.engine.precision, c.engine.channels_last, c.engine.cuda_graphs) == ("auto", "auto", "auto")
+        if r.method == "tfd":
+            assert (c.method.tfd.alpha, c.method.tfd.beta) == (0.005, 0.0004)
+
+
+@pytest.mark.slow
+def test_table1_slices_stop_report_and_resume_on_cpu(tmp_path):
+    """TABLE1=1 benchmarks/gpu_reproduce.sh in its CPU mode: a slice stops at its time limit and prints the report;
+    the same command again resumes the sweep (finished runs skipped) until it is done, with a report after it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = env_for_cli()
+    env.update(OUT=str(out), TABLE1="1", GPU_SLICE_TINY="1", GPU_SLICE_RUNS=str(tmp_path / "runs"),
+               GPU_SLICE_DATA_ROOT=str(tmp_path / "no-data"), PYTHON=sys.executable, TABLE1_SLICES="1")
+    script = ["bash", str(REPO / "benchmarks" / "gpu_reproduce.sh")]
+    first = subprocess.run(script, capture_output=True, text=True, timeout=300,
+                           env={**env, "TABLE1_SLICE_S": "8"})  # too short to finish anything
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "table1 slice 1: stopped at the slice limit" in first.stdout
+    assert "# tfdistill report" in first.stdout or "no report yet" in first.stdout
+    second = subprocess.run(script, capture_output=True, text=True, timeout=400,
+                            env={**env, "TABLE1_SLICE_S": "300"})
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "table1 slice 1: the sweep is finished" in second.stdout and "2/2 finished" in second.stdout
+    tail = second.stdout[second.stdout.index("# tfdistill report"):]
+    assert "| resnet20 | " in tail and "Protocol: epochs 2;" in tail and "precision fp32" in tail
+    assert {"report.md", "sweep_state.json"} <= {p.name for p in out.iterdir()}

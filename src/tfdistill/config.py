@@ -104,13 +104,16 @@ class ScheduleConfig:
 class EngineConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N | mps."""
-    precision: str = "fp32"
-    """fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler)."""
-    channels_last: bool = False
+    precision: str = "auto"
+    """auto | fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler). auto: bf16 on a CUDA device that supports it,
+    else fp32 (resolved by tfdistill.engine.auto; the run's config.yaml and summary.json record the result)."""
+    channels_last: Any = "auto"
+    """auto | true | false. auto: on for CUDA devices, off elsewhere."""
     compile: bool = False
     """torch.compile the train step (falls back to eager where compilation is unavailable)."""
-    cuda_graphs: bool = False
-    """Capture the whole fixed-shape train step in a CUDA graph (GPU only; ignored on CPU with a warning)."""
+    cuda_graphs: Any = "auto"
+    """auto | true | false: capture the whole fixed-shape train step in a CUDA graph. auto: on for a CUDA device
+    when the step is capturable (one process, not fp16); true on a CPU is ignored with a warning."""
     deterministic: bool = False
     sync_bn: bool = False
     """Convert the student's BatchNorm layers to SyncBatchNorm under DDP (statistics over the global batch; GPU-only
@@ -336,7 +339,7 @@ def _absolute_paths(cfg: Any) -> None:
 
 def _check(cfg: Any) -> None:
     choices = {
-        "engine.precision": (cfg.engine.precision, ("fp32", "bf16", "fp16")),
+        "engine.precision": (cfg.engine.precision, ("auto", "fp32", "bf16", "fp16")),
         "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "constant")),
         "optim.name": (cfg.optim.name, ("sgd",)),
         "data.loader": (cfg.data.loader, ("auto", "device", "dataloader")),
@@ -347,6 +350,12 @@ def _check(cfg: Any) -> None:
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"bad value for config key {key!r}: {value!r}; valid: {', '.join(valid)}")
+    for key in ("channels_last", "cuda_graphs"):  # auto | true | false (resolved by tfdistill.engine.auto)
+        v = cfg.engine[key]
+        if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+            cfg.engine[key] = v.strip().lower() == "true"
+        elif not (isinstance(v, bool) or v == "auto"):
+            raise ConfigError(f"bad value for config key 'engine.{key}': {v!r}; valid: auto, true, false")
     if cfg.epochs < 1:
         raise ConfigError(f"bad value for config key 'epochs': {cfg.epochs}; must be >= 1")
     if cfg.data.batch_size < 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import load_config, plural
 from .engine import train
-from .engine.rundir import RunDir
+from .rundir import RunDir
 
 
 def run_demo(out_dir: str | Path = "runs", epochs: int | None = None, model: str | None = None,

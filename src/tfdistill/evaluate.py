@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from .config import build_config, parse_overrides
 from .data import build_data
 from .engine.checkpoint import checkpoint_in, load_checkpoint, load_model_weights
+from .engine.auto import apply_engine_settings
 from .engine.loop import evaluate, resolve_device
 from .errors import CheckpointError, ConfigError
 from .models import create_model
@@ -26,6 +27,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, de
         raw = OmegaConf.merge(raw, parse_overrides(overrides))
     cfg = build_config(raw)
     dev = resolve_device(device)
+    apply_engine_settings(cfg, dev)  # a stored "auto" (never written by train, but possible by hand)
     data = build_data(cfg.data, dev, seed=int(cfg.seed), channels_last=bool(cfg.engine.channels_last))
     num_classes = int(ckpt.get("meta", {}).get("num_classes", cfg.model.num_classes or data.num_classes))
     if num_classes != data.num_classes:

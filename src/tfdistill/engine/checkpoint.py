@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,24 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-
-
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from ..rundir import save_atomic  # noqa: F401  (re-exported: tfdistill.engine.save_atomic)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

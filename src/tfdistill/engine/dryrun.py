@@ -17,7 +17,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 
 from ..config import config_notes, plural
-from .rundir import RunDir, device_name
+from ..rundir import RunDir, device_name
 
 
 def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,

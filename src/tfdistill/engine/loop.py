@@ -40,19 +40,15 @@ from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
 from .progress import epoch_line
-from .checkpoint import load_checkpoint, load_model_weights, rng_state, save_atomic, set_rng_state
+from .checkpoint import load_checkpoint, load_model_weights, rng_state, set_rng_state
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors, cleanup_distributed,
                           gather_object, gather_rows, setup_distributed)
-from .rundir import RunDir, device_name, git_commit
+from ..rundir import RunDir, config_diff, device_name, flat_keys, git_commit, save_atomic
 from .schedule import StepLR
 from .accel import Accelerator
+from .auto import apply_engine_settings
 
 CHECKPOINT_FORMAT = "tfdistill/1"
-
-# Config keys that may differ between a run and its resumption (they do not change the computation).
-RESUME_FREE_KEYS = {"name", "out_dir", "engine.progress", "engine.tensorboard", "engine.device",
-                    "data.num_workers", "data.root", "data.download", "teacher.checkpoint",
-                    "engine.save_epochs"}
 
 
 @dataclass
@@ -100,22 +96,6 @@ def autocast_for(precision: str, device: torch.device):
 def default_run_name(cfg: Any, seed: int | None = None) -> str:
     s = cfg.seed if seed is None else seed
     return f"{cfg.data.name}_{cfg.model.name}_{str(cfg.method.name).replace('+', '-')}_s{s}"
-
-
-def flat_keys(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_keys(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_diff(a: dict, b: dict, ignore: set[str] = RESUME_FREE_KEYS) -> list[str]:
-    fa, fb = flat_keys(a), flat_keys(b)
-    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
 TORCHVISION_WEIGHTS = "torchvision:"
@@ -225,6 +205,9 @@ class Trainer:
         # Progress bars on an interactive terminal; in logs and CI the per-epoch lines carry the progress.
         self.show_bars = bool(cfg.engine.progress) and sys.stdout.isatty()
         self.device = resolve_device(cfg.engine.device, self.info)
+        # engine.precision / channels_last / cuda_graphs = auto -> their values on this device, written into cfg
+        # (config.yaml, checkpoints and summary.json record what was computed)
+        apply_engine_settings(cfg, self.device, distributed=self.info.enabled)
         self.name = cfg.name or default_run_name(cfg)
         self.run = RunDir(Path(cfg.out_dir) / self.name)
         # Checked now, created (or, with --overwrite, replaced) only once the whole run has been built: bad input
@@ -274,7 +257,7 @@ class Trainer:
             teacher_taps=_taps(cfg.teacher.taps))
         self.dropblock = self._attach_dropblock(example)
 
-        self.params = list(self.student.parameters()) + self.method.extra_parameters()
+        self.params = self.method.trainable_parameters("main")
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                          weight_decay=o.weight_decay)
@@ -353,29 +336,18 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        # Components with a ``gather`` hook (CRD's memory bank) keep their buffers identical across ranks
-        # themselves, by applying the all-gathered global-batch update on every rank; DDP must not re-broadcast
-        # them every step (an ImageNet bank is over a GB), so they are broadcast once here and then left alone.
-        own_sync: list[str] = []
-        for cname, comp in method.distillers.items():
-            if comp.needs_gather:
-                comp.gather = gather_rows
-                own_sync += [f"distillers.{cname}.{b}" for b, _ in comp.named_buffers()]
+        # Buffers that components keep identical across ranks themselves (CRD's memory bank, updated from the
+        # all-gathered global batch) are broadcast once here and then left alone by DDP; so are the parameters the
+        # main stage keeps frozen (their gradients in the pre-stages the engine all-reduces itself).
+        method.set_gather(gather_rows)
+        own_sync = method.self_synced_buffers()
         if own_sync:
             bufs = dict(method.named_buffers())
             broadcast_tensors([bufs[n] for n in own_sync], self.info)
         self._self_synced = set(own_sync)
-        # DDP cannot follow a parameter whose requires_grad changes after wrapping. Parameters that a component
-        # freezes for the main stage (FT's paraphraser, trained by its pre-stage only) are found by running the
-        # main stage's on_epoch_start hook once (idempotent by the Distiller contract), then restored for the
-        # pre-stages, whose gradients the engine all-reduces itself; DDP leaves them alone.
-        trainable = {n: p.requires_grad for n, p in method.named_parameters()}
-        method.on_epoch_start(0)
-        frozen = [n for n, p in method.named_parameters() if trainable[n] and not p.requires_grad]
-        for n, p in method.named_parameters():
-            p.requires_grad_(trainable[n])
-        if own_sync or frozen:
-            DDP._set_params_and_buffers_to_ignore_for_model(method, own_sync + frozen)
+        ignored = method.ddp_ignored()
+        if ignored:
+            DDP._set_params_and_buffers_to_ignore_for_model(method, ignored)
         # Components may own modules that only a pre-stage trains (AB connectors, FitNets' regressor).
         unused = bool(method.extra_parameters())
         return DDP(method, device_ids=ids, find_unused_parameters=unused)
@@ -408,7 +380,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.student.state_dict(),
-            "method": self.method.distillers.state_dict(),
+            "method": self.method.component_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sched": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -478,7 +450,7 @@ class Trainer:
                                   f"{', '.join(diff[:8])}")
         try:
             self.student.load_state_dict(ckpt["model"])
-            self.method.distillers.load_state_dict(ckpt["method"])
+            self.method.load_component_state_dict(ckpt["method"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {self.run.last} does not match this run: "
@@ -581,7 +553,7 @@ class Trainer:
         raise DivergenceError(f"loss became NaN/inf in epoch {epoch + 1}{where}; stopped, {keep}")
 
     def run_pre_stage(self, stage: PreStage) -> None:
-        params = [p for m in stage.modules for p in m.parameters() if p.requires_grad]
+        params = self.method.trainable_parameters(stage.name)
         o = self.cfg.optim
         opt = torch.optim.SGD(params, lr=stage.lr or o.lr, momentum=o.momentum, nesterov=o.nesterov,
                               weight_decay=o.weight_decay)
@@ -610,7 +582,7 @@ class Trainer:
                 n += 1
                 bar.update(1)
             bar.close()
-            for p in self.params:  # gradients that leaked into other parameters must not reach the main stage
+            for p in self.method.parameters():  # no pre-stage gradient may reach the main stage
                 p.grad = None
             mean = float(tot) / max(n, 1)
             if not math.isfinite(mean):
@@ -737,6 +709,9 @@ class Trainer:
             "device": device_name(self.device),
             "world_size": self.info.world_size,
             "precision": self.precision,
+            "channels_last": bool(cfg.engine.channels_last),
+            "cuda_graphs": bool(cfg.engine.cuda_graphs),
+            "step_mode": self.accel.mode,
             "torch": str(torch.__version__),
             "tfdistill": __version__,
             "git_commit": git_commit(),
@@ -765,6 +740,7 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
     if getattr(cfg, "seeds", None):
         from .multiseed import train_seeds
 
+        apply_engine_settings(cfg, resolve_device(cfg.engine.device))  # before the seeds' configs are copied
         return train_seeds(cfg, resume=resume, overwrite=overwrite, echo=echo)  # type: ignore[return-value]
     try:
         return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()

@@ -6,7 +6,7 @@ The retyped form (``tfdistill train RECIPE key=value ... --resume``) keeps worki
 starts fresh work: with nothing to resume it is an error.
 
 Overrides given with ``--resume`` may only touch the keys that do not change the computation
-(:data:`~tfdistill.engine.loop.RESUME_FREE_KEYS`, e.g. ``engine.device``, ``data.root``), plus one explicit change:
+(:data:`~tfdistill.rundir.RESUME_FREE_KEYS`, e.g. ``engine.device``, ``data.root``), plus one explicit change:
 
 **Extending a run** (``epochs`` larger than stored). Allowed when the learning rate of the epochs already trained
 does not depend on ``epochs``: the ``multistep`` and ``constant`` schedules (milestones are absolute epochs, so the
@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..errors import CheckpointError, ConfigError, RunDirError
-from .rundir import FAILED, RunDir
+from ..rundir import FAILED_MARKER, RESUME_FREE_KEYS, RunDir, config_diff, flat_keys
 
 EXTENDABLE_SCHEDULES = ("multistep", "constant")
 
@@ -73,7 +73,6 @@ def resume_changes(stored: dict, new: dict) -> list[str]:
     """Keys whose change forbids resuming a run stored with config ``stored`` under config ``new`` (``dict``s):
     everything outside :data:`RESUME_FREE_KEYS`, except an allowed extension (see the module docs)."""
     from ..config import PATH_KEYS
-    from .loop import RESUME_FREE_KEYS, config_diff
 
     stored = OmegaConf.to_container(OmegaConf.create(stored))  # a copy; paths of runs from before they were
     for key in PATH_KEYS:                                      # stored absolute: relative to this folder
@@ -108,7 +107,6 @@ def extension_problem(stored: dict, new: dict) -> str | None:
 
 
 def _describe(changes: list[str], stored: dict, new: dict) -> str:
-    from .loop import flat_keys
 
     fa, fb = flat_keys(stored), flat_keys(new)
     return ", ".join(f"{k} ({fa.get(k)!r} -> {fb.get(k)!r})" for k in changes[:8])
@@ -118,7 +116,6 @@ def check_resume(rd: RunDir, cfg: Any) -> int | None:
     """Refuse (with the diff) ``cfg`` for resuming ``rd`` unless only resume-free keys changed or the run is
     extended. Returns the stored epochs when ``cfg`` extends the run, else None."""
     from ..config import load_config, to_dict
-    from .loop import RESUME_FREE_KEYS
 
     stored = to_dict(load_config(rd.config))
     new = to_dict(cfg)
@@ -170,7 +167,7 @@ def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
     extended = [(rd, c, check_resume(rd, c)) for rd, c in dirs]
     if not dry and int(os.environ.get("RANK", "0")) == 0:
         for rd, c, old in extended:
-            (rd.path / FAILED).unlink(missing_ok=True)  # it is being continued: no longer stopped for good
+            (rd.path / FAILED_MARKER).unlink(missing_ok=True)  # it is being continued: no longer stopped for good
             if old is not None:
                 mark_extension(rd, c, old)
     return [rd for rd, _, _ in extended]

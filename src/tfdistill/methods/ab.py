@@ -83,12 +83,9 @@ class AB(Distiller):
         targets = [out.feats_t[i] for i in self.stages]
         return ab_loss(sources, targets, self.params.margin)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        if not self.params.weight:
-            # without a main-stage AB term (ab_crd) the connectors are trained by the pre-stage only: frozen, they
-            # stay out of the optimizer's way and out of DDP, which cannot reduce parameters that had gradients in
-            # the pre-stage and none in the main stage
-            self.connectors.requires_grad_(False)
+    def frozen_in_main(self) -> list[nn.Module]:
+        # without a main-stage AB term (ab_crd) the connectors are trained by the pre-stage only
+        return [] if self.params.weight else [self.connectors]
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
         if not self.params.weight:

@@ -157,9 +157,15 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Called by the engine before each epoch (0-based); update schedules here, as tensors in place. Modules
-        that only a pre-stage trains must be frozen here (``requires_grad_(False)``; idempotent), as FT and AB do:
-        the main stage then leaves them alone, under DDP too."""
+        """Called before each main-stage epoch (0-based); update schedules here, as tensors in place. Do not freeze
+        modules here: declare them in :meth:`frozen_in_main`."""
+
+    def frozen_in_main(self) -> list[nn.Module]:
+        """Modules of this component that the main stage does not train (e.g. FT's paraphraser, trained by its
+        pre-stage only). :class:`Method` freezes them (``requires_grad_(False)``) when the main stage starts and
+        leaves them out of the main stage's trainable parameters; under DDP they are ignored by the wrapper, which
+        cannot reduce parameters that have gradients in one stage and none in another."""
+        return []
 
     def pre_stages(self) -> list[PreStage]:
         return []

@@ -8,7 +8,7 @@ Training protocol (as CRD)
    learns to reconstruct the teacher's map (MSE). CRD uses 0.01 for ResNet/WRN students and the run's rate for
    the others (0.01 for MobileNet/ShuffleNet students, 0.05 for VGG); ``init_lr=null`` uses the run's rate.
 2. Main stage: ``CE + 200 * FT(translator(f_s), paraphraser.encode(f_t))``. The paraphraser is frozen: it runs
-   without gradient and, from the first main epoch on (:meth:`FT.on_epoch_start`), its parameters have
+   without gradient and, from the first main epoch on (:meth:`FT.frozen_in_main`), its parameters have
    ``requires_grad = False``. The translator is trained with the student. (The paraphraser has no BatchNorm or
    dropout, so its train/eval mode does not matter.)
 """
@@ -63,8 +63,8 @@ class FT(Distiller):
         self.paraphraser = Paraphraser(c_t, params.rate)
         self.translator = Translator(c_s, c_t, params.rate)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        self.paraphraser.requires_grad_(False)  # trained only in the pre-stage
+    def frozen_in_main(self) -> list[nn.Module]:
+        return [self.paraphraser]  # trained only in the pre-stage
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
         p = self.params

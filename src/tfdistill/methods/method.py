@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +94,71 @@ class Method(nn.Module):
                 terms[k] = v
         return out.logits_s, terms
 
-    # ----------------------------------------------------------------- engine hooks
+    # ----------------------------------------------------------------- engine interface
+    # Everything the engine needs from a method is asked here; the engine never looks inside ``distillers``.
     def extra_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters owned by the method (not the student's)."""
+        """Trainable parameters owned by the method (not the student's), whichever stage trains them."""
         return [p for p in self.distillers.parameters() if p.requires_grad]
 
+    def trainable_parameters(self, stage: str = "main") -> list[nn.Parameter]:
+        """The parameters an optimizer for ``stage`` updates: ``"main"`` -- the student's and the components'
+        except those a component declares :meth:`~.base.Distiller.frozen_in_main`; a pre-stage's name (see
+        :meth:`pre_stages`) -- the trainable parameters of that stage's modules."""
+        if stage == "main":
+            frozen = {id(p) for p in self._frozen_in_main_params()}
+            return list(self.student.parameters()) + [p for p in self.extra_parameters() if id(p) not in frozen]
+        for s in self.pre_stages():
+            if s.name == stage:
+                return [p for m in s.modules for p in m.parameters() if p.requires_grad]
+        raise KeyError(f"no training stage {stage!r}; stages: main, {', '.join(s.name for s in self.pre_stages())}")
+
+    def _frozen_in_main_params(self) -> list[nn.Parameter]:
+        return [p for comp in self.distillers.values() for m in comp.frozen_in_main() for p in m.parameters()]
+
+    def frozen_in_main(self) -> list[str]:
+        """Names (as in ``named_parameters()``) of the parameters the main stage keeps frozen."""
+        ids = {id(p) for p in self._frozen_in_main_params()}
+        return [n for n, p in self.named_parameters() if id(p) in ids]
+
     def on_epoch_start(self, epoch: int) -> None:
+        """Before each main-stage epoch: freeze what the main stage does not train (idempotent), then the
+        components' schedules."""
+        for p in self._frozen_in_main_params():
+            p.requires_grad_(False)
         for comp in self.distillers.values():
             comp.on_epoch_start(epoch)
+
+    def self_synced_buffers(self) -> list[str]:
+        """Names (as in ``named_buffers()``) of buffers that components keep identical across data-parallel ranks
+        themselves, by applying the all-gathered global-batch update on every rank (CRD's memory bank): a DDP
+        wrapper must broadcast them once and then leave them alone (an ImageNet bank is over a GB)."""
+        return [f"distillers.{c}.{b}" for c, comp in self.distillers.items() if comp.needs_gather
+                for b, _ in comp.named_buffers()]
+
+    def ddp_ignored(self) -> list[str]:
+        """Parameter and buffer names a DDP wrapper must ignore: :meth:`self_synced_buffers` and the parameters
+        frozen in the main stage (DDP cannot follow a parameter whose ``requires_grad`` changes after wrapping)."""
+        return self.self_synced_buffers() + self.frozen_in_main()
+
+    def set_gather(self, fn: Callable[[Tensor], Tensor] | None) -> None:
+        """Give components that need it (``needs_gather``) the all-gather over data-parallel ranks: ``fn``
+        concatenates a tensor's rows over the ranks in rank order (None: one process)."""
+        for comp in self.distillers.values():
+            if comp.needs_gather:
+                comp.gather = fn
+
+    def component_state_dict(self) -> dict[str, Any]:
+        """The components' state (parameters and persistent buffers), checkpointed beside the student's."""
+        return self.distillers.state_dict()
+
+    def load_component_state_dict(self, state: dict[str, Any]) -> None:
+        self.distillers.load_state_dict(state)
+
+    def per_run_buffers(self) -> list[str]:
+        """Names (as in ``named_buffers()``) of the non-persistent buffers that belong to one run when several runs
+        are trained together (the ``w_<name>`` loss weights of the components' ``batch_weights``); persistent
+        buffers are per run anyway."""
+        return [f"distillers.{c}.{b}" for c, comp in self.distillers.items() for b in comp.model_buffers()]
 
     def pre_stages(self) -> list[PreStage]:
         return [s for comp in self.distillers.values() for s in comp.pre_stages()]

@@ -25,17 +25,16 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from ..engine.loop import RESUME_FREE_KEYS, flat_keys
-from ..engine.rundir import RunDir
+from ..rundir import AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir, flat_keys
 from ..errors import RunDirError
-from ..sweep.runner import FAILED_MARKER, SPEC_FILE
+from ..sweep.runner import SPEC_FILE
 from ..sweep.spec import paper_entry
 from .stats import Diff, Stat, aggregate, describe, difference
 
-IGNORED_KEYS = RESUME_FREE_KEYS | {"seed", "seeds"}
+IGNORED_KEYS = NON_EXPERIMENT_KEYS
+"""Config keys that do not define an experiment (see :data:`tfdistill.rundir.NON_EXPERIMENT_KEYS`)."""
 BASELINE = "ce"
 """The column every gain is measured against: the plain cross-entropy runs of the same student and folder."""
-"""Config keys that do not define an experiment: the seed, and those that do not change the computation."""
 _STUDENT_KEYS = ("model.name", "teacher.")
 
 
@@ -109,11 +108,11 @@ def _load_yaml(path: Path) -> dict:
 
 def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
     """One run directory -> :class:`RunRecord` (status, config, summary)."""
-    cfg_file = path / "config.yaml"
+    cfg_file = path / CONFIG_FILE
     config = _load_yaml(cfg_file) if cfg_file.is_file() else (
         _load_yaml(fallback_config) if fallback_config and fallback_config.is_file() else {})
     rec = RunRecord(path, path.name, "unfinished", config, epochs_done=len(RunDir(path).read_metrics()))
-    summary_file, failed = path / "summary.json", path / FAILED_MARKER
+    summary_file, failed = path / SUMMARY_FILE, path / FAILED_MARKER
     if summary_file.is_file():
         try:
             rec.summary = json.loads(summary_file.read_text())
@@ -295,6 +294,15 @@ def _fingerprint(rec: RunRecord) -> tuple:
                         if k not in IGNORED_KEYS))
 
 
+def _has_auto(rec: RunRecord) -> bool:
+    """A planned config (never started): the engine writes engine.* = auto resolved into a run's config.yaml."""
+    return any(rec.flat.get(k) == "auto" for k in AUTO_KEYS)
+
+
+def _without_auto(fingerprint: tuple) -> tuple:
+    return tuple(kv for kv in fingerprint if kv[0] not in AUTO_KEYS)
+
+
 def _varying(groups: list[Group], exclude_student: bool) -> list[str]:
     keys: set[str] = set()
     flats = [dict(g.key) for g in groups]
@@ -314,10 +322,27 @@ def _suffix(g: Group, keys: list[str]) -> str:
 
 def build_groups(section: Section) -> None:
     groups: dict[tuple, Group] = {}
+    planned: list[RunRecord] = []
     for rec in section.runs:
+        if rec.config and not rec.partial and _has_auto(rec):
+            planned.append(rec)
+            continue
         gk = (rec.dataset, rec.model, rec.label, None if rec.partial or not rec.config else _fingerprint(rec))
         if gk not in groups:
             groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, gk[3] or ())
+        groups[gk].runs.append(rec)
+    # A planned config with engine.* = auto joins the one group of its label whose runs resolved those values
+    # and agree on every other key; without exactly one such group it forms its own.
+    for rec in planned:
+        fp = _fingerprint(rec)
+        peers = [g for k, g in groups.items() if k[:3] == (rec.dataset, rec.model, rec.label) and k[3] is not None
+                 and _without_auto(k[3]) == _without_auto(fp)]
+        if len(peers) == 1:
+            peers[0].runs.append(rec)
+            continue
+        gk = (rec.dataset, rec.model, rec.label, fp)
+        if gk not in groups:
+            groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, fp)
         groups[gk].runs.append(rec)
     # Runs whose config is unknown (planned in sweep.yaml, never started) join their label's only group.
     for gk in [k for k in groups if k[3] is None]:
@@ -370,7 +395,7 @@ def scan(root: str | Path) -> list[Section]:
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        if "config.yaml" in filenames or FAILED_MARKER in filenames:
+        if CONFIG_FILE in filenames or FAILED_MARKER in filenames:
             sec = section_of(d.parent)
             rec = read_run(d, d.parent / "configs" / f"{d.name}.yaml")
             rec.section = sec

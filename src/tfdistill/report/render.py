@@ -73,11 +73,60 @@ def render_markdown(root: str | Path, sections: list[Section], metric: str = "la
     return "\n".join(out).rstrip() + "\n"
 
 
+def _values(runs: list, get: Any) -> list[Any]:
+    out: list[Any] = []
+    for r in runs:
+        v = get(r)
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def _precision(r: Any) -> Any:
+    """What the run computed in: summary.json's ``precision`` (the resolved value), else its config's."""
+    return (r.summary or {}).get("precision") or r.get("engine.precision")
+
+
+def protocol(sec: Section) -> dict[str, list[Any]]:
+    """The protocol of a section's runs, each entry the distinct values over its runs (one value: all agree)."""
+    known = [r for r in sec.runs if r.config or r.summary]
+    runs = [r for r in known if r.status != "not started"] or known  # planned configs hold engine.* = auto
+
+    def subset(key: str):
+        def get(r: Any) -> Any:
+            v = r.get(key)
+            return None if v is None else "all" if not v else int(v)
+        return get
+
+    def resolution(r: Any) -> Any:
+        v = r.get("data.image_size")
+        return None if v is None else f"{int(v)} px" if v else "the dataset's own"
+
+    return {
+        "epochs": _values(runs, lambda r: r.get("epochs") or (r.summary or {}).get("epochs")),
+        "train subset": _values(runs, subset("data.train_subset")),
+        "test subset": _values(runs, subset("data.test_subset")),
+        "resolution": _values(runs, resolution),
+        "batch": _values(runs, lambda r: r.get("data.batch_size")),
+        "precision": _values(runs, _precision),
+    }
+
+
+def _protocol_line(sec: Section) -> str:
+    parts = []
+    for k, vals in protocol(sec).items():
+        if vals:
+            text = " / ".join(str(v) for v in vals)
+            parts.append(f"{k} {text}" + (f" {WARN} differs between runs" if len(vals) > 1 else ""))
+    return "Protocol: " + "; ".join(parts) + "." if parts else "Protocol: unknown (no run config found)."
+
+
 def _section_md(sec: Section, metric: str) -> list[str]:
     out = [f"## {sec.title}", ""]
     spec = (sec.sweep or {}).get("spec") or {}
     if spec.get("description"):
         out += [str(spec["description"]).strip(), ""]
+    out += [_protocol_line(sec), ""]
     if sec.has_paper:
         p = sec.paper
         src = f"{p.get('source')}: " if p.get("source") else ""
@@ -215,7 +264,7 @@ def report_json(root: str | Path, sections: list[Section], metric: str) -> dict:
                                    "best_top1": r.top1("best"), "epochs_done": r.epochs_done, "error": r.error or None,
                                    "path": str(r.path)} for r in g.runs]
             groups.append(rec)
-        out["sections"].append({"key": sec.key, "path": str(sec.path),
+        out["sections"].append({"key": sec.key, "path": str(sec.path), "protocol": protocol(sec),
                                 "sweep": ((sec.sweep or {}).get("spec") or {}).get("name"),
                                 "paper": {k: sec.paper.get(k) for k in ("source", "statistic", "epoch", "note")}
                                 if sec.has_paper else None, "groups": groups})

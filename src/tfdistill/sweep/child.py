@@ -37,6 +37,8 @@ MODES = {"new": (False, False), "resume": (True, False), "overwrite": (False, Tr
 
 def batch(argv: list[str]) -> int:
     from tfdistill.config import load_config
+    from tfdistill.engine.auto import apply_engine_settings
+    from tfdistill.engine.loop import resolve_device
     from tfdistill.engine.multiseed import MultiSeedTrainer
     from tfdistill.errors import DivergenceError, TfdError
 
@@ -46,6 +48,8 @@ def batch(argv: list[str]) -> int:
         return 2
     try:
         cfgs = [load_config(path) for path in argv[1::2]]
+        for c in cfgs:  # engine.* = auto resolved for this process's device before the group is built
+            apply_engine_settings(c, resolve_device(c.engine.device))
         results = MultiSeedTrainer(cfgs, modes=[MODES[m] for m in argv[::2]]).fit()
     except TfdError as exc:
         print(f"tfdistill: error: {exc}", file=sys.stderr)

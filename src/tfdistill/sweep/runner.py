@@ -36,8 +36,9 @@ from typing import Callable, Sequence
 from omegaconf import OmegaConf
 
 from ..config import to_dict, to_yaml
-from ..engine.rundir import FAILED as FAILED_MARKER  # one name for the engine's and the sweeps' marker
 from ..errors import ConfigError, RunDirError
+from .. import rundir
+from ..rundir import FAILED_MARKER, RunDir, config_diff, write_text_atomic
 from .spec import Plan, PlannedRun
 
 STATE_FILE = "sweep_state.json"
@@ -47,10 +48,7 @@ SWEEP_PID_ENV = "TFDISTILL_SWEEP_PID"
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_write_atomic = write_text_atomic
 
 
 def _hms(seconds: float | None) -> str:
@@ -72,7 +70,7 @@ def _last_line(text: str) -> str:
 
 def _read_summary(run: PlannedRun) -> dict | None:
     try:
-        return json.loads((run.run_dir / "summary.json").read_text())
+        return json.loads((run.run_dir / rundir.SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -95,7 +93,7 @@ def _read_from(path: Path, offset: int) -> str:
 
 
 def is_finished(run: PlannedRun) -> bool:
-    return (run.run_dir / "summary.json").is_file()
+    return rundir.is_finished(run.run_dir)
 
 
 @dataclass
@@ -111,10 +109,8 @@ class StartMode:
 
 def start_mode(run: PlannedRun) -> StartMode:
     """How to (re)start ``run``: resume from last.pt, restart a run dir without checkpoint, or start fresh."""
-    from ..engine.rundir import RunDir
-
     rd = run.run_dir
-    if (rd / "last.pt").is_file():
+    if rundir.is_resumable(rd):
         done = len(RunDir(rd).read_metrics())
         return StartMode(resume=True, what=f"resume after epoch {done}/{run.cfg.epochs}")
     if rd.is_dir() and any(p.name != FAILED_MARKER for p in rd.iterdir()):
@@ -447,13 +443,11 @@ class Sweep(Hooks):
 
     def _conflicts(self, runs: list[PlannedRun]) -> list[tuple[str, str]]:
         """(run, differing keys) for runs trained (finished or resumable) with a config other than the planned one."""
-        from ..engine.loop import config_diff
-
         out = []
         for r in runs:
-            stored = r.run_dir / "config.yaml"
-            if stored.is_file() and (is_finished(r) or (r.run_dir / "last.pt").is_file()):
-                diff = config_diff(OmegaConf.to_container(OmegaConf.load(stored)), to_dict(r.cfg))
+            stored = r.run_dir / rundir.CONFIG_FILE
+            if stored.is_file() and (is_finished(r) or rundir.is_resumable(r.run_dir)):
+                diff = config_diff(OmegaConf.to_container(OmegaConf.load(stored)), to_dict(r.cfg), auto_matches=True)
                 if diff:
                     out.append((r.name, ", ".join(diff[:4])))
         return out

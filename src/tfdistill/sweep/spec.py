@@ -47,9 +47,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import adapt_method_section, build_config, parse_overrides, read_yaml
 from ..errors import ConfigError, TfdError
+from ..rundir import RUN_IDENTITY_KEYS, flat_keys
 
-# Keys a run's identity owns: the grid (model, method, seed), the sweep (name, out_dir) and the teacher mapping.
-IDENTITY_KEYS = {
+# Keys a run's identity owns (tfdistill.rundir.RUN_IDENTITY_KEYS: the grid's model, method, seed, the sweep's name
+# and out_dir, the teacher mapping), with where a spec sets each instead.
+_IDENTITY_HINTS = {
     "name": "the sweep names every run",
     "out_dir": "use the spec's out_dir or --out-dir",
     "seed": "use the spec's seeds",
@@ -59,6 +61,7 @@ IDENTITY_KEYS = {
     "teacher.model": "use per_model.<student>.teacher and teachers",
     "teacher.checkpoint": "use the spec's teachers mapping",
 }
+IDENTITY_KEYS = {k: _IDENTITY_HINTS.get(k, "the sweep sets it") for k in RUN_IDENTITY_KEYS}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 _STAT_RE = re.compile(r"^(single|(best|mean|median)-of-[1-9][0-9]*)$")
 _PAPER_FIELDS = ("top1", "gain", "note")
@@ -309,8 +312,6 @@ def _check_list(values: Any, key: str, fail, allow_empty: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------ expansion
 def _check_overrides(overrides: list[str], key: str, path: Path | None) -> DictConfig:
-    from ..engine.loop import flat_keys
-
     try:
         patch = parse_overrides([str(o) for o in overrides])
     except ConfigError as exc:
