@@ -160,7 +160,7 @@ def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module
         raise ConfigError(f"teacher.model={t.model} needs teacher.checkpoint (e.g. runs/<teacher run>/best.pt)")
     # The teacher's random initialisation is overwritten by its checkpoint: drawing it must not shift the run's
     # random stream (the components built next draw from it), so building a teacher -- or sharing one already
-    # built, in a batched group -- leaves the student's and the components' initial weights the same.
+    # built, in a packed group -- leaves the student's and the components' initial weights the same.
     with torch.random.fork_rng(devices=[]):
         teacher = create_model(t.model, num_classes=num_classes, **dict(t.kwargs))
     load_model_weights(teacher, weights_file(t.checkpoint), what="teacher")

@@ -112,7 +112,8 @@ def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
     cfg_file = path / "config.yaml"
     config = _load_yaml(cfg_file) if cfg_file.is_file() else (
         _load_yaml(fallback_config) if fallback_config and fallback_config.is_file() else {})
-    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=len(RunDir(path).read_metrics()))
+    done = sum(1 for row in RunDir(path).read_metrics() if row.get("epoch", 0) > 0)  # pre-stage rows have epoch 0
+    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=done)
     summary_file, failed = path / "summary.json", path / FAILED_MARKER
     if summary_file.is_file():
         try:
