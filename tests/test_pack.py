@@ -236,3 +236,91 @@ def test_runs_of_a_group_at_different_epochs_catch_up(tiny, tmp_path, monkeypatc
     assert [r.summary["resumed_from_epoch"] for r in res] == [2, 1]
     for s in (0, 1):
         assert_same_run(tmp_path / "runs" / f"u_s{s}", tmp_path / "runs" / f"ref_s{s}")
+
+
+# ------------------------------------------------------------------ sweeps: --pack K
+def sweep_spec(tmp_path, name, grid, seeds=(0, 1), extra=()):
+    base = [o for o in TINY if not o.startswith("model.name=")] + [*RUN, *extra]
+    spec = {"name": name, "recipe": "cifar100/paper", "out_dir": str(tmp_path / "runs"), "seeds": list(seeds),
+            "models": ["resnet8"], "overrides": base, "grid": grid}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_sweep_packs_compatible_runs_in_this_process(tmp_path, capsys):
+    """`tfdistill sweep SPEC --pack 4`: CE and TFD x 2 seeds train as one group; each run directory is what the
+    plain sweep writes, with the weights of the run trained alone."""
+    from tfdistill.cli import main
+
+    path = sweep_spec(tmp_path, "sw", {"methods": ["ce", "tfd"]})
+    assert main(["sweep", str(path), "--pack", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("packed: 4 runs in one group") == 1
+    sweep_dir = tmp_path / "runs" / "sw"
+    assert json.loads((sweep_dir / "sweep_state.json").read_text())["counts"] == {"finished": 4}
+    for name in ("resnet8_ce_s0", "resnet8_ce_s1", "resnet8_tfd_s0", "resnet8_tfd_s1"):
+        assert json.loads((sweep_dir / name / "summary.json").read_text())["pack"]["size"] == 4
+    alone = train(load_config(sweep_dir / "resnet8_tfd_s1" / "config.yaml", ["name=alone", f"out_dir={tmp_path}"]),
+                  echo=lambda s: None)
+    assert_same_run(sweep_dir / "resnet8_tfd_s1", alone.run_dir)
+    assert main(["sweep", str(path), "--pack", "4"]) == 0  # everything finished: nothing to train
+    assert "0 to train" in capsys.readouterr().out
+    # the old flags are aliases; bad values are refused with one line
+    assert main(["sweep", str(path), "--batch-weights", "--batch-max", "2", "--dry-run"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--batch-max", "2"]) == 2
+    assert "--batch-max needs --batch-seeds or --batch-weights" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--pack", "-1"]) == 2
+    assert "--pack -1: give the number of runs per group" in capsys.readouterr().err
+
+
+def test_packed_groups_in_parallel_processes_and_a_diverged_run(tmp_path):
+    """`--pack 2 --jobs 2`: each group of two runs trains in its own process; a run that diverges there is recorded
+    with its own reason, its partner finishes; the next invocation retries only the failed runs."""
+    from tfdistill.cli import main
+
+    grid = [{"methods": ["tfd"], "variants": {"ok": ["method.tfd.alpha=0.005"],
+                                              "boom": ["method.tfd.alpha=1e38", "method.tfd.beta=1e38"]}}]
+    path = sweep_spec(tmp_path, "par", grid, extra=["epochs=1"])
+    assert main(["sweep", str(path), "--pack", "2", "--jobs", "2"]) == 1
+    sweep_dir = tmp_path / "runs" / "par"
+    state = json.loads((sweep_dir / "sweep_state.json").read_text())
+    assert state["counts"] == {"finished": 2, "failed": 2}
+    for s in (0, 1):
+        assert "loss became NaN/inf in epoch 1" in state["runs"][f"resnet8_tfd_boom_s{s}"]["error"]
+        assert json.loads((sweep_dir / f"resnet8_tfd_ok_s{s}" / "summary.json").read_text())["pack"]["size"] == 2
+        assert "error: loss became NaN/inf" in (sweep_dir / f"resnet8_tfd_boom_s{s}" / "train.log").read_text()
+    logs = sorted(p.name for p in (sweep_dir / "logs").glob("pack_*.log"))
+    assert logs == ["pack_resnet8_tfd_ok_s0.log", "pack_resnet8_tfd_ok_s1.log"]
+    assert main(["sweep", str(path), "--pack", "2", "--jobs", "2"]) == 1
+    assert json.loads((sweep_dir / "sweep_state.json").read_text())["counts"] == {"finished": 2, "failed": 2}
+
+
+def test_a_run_dropped_before_an_interrupt_stays_recorded_as_failed(tmp_path, monkeypatch):
+    """The sweep records a diverged run the moment it stops: a sweep interrupted later in the same group keeps it
+    as failed (--skip-failed then leaves it alone) and resumes the others."""
+    from tfdistill.engine import Group
+    from tfdistill.sweep import plan_sweep, run_sweep
+
+    grid = [{"methods": ["tfd"], "variants": {"ok": ["method.tfd.alpha=0.005"],
+                                              "boom": ["method.tfd.alpha=1e38", "method.tfd.beta=1e38"]}}]
+    path = sweep_spec(tmp_path, "intr", grid, seeds=(0,))
+    real = Group._epoch
+
+    def interrupted(self, team, where, desc):
+        if where == "in epoch 2":
+            raise KeyboardInterrupt  # Ctrl-C in epoch 2, after "boom" stopped in epoch 1
+        return real(self, team, where, desc)
+
+    monkeypatch.setattr(Group, "_epoch", interrupted)
+    plan = plan_sweep(path)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, pack=2, echo=lambda s: None)
+    state = json.loads((plan.sweep_dir / "sweep_state.json").read_text())["runs"]
+    assert state["resnet8_tfd_boom_s0"]["status"] == "failed" and "NaN/inf" in state["resnet8_tfd_boom_s0"]["error"]
+    assert (plan.sweep_dir / "resnet8_tfd_boom_s0" / "FAILED").is_file()
+    monkeypatch.setattr(Group, "_epoch", real)
+    res = run_sweep(plan_sweep(path), retry_failed=False, pack=2, echo=lambda s: None)
+    assert res.trained == ["resnet8_tfd_ok_s0"] and not (plan.sweep_dir / "resnet8_tfd_boom_s0" / "last.pt").exists()
+    assert json.loads((plan.sweep_dir / "resnet8_tfd_ok_s0" / "summary.json").read_text())["resumed_from_epoch"] == 1
