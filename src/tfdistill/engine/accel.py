@@ -457,6 +457,11 @@ class StepRunner:
         return len(self.accels) > 1 and all(a.use_graphs for a in self.accels)
 
     @property
+    def graphs(self) -> bool:
+        """Whether any member may replay a CUDA graph (then no run's CUDA generator is swapped: see the class docs)."""
+        return any(a.use_graphs for a in self.accels)
+
+    @property
     def mode(self) -> str:
         if len(self.accels) == 1:
             return self.accels[0].mode
@@ -493,7 +498,7 @@ class StepRunner:
     def step(self, batches: list[Batch]) -> list[StepOut]:
         """One step of every run on its own batch; returns each run's ``(loss, logits, terms)``, no host sync."""
         if len(self.accels) == 1:
-            return [self._scoped(0, self.accels[0].step, batches[0], True)]
+            return [self._scoped(0, self.accels[0].step, batches[0], not self.graphs)]
         if self.packed_graph:
             if self._graph is not None and all(a._static_in[0].shape == b[0].shape
                                                for a, b in zip(self.accels, batches)):
@@ -504,7 +509,7 @@ class StepRunner:
                     return out
             if self.packed_graph:
                 return [self._scoped(k, a.warmup_step, b, False) for k, (a, b) in enumerate(zip(self.accels, batches))]
-        return [self._scoped(k, a.step, b, True) for k, (a, b) in enumerate(zip(self.accels, batches))]
+        return [self._scoped(k, a.step, b, not self.graphs) for k, (a, b) in enumerate(zip(self.accels, batches))]
 
     def _capture(self, batches: list[Batch]) -> list[StepOut] | None:
         """Capture the K steps on these batches (fork/join: one stream per run) and replay once; None on failure."""

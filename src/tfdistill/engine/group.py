@@ -227,7 +227,7 @@ class Group:
     def _scope(self, run: Run, team: _Team | None = None):
         if not self.packed:
             return contextlib.nullcontext()
-        return run.own_rng(cuda=not (team is not None and team.runner.packed_graph))
+        return run.own_rng(cuda=not (team is not None and team.runner.graphs))
 
     def _active(self) -> list[int]:
         return [i for i in range(self.K) if i not in self.results]
