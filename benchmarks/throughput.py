@@ -6,13 +6,15 @@
   ``Normalize``), a ``DataLoader`` with worker processes, fp32, eager, ``cudnn.benchmark``. Its TFD uses the
   straightforward loss code (per-pair crop/upcast/pool, ``F.normalize`` + permuted copies: the "before" losses);
   ``tfd_released`` additionally runs a ResNet110 teacher every step, as the released script does.
-* **engine** -- a :class:`tfdistill.engine.Trainer` on the same images: device-resident uint8 data with batched
-  augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in a CUDA graph
-  (``--compile`` adds torch.compile). Images/s come from ``Trainer.train_epoch`` (loader, step, on-device metrics).
+* **engine** -- a :class:`tfdistill.engine.Trainer` (a group of one run) on the same images: device-resident uint8
+  data with batched augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in
+  a CUDA graph (``--compile`` adds torch.compile). Images/s come from ``Trainer.train_epoch`` (loader, step, on-device metrics).
 * **step-time ratios** -- TFD/CE, TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the engine's steps on
   one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round ratios is reported
   (robust on a busy machine).
-* **multi-seed** -- K seeds of TFD as one batched (vmapped) model: group images/s and the gain over one run.
+* **packed** -- K = 8 ResNet32 CE runs (seeds 0..7) at batch 64 packed into one group (``tfdistill sweep --pack 8``;
+  on CUDA the K steps replay from one graph, one stream per run): aggregate images/s of the group vs one run's
+  (``engine/ce``) in the same rounds. On the CPU the K runs step one after another, so the ratio can only be ~1x.
 
 Models: ResNet32 student, ResNet110 teacher (random weights; only the time matters), 10 classes. Images: the
 CIFAR-10 JPEG archives (a subset is extracted to a temp dir; ``--archive``), or generated CIFAR-sized PNGs when
@@ -62,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few steps each (CPU smoke run, < 1 minute on 2 cores)")
     p.add_argument("--batch", type=int, default=64, help="batch of the classic-vs-engine comparison (default 64)")
     p.add_argument("--big-batch", type=int, default=0, help="large batch (default: 512 on CUDA, 256 on CPU)")
-    p.add_argument("--seeds", type=int, default=0, help="K of the multi-seed measurement (default: 4 CUDA, 2 CPU)")
+    p.add_argument("--pack", type=int, default=8, help="K of the packed-group measurement (default 8)")
     p.add_argument("--steps", type=int, default=0, help="steps per timed chunk (default: 50 CUDA, 2 CPU)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds of chunks (default: 5 CUDA, 3 CPU)")
     p.add_argument("--ratio-rounds", type=int, default=0, help="rounds of the step-time ratios (default: 7 CUDA, "
@@ -82,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda, but no CUDA device is available")
     a.big_batch = a.big_batch or (512 if cuda else 256)
-    a.seeds = a.seeds or (4 if cuda else 2)
+    a.pack = max(1, a.pack)
     a.steps = a.steps or (50 if cuda else (1 if a.quick else 2))
     a.rounds = a.rounds or (5 if cuda else (2 if a.quick else 4))
     a.ratio_rounds = a.ratio_rounds or (7 if cuda else (4 if a.quick else 8))
@@ -294,35 +296,36 @@ class EngineRunner:
         del self.tr
 
 
-class MultiSeedRunner:
-    """K seeds of TFD as one batched model; ``run(n)`` is the group's ``train_epoch`` over n steps."""
+class PackedRunner:
+    """K CE runs (seeds 0..K-1) packed into one group; ``run(n)`` is the group's ``train_epoch`` over n steps each."""
 
     def __init__(self, args, root, batch, out) -> None:
         from tfdistill.config import load_config
-        from tfdistill.engine.multiseed import MultiSeedTrainer, seed_configs
+        from tfdistill.engine import build_group
+        from tfdistill.engine.group import seed_configs
 
-        self.method, self.seeds = "tfd", args.seeds
-        self.batch = batch * args.seeds  # images per step, all seeds together
-        ov = engine_overrides(args, root, batch, "tfd", out, Path("unused"), 1)
-        cfg = load_config(None, [*ov, f"seeds={list(range(args.seeds))}", f"name=multiseed_b{batch}"])
-        self.group = MultiSeedTrainer(seed_configs(cfg), overwrite=True, echo=lambda s: None)
-        if self.group.blocker is None:
-            self.group.blocker = self.group.trial()
-        self.blocker = self.group.blocker
+        self.method, self.K = "ce", args.pack
+        self.batch = batch * args.pack  # images per step, all runs together
+        ov = engine_overrides(args, root, batch, "ce", out, Path("unused"), 1)
+        cfg = load_config(None, [*ov, f"seeds={list(range(args.pack))}", f"name=packed_b{batch}"])
+        self.group = build_group(seed_configs(cfg), overwrite=True, echo=lambda s: None)
         self.epoch = 0
 
     @property
     def mode(self) -> str:
-        return f"{self.group.precision}, {self.group.accel.mode}" if self.blocker is None else "-"
+        runner = self.group._main.runner if self.group._main is not None else None
+        return f"{self.group.runs[0].precision}, K={self.K}, {runner.mode if runner else '?'}"
 
     def run(self, n: int) -> float:
-        for t in self.group.trainers:
-            t.steps_per_epoch = n
+        for r in self.group.runs:
+            r.steps_per_epoch = n
         res = self.group.train_epoch(self.epoch)
         self.epoch += 1
         return n * self.batch / res[0]["group_images_per_sec"]
 
     def close(self) -> None:
+        for r in self.group.runs:
+            r.close()
         del self.group
 
 
@@ -403,7 +406,7 @@ def main(argv=None) -> dict:
     result: dict = {
         "benchmark": "tfdistill throughput", "date": _dt.date.today().isoformat(), "device": device_label(device),
         "torch": torch.__version__, "python": platform.python_version(), "quick": bool(args.quick),
-        "batch": args.batch, "big_batch": args.big_batch, "seeds": args.seeds, "steps_per_chunk": args.steps,
+        "batch": args.batch, "big_batch": args.big_batch, "pack": args.pack, "steps_per_chunk": args.steps,
         "rounds": args.rounds, "ratio_rounds": args.ratio_rounds, "classic_workers": args.workers,
         "compile": bool(args.compile),
         "models": "resnet32 student (10 classes), resnet110 teacher for FitNets (random weights)",
@@ -417,17 +420,15 @@ def main(argv=None) -> dict:
         random.seed(0)
         B, BB = args.batch, args.big_batch
 
-        # 1. classic vs engine at batch B (+ the multi-seed group), interleaved
+        # 1. classic vs engine at batch B (+ K packed runs at batch B), interleaved
         runners: dict = {}
         if not args.skip_classic:
             for m in ["ce", "tfd", "fitnet"] + ([] if args.quick else ["tfd_released"]):
                 runners[f"classic/{m}"] = ClassicRunner(args, root, m, teacher, device)
         for m in ["ce", "tfd", "fitnet"]:
             runners[f"engine/{m}"] = EngineRunner(args, root, B, m, out, teacher)
-        ms_batch = B if args.quick else BB
-        msr = MultiSeedRunner(args, root, ms_batch, out)
-        if msr.blocker is None:
-            runners["engine/multiseed"] = msr
+        packed_key = f"engine/packed_K{args.pack}_ce"
+        runners[packed_key] = PackedRunner(args, root, B, out)
         if not args.quick:
             for m in ["ce", "tfd"]:
                 runners[f"engine_big/{m}"] = EngineRunner(args, root, BB, m, out, teacher)
@@ -473,18 +474,14 @@ def main(argv=None) -> dict:
             r[f"tfd_ref_over_ce_step_{key}"] = block["vs_ce"]["tfd_ref"]
             if "fitnet_over_tfd" in block:
                 r[f"fitnet_over_tfd_step_{key}"] = block["fitnet_over_tfd"]
-        multi: dict = {"seeds": args.seeds, "batch_per_seed": ms_batch, "batched": msr.blocker is None}
-        if msr.blocker is None:
-            single = "engine/tfd" if args.quick else "engine_big/tfd"
-            multi["group_images_per_sec"] = speed["engine/multiseed"]["images_per_sec"]
-            multi["single_run_images_per_sec"] = speed[single]["images_per_sec"]
-            # (K runs in the group's time) / (one run in its own time), per round
-            multi["gain_over_sequential_runs"] = statistics.median(
-                args.seeds * s / g for s, g in zip(t1[single], t1["engine/multiseed"]))
-            r[f"multiseed_K{args.seeds}_over_sequential"] = multi["gain_over_sequential_runs"]
-        else:
-            multi["reason"] = msr.blocker
-        result.update(speed=speed, step_ratios=ratios_by_batch, multiseed=multi, ratios=r,
+        # aggregate images/s of the K packed runs over one run's (engine/ce, same batch), per round
+        packed = {"K": args.pack, "batch_per_run": B, "method": "ce", "mode": speed[packed_key]["mode"],
+                  "group_images_per_sec": speed[packed_key]["images_per_sec"],
+                  "single_run_images_per_sec": speed["engine/ce"]["images_per_sec"],
+                  "aggregate_over_one_run": statistics.median(
+                      args.pack * s / g for s, g in zip(t1["engine/ce"], t1[packed_key]))}
+        r[f"packed_K{args.pack}_b{B}_aggregate_over_one_run"] = packed["aggregate_over_one_run"]
+        result.update(speed=speed, step_ratios=ratios_by_batch, packed=packed, ratios=r,
                       seconds=time.time() - T0)
         print_table(result)
     finally:
@@ -512,8 +509,8 @@ def print_table(res: dict) -> None:
     w(f"{'pipeline':<22} {'img/s':>10} {'ms/step':>9}  how\n")
     for k, v in res["speed"].items():
         w(f"{k:<22} {v['images_per_sec']:>10.0f} {v['step_ms']:>9.2f}  {v['mode']}\n")
-    w(f"(batch {res['batch']}; engine_big: batch {res['big_batch']}; multiseed: {res['seeds']} seeds x batch "
-      f"{res['multiseed']['batch_per_seed']} per step)\n")
+    w(f"(batch {res['batch']}; engine_big: batch {res['big_batch']}; packed: {res['packed']['K']} runs x batch "
+      f"{res['packed']['batch_per_run']} per step, images/s of all runs together)\n")
     w(f"\nstep-time ratios (engine, one fixed batch, {res['ratio_rounds']} interleaved rounds; tfd_ref = the "
       f"straightforward losses = before):\n")
     for block in res["step_ratios"].values():
@@ -527,8 +524,10 @@ def print_table(res: dict) -> None:
             w(f"  {k}: " + ", ".join(f"{m} {x:.2f}x" for m, x in v.items()) + "\n")
         elif v is not None:
             w(f"  {k}: {v:.3f}\n")
-    if not res["multiseed"]["batched"]:
-        w(f"  multi-seed not batched: {res['multiseed'].get('reason')}\n")
+    p = res["packed"]
+    w(f"\nK={p['K']} packed ResNet32 runs at batch {p['batch_per_run']}: aggregate {p['group_images_per_sec']:.0f} "
+      f"images/s vs one run {p['single_run_images_per_sec']:.0f} images/s = {p['aggregate_over_one_run']:.2f}x "
+      f"[{p['mode']}]\n")
     w(f"\n({res['seconds']:.0f} s)\n")
     print(out.getvalue())
 

@@ -357,6 +357,22 @@ class Group:
         for i in self._active():
             self.runs[i].end_pre_stages()
 
+    def train_epoch(self, epoch: int, ids: Sequence[int] | None = None) -> dict[int, dict]:
+        """One main epoch of the runs ``ids`` (default: all that are still training), without evaluation or
+        checkpoints: ``{run index: train metrics}`` (a run that diverged is left out, its error in ``results``).
+        The same team (and so the same captured packed graph) serves the next epoch if its runs are the same."""
+        ids = tuple(ids) if ids is not None else tuple(self._active())
+        if self._main is None or self._main.ids != ids:
+            self._main = _Team([_Lane(i, self.runs[i], self.runs[i].accel, self.runs[i].sched) for i in ids],
+                               self.packed)
+        team = self._main
+        for i in ids:
+            with self._scope(self.runs[i], team):
+                self.runs[i].begin_epoch(epoch)
+        team.runner.new_epoch()
+        epochs = int(self.runs[ids[0]].cfg.epochs)
+        return self._epoch(team, f"in epoch {epoch + 1}", f"epoch {epoch + 1}/{epochs}")
+
     def _epochs(self) -> dict[int, dict]:
         """The main epochs. Runs resumed at different epochs catch up one epoch at a time (the laggards first)."""
         last_eval: dict[int, dict] = {}
@@ -368,17 +384,9 @@ class Group:
                 return last_eval
             epoch = min(self.runs[i].epoch for i in todo)
             ids = tuple(i for i in todo if self.runs[i].epoch == epoch)
-            if self._main is None or self._main.ids != ids:
-                self._main = _Team([_Lane(i, self.runs[i], self.runs[i].accel, self.runs[i].sched) for i in ids],
-                                   self.packed)
-            team = self._main
             lrs = {i: self.runs[i].sched.lr() for i in ids}
-            for i in ids:
-                with self._scope(self.runs[i], team):
-                    self.runs[i].begin_epoch(epoch)
-            team.runner.new_epoch()
-            epochs = int(self.runs[ids[0]].cfg.epochs)
-            trains = self._epoch(team, f"in epoch {epoch + 1}", f"epoch {epoch + 1}/{epochs}")
+            trains = self.train_epoch(epoch, ids)
+            team = self._main
             for i, train in trains.items():
                 run = self.runs[i]
                 cfg = run.cfg
@@ -407,10 +415,7 @@ class Trainer(Run):
         group = self.__dict__.get("_group")
         if group is None:
             group = self.__dict__["_group"] = Group([self], echo=self.echo)
-            group._main = _Team([_Lane(0, self, self.accel, self.sched)], False)
-        self.begin_epoch(epoch)
-        group._main.runner.new_epoch()
-        res = group._epoch(group._main, f"in epoch {epoch + 1}", f"epoch {epoch + 1}")
+        res = group.train_epoch(epoch)
         if 0 in group.results:
             raise group.results[0]
         return res[0]
