@@ -164,6 +164,11 @@ def test_a_refused_run_costs_no_other_run_its_directory(tiny, tmp_path):
     with pytest.raises(RunDirError, match="not a tfdistill run directory"):
         train(cfg, overwrite=True, echo=lambda s: None)
     assert {f.name: f.read_bytes() for f in (tmp_path / "runs" / "x_s0").iterdir() if f.is_file()} == keep
+    # bad input found while building the second run: the first run's directory is not created (nor replaced)
+    cfgs = [load_config(None, [*tiny, "name=fresh"]), load_config(None, [*tiny, "name=bad", "method.name=kd"])]
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        build_group(cfgs)
+    assert not (tmp_path / "runs" / "fresh").exists() and not (tmp_path / "runs" / "bad").exists()
 
 
 def test_one_teacher_object_serves_the_whole_group(teacher_ckpt, tiny):

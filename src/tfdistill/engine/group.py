@@ -92,7 +92,8 @@ def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | Non
                 on_drop: Callable[[int, DivergenceError], None] | None = None) -> "Group":
     """One :class:`~.loop.Run` per config, sharing the data and equal teachers. ``modes``: per config
     ``(resume, overwrite)`` (default: ``resume`` / ``overwrite`` for all). Every run directory is checked before any
-    is created or (``--overwrite``) replaced: a refused run costs no other run its directory."""
+    is created or (``--overwrite``) replaced, and only once every run was built: a refused run or bad input in one
+    run costs no other run its directory."""
     cfgs = list(cfgs)
     modes = list(modes) if modes is not None else [(resume, overwrite)] * len(cfgs)
     data = None
@@ -123,10 +124,13 @@ def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | Non
         for i, (c, (res, ovr)) in enumerate(zip(cfgs, modes)):
             own = None if data is None else data if i == 0 else dataclasses.replace(
                 data, train=data.train_loader_for(int(c.seed)))
-            run = Run(c, resume=res, overwrite=ovr, echo=echo, data=own, teacher=teachers.get(_teacher_key(c)))
+            run = Run(c, resume=res, overwrite=ovr, echo=echo, data=own, teacher=teachers.get(_teacher_key(c)),
+                      defer_open=True)
             if run.teacher is not None:
                 teachers.setdefault(_teacher_key(c), run.teacher)  # one frozen teacher per distinct teacher section
             runs.append(run)
+        for run in runs:  # every run was built: bad input in any of them leaves no folder behind and costs no run
+            run.open()
     except BaseException:
         for run in runs:
             run.close()

@@ -219,9 +219,11 @@ class Run:
     rows and summary. The epochs are driven by :class:`~.group.Group` (K >= 1 runs; K = 1 is a plain run)."""
 
     def __init__(self, cfg: Any, *, resume: bool = False, overwrite: bool = False,
-                 echo: Callable[[str], None] | None = None, data: Any = None, teacher: nn.Module | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, data: Any = None, teacher: nn.Module | None = None,
+                 defer_open: bool = False) -> None:
         """``data``: a prebuilt data bundle and ``teacher``: a prebuilt frozen teacher for ``cfg.teacher`` (both
-        shared by the runs of a packed group); built from ``cfg`` when None."""
+        shared by the runs of a packed group); built from ``cfg`` when None. ``defer_open``: the run directory is
+        created only by :meth:`open` (a group builds all its runs first)."""
         self.cfg = cfg
         self.info = setup_distributed(cfg.engine.device)
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
@@ -303,17 +305,26 @@ class Run:
         self.resumed_from = None
         if do_resume:
             self._load_resume()
-        else:
+        self.rng = rng_state(self.device)
+        """This run's random streams while another run of its group steps (see :meth:`own_rng`)."""
+        self.tb = None
+        self._opening = (do_resume, resume, overwrite)
+        if not defer_open:
+            self.open()
+
+    def open(self) -> None:
+        """Create (or, with ``--overwrite``, replace) the run directory of a new run, write the notes issued while
+        building to its train.log, start TensorBoard. A packed group opens its runs once all of them are built."""
+        do_resume, resume, overwrite = self._opening
+        if not do_resume:
             self._prepare_run_dir(resume, overwrite, dry=False)
             if self.info.is_main:
-                self.run.config.write_text(to_yaml(cfg))
+                self.run.config.write_text(to_yaml(self.cfg))
         pending, self._pending_log = self._pending_log or [], None
         if self.info.is_main:
             for line in pending:
                 self.run.log_line(line)
         self.tb = self._tensorboard()
-        self.rng = rng_state(self.device)
-        """This run's random streams while another run of its group steps (see :meth:`own_rng`)."""
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool, *, dry: bool) -> bool:
         """Rank 0 checks (``dry``) or creates the run directory; every rank gets its verdict (or its error)."""
