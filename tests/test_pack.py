@@ -329,3 +329,19 @@ def test_a_run_dropped_before_an_interrupt_stays_recorded_as_failed(tmp_path, mo
     res = run_sweep(plan_sweep(path), retry_failed=False, pack=2, echo=lambda s: None)
     assert res.trained == ["resnet8_tfd_ok_s0"] and not (plan.sweep_dir / "resnet8_tfd_boom_s0" / "last.pt").exists()
     assert json.loads((plan.sweep_dir / "resnet8_tfd_ok_s0" / "summary.json").read_text())["resumed_from_epoch"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_packed_cuda_graph_matches_separate_runs(tiny, tmp_path):
+    """CUDA only: two CE runs packed into one graph (a stream per run) reach the weights of their separate
+    CUDA-graph runs (same kernels; cuDNN may pick other algorithms per process, hence a tolerance)."""
+    over = [*tiny, *RUN, "engine.device=cuda", "engine.cuda_graphs=true", "engine.max_steps_per_epoch=6",
+            "data.synthetic_train=256", "epochs=2", "method.name=ce"]
+    res = train(load_config(None, [*over, "seeds=[0,1]", "name=g"]), echo=lambda s: None)
+    assert all(r.summary["pack"]["step"] == "packed_cuda_graph" for r in res)
+    for s in (0, 1):
+        train(load_config(None, [*over, f"seed={s}", f"name=a{s}"]), echo=lambda x: None)
+        a = load_checkpoint(tmp_path / "runs" / f"g_s{s}" / "last.pt")["model"]
+        b = load_checkpoint(tmp_path / "runs" / f"a{s}" / "last.pt")["model"]
+        for k, v in b.items():
+            torch.testing.assert_close(a[k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")

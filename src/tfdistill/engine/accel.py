@@ -451,6 +451,7 @@ class StepRunner:
         self._graph: Any = None
         self._outs: list[StepOut] = []
         self._signature: tuple = ()
+        self._streams: tuple = ()
 
     @property
     def packed_graph(self) -> bool:
@@ -545,6 +546,7 @@ class StepRunner:
             self._release()
             return None
         self._graph, self._outs, self._signature = graph, outs, self._structure()
+        self._streams = (main, *streams)  # kept alive with the graph that was captured on them
         graph.replay()
         for a in accels:
             a.steps += 1
