@@ -12,11 +12,10 @@
 * **step-time ratios** -- TFD/CE, TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the engine's steps on
   one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round ratios is reported
   (robust on a busy machine).
-* **multi-seed** -- K seeds of TFD as one batched (vmapped) model: group images/s and the gain over one run
-  (while ``tfdistill.engine.multiseed`` exists).
-* **packed runs** -- K = 8 (CPU: 2) ResNet32 runs at batch 64 as one packed group vs one run (issue #12's target
-  >= 3x). :func:`measure_packed` is the hook for the group engine's API; until it exists the K runs are measured
-  one after another and labelled so ("sequential", not a packing result).
+* **packed runs** -- K = 8 (CPU: 2) ResNet32 CE runs (seeds 0..K-1) at batch 64 packed into one group
+  (``tfdistill sweep --pack K``; on CUDA the K steps replay from one graph, one stream per run): aggregate images/s
+  of the group vs one run's, in interleaved rounds (issue #12's target >= 3x). On the CPU the K runs step one after
+  another, so the ratio can only be ~1x.
 * **torch.compile warm-up** -- timed separately in a child process under ``--compile-budget`` seconds (default
   120; on CUDA by default, on the CPU with ``--compile``); a compile that exceeds it is reported as skipped, and the
   engine runs then stay uncompiled.
@@ -71,7 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few steps each (CPU smoke run, < 1 minute on 2 cores)")
     p.add_argument("--batch", type=int, default=64, help="batch of the classic-vs-engine comparison (default 64)")
     p.add_argument("--big-batch", type=int, default=0, help="large batch (default: 512 on CUDA, 256 on CPU)")
-    p.add_argument("--seeds", type=int, default=0, help="K of the multi-seed measurement (default: 4 CUDA, 2 CPU)")
     p.add_argument("--steps", type=int, default=0, help="steps per timed chunk (default: 50 CUDA, 2 CPU)")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds of chunks (default: 5 CUDA, 3 CPU)")
     p.add_argument("--ratio-rounds", type=int, default=0, help="rounds of the step-time ratios (default: 7 CUDA, "
@@ -97,7 +95,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda, but no CUDA device is available")
     a.big_batch = a.big_batch or (512 if cuda else 256)
-    a.seeds = a.seeds or (4 if cuda else 2)
     a.packed = a.packed or (8 if cuda else 2)
     a.steps = a.steps or (50 if cuda else (1 if a.quick else 2))
     a.rounds = a.rounds or (5 if cuda else (2 if a.quick else 4))
@@ -311,39 +308,36 @@ class EngineRunner:
         del self.tr
 
 
-class MultiSeedRunner:
-    """K seeds of TFD as one batched model; ``run(n)`` is the group's ``train_epoch`` over n steps."""
+class PackedRunner:
+    """K CE runs (seeds 0..K-1) packed into one group; ``run(n)`` is the group's ``train_epoch`` over n steps each."""
 
-    def __init__(self, args, root, batch, out) -> None:
+    def __init__(self, args, root, batch, out, k) -> None:
         from tfdistill.config import load_config
+        from tfdistill.engine import build_group
+        from tfdistill.engine.group import seed_configs
 
-        self.method, self.seeds = "tfd", args.seeds
-        try:
-            from tfdistill.engine.multiseed import MultiSeedTrainer, seed_configs
-        except ImportError as exc:  # the group engine replaces the vmap engine
-            self.blocker = f"no vmap multi-seed engine in this version ({exc})"
-            return
-        self.batch = batch * args.seeds  # images per step, all seeds together
-        ov = engine_overrides(args, root, batch, "tfd", out, Path("unused"), 1)
-        cfg = load_config(None, [*ov, f"seeds={list(range(args.seeds))}", f"name=multiseed_b{batch}"])
-        self.group = MultiSeedTrainer(seed_configs(cfg), overwrite=True, echo=lambda s: None)
-        if self.group.blocker is None:
-            self.group.blocker = self.group.trial()
-        self.blocker = self.group.blocker
+        self.method, self.K = "ce", k
+        self.batch = batch * k  # images per step, all runs together
+        ov = engine_overrides(args, root, batch, "ce", out, Path("unused"), 1)
+        cfg = load_config(None, [*ov, f"seeds={list(range(k))}", f"name=packed_b{batch}"])
+        self.group = build_group(seed_configs(cfg), overwrite=True, echo=lambda s: None)
         self.epoch = 0
 
     @property
     def mode(self) -> str:
-        return f"{self.group.precision}, {self.group.accel.mode}" if self.blocker is None else "-"
+        runner = self.group._main.runner if self.group._main is not None else None
+        return f"{self.group.runs[0].precision}, K={self.K}, {runner.mode if runner else '?'}"
 
     def run(self, n: int) -> float:
-        for t in self.group.trainers:
-            t.steps_per_epoch = n
+        for r in self.group.runs:
+            r.steps_per_epoch = n
         res = self.group.train_epoch(self.epoch)
         self.epoch += 1
         return n * self.batch / res[0]["group_images_per_sec"]
 
     def close(self) -> None:
+        for r in self.group.runs:
+            r.close()
         del self.group
 
 
@@ -415,40 +409,25 @@ def release(runners: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- packed runs
 def measure_packed(args, root: Path, out: Path, k: int, batch: int, steps: int) -> dict:
-    """K ResNet32 CE runs at ``batch``: aggregate images/s of the K runs together vs one run alone.
-
-    HOOK for the group engine (issue #12: one engine whose unit is a group of K runs, packed into one CUDA graph):
-    when ``tfdistill.engine`` offers a group trainer, build the K runs as ONE group here and time its epochs; the
-    result is then labelled ``"packed"``. Until then the K runs are timed one after another (``"sequential"``),
-    which is what packing must beat -- by construction that is about 1x, not a packing result, and the target
-    is reported as n.a."""
-    import tfdistill.engine as engine
-
-    group_api = getattr(engine, "GroupTrainer", None)  # the expected name of the group engine's entry point
-    runners = [EngineRunner(args, root, batch, "ce", out, Path("unused")) for _ in range(k)]
+    """K ResNet32 CE runs at ``batch`` packed into one group (:class:`PackedRunner`) against one run alone
+    (:class:`EngineRunner`), timed in interleaved rounds (same machine load), medians."""
+    single = EngineRunner(args, root, batch, "ce", out, Path("unused"))
+    group = PackedRunner(args, root, batch, out, k)
     try:
-        if group_api is not None:
-            how = f"{group_api.__module__}.{group_api.__name__} present, but this hook is not wired to it yet"
-        else:
-            how = "no group engine in tfdistill.engine"
-        for r in runners:  # warm-up (graph capture) of every run
-            r.run(steps)
+        single.run(steps)
+        group.run(steps)  # warm-up: every run's eager steps, then (CUDA) the packed graph's capture
         ones, groups = [], []
-        for _ in range(3):  # interleaved rounds: one run alone, then the K runs (same machine load), medians
-            t = time.perf_counter()
-            runners[0].run(steps)
-            ones.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for r in runners:
-                r.run(steps)
-            groups.append(time.perf_counter() - t)
+        for _ in range(3):
+            ones.append(single.run(steps))
+            groups.append(group.run(steps))
+        mode = group.mode
     finally:
-        for r in runners:
-            r.close()
-    single = steps * batch / statistics.median(ones)
-    agg = k * steps * batch / statistics.median(groups)
-    return {"k": k, "batch": batch, "mode": "sequential", "reason": f"{how}: the K runs were timed one after another",
-            "aggregate_images_per_sec": agg, "single_run_images_per_sec": single,
+        single.close()
+        group.close()
+    return {"k": k, "batch": batch, "mode": "packed", "how": mode,
+            "reason": "one group, one step runner" + ("" if "graph" in mode else "; the runs step one after another"),
+            "aggregate_images_per_sec": k * steps * batch / statistics.median(groups),
+            "single_run_images_per_sec": steps * batch / statistics.median(ones),
             "aggregate_over_single": statistics.median(k * o / g for o, g in zip(ones, groups))}
 
 
@@ -542,7 +521,7 @@ def main(argv=None) -> dict:
         "benchmark": "tfdistill throughput", "date": _dt.date.today().isoformat(), "device": device_label(device),
         "device_type": device.type,
         "torch": torch.__version__, "python": platform.python_version(), "quick": bool(args.quick),
-        "batch": args.batch, "big_batch": args.big_batch, "seeds": args.seeds, "steps_per_chunk": args.steps,
+        "batch": args.batch, "big_batch": args.big_batch, "packed_k": args.packed, "steps_per_chunk": args.steps,
         "rounds": args.rounds, "ratio_rounds": args.ratio_rounds, "classic_workers": args.workers,
         "compile": bool(args.compile),
         "models": "resnet32 student (10 classes), resnet110 teacher for FitNets (random weights)",
@@ -568,19 +547,13 @@ def main(argv=None) -> dict:
             result["compile"] = {"status": "n.a.", "reason": "not requested on the CPU (--compile)"}
         result["compile_used"] = bool(args.compile)
 
-        # 1. classic vs engine at batch B (+ the multi-seed group), interleaved
+        # 1. classic vs engine at batch B, interleaved
         runners: dict = {}
         if not args.skip_classic:
             for m in ["ce", "tfd", "fitnet"] + ([] if args.quick else ["tfd_released"]):
                 runners[f"classic/{m}"] = ClassicRunner(args, root, m, teacher, device)
         for m in ["ce", "tfd", "fitnet"]:
             runners[f"engine/{m}"] = EngineRunner(args, root, B, m, out, teacher)
-        ms_batch = B if args.quick else BB
-        msr = MultiSeedRunner(args, root, ms_batch, out) if not args.quick else None
-        if msr is None:
-            msr = argparse.Namespace(blocker="not measured with --quick")
-        elif msr.blocker is None:
-            runners["engine/multiseed"] = msr
         if not args.quick:
             for m in ["ce", "tfd"]:
                 runners[f"engine_big/{m}"] = EngineRunner(args, root, BB, m, out, teacher)
@@ -626,22 +599,11 @@ def main(argv=None) -> dict:
             r[f"tfd_ref_over_ce_step_{key}"] = block["vs_ce"]["tfd_ref"]
             if "fitnet_over_tfd" in block:
                 r[f"fitnet_over_tfd_step_{key}"] = block["fitnet_over_tfd"]
-        multi: dict = {"seeds": args.seeds, "batch_per_seed": ms_batch, "batched": msr.blocker is None}
-        if msr.blocker is None:
-            single = "engine/tfd" if args.quick else "engine_big/tfd"
-            multi["group_images_per_sec"] = speed["engine/multiseed"]["images_per_sec"]
-            multi["single_run_images_per_sec"] = speed[single]["images_per_sec"]
-            # (K runs in the group's time) / (one run in its own time), per round
-            multi["gain_over_sequential_runs"] = statistics.median(
-                args.seeds * s / g for s, g in zip(t1[single], t1["engine/multiseed"]))
-            r[f"multiseed_K{args.seeds}_over_sequential"] = multi["gain_over_sequential_runs"]
-        else:
-            multi["reason"] = msr.blocker
-        # 3. K packed runs vs one run (see measure_packed: sequential until the group engine lands)
+        # 3. K packed runs vs one run
         log(f"packed runs: K={args.packed} at batch {B}")
         packed = measure_packed(args, root, out, args.packed, B, args.steps)
         r[f"packed_K{args.packed}_over_single_b{B}"] = packed["aggregate_over_single"]
-        result.update(speed=speed, step_ratios=ratios_by_batch, multiseed=multi, packed=packed, ratios=r)
+        result.update(speed=speed, step_ratios=ratios_by_batch, packed=packed, ratios=r)
         result["targets"] = evaluate_targets(result)
         result["seconds"] = time.time() - T0
         print_table(result)
@@ -670,8 +632,8 @@ def print_table(res: dict) -> None:
     w(f"{'pipeline':<22} {'img/s':>10} {'ms/step':>9}  how\n")
     for k, v in res["speed"].items():
         w(f"{k:<22} {v['images_per_sec']:>10.0f} {v['step_ms']:>9.2f}  {v['mode']}\n")
-    w(f"(batch {res['batch']}; engine_big: batch {res['big_batch']}; multiseed: {res['seeds']} seeds x batch "
-      f"{res['multiseed']['batch_per_seed']} per step)\n")
+    w(f"(batch {res['batch']}; engine_big: batch {res['big_batch']}; packed: {res['packed_k']} runs x batch "
+      f"{res['batch']} per step)\n")
     w(f"\nstep-time ratios (engine, one fixed batch, {res['ratio_rounds']} interleaved rounds; tfd_ref = the "
       f"straightforward losses = before):\n")
     for block in res["step_ratios"].values():
@@ -685,11 +647,9 @@ def print_table(res: dict) -> None:
             w(f"  {k}: " + ", ".join(f"{m} {x:.2f}x" for m, x in v.items()) + "\n")
         elif v is not None:
             w(f"  {k}: {v:.3f}\n")
-    if not res["multiseed"]["batched"]:
-        w(f"  multi-seed not batched: {res['multiseed'].get('reason')}\n")
     pk = res.get("packed", {})
     if pk:
-        w(f"  K={pk['k']} runs at batch {pk['batch']}, {pk['mode']}: {pk['aggregate_images_per_sec']:.0f} img/s "
+        w(f"  K={pk['k']} runs at batch {pk['batch']}, {pk['how']}: {pk['aggregate_images_per_sec']:.0f} img/s "
           f"together vs {pk['single_run_images_per_sec']:.0f} one run ({pk['reason']})\n")
     c = res.get("compile", {})
     if c.get("status") == "ok":

@@ -284,3 +284,89 @@ def test_trainer_and_batched_seeds_with_cuda_graphs_on_gpu(tiny, tmp_path):
     assert rg[0]["loss"] == pytest.approx(re[0]["loss"], rel=2e-2)
     res = train(load_config(None, [*common, "name=m", "seeds=[0,1]", "engine.cuda_graphs=true"]), echo=lambda s: None)
     assert [r.summary["batched"]["step"] for r in res] == ["cuda_graph", "cuda_graph"]
+
+
+def test_step_runner_packs_after_every_run_warmed_up(monkeypatch):
+    """The control flow of a packed CUDA group, simulated on the CPU (the capture itself needs a GPU): every run warms
+    up WARMUP_STEPS eager steps, then ONE capture of all K steps, then replays; a dropped run or a changed step
+    structure means warming up / capturing again; a failed capture leaves the group eager."""
+    from tfdistill.engine.accel import WARMUP_STEPS, StepRunner
+
+    class Fake:
+        def __init__(self):
+            self.use_graphs, self.steps, self.struct, self.calls = True, 0, 1, []
+            self._static_in = None
+
+        def structure(self):
+            return self.struct
+
+        def warmup_step(self, *b):
+            self.calls.append("warm")
+            self.steps += 1
+            return ("w",)
+
+        def step(self, *b):
+            self.calls.append("eager")
+            return ("e",)
+
+    events = []
+
+    def capture(self, batches):
+        events.append(("capture", len(self.accels)))
+        if fail:  # a capture that fails: every member is left eager
+            for a in self.accels:
+                a.use_graphs = False
+            return None
+        self._graph, self._signature = object(), self._structure()
+        for a, b in zip(self.accels, batches):
+            a._static_in, a.steps = b, a.steps + 1
+        return [("c",)] * len(self.accels)
+
+    def replay(self, batches):
+        events.append(("replay", len(self.accels)))
+        return [("r",)] * len(self.accels)
+
+    monkeypatch.setattr(StepRunner, "_capture", capture)
+    monkeypatch.setattr(StepRunner, "_replay", replay)
+    fail = False
+    accels = [Fake(), Fake(), Fake()]
+    scoped = []
+    runner = StepRunner(accels, [lambda cuda, k=k: _Recorder(scoped, k, cuda) for k in range(3)])
+    batch = (torch.zeros(2, 3), torch.zeros(2), torch.zeros(2))
+    for _ in range(WARMUP_STEPS + 3):
+        runner.step([batch] * len(runner.accels))
+    assert [a.calls for a in accels] == [["warm"] * WARMUP_STEPS] * 3
+    assert events == [("capture", 3), ("replay", 3), ("replay", 3)]
+    assert scoped[:3] == [(0, False), (1, False), (2, False)]  # each run's own RNG, not the CUDA generator
+    assert runner.mode == "packed_cuda_graph"
+    runner.drop(1)  # a run diverged: the other two are captured again, at once (they are warm)
+    runner.step([batch] * 2)
+    assert events[-1] == ("capture", 2)
+    accels[0].struct = 2  # e.g. a component froze a module: warm up again, then capture
+    runner.new_epoch()
+    for _ in range(WARMUP_STEPS + 1):
+        runner.step([batch] * 2)
+    assert accels[0].calls.count("warm") == 2 * WARMUP_STEPS and events[-1] == ("capture", 2)
+    runner.drop(0)  # one run left: its own accelerator steps it (its own graph)
+    runner.step([batch])
+    assert accels[2].calls[-1] == "eager"
+    fail = True
+    warm = [Fake(), Fake()]
+    for a in warm:
+        a.steps = WARMUP_STEPS
+    runner = StepRunner(warm)
+    runner.step([batch] * 2)  # the capture fails: this step and all later ones run eagerly, run by run
+    runner.step([batch] * 2)
+    assert events[-1] == ("capture", 2) and [a.calls for a in warm] == [["eager", "eager"]] * 2
+    assert not runner.packed_graph and not runner.graphs
+
+
+class _Recorder:
+    def __init__(self, log, k, cuda):
+        self.log, self.k, self.cuda = log, k, cuda
+
+    def __enter__(self):
+        self.log.append((self.k, self.cuda))
+
+    def __exit__(self, *exc):
+        return False

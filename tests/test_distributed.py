@@ -244,7 +244,7 @@ def _worker(argv: list[str]) -> int:
     sys.path.insert(0, str(REPO / "src"))
     from tfdistill.config import load_config
     from tfdistill.engine.distributed import cleanup_distributed, gather_rows
-    from tfdistill.engine.loop import Trainer
+    from tfdistill.engine import Trainer
     from tfdistill.errors import ConfigError
 
     register_plain_cnn()

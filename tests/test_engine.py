@@ -244,25 +244,25 @@ def test_rng_state_keeps_only_the_training_devices_cuda_generator(monkeypatch):
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tiny, tmp_path, monkeypatch):
     """--overwrite moves the old run aside and deletes it only after the new run's first checkpoint; a new run that
     stops before (a crash, Ctrl-C, a NaN in epoch 1) puts the old one back."""
-    from tfdistill.engine import Trainer
+    from tfdistill.engine import Group
 
     cfg = load_config(None, [*tiny, "name=r"])
     train(cfg, echo=lambda s: None)
     run = tmp_path / "runs" / "r"
     before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
 
-    def crash(self, epoch):
+    def crash(self, team, where, desc):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    real = Trainer.train_epoch
-    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    real = Group._epoch
+    monkeypatch.setattr(Group, "_epoch", crash)
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="out of memory"):
         train(load_config(None, [*tiny, "name=r", "optim.lr=0.2"]), overwrite=True, echo=lines.append)
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
     assert not (tmp_path / "runs" / ".r.replaced").exists()
     assert any("is restored" in line for line in lines)
-    monkeypatch.setattr(Trainer, "train_epoch", real)
+    monkeypatch.setattr(Group, "_epoch", real)
     train(load_config(None, [*tiny, "name=r", "optim.lr=0.2"]), overwrite=True, echo=lambda s: None)
     assert load_config(run / "config.yaml").optim.lr == 0.2
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # the old run is gone now

@@ -37,6 +37,11 @@ def test_one_epoch_per_method(preset, needs_teacher, teacher_ckpt, tmp_path):
     summary = train(load_config(None, over), echo=lambda s: None).summary
     assert summary["status"] == "finished"
     rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    stage_rows = [r for r in rows if "stage" in r]  # pre-stage epochs come first, marked with their stage
+    rows = rows[len(stage_rows):]
+    assert stage_rows or preset not in PRE_EPOCHS
+    assert all(r["epoch"] == 0 and r["stage_loss"] == r["stage_loss"] for r in stage_rows)
+    assert [r["epoch"] for r in rows] == [1]
     assert set(rows[0]["terms"]) == EXPECTED_TERMS[preset]
     assert all(isinstance(v, float) for v in rows[0]["terms"].values())
 

@@ -73,10 +73,3 @@ def test_layers_share_the_one_rundir_module():
                     if isinstance(t, ast.Name) and isinstance(n.value, (ast.Set, ast.Dict, ast.Call))}
         dup = defined & {"flat_keys", "config_diff", "RESUME_FREE_KEYS", "RunDir", "save_atomic"}
         assert not dup, f"{f.relative_to(SRC)} defines {dup} (belongs in tfdistill/rundir.py)"
-
-
-@pytest.mark.parametrize("name", ["RunDir", "device_name", "git_commit"])
-def test_old_engine_rundir_path_still_imports(name):
-    import tfdistill.engine.rundir as old
-
-    assert getattr(old, name) is getattr(rundir, name)

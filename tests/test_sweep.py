@@ -257,8 +257,9 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(capsys, tmp_path):
     assert json.loads((sweep / "sweep_state.json").read_text())["runs"]["resnet8_tfd_boom_s0"]["attempts"] == 2
 
 
-def test_gpu_slots_and_a_batched_seeds_executor(tmp_path):
-    """--gpus maps slots to CUDA_VISIBLE_DEVICES; an executor with batches_seeds gets whole seed groups."""
+def test_gpu_slots_and_a_packing_executor(tmp_path):
+    """--gpus maps slots to CUDA_VISIBLE_DEVICES; an executor that packs gets groups of compatible runs (CE and TFD
+    here: same data, engine settings and epochs), at most pack_size each, in seed-major order."""
     from tfdistill.sweep import Executor, Outcome, SubprocessExecutor, run_sweep
     from tfdistill.sweep.runner import StartMode
 
@@ -268,8 +269,8 @@ def test_gpu_slots_and_a_batched_seeds_executor(tmp_path):
     assert SubprocessExecutor(2).environment(0)["OMP_NUM_THREADS"] == os.environ.get(
         "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))
 
-    class Batched(Executor):  # stands in for "several seeds as one batched model in one process"
-        batches_seeds = True
+    class Batched(Executor):  # stands in for "several runs as one packed group in one process"
+        packs = True
         groups: list = []
 
         def run_group(self, runs, slot, hooks):
@@ -283,23 +284,30 @@ def test_gpu_slots_and_a_batched_seeds_executor(tmp_path):
 
     plan = plan_sweep(spec_file(tmp_path))
     result = run_sweep(plan, executor=Batched(), echo=lambda s: None)
-    assert Batched.groups == [["resnet8_ce_s0", "resnet8_ce_s1"], ["resnet8_tfd_s0", "resnet8_tfd_s1"]]
+    assert Batched.groups == [["resnet8_ce_s0", "resnet8_tfd_s0", "resnet8_ce_s1", "resnet8_tfd_s1"]]
     assert result.exit_code == 0 and len(result.trained) == 4
 
-    class OneBig(Batched):  # its own grouping rule (all runs alike), at most 3 runs per group
+    class Capped(Batched):  # at most 3 runs per group
         groups: list = []
-        max_group = 3
+        pack_size = 3
+
+    run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "big"), executor=Capped(), echo=lambda s: None)
+    assert Capped.groups == [["resnet8_ce_s0", "resnet8_tfd_s0", "resnet8_ce_s1"], ["resnet8_tfd_s1"]]
+
+    class BySeed(Batched):  # its own grouping rule
+        groups: list = []
 
         def group_key(self, run):
-            return "all"
+            return str(run.seed)
 
-    run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "big"), executor=OneBig(), echo=lambda s: None)
-    assert OneBig.groups == [["resnet8_ce_s0", "resnet8_tfd_s0", "resnet8_ce_s1"], ["resnet8_tfd_s1"]]
+    run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "seed"), executor=BySeed(), echo=lambda s: None)
+    assert BySeed.groups == [["resnet8_ce_s0", "resnet8_tfd_s0"], ["resnet8_ce_s1", "resnet8_tfd_s1"]]
 
-    class SomeAlone(Batched):  # groups that cannot be batched become one job per run (parallel slots can take them)
+    class SomeAlone(Batched):  # runs that may not be packed become one job each (parallel slots can take them)
         groups: list = []
+        pack_size = 3
 
-        def can_batch(self, run):
+        def can_pack(self, run):
             return run.method != "ce"
 
     run_sweep(plan_sweep(spec_file(tmp_path), out_dir=tmp_path / "alone"), executor=SomeAlone(), echo=lambda s: None)

@@ -110,13 +110,19 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
     gpus = [g for g in (ns.gpus or "").split(",") if g.strip()]
     plan = plan_sweep(ns.spec, ns.overrides, out_dir=ns.out_dir)
-    batch = "weights" if ns.batch_weights else "seeds" if ns.batch_seeds else None
-    if ns.batch_max and not batch:
+    pack = ns.pack
+    if ns.batch_seeds or ns.batch_weights:  # the old names: every compatible run in one group, or --batch-max each
+        if pack is not None:
+            from .errors import ConfigError
+
+            raise ConfigError("--batch-seeds/--batch-weights are old names of --pack; give only --pack K")
+        pack = ns.batch_max
+    elif ns.batch_max:
         from .errors import ConfigError
 
-        raise ConfigError("--batch-max needs --batch-seeds or --batch-weights")
+        raise ConfigError("--batch-max needs --batch-seeds or --batch-weights (or use --pack K)")
     result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
-                       retry_failed=not ns.skip_failed, batch=batch, max_group=ns.batch_max)
+                       retry_failed=not ns.skip_failed, pack=pack)
     return result.exit_code
 
 
@@ -240,15 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only runs whose name or label matches (repeatable), e.g. --only 'resnet20_*' --only tfd")
     sw.add_argument("--out-dir", default=None, help="parent of the sweep folder (default: the spec's out_dir)")
     sw.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
-    sw.add_argument("--batch-seeds", action="store_true",
-                    help="train the seeds of each run group as one batched model (teacher-free methods, and "
-                         "kd/fitnet/at/sp/nst/pkt/rkd/cc/vid/fsp with their combinations; other groups, e.g. crd, train "
-                         "run by run); in this process with --jobs 1, else one process per group (--jobs/--gpus)")
-    sw.add_argument("--batch-weights", action="store_true",
-                    help="like --batch-seeds, and runs that differ only in batchable loss weights (method.tfd.alpha/"
-                         "beta, zero or not alike) join one batched model too, e.g. a whole alpha/beta grid")
-    sw.add_argument("--batch-max", type=int, default=0, metavar="N",
-                    help="with --batch-seeds/--batch-weights: at most N runs per batched model (default 0: no limit)")
+    sw.add_argument("--pack", type=int, default=None, metavar="K",
+                    help="train up to K compatible runs (same data, engine settings and epochs: any methods, seeds, "
+                         "variants, students) as one packed group in one process, on CUDA from one graph; each "
+                         "keeps its own run directory and equals its separate run; 1: no packing, 0: no limit "
+                         "(default: 4 on CUDA, 1 on the CPU); --jobs/--gpus spread the groups")
+    sw.add_argument("--batch-seeds", action="store_true", help="old name: --pack 0 (or --pack N with --batch-max N)")
+    sw.add_argument("--batch-weights", action="store_true", help="old name: --pack 0 (or --pack N with --batch-max N)")
+    sw.add_argument("--batch-max", type=int, default=0, metavar="N", help="with the old names: --pack N")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="tables (mean +- std over seeds), gains over CE and plots from run directories",

@@ -138,7 +138,7 @@ class Config:
     out_dir: str = "runs"
     seed: int = 0
     seeds: Optional[list[int]] = None
-    """Several seeds trained in one process as one batched model (same recipe); each gets its own run dir."""
+    """Several seeds trained in one process as one packed group (same recipe); each gets its own run dir."""
     epochs: int = 240
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -217,6 +217,10 @@ class RunDir:
                     break
         return rows
 
+    def epochs_done(self) -> int:
+        """Training epochs recorded in ``metrics.jsonl`` (pre-stage rows, ``epoch`` 0, are not epochs)."""
+        return sum(1 for row in self.read_metrics() if row.get("epoch", 0) > 0)
+
     def truncate_metrics(self, epochs_done: int) -> None:
         """Keep the metrics of epochs 1..epochs_done (a resumed run redoes anything later)."""
         rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]

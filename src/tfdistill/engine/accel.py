@@ -2,7 +2,8 @@
 
 :class:`Accelerator` runs one optimizer step -- forward (under autocast), loss, backward, optimizer -- for any
 module that maps ``(images, targets, index) -> (logits, {name: weighted term})`` (a :class:`~tfdistill.methods.Method`,
-its DDP wrapper, or the vmapped K-model function of :mod:`.multiseed`). It knows nothing about methods.
+its DDP wrapper, or a pre-stage's loss). It knows nothing about methods. :class:`StepRunner` steps the K runs of a
+packed group (one Accelerator each): one after another, or on CUDA replayed from one graph (see its docs).
 
 Modes (``engine.compile`` x ``engine.cuda_graphs``)
 ---------------------------------------------------
@@ -55,7 +56,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-__all__ = ["Accelerator", "sgd_step_tensor_lr", "plain_configs", "total_loss", "WARMUP_STEPS"]
+__all__ = ["Accelerator", "StepRunner", "sgd_step_tensor_lr", "plain_configs", "total_loss", "WARMUP_STEPS"]
 
 WARMUP_STEPS = 3
 """Eager steps (on a side stream) before the step is captured in a CUDA graph."""
@@ -153,14 +154,18 @@ class Accelerator:
         log: called with each one-line notice (fallbacks); it is also issued as a ``RuntimeWarning``.
         loss_fn: ``terms -> scalar`` that is backpropagated (default :func:`total_loss`).
         watch: the module whose train/eval modes are part of the captured step (default: ``model`` if it is one).
+        after_backward: called after every eager backward, before the optimizer step (a pre-stage under DDP
+            all-reduces its gradients there).
     """
 
     def __init__(self, model: Callable[..., Any], optimizer: torch.optim.Optimizer, scaler: Any, *,
                  device: torch.device, precision: str = "fp32", compile: bool = False, cuda_graphs: bool = False,
                  distributed: bool = False, log: Callable[[str], None] | None = None,
                  loss_fn: Callable[[dict[str, Tensor]], Tensor] = total_loss,
-                 watch: torch.nn.Module | None = None) -> None:
+                 watch: torch.nn.Module | None = None,
+                 after_backward: Callable[[], None] | None = None) -> None:
         self.model = model
+        self.after_backward = after_backward
         self.optimizer = optimizer
         self.scaler = scaler
         self.device = torch.device(device)
@@ -312,6 +317,8 @@ class Accelerator:
         loss, logits, terms = forward(x, y, idx)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.after_backward is not None:
+            self.after_backward()
         if self.use_graphs and self._has_momentum_buffers():
             # warm-up steps of the graph path use the graph's own update arithmetic once it can run (after the
             # first step, or right away after a resume), so a resumed run replays exactly what an uninterrupted
@@ -334,6 +341,11 @@ class Accelerator:
         return True
 
     # ------------------------------------------------------------------ CUDA graphs
+    def warmup_step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
+        """An eager step of the graph path (on the side stream), never a capture: :class:`StepRunner` captures the
+        steps of a packed group itself once every member has warmed up."""
+        return self._side_stream_step(x, y, idx) if self.use_graphs else self._plain_step(x, y, idx)
+
     def _side_stream_step(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
         if self._side is None:
             self._side = torch.cuda.Stream(device=self.device)
@@ -379,20 +391,24 @@ class Accelerator:
             if self._pool is None:
                 self._pool = graph.pool()
         except Exception as exc:
-            global _CAPTURE_BROKEN
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            _CAPTURE_BROKEN = f"{type(exc).__name__}: {reason}"
-            self.use_graphs = False
-            self._graph = self._static_out = self._static_in = None
-            self.optimizer.zero_grad(set_to_none=True)
-            with contextlib.suppress(Exception):
-                torch.cuda.synchronize(self.device)
-            self.notice("capture", f"engine.cuda_graphs=true: capturing the train step failed ({type(exc).__name__}:"
-                                   f" {reason}); the step runs without CUDA graphs (for the rest of this process)")
+            self.capture_failed(exc)
             return None
         graph.replay()
         self.steps += 1
         return self._static_out
+
+    def capture_failed(self, exc: BaseException) -> None:
+        """A capture failed: warn once, clean up, stay eager (and no later capture in this process)."""
+        global _CAPTURE_BROKEN
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        _CAPTURE_BROKEN = f"{type(exc).__name__}: {reason}"
+        self.use_graphs = False
+        self._graph = self._static_out = self._static_in = None
+        self.optimizer.zero_grad(set_to_none=True)
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize(self.device)
+        self.notice("capture", f"engine.cuda_graphs=true: capturing the train step failed ({type(exc).__name__}:"
+                               f" {reason}); the step runs without CUDA graphs (for the rest of this process)")
 
     def _replay(self, x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
         assert self._static_in is not None and self._static_out is not None
@@ -404,6 +420,147 @@ class Accelerator:
         self._graph.replay()
         self.steps += 1
         return self._static_out
+
+
+Batch = tuple[Tensor, Tensor, Tensor]
+Scope = Callable[[bool], Any]
+"""``scope(cuda)`` -> a context manager that makes a run's own random streams the global ones for one step (its
+CUDA generator too when ``cuda``)."""
+
+
+class StepRunner:
+    """One optimizer step of each of the K runs of a packed group (K >= 1), each with its own :class:`Accelerator`.
+
+    * K = 1: exactly ``accel.step`` (eager, compiled or its own CUDA graph); no random-state swapping.
+    * K > 1, eager (the CPU; CUDA without graphs): the runs step one after another, each inside its ``scope`` --
+      its own global RNG state (torch CPU + Python, and the CUDA generator on CUDA) is swapped in around its step,
+      so every run draws exactly the random numbers (dropout masks, CRD negatives) it draws alone and ends
+      bit-identical to its separate training.
+    * K > 1 with CUDA graphs: every run warms up eagerly on its side stream (``WARMUP_STEPS`` steps, inside its
+      scope), then the K steps are captured into ONE graph, run k on its own stream forked from and joined back
+      into the capture stream, so the small kernels of different runs overlap and one ``replay()`` launches them
+      all. Each run executes the kernels it would alone. Random draws inside the graph come from the device's one
+      CUDA generator in capture order (no per-run swapping inside a graph): a packed run with dropout is then equal
+      in distribution to its separate run, not bit-identical. If capture fails, a notice is issued once and the
+      group steps eagerly from then on.
+    """
+
+    def __init__(self, accels: list[Accelerator], scopes: list[Scope] | None = None) -> None:
+        self.accels = list(accels)
+        self.scopes = list(scopes) if scopes is not None else [None] * len(self.accels)
+        self._graph: Any = None
+        self._outs: list[StepOut] = []
+        self._signature: tuple = ()
+        self._streams: tuple = ()
+
+    @property
+    def packed_graph(self) -> bool:
+        return len(self.accels) > 1 and all(a.use_graphs for a in self.accels)
+
+    @property
+    def graphs(self) -> bool:
+        """Whether any member may replay a CUDA graph (then no run's CUDA generator is swapped: see the class docs)."""
+        return any(a.use_graphs for a in self.accels)
+
+    @property
+    def mode(self) -> str:
+        if len(self.accels) == 1:
+            return self.accels[0].mode
+        return ("packed_cuda_graph" if self.packed_graph else
+                f"sequential_{self.accels[0].mode}" if self.accels else "none")
+
+    def drop(self, k: int) -> None:
+        """Run ``k`` left the group (it diverged): the others go on; a packed graph is re-captured without it."""
+        del self.accels[k], self.scopes[k]
+        self._release()
+
+    def new_epoch(self) -> None:
+        """After each member's ``new_epoch``: a packed graph is dropped if any member's step structure changed."""
+        if self._graph is not None and self._structure() != self._signature:
+            self._release()
+            for a in self.accels:
+                a.steps = 0  # warm up again (new kernels, newly trained parameters get momentum buffers)
+
+    def _structure(self) -> tuple:
+        return tuple(a.structure() for a in self.accels)
+
+    def _release(self) -> None:
+        self._graph, self._outs = None, []
+        for a in self.accels:
+            a._static_in = None
+
+    def _scoped(self, k: int, fn: Callable[..., StepOut], batch: Batch, cuda: bool) -> StepOut:
+        scope = self.scopes[k]
+        if scope is None:
+            return fn(*batch)
+        with scope(cuda):
+            return fn(*batch)
+
+    def step(self, batches: list[Batch]) -> list[StepOut]:
+        """One step of every run on its own batch; returns each run's ``(loss, logits, terms)``, no host sync."""
+        if len(self.accels) == 1:
+            return [self._scoped(0, self.accels[0].step, batches[0], not self.graphs)]
+        if self.packed_graph:
+            if self._graph is not None and all(a._static_in[0].shape == b[0].shape
+                                               for a, b in zip(self.accels, batches)):
+                return self._replay(batches)
+            if self._graph is None and all(a.steps >= WARMUP_STEPS for a in self.accels):
+                out = self._capture(batches)
+                if out is not None:
+                    return out
+            if self.packed_graph:
+                return [self._scoped(k, a.warmup_step, b, False) for k, (a, b) in enumerate(zip(self.accels, batches))]
+        return [self._scoped(k, a.step, b, not self.graphs) for k, (a, b) in enumerate(zip(self.accels, batches))]
+
+    def _capture(self, batches: list[Batch]) -> list[StepOut] | None:
+        """Capture the K steps on these batches (fork/join: one stream per run) and replay once; None on failure."""
+        accels, dev = self.accels, self.accels[0].device
+        try:
+            for a, (x, y, idx) in zip(accels, batches):
+                a._static_in = (x.clone(), y.clone(), idx.clone())
+                a._fill_lrs()
+            torch.cuda.synchronize(dev)
+            for a in accels:
+                a.optimizer.zero_grad(set_to_none=True)  # grads are allocated inside the graph's memory pool
+            graph = torch.cuda.CUDAGraph()
+            main = torch.cuda.Stream(device=dev)
+            streams = [torch.cuda.Stream(device=dev) for _ in accels]
+            outs = []
+            with torch.cuda.stream(main):
+                with torch.cuda.graph(graph, stream=main, capture_error_mode="thread_local"):
+                    for a, s in zip(accels, streams):
+                        s.wait_stream(main)  # fork
+                        with torch.cuda.stream(s):
+                            loss, logits, terms = a.forward(*a._static_in)
+                            loss.backward()
+                            sgd_step_tensor_lr(a.optimizer, a._lrs)
+                        outs.append((loss, logits, terms))
+                    for s in streams:
+                        main.wait_stream(s)  # join
+            torch.cuda.current_stream(dev).wait_stream(main)
+        except Exception as exc:
+            accels[0].capture_failed(exc)  # one notice for the group
+            for a in accels[1:]:
+                a.use_graphs = False
+                a.optimizer.zero_grad(set_to_none=True)
+            self._release()
+            return None
+        self._graph, self._outs, self._signature = graph, outs, self._structure()
+        self._streams = (main, *streams)  # kept alive with the graph that was captured on them
+        graph.replay()
+        for a in accels:
+            a.steps += 1
+        return outs
+
+    def _replay(self, batches: list[Batch]) -> list[StepOut]:
+        for a, batch in zip(self.accels, batches):
+            for dst, src in zip(a._static_in, batch):
+                dst.copy_(src, non_blocking=True)
+            a._fill_lrs()
+        self._graph.replay()
+        for a in self.accels:
+            a.steps += 1
+        return self._outs
 
 
 def describe(acc: Accelerator) -> dict[str, Any]:

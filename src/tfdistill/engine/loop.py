@@ -1,9 +1,10 @@
-"""The training loop: config -> data, student (+ teacher), method, optimizer -> epochs -> run directory.
+"""One run of the training engine: config -> data, student (+ teacher), method, optimizer -> run directory.
 
-Read top to bottom: :func:`train` builds a :class:`Trainer`; :meth:`Trainer.fit` runs pre-stages (if the method
-has any), then epochs of :meth:`Trainer.train_epoch` + :func:`evaluate`, writing ``metrics.jsonl`` and
-checkpoints after every epoch and ``summary.json`` at the end. The engine knows the :class:`Method` interface
-and nothing else about methods.
+:class:`Run` is the per-run record of a group (see :mod:`.group`, which drives the epochs of K >= 1 runs): it builds
+the run, owns its run directory (checked, created or -- with ``--overwrite`` -- replaced only once the run is built;
+the replaced run comes back if the new one stops before its first checkpoint), checkpoints and resume, random
+streams, metrics rows, evaluation and summary. The engine knows the :class:`Method` interface and nothing else
+about methods.
 
 Data parallelism (``torchrun --nproc_per_node=N -m tfdistill train ...``; multi-node with torchrun's ``--nnodes``
 / ``--rdzv-*`` flags): NCCL on GPUs, gloo on CPUs. ``data.batch_size`` is the global batch, sharded by the data
@@ -141,7 +142,7 @@ def build_teacher(cfg: Any, num_classes: int, device: torch.device) -> nn.Module
         raise ConfigError(f"teacher.model={t.model} needs teacher.checkpoint (e.g. runs/<teacher run>/best.pt)")
     # The teacher's random initialisation is overwritten by its checkpoint: drawing it must not shift the run's
     # random stream (the components built next draw from it), so building a teacher -- or sharing one already
-    # built, in a batched group -- leaves the student's and the components' initial weights the same.
+    # built, in a packed group -- leaves the student's and the components' initial weights the same.
     with torch.random.fork_rng(devices=[]):
         teacher = create_model(t.model, num_classes=num_classes, **dict(t.kwargs))
     load_model_weights(teacher, weights_file(t.checkpoint), what="teacher")
@@ -194,11 +195,17 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
 
 
 # ----------------------------------------------------------------------------------------------- trainer
-class Trainer:
+class Run:
+    """One run of a group: its model, method, optimizer, schedule, GradScaler, step (:class:`Accelerator`), random
+    streams (:attr:`rng`), data order, run directory (prepare / commit / rollback), checkpoints and resume, metrics
+    rows and summary. The epochs are driven by :class:`~.group.Group` (K >= 1 runs; K = 1 is a plain run)."""
+
     def __init__(self, cfg: Any, *, resume: bool = False, overwrite: bool = False,
-                 echo: Callable[[str], None] | None = None, data: Any = None, teacher: nn.Module | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, data: Any = None, teacher: nn.Module | None = None,
+                 defer_open: bool = False) -> None:
         """``data``: a prebuilt data bundle and ``teacher``: a prebuilt frozen teacher for ``cfg.teacher`` (both
-        shared by the runs of a batched group); built from ``cfg`` when None."""
+        shared by the runs of a packed group); built from ``cfg`` when None. ``defer_open``: the run directory is
+        created only by :meth:`open` (a group builds all its runs first)."""
         self.cfg = cfg
         self.info = setup_distributed(cfg.engine.device)
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
@@ -228,7 +235,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False  # a previous run in this process may have turned it on
         self.channels_last = bool(cfg.engine.channels_last)
-        self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (multi-seed runs)
+        self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (packed runs)
             cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
             channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
         num_classes = cfg.model.num_classes or self.data.num_classes
@@ -285,10 +292,21 @@ class Trainer:
         self.resumed_from = None
         if do_resume:
             self._load_resume()
-        else:
+        self.rng = rng_state(self.device)
+        """This run's random streams while another run of its group steps (see :meth:`own_rng`)."""
+        self.tb = None
+        self._opening = (do_resume, resume, overwrite)
+        if not defer_open:
+            self.open()
+
+    def open(self) -> None:
+        """Create (or, with ``--overwrite``, replace) the run directory of a new run, write the notes issued while
+        building to its train.log, start TensorBoard. A packed group opens its runs once all of them are built."""
+        do_resume, resume, overwrite = self._opening
+        if not do_resume:
             self._prepare_run_dir(resume, overwrite, dry=False)
             if self.info.is_main:
-                self.run.config.write_text(to_yaml(cfg))
+                self.run.config.write_text(to_yaml(self.cfg))
         pending, self._pending_log = self._pending_log or [], None
         if self.info.is_main:
             for line in pending:
@@ -477,15 +495,20 @@ class Trainer:
             self.run.log_line(f"resumed after epoch {self.epoch}")
         barrier(self.info)  # every rank has read last.pt before rank 0 may replace it
 
-    # ------------------------------------------------------------------ training
-    def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One optimizer step; returns (loss, logits, terms) without synchronising with the host.
+    # ------------------------------------------------------------------ what the group loop calls
+    @contextlib.contextmanager
+    def own_rng(self, cuda: bool = True):
+        """This run's random streams as the global ones (for one step, evaluation or checkpoint of a packed group):
+        swapped in on entry, saved back on exit. ``cuda``: the CUDA generator too (not while the group replays a
+        packed CUDA graph, see :class:`~.accel.StepRunner`)."""
+        dev = self.device if cuda else None
+        set_rng_state(self.rng, dev)
+        try:
+            yield
+        finally:
+            self.rng = {**self.rng, **rng_state(dev)}
 
-        Eager, compiled or replayed from a CUDA graph (``engine.compile`` / ``engine.cuda_graphs``, see
-        :mod:`.accel`); the returned tensors are only valid until the next step."""
-        return self.accel.step(x, y, idx)
-
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def begin_epoch(self, epoch: int) -> None:
         self.model.train()
         if self.teacher is not None:
             self.teacher.eval()
@@ -493,101 +516,114 @@ class Trainer:
         self.accel.new_epoch()
         if self.dropblock is not None:
             self.dropblock.set_progress(epoch / max(1, self.cfg.epochs))
-        loader = self.data.train
-        loader.set_epoch(epoch)
-        total = self.steps_per_epoch
-        sums: dict[str, Tensor] = {}
-        correct = torch.zeros((), device=self.device, dtype=torch.float64)
-        bad = torch.zeros((), device=self.device, dtype=torch.bool)
-        seen = 0
-        t0 = time.time()
-        bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not self.show_bars, file=sys.stdout)
-        shown = t0
-        for step, (x, y, idx) in enumerate(loader):
-            if step >= total:
-                break
-            self.sched.apply()
-            loss, logits, terms = self.step(x, y, idx)
-            self.sched.step()
-            n = y.shape[0]
-            with torch.no_grad():
-                bad |= ~torch.isfinite(loss)
-                correct += (logits.argmax(1) == y).sum()
-                for k, v in (("loss", loss), *terms.items()):
-                    acc = sums.get(k)
-                    sums[k] = v.detach().double() * n if acc is None else acc + v.detach().double() * n
-            seen += n
-            bar.update(1)
-            now = time.time()
-            if now - shown > 0.5 or step == total - 1:
-                shown = now
-                if not self.info.enabled and bool(bad):  # under DDP: checked collectively after the epoch
-                    self._diverged(epoch, sums)
-                bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
-        bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.time() - t0
-        keys = list(sums)
-        packed = torch.stack([sums[k] for k in keys] + [correct, torch.tensor(float(seen), device=self.device,
-                                                                                dtype=torch.float64), bad.double()])
-        all_reduce_sum(packed, self.info)
-        vals = packed.tolist()
-        count = max(vals[-2], 1.0)
-        if vals[-1] > 0 or not all(math.isfinite(v) for v in vals[:-1]):
-            self._diverged(epoch, dict(zip(keys, packed)))
-        return {
-            "loss": vals[0] / count,
-            "terms": {k: v / count for k, v in zip(keys[1:], vals[1:len(keys)])},
-            "train_acc": 100.0 * vals[len(keys)] / count,
-            "epoch_seconds": seconds,
-            "images_per_sec": count / seconds if seconds > 0 else float("nan"),
-        }
+        self.data.train.set_epoch(epoch)
 
-    def _diverged(self, epoch: int, sums: dict[str, Tensor]) -> None:
-        which = [k for k, v in sums.items() if k != "loss" and not math.isfinite(float(v))]
-        where = f" (non-finite term: {', '.join(which)})" if which else ""
-        keep = (f"the last good checkpoint is {self.run.last} (after epoch {self.epoch})" if self.run.last.exists()
-                else "no checkpoint was written yet")
-        raise DivergenceError(f"loss became NaN/inf in epoch {epoch + 1}{where}; stopped, {keep}")
-
-    def run_pre_stage(self, stage: PreStage) -> None:
+    def stage_accelerator(self, stage: PreStage) -> Accelerator:
+        """The step of a pre-stage (FitNets hint, AB, FT): ``stage.modules``' trainable parameters, SGD with the run's
+        settings (``stage.lr`` or ``optim.lr``), its own GradScaler, minimising the sum of ``stage.loss`` terms of the
+        main stage's forward pass; gradients all-reduced by hand under DDP (the stage's modules are not DDP's)."""
         params = self.method.trainable_parameters(stage.name)
         o = self.cfg.optim
         opt = torch.optim.SGD(params, lr=stage.lr or o.lr, momentum=o.momentum, nesterov=o.nesterov,
                               weight_decay=o.weight_decay)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        info = self.info
+
+        def all_reduce_grads() -> None:
+            for p in params:
+                if p.grad is not None:
+                    all_reduce_sum(p.grad, info).div_(info.world_size)
+
+        return Accelerator(_StageStep(self.method, stage), opt, scaler, device=self.device, precision=self.precision,
+                           cuda_graphs=bool(self.cfg.engine.cuda_graphs), distributed=info.enabled, log=self._log,
+                           watch=self.method, after_backward=all_reduce_grads if info.enabled else None)
+
+    def begin_stage_epoch(self, e: int) -> None:
         self.method.train()
         if self.teacher is not None:
             self.teacher.eval()
-        for e in range(stage.epochs):
-            self.data.train.set_epoch(-1 - e)  # its own data order, distinct from the main epochs'
-            t0, tot, n = time.time(), 0.0, 0
-            bar = tqdm(total=self.steps_per_epoch, desc=f"{stage.name} {e + 1}/{stage.epochs}", leave=False,
-                       disable=not self.show_bars, file=sys.stdout)
-            for step, (x, y, idx) in enumerate(self.data.train):
-                if step >= self.steps_per_epoch:
-                    break
-                with autocast_for(self.precision, self.device):
-                    terms = stage.loss(self.method.outputs(x, y, idx))
-                loss = torch.stack([v.float() for v in terms.values()]).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if self.info.enabled:
-                    for p in params:
-                        if p.grad is not None:
-                            all_reduce_sum(p.grad, self.info).div_(self.info.world_size)
-                opt.step()
-                tot += loss.detach()
-                n += 1
-                bar.update(1)
-            bar.close()
-            for p in self.method.parameters():  # no pre-stage gradient may reach the main stage
-                p.grad = None
-            mean = float(tot) / max(n, 1)
-            if not math.isfinite(mean):
-                raise DivergenceError(f"loss became NaN/inf in pre-stage {stage.name!r} epoch {e + 1}")
-            self._log(f"pre-stage {stage.name} {e + 1}/{stage.epochs}  loss {mean:.4f}  {time.time() - t0:.1f}s")
+        self.data.train.set_epoch(-1 - e)  # its own data order, distinct from the main epochs'
+
+    def end_pre_stages(self) -> None:
+        for p in self.method.parameters():  # no pre-stage gradient may reach the main stage
+            p.grad = None
+        self.pre_done = True
+
+    def record_stage(self, stage: PreStage, e: int, train: dict) -> None:
+        """A metrics row of pre-stage epoch ``e`` (0-based): ``"stage"`` names it; ``"epoch": 0`` keeps it before the
+        main epochs (resume keeps it), and its loss is ``stage_loss``, so curves of the main ``loss`` skip it."""
+        row = {"epoch": 0, "stage": stage.name, "stage_epoch": e + 1, "stage_epochs": stage.epochs,
+               "stage_loss": train["loss"], "terms": train["terms"], "epoch_seconds": train["epoch_seconds"],
+               "images_per_sec": train["images_per_sec"], "time": time.time() - self.started}
+        if self.info.is_main:
+            self.run.append_metrics(row)
+        self._log(f"pre-stage {stage.name} {e + 1}/{stage.epochs}  loss {train['loss']:.4f}  "
+                  f"{train['epoch_seconds']:.1f}s")
+
+    def record_epoch(self, epoch: int, lr: float, train: dict, last_eval: dict, *, eta: float, who: str = "") -> None:
+        """After main epoch ``epoch`` (0-based): best top-1, metrics row, TensorBoard, checkpoints, the epoch line."""
+        improved = bool(last_eval) and last_eval["top1"] > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch = last_eval["top1"], epoch + 1
+        self.epoch = epoch + 1
+        row = {"epoch": epoch + 1, "lr": lr, **train,
+               "test_top1": last_eval.get("top1"), "test_top5": last_eval.get("top5"),
+               "test_loss": last_eval.get("loss"), "best_top1": self.best_top1,
+               "time": time.time() - self.started}
+        if self.info.is_main:
+            self.run.append_metrics(row)
+            self._tb_write(row)
+        self.save(best=improved)
+        speed = f"{train['group_images_per_sec']:.0f} img/s ({train['packed']} runs)" if train.get("packed") else None
+        line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, last_eval, self.best_top1,
+                                 self.best_epoch, eta, who=who, speed=speed)  # <= 100 columns (+ who)
+        self._log(line)
+        if terms and self.info.is_main:  # the terms that did not fit on the line
+            self.run.log_line(terms)
+
+    def finish(self, last_eval: dict, extra: dict | None = None) -> RunResult:
+        summary = {**self._summary(last_eval), **(extra or {})}
+        if self.info.is_main:
+            self.run.write_summary(summary)
+            self._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
+                      f"last {summary['last_top1']:.2f}%  -> {self.run.path}")
+        self.close()
+        barrier(self.info)
+        return RunResult(self.run.path, summary)
+
+    def finished_result(self) -> RunResult | None:
+        """The result of a resumed run that had finished already (rank 0's view decides), else None."""
+        if self.resumed_from is None or self.epoch < self.cfg.epochs:
+            return None
+        done = json.loads(self.run.summary.read_text()) if self.info.is_main and self.run.finished() else None
+        done = broadcast_object(done, self.info)
+        if done is None:
+            return None
+        self._log(f"{self.run.path} already finished; nothing to resume")
+        self.close()
+        return RunResult(self.run.path, done)
+
+    def diverged(self, where: str, bad_terms: list[str]) -> DivergenceError:
+        """The error that stops this run (alone): its loss became NaN/inf ``where`` (e.g. "in epoch 3")."""
+        which = f" (non-finite term: {', '.join(bad_terms)})" if bad_terms else ""
+        keep = (f"the last good checkpoint is {self.run.last} (after epoch {self.epoch})" if self.run.last.exists()
+                else "no checkpoint was written yet")
+        return DivergenceError(f"loss became NaN/inf {where}{which}; stopped, {keep}")
+
+    def stop(self, err: BaseException) -> None:
+        """This run stops (it diverged while its group goes on, or the group stopped): the reason goes to its
+        train.log and, unless it is resumable after an interrupt, a FAILED marker (:meth:`RunDir.record_stop`); a run
+        it replaced (--overwrite) comes back instead if it had no checkpoint yet."""
+        self.close()
+        if self.info.is_main and self.run.replaced is None:
+            line = self.run.record_stop(err, self.epoch, int(self.cfg.epochs))
+            self.echo(line) if isinstance(err, KeyboardInterrupt) else None
+        self.restore_replaced()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
     def _log(self, line: str) -> None:
         if self.info.is_main:
@@ -596,77 +632,6 @@ class Trainer:
                 self._pending_log.append(line)  # type: ignore[union-attr]
             else:
                 self.run.log_line(line)
-
-    def fit(self) -> RunResult:
-        try:
-            return self._fit()
-        except BaseException as exc:
-            if self.info.is_main and self.run.replaced is None:  # else the replaced run comes back instead
-                self.run.record_stop(exc, self.epoch, int(self.cfg.epochs))  # train.log says why; FAILED marker
-            self.restore_replaced()
-            raise
-
-    def _fit(self) -> RunResult:
-        cfg = self.cfg
-        if self.resumed_from is not None and self.epoch >= cfg.epochs:
-            # rank 0's view of the run directory decides (other nodes may not share its filesystem)
-            done = json.loads(self.run.summary.read_text()) if self.info.is_main and self.run.finished() else None
-            done = broadcast_object(done, self.info)
-            if done is not None:
-                self._log(f"{self.run.path} already finished; nothing to resume")
-                return RunResult(self.run.path, done)
-        if self.info.is_main and self.resumed_from is None:
-            self._log(f"run {self.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
-                      f"({self.data.num_train} train images, {self.num_classes} classes), "
-                      f"{plural(int(cfg.epochs), 'epoch')}, device {device_name(self.device)}, "
-                      f"world size {self.info.world_size}")
-            for line in [*self.data.notes, *self.method.describe_taps()]:  # resolution decided, layers tapped
-                self._log(line)
-        elif self.resumed_from is not None:
-            self._log(f"resuming {self.run.path} after epoch {self.resumed_from}/{cfg.epochs}")
-        if not self.pre_done:
-            for stage in self.method.pre_stages():
-                self.run_pre_stage(stage)
-            self.pre_done = True
-        t_run = time.time()
-        first = self.epoch
-        last_eval: dict[str, float] = {}
-        for epoch in range(self.epoch, int(cfg.epochs)):
-            lr = self.sched.lr()
-            train = self.train_epoch(epoch)
-            final = epoch + 1 == cfg.epochs
-            if final or (epoch + 1) % max(1, cfg.engine.eval_every) == 0:
-                last_eval = self._evaluate()
-            improved = bool(last_eval) and last_eval["top1"] > self.best_top1
-            if improved:
-                self.best_top1, self.best_epoch = last_eval["top1"], epoch + 1
-            self.epoch = epoch + 1
-            row = {"epoch": epoch + 1, "lr": lr, **train,
-                   "test_top1": last_eval.get("top1"), "test_top5": last_eval.get("top5"),
-                   "test_loss": last_eval.get("loss"), "best_top1": self.best_top1,
-                   "time": time.time() - self.started}
-            if self.info.is_main:
-                self.run.append_metrics(row)
-                self._tb_write(row)
-            self.save(best=improved)
-            done = epoch + 1 - first
-            eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
-            line, terms = epoch_line(epoch + 1, int(cfg.epochs), lr, train, last_eval, self.best_top1,
-                                     self.best_epoch, eta)  # <= 100 columns; terms that do not fit: train.log
-            self._log(line)
-            if terms and self.info.is_main:
-                self.run.log_line(terms)
-        if not last_eval:  # killed after the last checkpoint, before the summary was written
-            last_eval = self._evaluate()
-        summary = self._summary(last_eval)
-        if self.info.is_main:
-            self.run.write_summary(summary)
-            self._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
-                      f"last {summary['last_top1']:.2f}%  -> {self.run.path}")
-        if self.tb is not None:
-            self.tb.close()
-        barrier(self.info)
-        return RunResult(self.run.path, summary)
 
     def _evaluate(self) -> dict[str, float]:
         if self.info.enabled:
@@ -687,7 +652,8 @@ class Trainer:
 
     def _summary(self, last_eval: dict) -> dict:
         rows = self.run.read_metrics() if self.info.is_main else []
-        speeds = [r["images_per_sec"] for r in rows if isinstance(r.get("images_per_sec"), (int, float))]
+        speeds = [r["images_per_sec"] for r in rows
+                  if "stage" not in r and isinstance(r.get("images_per_sec"), (int, float))]
         cfg = self.cfg
         return {
             "status": "finished",
@@ -731,18 +697,14 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
-          echo: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run described by ``cfg`` (see :mod:`tfdistill.config`); returns its directory and summary.
+class _StageStep(nn.Module):
+    """The step module of a pre-stage: the main stage's forward pass, the stage's loss terms."""
 
-    With ``cfg.seeds`` set, trains one run per seed (batched into one model where possible, see
-    :mod:`.multiseed`) and returns the list of their results, in the order of ``cfg.seeds``."""
-    if getattr(cfg, "seeds", None):
-        from .multiseed import train_seeds
+    def __init__(self, method: Method, stage: PreStage) -> None:
+        super().__init__()
+        self.method = method
+        self.__dict__["stage"] = stage  # holds modules of the method: not registered twice
 
-        apply_engine_settings(cfg, resolve_device(cfg.engine.device))  # before the seeds' configs are copied
-        return train_seeds(cfg, resume=resume, overwrite=overwrite, echo=echo)  # type: ignore[return-value]
-    try:
-        return Trainer(cfg, resume=resume, overwrite=overwrite, echo=echo).fit()
-    finally:
-        cleanup_distributed()  # only a process group that setup_distributed created (torchrun); no-op otherwise
+    def forward(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.method.outputs(x, y, idx)
+        return out.logits_s, self.stage.loss(out)

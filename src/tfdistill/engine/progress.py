@@ -22,16 +22,20 @@ def _hms(seconds: float) -> str:
 
 
 def epoch_line(epoch: int, epochs: int, lr: float, train: dict[str, Any], test: dict[str, float],
-               best_top1: float, best_epoch: int, eta: float, width: int = WIDTH) -> tuple[str, str | None]:
-    """``(line, terms_line)``: the console/log line (at most ``width`` columns for any realistic value) and, when
-    the method's terms did not fit in it, a line with them for ``train.log`` (else None)."""
-    core = [f"epoch {epoch:>3}/{epochs}", f"lr {lr:.3g}", f"loss {train['loss']:.4f}",
+               best_top1: float, best_epoch: int, eta: float, width: int = WIDTH, *, who: str = "",
+               speed: str | None = None) -> tuple[str, str | None]:
+    """``(line, terms_line)``: the console/log line (at most ``width`` columns for any realistic value, plus the
+    ``who`` prefix that names the run inside a packed group) and, when the method's terms did not fit in it, a line
+    with them for ``train.log`` (else None). ``speed`` replaces the run's own images/s (a packed group's)."""
+    width += len(who)
+    core = [f"{who}epoch {epoch:>3}/{epochs}", f"lr {lr:.3g}", f"loss {train['loss']:.4f}",
             f"train {train['train_acc']:.1f}%",
             f"test {test.get('top1', float('nan')):.2f}% best {best_top1:.2f}%@{best_epoch}",
             f"{sec:.1f}s" if (sec := train["epoch_seconds"]) < 100 else f"{sec:.0f}s", f"ETA {_hms(eta)}"]
     terms = {k: v for k, v in (train.get("terms") or {}).items() if k != "ce"}
-    optional = [f"{train['images_per_sec']:.0f} img/s"] if math.isfinite(train.get("images_per_sec", float("nan"))) \
-        else []
+    if speed is None and math.isfinite(train.get("images_per_sec", float("nan"))):
+        speed = f"{train['images_per_sec']:.0f} img/s"
+    optional = [speed] if speed else []
     term_text = " ".join(f"{k} {v:.3g}" for k, v in terms.items())
     fits = [ln for ln in ("  ".join(core + [term_text]), " ".join(core + [term_text])) if len(ln) <= width]
     if term_text and fits:

@@ -111,7 +111,7 @@ def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
     cfg_file = path / CONFIG_FILE
     config = _load_yaml(cfg_file) if cfg_file.is_file() else (
         _load_yaml(fallback_config) if fallback_config and fallback_config.is_file() else {})
-    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=len(RunDir(path).read_metrics()))
+    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=RunDir(path).epochs_done())
     summary_file, failed = path / SUMMARY_FILE, path / FAILED_MARKER
     if summary_file.is_file():
         try:

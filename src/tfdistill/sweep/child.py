@@ -1,9 +1,9 @@
 """A sweep's training subprocess.
 
 * ``python -m tfdistill.sweep.child train CONFIG.yaml [--resume|--overwrite]``: exactly ``python -m tfdistill train``;
-* ``python -m tfdistill.sweep.child batch MODE CONFIG.yaml MODE CONFIG.yaml ...`` (``MODE``: ``new``, ``resume`` or
-  ``overwrite``): the runs as one batched model (:class:`~tfdistill.engine.multiseed.MultiSeedTrainer`); exit code 0
-  when every run finished, 1 when some diverged (each says why in its ``train.log``), 2 on bad input.
+* ``python -m tfdistill.sweep.child pack MODE CONFIG.yaml MODE CONFIG.yaml ...`` (``MODE``: ``new``, ``resume`` or
+  ``overwrite``): the runs as one packed group (:func:`~tfdistill.engine.build_group`); exit code 0 when every run
+  finished, 1 when some diverged (each says why in its ``train.log``, the others ran to the end), 2 on bad input.
 
 On Linux the process first asks the kernel to kill it when the sweep that started it dies (``PR_SET_PDEATHSIG``): a
 sweep killed with SIGKILL leaves no training process behind that would race its restart for the same run directory.
@@ -35,22 +35,18 @@ def die_with_parent() -> None:
 MODES = {"new": (False, False), "resume": (True, False), "overwrite": (False, True)}
 
 
-def batch(argv: list[str]) -> int:
+def pack(argv: list[str]) -> int:
     from tfdistill.config import load_config
-    from tfdistill.engine.auto import apply_engine_settings
-    from tfdistill.engine.loop import resolve_device
-    from tfdistill.engine.multiseed import MultiSeedTrainer
+    from tfdistill.engine import build_group
     from tfdistill.errors import DivergenceError, TfdError
 
     if len(argv) < 2 or len(argv) % 2 or any(m not in MODES for m in argv[::2]):
-        print(f"tfdistill: error: usage: batch MODE CONFIG [MODE CONFIG ...] with MODE in {', '.join(MODES)}",
+        print(f"tfdistill: error: usage: pack MODE CONFIG [MODE CONFIG ...] with MODE in {', '.join(MODES)}",
               file=sys.stderr)
         return 2
     try:
         cfgs = [load_config(path) for path in argv[1::2]]
-        for c in cfgs:  # engine.* = auto resolved for this process's device before the group is built
-            apply_engine_settings(c, resolve_device(c.engine.device))
-        results = MultiSeedTrainer(cfgs, modes=[MODES[m] for m in argv[::2]]).fit()
+        results = build_group(cfgs, modes=[MODES[m] for m in argv[::2]]).fit()
     except TfdError as exc:
         print(f"tfdistill: error: {exc}", file=sys.stderr)
         return 2
@@ -62,8 +58,8 @@ def batch(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     die_with_parent()
-    if sys.argv[1:2] == ["batch"]:
-        sys.exit(batch(sys.argv[2:]))
+    if sys.argv[1:2] == ["pack"]:
+        sys.exit(pack(sys.argv[2:]))
     from tfdistill.cli import main
 
     sys.exit(main(sys.argv[1:]))

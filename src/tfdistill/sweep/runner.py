@@ -45,6 +45,8 @@ STATE_FILE = "sweep_state.json"
 SPEC_FILE = "sweep.yaml"
 LOCK_FILE = ".sweep.lock"
 SWEEP_PID_ENV = "TFDISTILL_SWEEP_PID"
+DEFAULT_PACK_CUDA = 4
+"""Runs per packed group when ``--pack`` is not given and the runs train on CUDA (1 on the CPU)."""
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
@@ -111,7 +113,7 @@ def start_mode(run: PlannedRun) -> StartMode:
     """How to (re)start ``run``: resume from last.pt, restart a run dir without checkpoint, or start fresh."""
     rd = run.run_dir
     if rundir.is_resumable(rd):
-        done = len(RunDir(rd).read_metrics())
+        done = RunDir(rd).epochs_done()
         return StartMode(resume=True, what=f"resume after epoch {done}/{run.cfg.epochs}")
     if rd.is_dir() and any(p.name != FAILED_MARKER for p in rd.iterdir()):
         return StartMode(overwrite=True, what="restart (no checkpoint yet)")
@@ -143,25 +145,26 @@ class Hooks:
 class Executor:
     """Trains planned runs in one of ``slots`` parallel slots.
 
-    ``run_group(runs, slot, hooks)`` trains runs that differ only by seed (same model, method and variant). The
-    default trains them one after the other with :meth:`run_one`. An executor that trains several seeds as one
-    batched model in one process (``seeds=[0, 1, 2]`` in one ``train`` call, each seed writing its own run
-    directory) sets ``batches_seeds = True`` and overrides ``run_group``; the sweep then hands it whole groups.
+    ``run_group(runs, slot, hooks)`` trains a job: one run, or -- for an executor that ``packs`` -- up to ``pack_size``
+    compatible runs (equal :meth:`group_key`) as one packed group in one process (each run writing its own run
+    directory, exactly as alone). The default trains them one after the other with :meth:`run_one`.
     """
 
-    batches_seeds = False
+    packs = False
     slots = 1
-    max_group = 0
-    """With ``batches_seeds``: at most this many runs per group (0: no limit)."""
+    pack_size = 0
+    """With ``packs``: at most this many runs per group (0: no limit)."""
 
     def group_key(self, run: PlannedRun) -> str:
-        """With ``batches_seeds``: runs with the same key are handed to :meth:`run_group` together."""
-        return run.group
+        """With ``packs``: runs with the same key may train as one group (default: the engine's
+        :func:`~tfdistill.engine.group.pack_key` -- same data, engine settings and epochs)."""
+        from ..engine.group import pack_key
 
-    def can_batch(self, run: PlannedRun) -> bool:
-        """With ``batches_seeds``: whether ``run``'s group trains as one batched model (else its runs are separate
-        jobs, in parallel slots when there are several)."""
-        return self.batches_seeds
+        return pack_key(run.cfg)
+
+    def can_pack(self, run: PlannedRun) -> bool:
+        """With ``packs``: whether ``run`` may join a group (else it is a job of its own)."""
+        return self.packs
 
     def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
         for run in runs:
@@ -180,10 +183,14 @@ class Executor:
 
 
 class InProcessExecutor(Executor):
-    """Sequential runs in this process (``--jobs 1``): no start-up cost per run, the epoch lines on the console."""
+    """Runs in this process (``--jobs 1``): no start-up cost per run, the epoch lines on the console. With ``pack`` > 1
+    each job of up to ``pack`` compatible runs trains as one packed group (:func:`~tfdistill.engine.build_group`); a
+    run that diverges is recorded as failed the moment it stops, and the rest of its group goes on."""
 
-    def __init__(self, echo: Callable[[str], None]) -> None:
+    def __init__(self, echo: Callable[[str], None], pack: int = 1) -> None:
         self.echo = echo
+        self.packs = int(pack) != 1
+        self.pack_size = max(0, int(pack))
 
     def run_one(self, run: PlannedRun, mode: StartMode, slot: int) -> Outcome:
         from ..engine import train
@@ -202,6 +209,53 @@ class InProcessExecutor(Executor):
             gc.collect()
             _empty_cuda_cache()
 
+    def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
+        runs = list(runs)
+        if len(runs) < 2 or hooks.stopping():
+            return super().run_group(runs, slot, hooks)
+        from ..engine import build_group
+        from ..errors import DivergenceError
+
+        self.echo(f"packed: {len(runs)} runs in one group: {', '.join(r.name for r in runs)}")
+        modes = [start_mode(r) for r in runs]
+        for r, m in zip(runs, modes):
+            (r.run_dir / FAILED_MARKER).unlink(missing_ok=True)
+            hooks.started(r, m)
+        reported: set[int] = set()
+
+        def fail(i: int, error: str, detail: str) -> None:
+            r = runs[i]
+            log = r.sweep_dir / "logs" / f"{r.name}.log"
+            with open(log, "a") as fh:
+                fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} in-process, packed with "
+                         f"{[x.name for x in runs]}\n{detail}")
+            reported.add(i)
+            hooks.finished(r, Outcome("failed", None, error=error, log=str(log)))
+
+        def dropped(i: int, err: DivergenceError) -> None:  # recorded at once: an interrupt may follow
+            fail(i, f"DivergenceError: {err}", f"DivergenceError: {err}\n")
+
+        try:
+            results = build_group([r.cfg for r in runs], modes=[(m.resume, m.overwrite) for m in modes],
+                                  echo=lambda s: self.echo(f"    {s}"), on_drop=dropped).fit()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the group failed: its runs that had not finished are recorded as failed
+            for i, r in enumerate(runs):
+                if i in reported:
+                    continue
+                if is_finished(r):
+                    hooks.finished(r, Outcome("finished", 0, summary=_read_summary(r)))
+                else:
+                    fail(i, _one_line(exc), traceback.format_exc())
+            return
+        finally:
+            gc.collect()
+            _empty_cuda_cache()
+        for i, (r, res) in enumerate(zip(runs, results)):
+            if i not in reported and not isinstance(res, DivergenceError):
+                hooks.finished(r, Outcome("finished", 0, summary=res.summary))
+
 
 def _empty_cuda_cache() -> None:
     torch = sys.modules.get("torch")
@@ -217,38 +271,21 @@ class SubprocessExecutor(Executor):
     and, on Linux, die with the sweep (``PR_SET_PDEATHSIG``), so a killed sweep leaves no orphan writing into a run
     directory that its restart would train again.
 
-    With ``batch="seeds"`` (``--batch-seeds``) or ``"weights"`` (``--batch-weights``) each group of runs that can be
-    batched trains as one batched model in one process (``python -m tfdistill.sweep.child batch ...``; its output
-    goes to ``logs/batch_<first run>.log``), at most ``max_group`` runs per process when > 0: e.g. one group per GPU.
+    With ``pack`` > 1 each job of up to ``pack`` compatible runs trains as one packed group in one process
+    (``python -m tfdistill.sweep.child pack ...``; its output goes to ``logs/pack_<first run>.log``): e.g. one group of
+    four runs per GPU with ``--gpus 0,1 --pack 4``.
     """
 
     def __init__(self, slots: int, gpus: Sequence[str] | None = None, keep_fds: Sequence[int] = (),
-                 batch: str | None = None, max_group: int = 0) -> None:
-        if batch not in (None, "seeds", "weights"):
-            raise ValueError(f"batch must be None, 'seeds' or 'weights', got {batch!r}")
+                 pack: int = 1) -> None:
         self.slots = max(1, int(slots))
         self.gpus = [str(g) for g in gpus] if gpus else []
         self.keep_fds = tuple(keep_fds)
-        self.batch = batch
-        self.batches_seeds = batch is not None
-        self.max_group = max(0, int(max_group))
+        self.packs = int(pack) != 1
+        self.pack_size = max(0, int(pack))
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = False
-
-    def group_key(self, run: PlannedRun) -> str:
-        if not self.batch:
-            return run.group
-        from ..engine.multiseed import sweep_group_key
-
-        return sweep_group_key(run.cfg, run.group, self.batch == "weights")
-
-    def can_batch(self, run: PlannedRun) -> bool:
-        if not self.batch:
-            return False
-        from ..engine.multiseed import batching_blocker
-
-        return batching_blocker(run.cfg) is None
 
     def command(self, run: PlannedRun, mode: StartMode) -> list[str]:
         return [sys.executable, "-m", "tfdistill.sweep.child", "train", str(run.config_path), *mode.flags]
@@ -307,20 +344,20 @@ class SubprocessExecutor(Executor):
         return self._outcome(run, rc, output, log_path)
 
     def run_group(self, runs: Sequence[PlannedRun], slot: int, hooks: Hooks) -> None:
-        """A batchable group (with ``batch``): one process trains it as one batched model; else run by run."""
+        """A packed job (several runs): one process trains them as one group; else run by run."""
         runs = list(runs)
-        if len(runs) < 2 or hooks.stopping() or not self.can_batch(runs[0]):
+        if len(runs) < 2 or hooks.stopping():
             return super().run_group(runs, slot, hooks)
         modes = [start_mode(r) for r in runs]
-        cmd = [sys.executable, "-m", "tfdistill.sweep.child", "batch"]
+        cmd = [sys.executable, "-m", "tfdistill.sweep.child", "pack"]
         for r, m in zip(runs, modes):
             (r.run_dir / FAILED_MARKER).unlink(missing_ok=True)
             hooks.started(r, m)
             cmd += ["resume" if m.resume else "overwrite" if m.overwrite else "new", str(r.config_path)]
-        log_path = runs[0].sweep_dir / "logs" / f"batch_{runs[0].name}.log"
+        log_path = runs[0].sweep_dir / "logs" / f"pack_{runs[0].name}.log"
         for r in runs:
             with open(r.sweep_dir / "logs" / f"{r.name}.log", "a") as fh:
-                fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} trained as one batched model with "
+                fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} trained as one packed group with "
                          f"{[x.name for x in runs]}: output in {log_path.name}\n")
         offsets = [_size(r.run_dir / "train.log") for r in runs]
         rc, output = self._spawn(cmd, slot, log_path)
@@ -331,7 +368,7 @@ class SubprocessExecutor(Executor):
                 # sweep is being interrupted (it would diverge again)
                 new = _read_from(r.run_dir / "train.log", offset)
                 own = [ln[len("error: "):] for ln in new.splitlines() if ln.startswith("error: ")]
-                tag = f"tfdistill: error: {r.name}: "  # what the batch child prints for each run that stopped
+                tag = f"tfdistill: error: {r.name}: "  # what the pack child prints for each run that stopped
                 own += [ln.strip()[len(tag):] for ln in output.splitlines() if ln.strip().startswith(tag)]
                 if own:
                     outcome = Outcome("failed", rc, error=own[-1], log=str(log_path))
@@ -403,14 +440,12 @@ class SweepResult:
 class Sweep(Hooks):
     def __init__(self, plan: Plan, *, jobs: int = 1, gpus: Sequence[str] | None = None,
                  echo: Callable[[str], None] = print, retry_failed: bool = True,
-                 executor: Executor | None = None, batch: str | None = None, max_group: int = 0) -> None:
+                 executor: Executor | None = None, pack: int | None = None) -> None:
         if jobs < 1:
             raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-        if batch not in (None, "seeds", "weights"):
-            raise ConfigError(f"batch must be 'seeds' or 'weights', got {batch!r}")
-        if max_group < 0:
-            raise ConfigError(f"--batch-max {max_group}: give a positive number of runs (0: no limit)")
-        self.batch, self.max_group = batch, int(max_group)
+        if pack is not None and pack < 0:
+            raise ConfigError(f"--pack {pack}: give the number of runs per group (1: no packing, 0: no limit)")
+        self.pack = pack
         self.plan = plan
         self.gpus = [str(g).strip() for g in gpus or [] if str(g).strip()]
         if self.gpus:
@@ -531,11 +566,13 @@ class Sweep(Hooks):
                     self.result.failed.append(r.name)
                 else:
                     todo.append(r)
-            executor = self._executor(lock.fd)
+            executor = self._executor(lock.fd, self._pack_size(todo))
             slots = min(executor.slots, max(1, len(todo)))
             mode = "in this process" if isinstance(executor, InProcessExecutor) else (
                 f"{slots} process{'es' if slots > 1 else ''} at a time"
                 + (f" on GPU(s) {','.join(self.gpus)}" if self.gpus else ""))
+            if executor.packs:
+                mode += f", packed {executor.pack_size or 'all compatible'} runs per group"
             skipped_failed = f" ({len(self.result.failed)} failed, skipped)" if self.result.failed else ""
             self.echo(f"sweep {plan.spec.name}: {len(runs)} runs in {self.dir}: {len(self.result.skipped)} finished, "
                       f"{len(todo)} to train{skipped_failed}, {mode}")
@@ -544,30 +581,36 @@ class Sweep(Hooks):
         self._final()
         return self.result
 
-    def _executor(self, lock_fd: int | None) -> Executor:
+    def _pack_size(self, runs: list[PlannedRun]) -> int:
+        """``--pack`` as given, else the default: DEFAULT_PACK_CUDA runs per group where the runs train on CUDA, else
+        1 (on the CPU packed runs step one after another: no faster than separate runs)."""
+        if self.pack is not None:
+            return self.pack
+        import torch
+
+        on_cuda = torch.cuda.is_available() and all(not str(r.cfg.engine.device).startswith(("cpu", "mps"))
+                                                    for r in runs)
+        return DEFAULT_PACK_CUDA if on_cuda else 1
+
+    def _executor(self, lock_fd: int | None, pack: int) -> Executor:
         if self.executor is not None:
             return self.executor
         if self.jobs == 1 and not self.gpus:
-            if self.batch:
-                from ..engine.multiseed import batched_seeds_executor
-
-                return batched_seeds_executor(self.echo, weights=self.batch == "weights", max_group=self.max_group)
-            return InProcessExecutor(self.echo)
-        return SubprocessExecutor(self.jobs, self.gpus, keep_fds=[lock_fd] if lock_fd is not None else [],
-                                  batch=self.batch, max_group=self.max_group)
+            return InProcessExecutor(self.echo, pack=pack)
+        return SubprocessExecutor(self.jobs, self.gpus, keep_fds=[lock_fd] if lock_fd is not None else [], pack=pack)
 
     def _execute(self, executor: Executor, todo: list[PlannedRun]) -> None:
-        if executor.batches_seeds:
+        if executor.packs:
             groups: dict[str, list[PlannedRun]] = {}
-            for r in todo:
-                groups.setdefault(executor.group_key(r), []).append(r)
-            size = executor.max_group or len(todo)
             jobs = []
+            for r in todo:
+                if executor.can_pack(r):
+                    groups.setdefault(executor.group_key(r), []).append(r)
+                else:  # a job of its own, so parallel slots can take it
+                    jobs.append([r])
+            size = executor.pack_size or len(todo)
             for g in groups.values():
-                if executor.can_batch(g[0]):
-                    jobs += [g[i:i + size] for i in range(0, len(g), size)]
-                else:  # trained run by run anyway: separate jobs, so parallel slots can take them
-                    jobs += [[r] for r in g]
+                jobs += [g[i:i + size] for i in range(0, len(g), size)]
         else:
             jobs = [[r] for r in todo]
         old = _on_sigterm_raise_interrupt()
@@ -738,14 +781,13 @@ def _restore_sigterm(old) -> None:
 
 def run_sweep(plan: Plan, *, jobs: int = 1, gpus: Sequence[str] | None = None, dry_run: bool = False,
               only: list[str] | None = None, retry_failed: bool = True, echo: Callable[[str], None] = print,
-              executor: Executor | None = None, batch: str | None = None, max_group: int = 0) -> SweepResult:
+              executor: Executor | None = None, pack: int | None = None) -> SweepResult:
     """Train (or, with ``dry_run``, list) the plan's runs; see the module docs for skip/resume/failure rules.
 
-    ``batch``: ``"seeds"`` trains each group of seeds as one batched model, ``"weights"`` also merges runs that
-    differ only in batchable loss weights (``--batch-seeds`` / ``--batch-weights``), in this process for ``jobs=1``,
-    else one process per group; ``max_group`` > 0 caps the runs per batched model. ``executor`` replaces the default
-    (in-process for ``jobs=1``, else subprocesses)."""
-    sweep = Sweep(plan, jobs=jobs, gpus=gpus, echo=echo, retry_failed=retry_failed, executor=executor, batch=batch,
-                  max_group=max_group)
+    ``pack``: up to this many compatible runs (same data, engine settings and epochs: CE and TFD, several seeds,
+    variants) train as one packed group in one process -- in this process for ``jobs=1``, else one process per group
+    (``--jobs``/``--gpus`` spread the groups); 1: no packing, 0: no limit, None: :data:`DEFAULT_PACK_CUDA` on CUDA,
+    1 on the CPU. ``executor`` replaces the default (in-process for ``jobs=1``, else subprocesses)."""
+    sweep = Sweep(plan, jobs=jobs, gpus=gpus, echo=echo, retry_failed=retry_failed, executor=executor, pack=pack)
     runs = plan.select(only)
     return sweep.dry_run(runs) if dry_run else sweep.run(runs)

@@ -147,7 +147,7 @@ class PlannedRun:
 
     @property
     def group(self) -> str:
-        """Runs differing only by seed share a group (a future batched-seeds executor trains one group at once)."""
+        """Runs differing only by seed share a group (the report aggregates over it; packing uses :func:`pack_key`)."""
         return self.name[: self.name.rfind("_s")]
 
     @property
