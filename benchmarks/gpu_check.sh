@@ -45,11 +45,11 @@ fi
 
 if [ $SMOKE = 1 ]; then
   DEV=cpu
-  T_TESTS=${GPU_CHECK_T_TESTS:-60}; T_TP=${GPU_CHECK_T_THROUGHPUT:-70}
-  T_COMPILE=${GPU_CHECK_T_COMPILE:-15}; T_REAL=${GPU_CHECK_T_REALDATA:-30}
+  T_TESTS=${GPU_CHECK_T_TESTS:-50}; T_TP=${GPU_CHECK_T_THROUGHPUT:-60}
+  T_COMPILE=${GPU_CHECK_T_COMPILE:-25}; T_REAL=${GPU_CHECK_T_REALDATA:-30}
   # a few files that exercise the losses, the accelerator's fallbacks and every method under low precision
   TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -k "low_precision or fast or accel or graph" -n 2)
-  TP_ARGS=(--device cpu --quick --skip-classic)
+  TP_ARGS=(--device cpu --quick --skip-classic --compile-budget 0)
   REAL=(data.train_subset=1000 data.test_subset=500 epochs=1 data.batch_size=128 optim.lr=0.1 engine.precision=fp32)
 else
   DEV=cuda
@@ -58,7 +58,7 @@ else
   T_TESTS=${GPU_CHECK_T_TESTS:-140}; T_TP=${GPU_CHECK_T_THROUGHPUT:-110}
   T_COMPILE=${GPU_CHECK_T_COMPILE:-45}; T_REAL=${GPU_CHECK_T_REALDATA:-60}
   TESTS=(tests -n 8)
-  TP_ARGS=(--device cuda --rounds 3 --ratio-rounds 5)
+  TP_ARGS=(--device cuda --rounds 3 --ratio-rounds 5 --compile-budget 0)  # compile: part 3
   REAL=(epochs=8 data.batch_size=512 optim.lr=0.2 engine.precision=bf16)
 fi
 
@@ -87,8 +87,8 @@ TP_RC=$?
 # ---------------------------------------------------------------- 3. torch.compile, warm-up capped
 log "3/4 torch.compile (limit ${T_COMPILE}s)"
 C_START=$(date +%s)
-timeout -k 5 "$T_COMPILE" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]}" --compile --skip-classic \
-  --quick > "$OUT/compile.txt" 2>&1
+timeout -k 5 "$T_COMPILE" $PY benchmarks/throughput.py --device $DEV "${TP_DATA[@]}" --quick --compile-only \
+  --compile-budget $(( T_COMPILE - 10 )) > "$OUT/compile.txt" 2>&1
 COMPILE_RC=$?
 echo "exit code $COMPILE_RC after $(( $(date +%s) - C_START ))s (124 = stopped at the ${T_COMPILE}s limit)" >> "$OUT/compile.txt"
 
@@ -136,7 +136,7 @@ if tp.is_file():
             print(f"  {k} = {v:.3f}")
 else:
     print(f"throughput: no result (exit {tp_rc}{', time limit' if tp_rc == 124 else ''}); see throughput.txt")
-warm = last_match(out / "compile.txt", r"(compile.*warm.*)$")
+warm = last_match(out / "compile.txt", r"^(torch\.compile warm-up on .*)$")
 print(f"compile: exit {compile_rc}{' (time limit)' if compile_rc == 124 else ''}" + (f"; {warm}" if warm else ""))
 for m in ("ce", "tfd"):
     s = runs / m / "summary.json"

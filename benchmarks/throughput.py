@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-budget", type=float, default=120.0, help="seconds allowed for the torch.compile "
                    "warm-up, measured in a child process (default 120; 0: skip it). Measured on CUDA by default, "
                    "on the CPU only with --compile")
+    p.add_argument("--compile-only", action="store_true", help="measure the torch.compile warm-up only (under "
+                   "--compile-budget) and stop: what gpu_check.sh runs as its own part")
     p.add_argument("--packed", type=int, default=0, help="K of the packed-runs measurement (default: 8 CUDA, 2 CPU)")
     p.add_argument("--compile-probe", default="", help=argparse.SUPPRESS)  # internal: the child process
     p.add_argument("--no-graphs", action="store_true", help="engine.cuda_graphs=false on CUDA")
@@ -536,7 +538,7 @@ def main(argv=None) -> dict:
         B, BB = args.batch, args.big_batch
 
         # 0. torch.compile warm-up, on its own and capped (the engine runs compile only when it fitted)
-        if device.type == "cuda" or args.compile:
+        if device.type == "cuda" or args.compile or args.compile_only:
             log(f"torch.compile warm-up (child process, at most {args.compile_budget:.0f} s)")
             result["compile"] = measure_compile(args, root)
             log(f"compile: {result['compile']}")
@@ -546,6 +548,12 @@ def main(argv=None) -> dict:
         else:
             result["compile"] = {"status": "n.a.", "reason": "not requested on the CPU (--compile)"}
         result["compile_used"] = bool(args.compile)
+        if args.compile_only:
+            c = result["compile"]
+            print(f"torch.compile warm-up on {result['device']}: {c.get('status')}"
+                  + (f", {c['warmup_s']:.1f} s (+ {c['build_s']:.1f} s build), then {c['steady_step_ms']:.2f} ms/step"
+                     if c.get("status") == "ok" else f" ({c.get('reason', '')})"))
+            return result
 
         # 1. classic vs engine at batch B, interleaved
         runners: dict = {}
