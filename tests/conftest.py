@@ -25,6 +25,10 @@ def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.cuda`` tests need a CUDA device: skipped (with the reason) on machines without one."""
     import torch
 
+    for item in items:  # a GPU test must say so with the marker: the autouse fixture below hides the GPU otherwise
+        for m in item.iter_markers("skipif"):
+            if "cuda" in str(m.kwargs.get("reason", "")).lower() and not item.get_closest_marker("cuda"):
+                raise pytest.UsageError(f"{item.nodeid}: mark CUDA-only tests with @pytest.mark.cuda, not skipif")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="CUDA-only test (pytest.mark.cuda): no CUDA device on this machine")
@@ -63,3 +67,19 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300, env:
         e.update(env)
     return subprocess.run([sys.executable, "-m", "tfdistill", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=e)
+
+
+def interrupt_in_epoch(monkeypatch, epoch: int):
+    """Ctrl-C at the start of main epoch ``epoch`` (0-based) of every run trained until the returned function is
+    called (it restores the engine): the runs have their checkpoints of the epochs before it."""
+    from tfdistill.engine.group import Group
+
+    real = Group.train_epoch
+
+    def interrupted(self, e, *args, **kwargs):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real(self, e, *args, **kwargs)
+
+    monkeypatch.setattr(Group, "train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(Group, "train_epoch", real)

@@ -119,7 +119,7 @@ def test_a_diverged_member_stops_alone(tiny, tmp_path):
     assert isinstance(res[0], DivergenceError) and "NaN/inf in epoch 1" in str(res[0]) and dropped == [0]
     assert res[1].summary["status"] == "finished"
     assert not (tmp_path / "runs" / "boom" / "last.pt").exists()
-    assert "error: loss became NaN/inf in epoch 1" in (tmp_path / "runs" / "boom" / "train.log").read_text()
+    assert "DivergenceError: loss became NaN/inf in epoch 1" in (tmp_path / "runs" / "boom" / "train.log").read_text()
     train(load_config(None, [*tiny, *RUN, *ok[:-1], "name=alone"]), echo=lambda s: None)
     assert_same_run(tmp_path / "runs" / "ok", tmp_path / "runs" / "alone")
     # train_group (what `train seeds=[...]` calls): the others run to the end, then the error names who stopped
@@ -295,7 +295,7 @@ def test_packed_groups_in_parallel_processes_and_a_diverged_run(tmp_path):
     for s in (0, 1):
         assert "loss became NaN/inf in epoch 1" in state["runs"][f"resnet8_tfd_boom_s{s}"]["error"]
         assert json.loads((sweep_dir / f"resnet8_tfd_ok_s{s}" / "summary.json").read_text())["pack"]["size"] == 2
-        assert "error: loss became NaN/inf" in (sweep_dir / f"resnet8_tfd_boom_s{s}" / "train.log").read_text()
+        assert "DivergenceError: loss became NaN/inf" in (sweep_dir / f"resnet8_tfd_boom_s{s}" / "train.log").read_text()
     logs = sorted(p.name for p in (sweep_dir / "logs").glob("pack_*.log"))
     assert logs == ["pack_resnet8_tfd_ok_s0.log", "pack_resnet8_tfd_ok_s1.log"]
     assert main(["sweep", str(path), "--pack", "2", "--jobs", "2"]) == 1
@@ -331,7 +331,7 @@ def test_a_run_dropped_before_an_interrupt_stays_recorded_as_failed(tmp_path, mo
     assert json.loads((plan.sweep_dir / "resnet8_tfd_ok_s0" / "summary.json").read_text())["resumed_from_epoch"] == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 def test_packed_cuda_graph_matches_separate_runs(tiny, tmp_path):
     """CUDA only: two CE runs packed into one graph (a stream per run) reach the weights of their separate
     CUDA-graph runs (same kernels; cuDNN may pick other algorithms per process, hence a tolerance)."""

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, interrupt_in_epoch
 from tfdistill.cli import main
 
 CPU = [*TINY, "engine.device=cpu"]
@@ -78,7 +78,7 @@ def test_retyped_resume_still_works(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------- 3. why a run stopped
 def test_a_run_that_stops_says_why_in_train_log_and_is_marked_failed(tmp_path, monkeypatch):
     from tfdistill.config import load_config
-    from tfdistill.engine import Trainer, train
+    from tfdistill.engine import train
     from tfdistill.errors import DivergenceError
     from tfdistill.report.collect import read_run
 
@@ -91,32 +91,24 @@ def test_a_run_that_stops_says_why_in_train_log_and_is_marked_failed(tmp_path, m
     assert (runs / "nan" / "FAILED").read_text().startswith("DivergenceError: loss became NaN")
     assert read_run(runs / "nan").status == "diverged"  # the report counts it, not as unfinished
 
-    real = Trainer.train_epoch
-
-    def interrupt_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_2)
+    interrupt_in_epoch(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):  # after a checkpoint: resumable, so not marked
         train(load_config(None, [*CPU, f"out_dir={runs}", "name=int", "epochs=3"]), echo=lambda s: None)
     last = (runs / "int" / "train.log").read_text().splitlines()[-1]
     assert last.startswith("stopped after epoch 1/3: interrupted") and "--resume" in last
     assert not (runs / "int" / "FAILED").exists() and read_run(runs / "int").status == "unfinished"
 
-    def interrupt_in_epoch_1(self, epoch):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_1)
+    interrupt_in_epoch(monkeypatch, 0)
     with pytest.raises(KeyboardInterrupt):  # before a checkpoint: nothing to keep, the same command runs again
         train(load_config(None, [*CPU, f"out_dir={runs}", "name=int1"]), echo=lambda s: None)
     assert not (runs / "int1").exists()
 
-    def crash(self, epoch):
+    from tfdistill.engine.group import Group
+
+    def crash(self, epoch, *args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    monkeypatch.setattr(Group, "train_epoch", crash)
     with pytest.raises(RuntimeError):
         train(load_config(None, [*CPU, f"out_dir={runs}", "name=oom"]), echo=lambda s: None)
     assert "RuntimeError: CUDA out of memory (simulated)" in (runs / "oom" / "train.log").read_text()
@@ -338,17 +330,12 @@ def test_train_subset_larger_than_the_data_is_an_error(capsys, tmp_path):
 
 
 def test_ctrl_c_in_a_sweep_leaves_no_run_marked_running(tmp_path, monkeypatch):
-    from tfdistill.engine import Trainer
-
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps({"name": "sw", "recipe": "demo", "out_dir": str(tmp_path / "runs"), "seeds": [0],
                                 "models": ["resnet8"], "overrides": [o for o in CPU if not o.startswith("model.name=")],
                                 "grid": {"methods": ["ce", "tfd"]}}))
 
-    def interrupt(self, epoch):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
+    interrupt_in_epoch(monkeypatch, 0)
     assert main(["sweep", str(spec)]) == 130
     state = json.loads(next((tmp_path / "runs").rglob("sweep_state.json")).read_text())
     statuses = [r["status"] for r in state["runs"].values()]

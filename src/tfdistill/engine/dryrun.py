@@ -23,7 +23,8 @@ from ..rundir import RunDir, device_name
 def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
             echo: Callable[[str], None] = print) -> dict:
     """Build the run of ``cfg`` (its first seed's, with ``seeds``) and describe it; returns the facts printed."""
-    from .loop import Trainer, default_run_name
+    from .group import Trainer
+    from .loop import default_run_name
 
     names = ([f"{cfg.name}_s{int(s)}" if cfg.name else default_run_name(cfg, int(s)) for s in cfg.seeds]
              if getattr(cfg, "seeds", None) else [cfg.name or default_run_name(cfg)])

@@ -69,9 +69,11 @@ def looks_like_run_target(value: str) -> bool:
     return not resolve_recipe(value).is_file()
 
 
-def resume_changes(stored: dict, new: dict) -> list[str]:
+def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[str]:
     """Keys whose change forbids resuming a run stored with config ``stored`` under config ``new`` (``dict``s):
-    everything outside :data:`RESUME_FREE_KEYS`, except an allowed extension (see the module docs)."""
+    everything outside :data:`RESUME_FREE_KEYS`, except an allowed extension (see the module docs). ``planned``:
+    ``new`` is a command's config before the engine resolved its ``engine.* = auto`` settings, which then match
+    any stored value (the engine compares the resolved values when it resumes)."""
     from ..config import PATH_KEYS
 
     stored = OmegaConf.to_container(OmegaConf.create(stored))  # a copy; paths of runs from before they were
@@ -80,7 +82,7 @@ def resume_changes(stored: dict, new: dict) -> list[str]:
         value = str((stored.get(section) or {}).get(leaf) or "")
         if value and not value.startswith("torchvision:"):
             stored[section][leaf] = os.path.abspath(os.path.expanduser(value))
-    diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS)
+    diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS, auto_matches=planned)
     if "epochs" in diff and extension_problem(stored, new) is None:
         done = int(stored["epochs"])
         old_ms = [m for m in stored["schedule"].get("milestones") or [] if m <= done]
@@ -119,7 +121,7 @@ def check_resume(rd: RunDir, cfg: Any) -> int | None:
 
     stored = to_dict(load_config(rd.config))
     new = to_dict(cfg)
-    changes = resume_changes(stored, new)
+    changes = resume_changes(stored, new, planned=True)
     if changes:
         why = ""
         if "epochs" in changes:
@@ -149,13 +151,10 @@ def resume_config(target: str | Path, overrides: list[str]) -> Any:
 def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
     """Check that every run of ``cfg`` (one, or one per seed of ``cfg.seeds``) has something to resume and that
     ``cfg`` may resume it; unless ``dry``, mark an extension (module docs). Returns the run directories."""
+    from .group import seed_configs
     from .loop import default_run_name
 
-    cfgs = [cfg]
-    if getattr(cfg, "seeds", None):  # one run directory per seed, named as the engine names them
-        cfgs = [OmegaConf.merge(cfg, {"seed": int(s), "seeds": None,
-                                      "name": f"{cfg.name}_s{int(s)}" if cfg.name else default_run_name(cfg, int(s))})
-                for s in cfg.seeds]
+    cfgs = seed_configs(cfg) if getattr(cfg, "seeds", None) else [cfg]  # one run directory per seed
     dirs = []
     for c in cfgs:
         rd = RunDir(Path(c.out_dir) / (c.name or default_run_name(c)))
