@@ -86,19 +86,10 @@ def test_component_state_round_trip():
     assert all(torch.equal(state[k], v) for k, v in m2.component_state_dict().items())
 
 
-def test_per_run_buffers_are_the_batch_weights():
-    m, _, _ = build("tfd", params=small_params("tfd"))
-    names = m.per_run_buffers()
-    bufs = dict(m.named_buffers())
-    assert names and all(n in bufs and n.split(".")[-1].startswith("w_") for n in names)
-
-
 def test_engine_never_reaches_into_method_components():
-    """engine/*.py (but the multi-seed engine being replaced) use the Method interface, not ``.distillers`` and not
-    ``on_epoch_start`` probing outside the epoch loop."""
+    """engine/*.py use the Method interface, not ``.distillers`` and not ``on_epoch_start`` probing outside the epoch
+    loop."""
     for f in ENGINE.glob("*.py"):
-        if f.name == "multiseed.py":
-            continue
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("distillers", "needs_gather", "gather"), f"{f.name}:{node.lineno}"

@@ -137,7 +137,8 @@ def test_all_width_maps_skipped_gives_zero_and_no_grad_error():
     assert v.item() == 0.0 and v.dtype == torch.float32
 
 
-def test_works_under_vmap_as_the_multi_seed_engine_uses_it():
+def test_works_under_torch_func_vmap():
+    """The losses are pure tensor functions: users may vmap them over stacked models (torch.func)."""
     per_model = [make_feats([(2, 4, 8, 8), (2, 8, 4, 4)], seed=13 + k) for k in range(2)]
     feats = [torch.stack([m[i].detach() for m in per_model]) for i in range(2)]  # (K, N, C, H, W)
     feats = [f.requires_grad_(True) for f in feats]

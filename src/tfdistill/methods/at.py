@@ -84,7 +84,6 @@ class AT(Distiller):
 
     Params = ATParams
     uses = FEATURE_USES
-    batchable = True
 
     def __init__(self, params: ATParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -122,15 +122,6 @@ class Distiller(nn.Module):
 
     Params: ClassVar[type] = object
     uses: ClassVar[Uses] = Uses()
-    batchable: ClassVar[bool] = False
-    """True when the component may be vmapped over stacked models (several seeds trained as one batched model):
-    pure functions of the step's tensors, no host synchronisation, state only in parameters/buffers."""
-    batch_weights: ClassVar[tuple[str, ...]] = ()
-    """Names of ``Params`` fields (scalar loss weights) in which the models of one batched group may differ
-    (``tfdistill sweep --batch-seeds`` then trains e.g. an alpha/beta grid as one batched model). The component
-    registers each with :meth:`register_weight` and reads the tensor ``self.w_<name>`` in :meth:`terms` instead
-    of the Python float; the batched engine stacks these tensors per model. Whether a weight is zero must not
-    differ inside a group (a zero weight may switch a term off)."""
     needs_gather: ClassVar[bool] = False
     """True for components whose buffers must stay identical across data-parallel ranks (CRD's memory bank). The
     engine then sets :attr:`gather` and keeps those buffers out of DDP's per-step broadcast; the component applies
@@ -142,16 +133,6 @@ class Distiller(nn.Module):
     def __init__(self, params: Any, ctx: BuildContext) -> None:
         super().__init__()
         self.params = params
-
-    def register_weight(self, name: str, value: float) -> None:
-        """Keep the loss weight ``name`` as the float32 scalar buffer ``w_<name>`` (not saved in checkpoints: the
-        config is the source of truth), so that batched models can each carry their own value."""
-        self.register_buffer(f"w_{name}", torch.tensor(float(value), dtype=torch.float32), persistent=False)
-
-    def model_buffers(self) -> list[str]:
-        """Names (relative to this component) of the buffers that are specific to one model of a batched group
-        besides the persistent ones: the ``w_<name>`` loss weights of :attr:`batch_weights`."""
-        return [f"w_{n}" for n in self.batch_weights]
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError

@@ -58,7 +58,6 @@ class BYOT(Distiller):
 
     Params = BYOTParams
     uses = Uses(student_feats=True, embedding=True)
-    batchable = True
 
     def __init__(self, params: BYOTParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -49,7 +49,6 @@ class CC(Distiller):
 
     Params = CCParams
     uses = EMBEDDING_USES
-    batchable = True
 
     def __init__(self, params: CCParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

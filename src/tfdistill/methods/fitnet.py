@@ -56,7 +56,6 @@ class FitNet(Distiller):
 
     Params = FitNetParams
     uses = FEATURE_USES
-    batchable = True
 
     def __init__(self, params: FitNetParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

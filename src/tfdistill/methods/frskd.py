@@ -46,7 +46,6 @@ class FRSKD(Distiller):
 
     Params = FRSKDParams
     uses = Uses(student_feats=True)
-    batchable = True
 
     def __init__(self, params: FRSKDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -51,7 +51,6 @@ class FSP(Distiller):
 
     Params = FSPParams
     uses = FEATURE_USES
-    batchable = True
 
     def __init__(self, params: FSPParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -35,7 +35,6 @@ class KD(Distiller):
 
     Params = KDParams
     uses = Uses(teacher=True)
-    batchable = True
 
     def __init__(self, params: KDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -154,12 +154,6 @@ class Method(nn.Module):
     def load_component_state_dict(self, state: dict[str, Any]) -> None:
         self.distillers.load_state_dict(state)
 
-    def per_run_buffers(self) -> list[str]:
-        """Names (as in ``named_buffers()``) of the non-persistent buffers that belong to one run when several runs
-        are trained together (the ``w_<name>`` loss weights of the components' ``batch_weights``); persistent
-        buffers are per run anyway."""
-        return [f"distillers.{c}.{b}" for c, comp in self.distillers.items() for b in comp.model_buffers()]
-
     def pre_stages(self) -> list[PreStage]:
         return [s for comp in self.distillers.values() for s in comp.pre_stages()]
 

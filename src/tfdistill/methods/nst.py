@@ -36,7 +36,6 @@ class NST(Distiller):
 
     Params = NSTParams
     uses = FEATURE_USES
-    batchable = True
 
     def __init__(self, params: NSTParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -145,7 +145,6 @@ class ONE(Distiller):
 
     Params = ONEParams
     uses = Uses(student_feats=True)
-    batchable = True  # the captured input is a tensor of the same (vmapped) call; the ramp a shared buffer
 
     def __init__(self, params: ONEParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -31,7 +31,6 @@ class PKT(Distiller):
 
     Params = PKTParams
     uses = EMBEDDING_USES
-    batchable = True
 
     def __init__(self, params: PKTParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -34,7 +34,6 @@ class RKD(Distiller):
 
     Params = RKDParams
     uses = EMBEDDING_USES
-    batchable = True
 
     def __init__(self, params: RKDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -30,7 +30,6 @@ class SP(Distiller):
 
     Params = SPParams
     uses = FEATURE_USES
-    batchable = True
 
     def __init__(self, params: SPParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

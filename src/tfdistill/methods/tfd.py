@@ -41,8 +41,6 @@ class TFD(Distiller):
 
     Params = TFDParams
     uses = Uses(student_feats=True)
-    batchable = True
-    batch_weights = ("alpha", "beta")
 
     def __init__(self, params: TFDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
@@ -69,8 +67,6 @@ class TFD(Distiller):
             raise ConfigError(f"method.tfd.width_stages {list(stages)} out of range for {n} tapped stages")
         self.width_stages = None if stages is None else [int(i) for i in stages]
         self.register_buffer("ramp", torch.ones(()), persistent=False)
-        self.register_weight("alpha", params.alpha)
-        self.register_weight("beta", params.beta)
 
     def on_epoch_start(self, epoch: int) -> None:
         r = self.params.ramp_epochs
@@ -83,11 +79,11 @@ class TFD(Distiller):
         l2 = p.distance == "l2"
         if p.alpha > 0:
             depth = depth_loss(feats, p.direction) if l2 else depth_loss_with(feats, p.distance, p.direction)
-            terms["tfd_depth"] = (self.w_alpha * self.ramp) * depth
+            terms["tfd_depth"] = (p.alpha * self.ramp) * depth
         if p.beta > 0:
             maps = feats if self.width_stages is None else [feats[i] for i in self.width_stages]
             width = width_loss(maps, p.detach_top) if l2 else width_loss_with(maps, p.distance)
-            terms["tfd_width"] = (self.w_beta * self.ramp) * width
+            terms["tfd_width"] = (p.beta * self.ramp) * width
         return terms
 
 

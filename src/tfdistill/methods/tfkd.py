@@ -50,7 +50,6 @@ class TfKDReg(Distiller):
 
     Params = TfKDRegParams
     uses = Uses()
-    batchable = True
 
     def __init__(self, params: TfKDRegParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

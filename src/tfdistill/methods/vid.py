@@ -37,7 +37,6 @@ class VID(Distiller):
 
     Params = VIDParams
     uses = FEATURE_USES
-    batchable = True
 
     def __init__(self, params: VIDParams, ctx: BuildContext) -> None:
         super().__init__(params, ctx)
