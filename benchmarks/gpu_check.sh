@@ -128,9 +128,11 @@ print(f"tests: {line or 'no result'}" + ("" if tests_rc == 0 else f"  (exit {tes
 tp = out / "throughput.json"
 if tp.is_file():
     res = json.loads(tp.read_text().strip().splitlines()[-1])
-    targets = res.get("targets") or []
-    for t in targets.items() if isinstance(targets, dict) else enumerate(targets):
-        print(f"target {t[0]}: {t[1]}" if isinstance(targets, dict) else f"target: {t[1]}")
+    for t in res.get("targets") or []:
+        v = t.get("value")
+        text = "-" if v is None else f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3f}"
+        print(f"target {t.get('status', '?'):<7} {t.get('target')}: {text} (goal {t.get('goal')})"
+              + (f"  {t['note']}" if t.get("note") else ""))
     for k, v in (res.get("ratios") or {}).items():
         if isinstance(v, (int, float)):
             print(f"  {k} = {v:.3f}")

@@ -74,6 +74,9 @@ def test_compile_trains_and_matches_eager(tiny, tmp_path, monkeypatch):
     """Inductor (C++ on the CPU) compiles the forward + TFD loss and the backward into one graph each; the
     fused kernels round differently, so the results agree with eager to float tolerance, not bitwise."""
     monkeypatch.delenv("TFDISTILL_COMPILE_BACKEND", raising=False)
+    # inductor's on-disk cache of its own (a shared /tmp/torchinductor_<user> may hold a file that another process,
+    # killed while compiling, left truncated)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     from torch._dynamo.utils import counters
 
     counters.clear()
