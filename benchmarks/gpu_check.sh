@@ -45,19 +45,20 @@ fi
 
 if [ $SMOKE = 1 ]; then
   DEV=cpu
-  T_TESTS=${GPU_CHECK_T_TESTS:-50}; T_TP=${GPU_CHECK_T_THROUGHPUT:-60}
+  T_TESTS=${GPU_CHECK_T_TESTS:-60}; T_TP=${GPU_CHECK_T_THROUGHPUT:-60}
   T_COMPILE=${GPU_CHECK_T_COMPILE:-25}; T_REAL=${GPU_CHECK_T_REALDATA:-30}
-  # a few files that exercise the losses, the accelerator's fallbacks and every method under low precision
-  TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -k "low_precision or fast or accel or graph" -n 2)
+  # the fast losses, the accelerator's fallbacks and every method's backward under bf16 autocast
+  TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -m "not slow" -k "tfd_fast or accel or bf16" -n 2)
   TP_ARGS=(--device cpu --quick --skip-classic --compile-budget 0)
   REAL=(data.train_subset=1000 data.test_subset=500 epochs=1 data.batch_size=128 optim.lr=0.1 engine.precision=fp32)
 else
   DEV=cuda
   $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "gpu_check: no CUDA device here (--cpu-smoke runs the logic on the CPU)" >&2; exit 3; }
-  T_TESTS=${GPU_CHECK_T_TESTS:-140}; T_TP=${GPU_CHECK_T_THROUGHPUT:-110}
+  T_TESTS=${GPU_CHECK_T_TESTS:-150}; T_TP=${GPU_CHECK_T_THROUGHPUT:-100}
   T_COMPILE=${GPU_CHECK_T_COMPILE:-45}; T_REAL=${GPU_CHECK_T_REALDATA:-60}
-  TESTS=(tests -n 8)
+  # everything but the CPU smoke run of this very script
+  TESTS=(tests -n 8 --deselect tests/test_benchmarks.py::test_gpu_check_cpu_smoke_runs_every_part_and_prints_the_summary)
   TP_ARGS=(--device cuda --rounds 3 --ratio-rounds 5 --compile-budget 0)  # compile: part 3
   REAL=(epochs=8 data.batch_size=512 optim.lr=0.2 engine.precision=bf16)
 fi
