@@ -40,21 +40,9 @@ now() { date +%s; }
 log() { echo "[gpu_slice +$(( $(now) - T0 ))s] $*"; }
 
 # ---------------------------------------------------------------- 1. dependencies, only what is missing
-if ! $PY -c "import omegaconf, tqdm, matplotlib" 2>/dev/null; then
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    log "installing the missing Python packages from .whl/"
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      || { echo "gpu_slice: pip install from .whl/ failed" >&2; exit 3; }
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-  $PY -c "import omegaconf, tqdm, matplotlib" || { echo "gpu_slice: omegaconf/tqdm/matplotlib missing, no wheels in .whl/" >&2; exit 3; }
-fi
-if ! $PY -c "import tfdistill" 2>/dev/null; then
-  log "pip install -e . --no-deps"
-  $PY -m pip install -q -e . --no-deps --no-build-isolation >/dev/null 2>&1 || true
-  $PY -c "import tfdistill" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-fi
-$PY -c "import tfdistill" || { echo "gpu_slice: cannot import tfdistill" >&2; exit 3; }
+# shellcheck source=benchmarks/_env.sh
+. benchmarks/_env.sh
+ensure_python omegaconf tqdm matplotlib
 
 # ---------------------------------------------------------------- 2a. Table 1 proxy in resumable slices
 if [ "${TABLE1:-0}" = 1 ]; then

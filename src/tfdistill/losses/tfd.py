@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 DIRECTIONS = ("top_down", "bottom_up", "bidirectional")
 
-__all__ = ["DIRECTIONS", "depth_loss", "width_loss", "channel_importance", "TFDLoss"]
+__all__ = ["DIRECTIONS", "aligned_pairs", "depth_loss", "width_loss", "channel_importance", "TFDLoss"]
 
 
 def _check_maps(feats: Sequence[Tensor], what: str, min_maps: int) -> None:
@@ -218,6 +218,26 @@ def _mse(student: Tensor, target: Tensor) -> Tensor:
     return torch.sub(student, target).square().mean()
 
 
+def aligned_pairs(feats: Sequence[Tensor], direction: str, what: str):
+    """Every depth-wise pair ``i < j`` of ``feats`` as ``(shallow, deep)``: pooled to the smaller map's size and
+    cropped to the common channels, in float32 or the maps' own low-precision dtype (shared pooled maps, see the
+    module docs). ``direction`` and the maps are checked now (``what`` names the caller in errors); the pairs are
+    computed while the returned iterator is consumed, which the caller does with autocast off."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown TFD direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    _check_maps(feats, what, 2)
+    pairs = [(i, j) for i in range(len(feats) - 1) for j in range(i + 1, len(feats))]
+
+    def aligned():
+        al = _Aligner(feats, pairs)
+        for i, j in pairs:
+            c = min(al.feats[i].shape[1], al.feats[j].shape[1])
+            size = al.target(i, j)
+            yield al.get(i, size, c), al.get(j, size, c)
+
+    return aligned()
+
+
 def depth_loss(feats: Sequence[Tensor], direction: str = "top_down") -> Tensor:
     """Depth-wise TFD over stage features ``feats`` (shallow to deep): mean over all pairs ``i < j``.
 
@@ -229,17 +249,10 @@ def depth_loss(feats: Sequence[Tensor], direction: str = "top_down") -> Tensor:
     Returns:
         A float32 scalar: ``1/m * sum_{i<j} MSE(align(f_i), align(f_j))`` with ``m = L(L-1)/2``.
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown TFD direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
-    _check_maps(feats, "depth_loss", 2)
-    pairs = [(i, j) for i in range(len(feats) - 1) for j in range(i + 1, len(feats))]
+    pairs = aligned_pairs(feats, direction, "depth_loss")
     with _no_autocast(feats[0]):
-        al = _Aligner(feats, pairs)
         terms = []
-        for i, j in pairs:
-            c = min(al.feats[i].shape[1], al.feats[j].shape[1])
-            size = al.target(i, j)
-            shallow, deep = al.get(i, size, c), al.get(j, size, c)
+        for shallow, deep in pairs:
             if direction == "top_down":
                 terms.append(_mse(shallow, deep.detach()))
             elif direction == "bottom_up":

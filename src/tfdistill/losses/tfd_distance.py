@@ -46,7 +46,7 @@ from .ab import ab_margin_loss
 from .at import at_pair_loss
 from .nst import nst_pair_loss
 from .sp import sp_pair_loss
-from .tfd import DIRECTIONS, _Aligner, _as_input, _check_maps, _importance, _no_autocast
+from .tfd import _as_input, _check_maps, _importance, _no_autocast, aligned_pairs
 
 __all__ = ["DISTANCES", "pair_distance", "depth_loss_with", "width_loss_with"]
 
@@ -71,18 +71,11 @@ def pair_distance(name: str) -> PairDistance:
 
 def depth_loss_with(feats: Sequence[Tensor], distance: str, direction: str = "top_down") -> Tensor:
     """Depth-wise TFD with the pair distance ``distance`` on the aligned pairs (see module docs)."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown TFD direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
     d = pair_distance(distance)
-    _check_maps(feats, "depth_loss_with", 2)
-    pairs = [(i, j) for i in range(len(feats) - 1) for j in range(i + 1, len(feats))]
+    pairs = aligned_pairs(feats, direction, "depth_loss_with")
     with _no_autocast(feats[0]):
-        al = _Aligner(feats, pairs)
         terms = []
-        for i, j in pairs:
-            c = min(al.feats[i].shape[1], al.feats[j].shape[1])
-            size = al.target(i, j)
-            shallow, deep = al.get(i, size, c), al.get(j, size, c)
+        for shallow, deep in pairs:
             if direction == "top_down":
                 terms.append(d(shallow, deep.detach()))
             elif direction == "bottom_up":
