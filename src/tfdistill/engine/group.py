@@ -36,7 +36,7 @@ from ..data import build_data
 from ..errors import ConfigError, DivergenceError
 from .accel import StepRunner
 from .distributed import all_reduce_sum, cleanup_distributed, setup_distributed
-from .loop import Run, RunResult, _hms, default_run_name, resolve_device
+from .loop import Run, RunResult, default_run_name, resolve_device
 from ..methods import method_uses
 from ..rundir import RunDir, device_name, flat_keys
 from .auto import apply_engine_settings

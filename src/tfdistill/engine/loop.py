@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import sys
 import time
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import config_notes, plural, to_dict, to_yaml
+from ..config import config_notes, to_dict, to_yaml
 from ..data import build_data
 from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..methods import Method, build_method, method_uses
@@ -42,9 +41,9 @@ from ..methods.base import PreStage
 from ..models import create_model
 from .progress import epoch_line
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, set_rng_state
-from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors, cleanup_distributed,
+from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors,
                           gather_object, gather_rows, setup_distributed)
-from ..rundir import RunDir, config_diff, device_name, flat_keys, git_commit, save_atomic
+from ..rundir import RunDir, device_name, flat_keys, git_commit, save_atomic
 from .schedule import StepLR
 from .accel import Accelerator
 from .auto import apply_engine_settings
@@ -688,13 +687,6 @@ class Run:
 
 def _taps(taps: Any) -> Any:
     return taps if isinstance(taps, str) else [str(t) for t in taps]
-
-
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class _StageStep(nn.Module):

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 DIRECTIONS = ("top_down", "bottom_up", "bidirectional")
 
-__all__ = ["DIRECTIONS", "aligned_pairs", "depth_loss", "width_loss", "channel_importance", "TFDLoss"]
+__all__ = ["DIRECTIONS", "aligned_pairs", "ranked_halves", "depth_loss", "width_loss", "channel_importance", "TFDLoss"]
 
 
 def _check_maps(feats: Sequence[Tensor], what: str, min_maps: int) -> None:
@@ -294,9 +294,20 @@ def width_loss(feats: Sequence[Tensor], detach_top: bool = True) -> Tensor:
         A float32 scalar: the mean over the non-skipped maps of ``MSE(f[:, ranks h..2h-1], f[:, ranks 0..h-1])``
         with ``h = C // 2``; zero when every map is skipped.
     """
-    _check_maps(feats, "width_loss", 1)
+    halves = ranked_halves(feats, detach_top, "width_loss")
     with _no_autocast(feats[0]):
-        terms = []
+        terms = [_mse(low, top) for low, top in halves]
+        return torch.stack(terms).mean() if terms else feats[0].new_zeros((), dtype=torch.float32)
+
+
+def ranked_halves(feats: Sequence[Tensor], detach_top: bool, what: str):
+    """Per map with ``C >= 2`` channels: ``(low, top)``, the channels ranked ``h .. 2h-1`` and ``0 .. h-1`` by
+    importance (``h = C // 2``), gathered in the map's own dtype; ``top`` is gathered without gradient when
+    ``detach_top``. The maps are checked now (``what`` names the caller in errors); the halves are computed while
+    the returned iterator is consumed, which the caller does with autocast off."""
+    _check_maps(feats, what, 1)
+
+    def halves():
         for f in feats:
             c = f.shape[1]
             if c < 2:
@@ -306,15 +317,11 @@ def width_loss(feats: Sequence[Tensor], detach_top: bool = True) -> Tensor:
             with torch.no_grad():
                 order = torch.argsort(_importance(f), descending=True, stable=True)
             low = f.index_select(1, order[h : 2 * h])
-            if detach_top:
-                with torch.no_grad():
-                    top = f.index_select(1, order[:h])
-            else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_top):
                 top = f.index_select(1, order[:h])
-            terms.append(_mse(low, top))
-        if not terms:
-            return feats[0].new_zeros((), dtype=torch.float32)
-        return torch.stack(terms).mean()
+            yield low, top
+
+    return halves()
 
 
 class TFDLoss(nn.Module):

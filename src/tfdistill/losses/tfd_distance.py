@@ -46,7 +46,7 @@ from .ab import ab_margin_loss
 from .at import at_pair_loss
 from .nst import nst_pair_loss
 from .sp import sp_pair_loss
-from .tfd import _as_input, _check_maps, _importance, _no_autocast, aligned_pairs
+from .tfd import _no_autocast, aligned_pairs, ranked_halves
 
 __all__ = ["DISTANCES", "pair_distance", "depth_loss_with", "width_loss_with"]
 
@@ -88,20 +88,7 @@ def depth_loss_with(feats: Sequence[Tensor], distance: str, direction: str = "to
 def width_loss_with(feats: Sequence[Tensor], distance: str) -> Tensor:
     """Width-wise TFD with the pair distance ``distance``: low half (student) vs top half (constant target)."""
     d = pair_distance(distance)
-    _check_maps(feats, "width_loss_with", 1)
+    halves = ranked_halves(feats, True, "width_loss_with")
     with _no_autocast(feats[0]):
-        terms = []
-        for f in feats:
-            c = f.shape[1]
-            if c < 2:
-                continue
-            h = c // 2
-            f = _as_input(f)
-            with torch.no_grad():
-                order = torch.argsort(_importance(f), descending=True, stable=True)
-                top = f.index_select(1, order[:h])
-            low = f.index_select(1, order[h : 2 * h])
-            terms.append(d(low, top))
-        if not terms:
-            return feats[0].new_zeros((), dtype=torch.float32)
-        return torch.stack(terms).mean()
+        terms = [d(low, top) for low, top in halves]
+        return torch.stack(terms).mean() if terms else feats[0].new_zeros((), dtype=torch.float32)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.ft import Paraphraser, Translator, ft_loss, paraphraser_loss
