@@ -150,3 +150,7 @@ class Distiller(nn.Module):
 
     def pre_stages(self) -> list[PreStage]:
         return []
+
+    def describe(self) -> dict[str, Any]:
+        """Settings this component resolved at run time (e.g. TFD's fused losses), for ``summary.json``."""
+        return {}

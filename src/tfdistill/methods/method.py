@@ -169,6 +169,7 @@ class Method(nn.Module):
             "aux_params": sum(p.numel() for p in self.distillers.parameters()),
             "student_taps": self.student_tap.names if self.student_tap else [],
             "teacher_taps": self.teacher_tap.names if self.teacher_tap else [],
+            **{name: info for name, comp in self.distillers.items() if (info := comp.describe())},
         }
 
 
