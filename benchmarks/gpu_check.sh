@@ -9,12 +9,13 @@
 #   2. benchmarks/throughput.py (engine vs classic, TFD/CE, FitNets/TFD, packed runs)     -> throughput.txt/.json
 #   3. the same with torch.compile, its warm-up capped and reported on its own             -> compile.txt
 #   4. a short real-data run, CE vs TFD (ResNet20, CIFAR-10 JPEG copy)                     -> realdata.txt
+#   5. benchmarks/profile_tfd.py: kernels per step and the TFD losses' own time, eager vs fused -> profile.txt
 # and prints a short summary last (also summary.txt). At most 8 files go to $OUT.
 #
 # Carry into the checkout: .data/cifar10-jpeg/{train,test}.tar.gz (the CIFAR-10 JPEG copy from ../shared/data) and,
 # if the image lacks them, wheels in .whl/ (see benchmarks/_env.sh). Environment: OUT, PYTHON, GPU_CHECK_DATA
 # (default .data/cifar10-jpeg, else ../shared/data/cifar10-jpeg), GPU_CHECK_T_TESTS / _T_THROUGHPUT / _T_COMPILE /
-# _T_REALDATA (seconds per part).
+# _T_REALDATA / _T_PROFILE (seconds per part).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)
@@ -46,19 +47,22 @@ fi
 if [ $SMOKE = 1 ]; then
   DEV=cpu
   T_TESTS=${GPU_CHECK_T_TESTS:-60}; T_TP=${GPU_CHECK_T_THROUGHPUT:-60}
-  T_COMPILE=${GPU_CHECK_T_COMPILE:-25}; T_REAL=${GPU_CHECK_T_REALDATA:-30}
+  T_COMPILE=${GPU_CHECK_T_COMPILE:-25}; T_REAL=${GPU_CHECK_T_REALDATA:-30}; T_PROF=${GPU_CHECK_T_PROFILE:-40}
   # the fast losses, the accelerator's fallbacks and every method's backward under bf16 autocast
   TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -m "not slow" -k "tfd_fast or accel or bf16" -n 2)
   TP_ARGS=(--device cpu --quick --skip-classic --compile-budget 0)
+  PROF_ARGS=(--device cpu --batch 16 --iters 2)
   REAL=(data.train_subset=1000 data.test_subset=500 epochs=1 data.batch_size=128 optim.lr=0.1 engine.precision=fp32)
 else
   DEV=cuda
   $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "gpu_check: no CUDA device here (--cpu-smoke runs the logic on the CPU)" >&2; exit 3; }
-  T_TESTS=${GPU_CHECK_T_TESTS:-150}; T_TP=${GPU_CHECK_T_THROUGHPUT:-100}
-  T_COMPILE=${GPU_CHECK_T_COMPILE:-45}; T_REAL=${GPU_CHECK_T_REALDATA:-60}
-  # everything but the CPU smoke run of this very script
-  TESTS=(tests -n 8 --deselect tests/test_benchmarks.py::test_gpu_check_cpu_smoke_runs_every_part_and_prints_the_summary)
+  T_TESTS=${GPU_CHECK_T_TESTS:-90}; T_TP=${GPU_CHECK_T_THROUGHPUT:-180}
+  T_COMPILE=${GPU_CHECK_T_COMPILE:-30}; T_REAL=${GPU_CHECK_T_REALDATA:-90}; T_PROF=${GPU_CHECK_T_PROFILE:-60}
+  # the CUDA-only tests: every other test hides the GPU (tests/conftest.py), so CI on a CPU already runs it as
+  # it would run here
+  TESTS=(tests -m cuda -n 4)
+  PROF_ARGS=(--device cuda)
   TP_ARGS=(--device cuda --rounds 3 --ratio-rounds 5 --compile-budget 0)  # compile: part 3
   REAL=(epochs=8 data.batch_size=512 optim.lr=0.2 engine.precision=bf16)
 fi
@@ -72,13 +76,13 @@ EOF
 log "$(cat "$OUT/env.txt")"
 
 # ---------------------------------------------------------------- 1. the test suite
-log "1/4 tests (limit ${T_TESTS}s)"
+log "1/5 tests (limit ${T_TESTS}s)"
 timeout -k 10 "$T_TESTS" $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" > "$OUT/pytest.txt" 2>&1
 TESTS_RC=$?
 tail -n 3 "$OUT/pytest.txt"
 
 # ---------------------------------------------------------------- 2. throughput
-log "2/4 throughput (limit ${T_TP}s)"
+log "2/5 throughput (limit ${T_TP}s)"
 TP_DATA=()
 [ -n "$DATA" ] && TP_DATA=(--archive "$DATA")
 timeout -k 10 "$T_TP" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]}" --json-out "$OUT/throughput.json" \
@@ -86,7 +90,7 @@ timeout -k 10 "$T_TP" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]
 TP_RC=$?
 
 # ---------------------------------------------------------------- 3. torch.compile, warm-up capped
-log "3/4 torch.compile (limit ${T_COMPILE}s)"
+log "3/5 torch.compile (limit ${T_COMPILE}s)"
 C_START=$(date +%s)
 timeout -k 5 "$T_COMPILE" $PY benchmarks/throughput.py --device $DEV "${TP_DATA[@]}" --quick --compile-only \
   --compile-budget $(( T_COMPILE - 10 )) > "$OUT/compile.txt" 2>&1
@@ -94,7 +98,7 @@ COMPILE_RC=$?
 echo "exit code $COMPILE_RC after $(( $(date +%s) - C_START ))s (124 = stopped at the ${T_COMPILE}s limit)" >> "$OUT/compile.txt"
 
 # ---------------------------------------------------------------- 4. real data, CE vs TFD
-log "4/4 real data (limit ${T_REAL}s)"
+log "4/5 real data (limit ${T_REAL}s)"
 RUNS_DIR=$(mktemp -d)
 REAL_RC=0
 {
@@ -110,13 +114,18 @@ REAL_RC=0
   fi
 } > "$OUT/realdata.txt" 2>&1
 
+# ---------------------------------------------------------------- 5. the TFD losses' kernels and time
+log "5/5 TFD loss profile (limit ${T_PROF}s)"
+timeout -k 5 "$T_PROF" $PY benchmarks/profile_tfd.py "${PROF_ARGS[@]}" > "$OUT/profile.txt" 2>&1
+PROF_RC=$?
+
 # ---------------------------------------------------------------- summary, printed last
-$PY - "$OUT" "$RUNS_DIR" "$TESTS_RC" "$TP_RC" "$COMPILE_RC" "$REAL_RC" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
+$PY - "$OUT" "$RUNS_DIR" "$TESTS_RC" "$TP_RC" "$COMPILE_RC" "$REAL_RC" "$PROF_RC" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
 import json, re, sys
 from pathlib import Path
 
 out, runs = Path(sys.argv[1]), Path(sys.argv[2])
-tests_rc, tp_rc, compile_rc, real_rc, total = (int(v) for v in sys.argv[3:])
+tests_rc, tp_rc, compile_rc, real_rc, prof_rc, total = (int(v) for v in sys.argv[3:])
 def last_match(path, pattern):
     text = path.read_text(errors="replace") if path.is_file() else ""
     found = re.findall(pattern, text, flags=re.M)
@@ -149,6 +158,15 @@ for m in ("ce", "tfd"):
               f"{d.get('images_per_sec') or 0:.0f} img/s, {d.get('precision')}, seed {d['seed']}")
     else:
         print(f"real data {m}: no result (exit {real_rc}); see realdata.txt")
+prof = last_match(out / "profile.txt", r"^(\{.*\})$")
+if prof:
+    for b, row in json.loads(prof)["batches"].items():
+        print(f"profile {b}: kernels/step CE {row['kernels_ce']}, TFD eager {row['kernels_tfd_eager']}, fused "
+              f"{row['kernels_tfd_fused']} ({row['mode_tfd_fused']}); losses fwd+bwd {row['loss_us_tfd_eager']} us "
+              f"eager, {row['loss_us_tfd_fused']} us fused; step TFD/CE {row['step_tfd_eager_over_ce']} eager, "
+              f"{row['step_tfd_fused_over_ce']} fused")
+else:
+    print(f"profile: no result (exit {prof_rc}); see profile.txt")
 print(f"gpu_check: {total}s in all; files in {out}/")
 EOF
 rm -rf "$RUNS_DIR"

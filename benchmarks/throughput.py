@@ -172,8 +172,9 @@ def sync(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def reference_tfd_losses():
-    """Swap the TFD method's losses for the straightforward ones (the pre-optimisation code, "before")."""
-    import tfdistill.methods.tfd as mt
+    """Swap the TFD method's losses for the straightforward ones (the pre-optimisation code, "before"; the
+    ``tfd_ref`` runs also set ``method.tfd.fuse=false``)."""
+    import tfdistill.losses.tfd_fused as mt
 
     saved = (mt.depth_loss, mt.width_loss)
     from tfdistill.losses.tfd_reference import reference_depth_loss, reference_width_loss
@@ -222,7 +223,7 @@ class ClassicRunner:
             t.load_state_dict(torch.load(teacher_ckpt, weights_only=True))
             self.teacher = t.to(device).eval()
         name = "tfd" if method == "tfd_released" else method
-        params = load_config(None, [f"method.name={name}"]).method
+        params = load_config(None, [f"method.name={name}"] + (["method.tfd.fuse=false"] if name == "tfd" else [])).method
         self.meth = build_method(student, params, example=torch.randn(8, 3, 32, 32, device=device), num_classes=10,
                                  num_train=len(ds), epochs=240, teacher=self.teacher if method == "fitnet" else None)
         self.opt = torch.optim.SGD(list(student.parameters()) + self.meth.extra_parameters(), lr=0.05, momentum=0.9,
@@ -277,11 +278,18 @@ def engine_overrides(args, root: Path, batch: int, method: str, out: Path, teach
     return ov
 
 
+VARIANTS = {"tfd_ref": ("tfd", ["method.tfd.fuse=false"]), "tfd_eager": ("tfd", ["method.tfd.fuse=false"])}
+"""Benchmark-only method names: ``tfd_eager`` = the fast losses without the compiled region (``fuse=false``),
+``tfd_ref`` = the straightforward reference losses (``fuse=false`` and :func:`reference_tfd_losses`)."""
+
+
 def make_trainer(args, root, batch, method, out, teacher_ckpt, name):
     from tfdistill.config import load_config
     from tfdistill.engine import Trainer
 
-    cfg = load_config(None, [*engine_overrides(args, root, batch, method, out, teacher_ckpt, 1), f"name={name}"])
+    method, extra = VARIANTS.get(method, (method, []))
+    cfg = load_config(None, [*engine_overrides(args, root, batch, method, out, teacher_ckpt, 1), *extra,
+                             f"name={name}"])
     return Trainer(cfg, overwrite=True, echo=lambda s: None)
 
 
@@ -290,8 +298,7 @@ class EngineRunner:
 
     def __init__(self, args, root, batch, method, out, teacher_ckpt) -> None:
         self.method, self.batch = method, batch
-        self.tr = make_trainer(args, root, batch, "tfd" if method == "tfd_ref" else method, out, teacher_ckpt,
-                               f"{method}_b{batch}")
+        self.tr = make_trainer(args, root, batch, method, out, teacher_ckpt, f"{method}_b{batch}")
         self.epoch = 0
 
     @property
@@ -348,8 +355,7 @@ class StepRunner:
 
     def __init__(self, args, root, batch, method, out, teacher_ckpt, batch_from=None) -> None:
         self.method, self.batch = method, batch
-        self.tr = make_trainer(args, root, batch, "tfd" if method == "tfd_ref" else method, out, teacher_ckpt,
-                               f"step_{method}_b{batch}")
+        self.tr = make_trainer(args, root, batch, method, out, teacher_ckpt, f"step_{method}_b{batch}")
         src = batch_from.tr if batch_from is not None else self.tr
         self.xyi = next(iter(src.data.train))
         self.device = self.tr.device
@@ -577,8 +583,9 @@ def main(argv=None) -> dict:
         threads = torch.get_num_threads()
         if device.type == "cpu":
             torch.set_num_threads(1)  # CPU-time ratios: one thread, so the work is measured, not the contention
-        for b, methods in ((B, ["ce", "tfd", "tfd_ref", "fitnet"]),
-                           (BB, ["ce", "tfd", "tfd_ref"] + ([] if args.quick else ["fitnet"]))):
+        eager = ["tfd_eager"] if device.type == "cuda" else []  # fuse=auto compiles on CUDA only
+        for b, methods in ((B, ["ce", "tfd", *eager, "tfd_ref", "fitnet"]),
+                           (BB, ["ce", "tfd", *eager, "tfd_ref"] + ([] if args.quick else ["fitnet"]))):
             steps = 1 if device.type == "cpu" else 20
             rs: dict = {}
             for m in methods:

@@ -274,7 +274,7 @@ def test_uncapturable_step_falls_back_to_eager_with_one_notice(monkeypatch):
 
 
 @cuda
-def test_trainer_and_batched_seeds_with_cuda_graphs_on_gpu(tiny, tmp_path):
+def test_trainer_and_packed_seeds_with_cuda_graphs_on_gpu(tiny, tmp_path):
     common = [*tiny, "method.name=tfd", "epochs=2", "engine.device=cuda", "engine.precision=bf16",
               "engine.channels_last=true", "engine.tensorboard=false"]
     eager = Trainer(load_config(None, [*common, "name=e"]), echo=lambda s: None)
@@ -286,7 +286,11 @@ def test_trainer_and_batched_seeds_with_cuda_graphs_on_gpu(tiny, tmp_path):
     rg = [json.loads(x) for x in (tmp_path / "runs" / "g" / "metrics.jsonl").read_text().splitlines()]
     assert rg[0]["loss"] == pytest.approx(re[0]["loss"], rel=2e-2)
     res = train(load_config(None, [*common, "name=m", "seeds=[0,1]", "engine.cuda_graphs=true"]), echo=lambda s: None)
-    assert [r.summary["batched"]["step"] for r in res] == ["cuda_graph", "cuda_graph"]
+    assert [r.summary["pack"]["step"] for r in res] == ["packed_cuda_graph", "packed_cuda_graph"]
+    # TFD's losses ran as the compiled region (fuse=auto on CUDA), inside the captured graphs
+    summary = json.loads((tmp_path / "runs" / "g" / "summary.json").read_text())
+    assert summary["method_info"]["tfd"]["fuse"] == "compiled", summary["method_info"]
+    assert all(r.summary["method_info"]["tfd"]["fuse"] == "compiled" for r in res)
 
 
 def test_step_runner_packs_after_every_run_warmed_up(monkeypatch):
