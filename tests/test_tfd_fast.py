@@ -178,3 +178,20 @@ def test_both_pooling_paths_equal_adaptive_pooling(dtype, strided):
             assert a.grad.dtype == dtype
             torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=1e-2 if dtype != torch.float32 else 1e-6,
                                        atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_pooling_function_keeps_its_gradient_under_torch_compile(dtype):
+    """Regression (torch 2.4-2.11): when the Function's forward returned an in-place ``mul_``'s result, AOTAutograd
+    dropped its backward and every gradient through it was zero under torch.compile (engine.compile=true on a CPU,
+    the fused TFD region)."""
+    from tfdistill.losses.tfd import _EvenAvgPool
+
+    def f(x):
+        return (_EvenAvgPool.apply(x, 2, 2) * torch.linspace(-1, 1, 4).view(1, 1, 1, 4)).square().sum()
+
+    x = torch.randn(2, 3, 8, 8).to(dtype).requires_grad_(True)
+    (g_eager,) = torch.autograd.grad(f(x), x)
+    (g_comp,) = torch.autograd.grad(torch.compile(f, backend="aot_eager", fullgraph=True)(x), x)
+    assert g_eager.abs().max() > 0 and g_comp.dtype == dtype
+    torch.testing.assert_close(g_comp, g_eager, rtol=1e-6, atol=1e-7)

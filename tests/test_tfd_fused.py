@@ -146,6 +146,76 @@ def test_inductor_cpu_region_equals_the_eager_losses():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-12)
 
 
+def test_inside_an_outer_compile_the_region_is_traced_not_compiled_again():
+    """engine.compile=true: the whole step is compiled; the TFD region must join that graph (no nested compile, no
+    graph break from the first-call probe)."""
+    feats = make_feats(RESNET32, 9)
+    fused = FusedTFD(backend="aot_eager")
+
+    def step(fs, w):
+        d, wl = fused(fs, w)
+        return d + wl
+
+    outer = torch.compile(step, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break would raise
+    v = outer(feats, W)
+    assert fused.mode == "pending"  # the outer trace ran the region's code, not the probe
+    de, we = eager_weighted(feats)
+    torch.testing.assert_close(v, de + we, rtol=1e-5, atol=1e-9)
+
+
+def test_many_configurations_in_one_process_all_compile():
+    """A sweep builds many TFD runs in one process: every configuration and shape is one cache entry of the same
+    code object, beyond dynamo's default limit of 8 (where fullgraph=True would raise)."""
+    configs = [dict(direction=d, detach_top=t, width_stages=ws) for d in ("top_down", "bottom_up", "bidirectional")
+               for t in (True, False) for ws in (None, (0, 1))]
+    assert len(configs) > 8
+    feats = make_feats(RESNET32, 10)
+    for kw in configs:
+        fused = FusedTFD(**kw, backend="aot_eager")
+        d, w = fused(feats, W)
+        assert fused.mode == "compiled", (kw, fused.reason)
+        de, we = eager_weighted(feats, **kw)
+        torch.testing.assert_close(d + w, de + we, rtol=1e-5, atol=1e-9)
+
+
+def test_a_new_input_signature_is_probed_before_it_is_used(monkeypatch):
+    fused = FusedTFD(backend="aot_eager")
+    probes = []
+    real_probe = fused._probe
+    monkeypatch.setattr(fused, "_probe", lambda f, w: (probes.append(tuple(f[0].shape)), real_probe(f, w)))
+    small = make_feats(RESNET32, 11)
+    fused(small, W)
+    fused(small, W)
+    odd_batch = [f[:3] for f in small]  # e.g. a last, smaller batch
+    d, w = fused(odd_batch, W)
+    with torch.no_grad():
+        fused(small, W)
+    assert probes == [(4, 16, 32, 32), (3, 16, 32, 32), (4, 16, 32, 32)] and fused.mode == "compiled"
+    de, we = eager_weighted(odd_batch)
+    torch.testing.assert_close(d + w, de + we, rtol=1e-5, atol=1e-9)
+
+
+def test_a_compile_error_in_a_later_call_falls_back_to_eager():
+    import torch._dynamo.exc
+
+    feats = make_feats(RESNET32, 12)
+    fused = FusedTFD(backend="aot_eager")
+    fused(feats, W)
+
+    def boom(*a, **k):
+        raise torch._dynamo.exc.InternalTorchDynamoError("recompile failed")
+
+    fused._fn = boom
+    with pytest.warns(RuntimeWarning, match="recompile failed"):
+        d, w = fused(feats, W)
+    assert fused.mode == "eager"
+    de, we = eager_weighted(feats)
+    assert torch.equal(d, de) and torch.equal(w, we)
+    fused.mode, fused._fn = "compiled", lambda *a, **k: (_ for _ in ()).throw(MemoryError("not a compile error"))
+    with pytest.raises(MemoryError):
+        fused(feats, W)
+
+
 def test_a_failing_compile_warns_once_and_runs_the_eager_losses_exactly(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here\nsecond line")

@@ -110,7 +110,9 @@ class _EvenAvgPool(torch.autograd.Function):
                     out = part.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
                 else:
                     out.add_(part)
-        return out.mul_(1.0 / (kh * kw))
+        # out of place: returning the result of an in-place ``mul_`` made torch.compile's AOTAutograd (torch 2.4 to
+        # 2.11) drop this Function's backward -- zero gradients
+        return out * (1.0 / (kh * kw))
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -119,13 +121,11 @@ class _EvenAvgPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        # every input position of a bin receives the bin's gradient / (kh * kw): one broadcast copy
         kh, kw = ctx.kh, ctx.kw
-        g = grad * (1.0 / (kh * kw))
-        out = grad.new_empty((*grad.shape[:-2], grad.shape[-2] * kh, grad.shape[-1] * kw), dtype=ctx.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                out[..., i::kh, j::kw].copy_(g)
-        return out, None, None
+        g = (grad * (1.0 / (kh * kw))).to(ctx.dtype)
+        *lead, oh, ow = g.shape
+        return g[..., :, None, :, None].expand(*lead, oh, kh, ow, kw).reshape(*lead, oh * kh, ow * kw), None, None
 
     @staticmethod
     def vmap(info, in_dims, x: Tensor, kh: int, kw: int):
@@ -150,8 +150,8 @@ def _pool(t: Tensor, size: tuple[int, int], strided: bool | None = None) -> Tens
     oh, ow = size
     if h % oh == 0 and w % ow == 0:
         kh, kw = h // oh, w // ow
-        if strided is None:
-            strided = t.device.type != "cuda" and kh * kw <= _MAX_STRIDED_BINS
+        if strided is None:  # (a compiler fuses the view + mean formulation better than a custom Function)
+            strided = t.device.type != "cuda" and kh * kw <= _MAX_STRIDED_BINS and not torch.compiler.is_compiling()
         if strided:
             return _EvenAvgPool.apply(t, kh, kw)
         if t.dtype == torch.float32:
@@ -178,7 +178,7 @@ class _Aligner:
             for m in (i, j):
                 if self.sizes[m] != size:
                     need[m] = max(need.get(m, 0), c)
-                    want.setdefault(m, set()).add(size)
+                    want[m] = want.get(m, set()) | {size}  # (no setdefault: torch 2.4's dynamo cannot trace it)
         self.pooled: dict[tuple[int, tuple[int, int]], Tensor] = {}
         for m, sizes in want.items():
             own = self.sizes[m]

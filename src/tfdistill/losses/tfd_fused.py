@@ -1,4 +1,4 @@
-"""Both TFD losses as one compiled region: a few fused kernels forward and backward instead of ~60 small ones.
+"""Both TFD losses as one compiled region: a few fused kernels forward and backward instead of ~125 small ones.
 
 On a GPU a ResNet32 train step at batch 64 replays from a CUDA graph in ~2.5 ms, and the eager TFD losses of
 :mod:`tfdistill.losses.tfd` add ~125 kernels to it (pooling, crops, differences, reductions, the importance, a
@@ -25,10 +25,15 @@ Properties:
   channels whose importances agree to float32 rounding may be ranked in the other order, as in the eager code.
 * **Static shapes** (``dynamic=False``): one compilation per feature-map shape, dtype and layout (~8-17 s on the
   H200's 16 cores, then cached); K packed runs with the same student share the compiled kernels.
-* **Fallback**: the first call compiles the forward *and* the backward on detached copies of the maps (a probe
-  whose result is discarded) inside ``try``; if torch.compile is unavailable or fails (no Triton or C++ compiler,
-  an old torch), it warns once and every call runs the eager functions, with the eager values exactly. After a
-  successful probe the compiled region is used, and it is captured in the step's CUDA graph like any kernel.
+* **Fallback**: the first call with a new input signature (shapes, strides, dtypes, grad mode, autocast: what the
+  compiled code's guards check) compiles the forward *and* the backward on detached copies of the maps (a probe
+  whose result is discarded) inside ``try``, so nothing compiles mid-step; if torch.compile is unavailable or fails
+  (no Triton or C++ compiler, an old torch), it warns once and every call runs the eager functions, with the eager
+  values exactly. After a successful probe the compiled region is used, and it is captured in the step's CUDA
+  graph like any kernel. Probes allow the region's code 64 cache entries instead of dynamo's 8 (a sweep in one
+  process builds many TFD runs, each configuration and shape one entry).
+* Inside an outer ``torch.compile`` (``engine.compile=true`` compiles the whole step) the region's code is traced
+  into the outer graph instead of being compiled on its own.
 * ``method.tfd.fuse=auto`` (the default) compiles on CUDA only (:func:`fuse_available`): on a CPU the eager losses
   are already within a few % of a CE step and inductor's C++ build costs tens of seconds.
 """
@@ -123,7 +128,7 @@ def _region_losses(feats: list[Tensor], weights: Tensor, direction: str, detach_
 
 def fuse_available(device: torch.device) -> tuple[bool, str]:
     """Whether ``fuse=auto`` compiles on ``device``, and why not: only on CUDA (on a CPU the eager losses are
-    already within a few % of a CE step, and inductor's C++ build costs minutes) with Triton importable."""
+    already within a few % of a CE step, and inductor's C++ build costs tens of seconds) with Triton importable."""
     if os.environ.get("TFDISTILL_NO_FUSE"):
         return False, "TFDISTILL_NO_FUSE is set"
     if device.type != "cuda":
@@ -152,6 +157,30 @@ def inductor_options() -> dict:
     return {"combo_kernels": True} if hasattr(inductor_config, "combo_kernels") else {}
 
 
+def _signature(feats: Sequence[Tensor], weights: Tensor) -> tuple:
+    """What a compiled region's guards depend on: the maps' shapes, strides, dtypes and grad flags, the device, the
+    weights tensor, grad mode and autocast state. A call with a new signature is probed (compiled) first."""
+    dev = feats[0].device.type
+    autocast = torch.is_autocast_enabled(dev)
+    return (tuple((tuple(f.shape), f.stride(), f.dtype, f.requires_grad) for f in feats), str(feats[0].device),
+            weights.dtype, str(weights.device), torch.is_grad_enabled(), autocast,
+            torch.get_autocast_dtype(dev) if autocast else None)
+
+
+def _room_for_recompiles(limit: int = 64):
+    """More cache entries for the region's code than dynamo's default 8 while it is compiled: one process may build
+    many TFD runs (a sweep), each configuration and feature-map shape one entry, all on the same code object."""
+    import torch._dynamo.config as dynamo_config
+
+    key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    return dynamo_config.patch(**{key: max(int(getattr(dynamo_config, key)), limit)})
+
+
+def _is_compile_error(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx"))
+
+
 class FusedTFD:
     """Callable ``(feats, weights) -> (weights[0] * L_depth, weights[1] * L_width)`` with ``weights`` a float32
     tensor ``[w_depth, w_width]`` (a tensor, so changing it -- TFD's ramp -- neither recompiles nor invalidates a
@@ -172,33 +201,52 @@ class FusedTFD:
         self.mode = "pending" if compile else "eager"
         self.reason = "" if compile else "fuse=false"
         self._fn = None
+        self._probed: set[tuple] = set()
 
     def __call__(self, feats: Sequence[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
         _check_maps(feats, "TFD", 1)
-        if self.mode == "pending":
-            self._first_call(feats, weights)
+        if self.mode != "eager":
+            if torch.compiler.is_compiling():
+                # traced by an outer torch.compile (engine.compile=true): the region's code joins the outer graph
+                return _region_losses(list(feats), weights, **self.kw)
+            sig = _signature(feats, weights)
+            if sig not in self._probed:
+                self._probe(feats, weights)
+                if self.mode == "compiled":
+                    self._probed.add(sig)
         if self.mode == "compiled":
-            return self._fn(list(feats), weights)
+            try:
+                return self._fn(list(feats), weights)
+            except Exception as exc:  # a recompile the probes did not foresee, and it failed: go on eagerly
+                if not _is_compile_error(exc):
+                    raise
+                self._fail(exc)
         d, w = tfd_losses(feats, **self.kw)
         return weights[0] * d, weights[1] * w
 
-    def _first_call(self, feats: Sequence[Tensor], weights: Tensor) -> None:
+    def _probe(self, feats: Sequence[Tensor], weights: Tensor) -> None:
+        """Compile the region for this call's signature, forward and backward, on detached copies of the maps (the
+        result is discarded), so that no compilation happens mid-step; on failure, warn once and stay eager."""
         kw = self.kw
-
-        def region(maps: list[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
-            return _region_losses(maps, weights, **kw)
-
         try:
-            options = inductor_options() if self.backend == "inductor" else {}
-            fn = torch.compile(region, backend=self.backend, dynamic=False, fullgraph=True,
-                               **({"options": options} if options else {}))
-            probe = [f.detach().clone().requires_grad_(True) for f in feats]
-            with torch.enable_grad():  # under the caller's autocast state: the same guards as the real calls
-                d, w = fn(probe, weights)
-                torch.autograd.grad(d + w, probe, allow_unused=True)  # compiles the backward now, not mid-step
+            if self._fn is None:
+                def region(maps: list[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
+                    return _region_losses(maps, weights, **kw)
+
+                options = inductor_options() if self.backend == "inductor" else {}
+                self._fn = torch.compile(region, backend=self.backend, dynamic=False, fullgraph=True,
+                                         **({"options": options} if options else {}))
+            probe = [f.detach().clone().requires_grad_(f.requires_grad) for f in feats]
+            with _room_for_recompiles():  # the caller's grad mode and autocast state: the same guards as the calls
+                d, w = self._fn(probe, weights)
+                if d.requires_grad or w.requires_grad:  # compiles the backward now, not mid-step
+                    torch.autograd.grad(d + w, [p for p in probe if p.requires_grad], allow_unused=True)
         except Exception as exc:  # no Triton/compiler, an op inductor cannot lower, an unsupported torch, ...
-            msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            self.mode, self.reason = "eager", f"torch.compile failed ({type(exc).__name__}: {msg})"
-            warnings.warn(f"TFD fuse: {self.reason}; the TFD losses run eagerly", RuntimeWarning, stacklevel=3)
+            self._fail(exc)
             return
-        self._fn, self.mode = fn, "compiled"
+        self.mode = "compiled"
+
+    def _fail(self, exc: BaseException) -> None:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        self.mode, self.reason, self._fn = "eager", f"torch.compile failed ({type(exc).__name__}: {msg})", None
+        warnings.warn(f"TFD fuse: {self.reason}; the TFD losses run eagerly", RuntimeWarning, stacklevel=4)

@@ -36,7 +36,7 @@ class TFDParams:
     applied to the same aligned depth pairs and width halves, see :mod:`tfdistill.losses.tfd_distance`)."""
     fuse: str = "auto"
     """auto | true | false: compute both l2 losses in one torch.compile region (a few fused kernels instead of
-    ~80 small ones per step; values equal up to float32 rounding, see :mod:`tfdistill.losses.tfd_fused`). auto:
+    ~125 small ones per ResNet step; values equal up to float32 rounding, see :mod:`tfdistill.losses.tfd_fused`). auto:
     on CUDA with Triton; the run's summary.json records what was used (method_info.tfd.fuse)."""
 
 
@@ -84,11 +84,12 @@ class TFD(Distiller):
             fuse, why = False, f"distance={params.distance} (only the l2 losses are fused)"
         self.losses = FusedTFD(params.direction, params.detach_top, self.width_stages, depth=params.alpha > 0,
                                width=params.beta > 0, compile=fuse)
-        self.losses.reason = self.losses.reason if fuse else why
+        if not fuse:
+            self.losses.reason = why
 
     def describe(self) -> dict:
         f = self.losses
-        return {"fuse": f.mode if f.mode != "pending" else "compile (not called yet)",
+        return {"fuse": f.mode if f.mode != "pending" else "pending (compiles at the first step)",
                 **({"fuse_reason": f.reason} if f.reason else {})}
 
     def on_epoch_start(self, epoch: int) -> None:
