@@ -9,9 +9,10 @@
 * **engine** -- a :class:`tfdistill.engine.Trainer` on the same images: device-resident uint8 data with batched
   augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in a CUDA graph
   (``--compile`` adds torch.compile). Images/s come from ``Trainer.train_epoch`` (loader, step, on-device metrics).
-* **step-time ratios** -- TFD/CE, TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the engine's steps on
-  one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round ratios is reported
-  (robust on a busy machine).
+* **step-time ratios** -- TFD/CE, TFD-with-the-eager-losses/CE (``tfd_eager``, ``method.tfd.fuse=false``; CUDA
+  only, where TFD's default compiles its losses), TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the
+  engine's steps on one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round
+  ratios is reported (robust on a busy machine).
 * **packed runs** -- K = 8 (CPU: 2) ResNet32 CE runs (seeds 0..K-1) at batch 64 packed into one group
   (``tfdistill sweep --pack K``; on CUDA the K steps replay from one graph, one stream per run): aggregate images/s
   of the group vs one run's, in interleaved rounds (issue #12's target >= 3x). On the CPU the K runs step one after
