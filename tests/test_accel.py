@@ -107,6 +107,32 @@ def test_compile_trains_and_matches_eager(tiny, tmp_path, monkeypatch):
             assert torch.equal(a[k], b[k]), k
 
 
+def test_compiled_step_gives_tfd_its_gradients(tiny, tmp_path, monkeypatch):
+    """engine.compile=true traced by dynamo + AOTAutograd (the ``aot_eager`` backend: no code generation, so fast and
+    on every torch of the CI matrix): one TFD step with heavy loss weights moves every weight like the eager step.
+    On torch 2.4-2.11 the strided pooling Function's backward used to vanish in that trace, and the depth-wise
+    gradient with it -- the loose weight check of the inductor test above could not see that."""
+    monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "aot_eager")
+    heavy = [*tiny, "method.name=tfd", "method.tfd.alpha=50", "method.tfd.beta=5", "epochs=1",
+             "engine.tensorboard=false", "optim.weight_decay=0", "optim.momentum=0"]
+    eager = Trainer(load_config(None, [*heavy, "name=e"]), echo=lambda s: None)
+    comp = Trainer(load_config(None, [*heavy, "name=c", "engine.compile=true"]), echo=lambda s: None)
+    x, y, idx = next(iter(eager.data.train))
+    before = {k: v.detach().clone() for k, v in eager.student.state_dict().items()}
+    _, _, te = eager.step(x, y, idx)
+    _, _, tc = comp.step(x, y, idx)
+    assert comp.accel.mode == "compiled"
+    for k in te:
+        torch.testing.assert_close(tc[k], te[k], rtol=1e-4, atol=1e-7)
+    moved = 0
+    a, b = eager.student.state_dict(), comp.student.state_dict()
+    for k in a:
+        if a[k].is_floating_point() and not torch.equal(a[k], before[k]):
+            moved += 1
+            torch.testing.assert_close(b[k] - before[k], a[k] - before[k], rtol=2e-3, atol=1e-7, msg=k)
+    assert moved > 10
+
+
 @pytest.mark.parametrize("momentum, nesterov, wd, dampening", [
     (0.9, False, 5e-4, 0.0), (0.9, True, 5e-4, 0.0), (0.0, False, 0.0, 0.0), (0.5, False, 1e-3, 0.1)])
 def test_graph_sgd_matches_torch_sgd(momentum, nesterov, wd, dampening):
