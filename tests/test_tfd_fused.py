@@ -300,7 +300,9 @@ def test_method_fuse_true_compiles_and_matches_fuse_false(monkeypatch):
         meth.on_epoch_start(1)  # ramp 2/4: the weights tensor carries it into the region
         _, terms = meth(x, y, None)
         out[fuse] = terms
-        assert meth.describe()["tfd"]["fuse"] == ("compiled" if fuse == "true" else "eager")
+        info = meth.describe()["tfd"]
+        assert info["fuse"] == ("compiled" if fuse == "true" else "eager")
+        assert (info.get("fuse_compile_s", -1) >= 0) == (fuse == "true")
     for k in ("tfd_depth", "tfd_width"):
         torch.testing.assert_close(out["true"][k], out["false"][k], rtol=1e-5, atol=1e-10)
     torch.testing.assert_close(comp.weights, torch.tensor([5e-3, 4e-4]) * 0.5)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from typing import Sequence
 
@@ -202,6 +203,8 @@ class FusedTFD:
         self.reason = "" if compile else "fuse=false"
         self._fn = None
         self._probed: set[tuple] = set()
+        self.compile_s = 0.0
+        """Seconds spent compiling (all probes)."""
 
     def __call__(self, feats: Sequence[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
         _check_maps(feats, "TFD", 1)
@@ -228,6 +231,7 @@ class FusedTFD:
         """Compile the region for this call's signature, forward and backward, on detached copies of the maps (the
         result is discarded), so that no compilation happens mid-step; on failure, warn once and stay eager."""
         kw = self.kw
+        t0 = time.perf_counter()
         try:
             if self._fn is None:
                 def region(maps: list[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -244,6 +248,8 @@ class FusedTFD:
         except Exception as exc:  # no Triton/compiler, an op inductor cannot lower, an unsupported torch, ...
             self._fail(exc)
             return
+        finally:
+            self.compile_s += time.perf_counter() - t0
         self.mode = "compiled"
 
     def _fail(self, exc: BaseException) -> None:

@@ -90,7 +90,8 @@ class TFD(Distiller):
     def describe(self) -> dict:
         f = self.losses
         return {"fuse": f.mode if f.mode != "pending" else "pending (compiles at the first step)",
-                **({"fuse_reason": f.reason} if f.reason else {})}
+                **({"fuse_reason": f.reason} if f.reason else {}),
+                **({"fuse_compile_s": round(f.compile_s, 1)} if f.mode == "compiled" else {})}
 
     def on_epoch_start(self, epoch: int) -> None:
         r = self.params.ramp_epochs
