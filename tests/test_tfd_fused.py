@@ -237,6 +237,9 @@ def test_a_failing_compile_warns_once_and_runs_the_eager_losses_exactly(monkeypa
 def test_fuse_available_and_inductor_options(monkeypatch):
     ok, why = fuse_available(torch.device("cpu"))
     assert not ok and "CUDA only" in why
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    ok, why = fuse_available(torch.device("cuda"))
+    assert not ok and "deterministic" in why
     monkeypatch.setenv("TFDISTILL_NO_FUSE", "1")
     assert fuse_available(torch.device("cuda"))[0] is False
     from torch._inductor import config as ic

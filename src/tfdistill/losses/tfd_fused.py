@@ -129,11 +129,14 @@ def _region_losses(feats: list[Tensor], weights: Tensor, direction: str, detach_
 
 def fuse_available(device: torch.device) -> tuple[bool, str]:
     """Whether ``fuse=auto`` compiles on ``device``, and why not: only on CUDA (on a CPU the eager losses are
-    already within a few % of a CE step, and inductor's C++ build costs tens of seconds) with Triton importable."""
+    already within a few % of a CE step, and inductor's C++ build costs tens of seconds) with Triton importable,
+    and not while deterministic algorithms are requested."""
     if os.environ.get("TFDISTILL_NO_FUSE"):
         return False, "TFDISTILL_NO_FUSE is set"
     if device.type != "cuda":
         return False, f"device {device.type} (fuse=auto compiles on CUDA only)"
+    if torch.are_deterministic_algorithms_enabled():  # generated scatter kernels may add atomically
+        return False, "deterministic algorithms are on (engine.deterministic=true)"
     try:
         import triton  # noqa: F401
     except Exception:  # pragma: no cover - CUDA builds of torch ship Triton
