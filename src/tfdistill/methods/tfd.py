@@ -37,7 +37,8 @@ class TFDParams:
     fuse: str = "auto"
     """auto | true | false: compute both l2 losses in one torch.compile region (a few fused kernels instead of
     ~125 small ones per ResNet step; values equal up to float32 rounding, see :mod:`tfdistill.losses.tfd_fused`). auto:
-    on CUDA with Triton; the run's summary.json records what was used (method_info.tfd.fuse)."""
+    on CUDA with Triton, unless engine.deterministic=true; the run's summary.json records what was used
+    (method_info.tfd.fuse, fuse_reason, fuse_compile_s)."""
 
 
 @register_distiller("tfd")
