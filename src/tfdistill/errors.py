@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+"""Errors a user can cause (the CLI prints them as one line and exits non-zero), and how to tell torch.compile's own
+errors from others."""
 
 from __future__ import annotations
 
@@ -29,3 +30,10 @@ class RunDirError(TfdError, ValueError):
 
 class DivergenceError(TfdError, RuntimeError):
     """The loss became NaN or infinite."""
+
+
+def is_compile_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from torch.compile's machinery (dynamo, inductor, AOTAutograd, FX): code that compiles
+    opportunistically falls back to eager on these, and on nothing else."""
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx"))

@@ -54,7 +54,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_compile_error
 
 __all__ = ["Accelerator", "StepRunner", "sgd_step_tensor_lr", "plain_configs", "total_loss", "WARMUP_STEPS"]
 
@@ -78,11 +78,6 @@ def _autocast(precision: str, device: torch.device, cache: bool = True):
 def total_loss(terms: dict[str, Tensor]) -> Tensor:
     """The sum of all weighted terms, in float32 (for K stacked models: summed over the models too)."""
     return torch.stack([v.float() for v in terms.values()]).sum()
-
-
-def _is_compile_error(exc: BaseException) -> bool:
-    mod = type(exc).__module__ or ""
-    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx"))
 
 
 @torch.no_grad()
@@ -307,7 +302,7 @@ class Accelerator:
             try:
                 return self._eager_step(self.forward, x, y, idx)
             except Exception as exc:
-                if not _is_compile_error(exc):
+                if not is_compile_error(exc):
                     raise
                 self._compile_failed(exc)
                 self.optimizer.zero_grad(set_to_none=True)

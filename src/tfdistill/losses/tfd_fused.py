@@ -7,7 +7,7 @@ sort and two gathers per map, forward and backward): 0.34 ms of loss, a TFD step
 fused Triton kernels (measured on the same H200, torch 2.11, ``benchmarks/profile_tfd.py``: the losses' forward +
 backward 343 -> 50 us at batch 64 and 816 -> 147 us at batch 512; TFD/CE step 1.16 -> 1.03 and 1.13 -> 1.05).
 
-What the region computes (:func:`_region_losses`), and why it is written that way:
+What the region computes (:func:`weighted_losses` with ``dense=True``), and why it is written that way:
 
 * **depth-wise**: :func:`~tfdistill.losses.tfd.depth_loss` itself (pooling views and crops fuse into the
   reductions of the differences);
@@ -49,9 +49,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import is_compile_error
 from .tfd import _check_maps, _importance, _no_autocast, depth_loss, width_loss
 
-__all__ = ["tfd_losses", "ranked_partners", "width_loss_dense", "FusedTFD", "FUSE_MODES", "fuse_available",
+__all__ = ["tfd_losses", "weighted_losses", "ranked_partners", "width_loss_dense", "FusedTFD", "FUSE_MODES", "fuse_available",
            "inductor_options"]
 
 FUSE_MODES = ("auto", "true", "false")
@@ -60,18 +61,27 @@ try (eager fallback with a warning), ``false`` = the eager functions."""
 
 
 def tfd_losses(feats: Sequence[Tensor], direction: str = "top_down", detach_top: bool = True,
-               width_stages: Sequence[int] | None = None, depth: bool = True, width: bool = True
-               ) -> tuple[Tensor, Tensor]:
+               width_stages: Sequence[int] | None = None, depth: bool = True, width: bool = True,
+               dense: bool = False) -> tuple[Tensor, Tensor]:
     """Unweighted ``(L_depth, L_width)`` of :func:`depth_loss` / :func:`width_loss` in one call (a term not asked
-    for is a float32 zero). ``width_stages`` picks the maps of the width-wise loss (default: all)."""
+    for is a float32 zero). ``width_stages`` picks the maps of the width-wise loss (default: all). ``dense``: the
+    width-wise loss with a frozen target in the compiled region's form, :func:`width_loss_dense` (equal up to
+    float32 rounding)."""
     zero = feats[0].new_zeros((), dtype=torch.float32)
     d = depth_loss(feats, direction) if depth else zero
     if width:
         maps = list(feats) if width_stages is None else [feats[i] for i in width_stages]
-        w = width_loss(maps, detach_top)
+        w = width_loss_dense(maps) if dense and detach_top else width_loss(maps, detach_top)
     else:
         w = zero
     return d, w
+
+
+def weighted_losses(feats: Sequence[Tensor], weights: Tensor, **kw) -> tuple[Tensor, Tensor]:
+    """``(weights[0] * L_depth, weights[1] * L_width)`` of :func:`tfd_losses` (``kw``): what :class:`FusedTFD`
+    returns, eagerly or, with ``dense=True``, as the compiled region."""
+    d, w = tfd_losses(feats, **kw)
+    return weights[0] * d, weights[1] * w
 
 
 def ranked_partners(importance: Tensor) -> tuple[Tensor, Tensor]:
@@ -99,32 +109,19 @@ def width_loss_dense(feats: Sequence[Tensor]) -> Tensor:
     student channels only (a mask), so the backward is one dense elementwise kernel per map (no scatter, no sort).
     Equal to ``width_loss(feats, True)`` up to float32 rounding (the sum runs in another order)."""
     _check_maps(feats, "width_loss", 1)
-    terms = []
-    for f in feats:
-        n, c, hh, ww = f.shape
-        if c < 2:
-            continue
-        with torch.no_grad():
-            partner, student = ranked_partners(_importance(f))
-            target = f.detach().index_select(1, partner)
-        diff = f.float() - target.float()
-        sq = torch.where(student.view(1, c, 1, 1), diff.square(), 0.0)
-        terms.append(sq.sum() / (n * (c // 2) * hh * ww))
-    return torch.stack(terms).mean() if terms else feats[0].new_zeros((), dtype=torch.float32)
-
-
-def _region_losses(feats: list[Tensor], weights: Tensor, direction: str, detach_top: bool,
-                   width_stages: tuple[int, ...] | None, depth: bool, width: bool) -> tuple[Tensor, Tensor]:
-    """What the compiled region computes: ``(weights[0] * L_depth, weights[1] * L_width)``."""
     with _no_autocast(feats[0]):
-        zero = feats[0].new_zeros((), dtype=torch.float32)
-        d = depth_loss(feats, direction) if depth else zero
-        if width:
-            maps = feats if width_stages is None else [feats[i] for i in width_stages]
-            w = width_loss_dense(maps) if detach_top else width_loss(maps, False)
-        else:
-            w = zero
-        return weights[0] * d, weights[1] * w
+        terms = []
+        for f in feats:
+            n, c, hh, ww = f.shape
+            if c < 2:
+                continue
+            with torch.no_grad():
+                partner, student = ranked_partners(_importance(f))
+                target = f.detach().index_select(1, partner)
+            diff = f.float() - target.float()
+            sq = torch.where(student.view(1, c, 1, 1), diff.square(), 0.0)
+            terms.append(sq.sum() / (n * (c // 2) * hh * ww))
+        return torch.stack(terms).mean() if terms else feats[0].new_zeros((), dtype=torch.float32)
 
 
 def fuse_available(device: torch.device) -> tuple[bool, str]:
@@ -180,11 +177,6 @@ def _room_for_recompiles(limit: int = 64):
     return dynamo_config.patch(**{key: max(int(getattr(dynamo_config, key)), limit)})
 
 
-def _is_compile_error(exc: BaseException) -> bool:
-    mod = type(exc).__module__ or ""
-    return mod.startswith(("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx"))
-
-
 class FusedTFD:
     """Callable ``(feats, weights) -> (weights[0] * L_depth, weights[1] * L_width)`` with ``weights`` a float32
     tensor ``[w_depth, w_width]`` (a tensor, so changing it -- TFD's ramp -- neither recompiles nor invalidates a
@@ -214,7 +206,7 @@ class FusedTFD:
         if self.mode != "eager":
             if torch.compiler.is_compiling():
                 # traced by an outer torch.compile (engine.compile=true): the region's code joins the outer graph
-                return _region_losses(list(feats), weights, **self.kw)
+                return weighted_losses(list(feats), weights, dense=True, **self.kw)
             sig = _signature(feats, weights)
             if sig not in self._probed:
                 self._probe(feats, weights)
@@ -224,11 +216,10 @@ class FusedTFD:
             try:
                 return self._fn(list(feats), weights)
             except Exception as exc:  # a recompile the probes did not foresee, and it failed: go on eagerly
-                if not _is_compile_error(exc):
+                if not is_compile_error(exc):
                     raise
                 self._fail(exc)
-        d, w = tfd_losses(feats, **self.kw)
-        return weights[0] * d, weights[1] * w
+        return weighted_losses(feats, weights, **self.kw)
 
     def _probe(self, feats: Sequence[Tensor], weights: Tensor) -> None:
         """Compile the region for this call's signature, forward and backward, on detached copies of the maps (the
@@ -238,7 +229,7 @@ class FusedTFD:
         try:
             if self._fn is None:
                 def region(maps: list[Tensor], weights: Tensor) -> tuple[Tensor, Tensor]:
-                    return _region_losses(maps, weights, **kw)
+                    return weighted_losses(maps, weights, dense=True, **kw)
 
                 options = inductor_options() if self.backend == "inductor" else {}
                 self._fn = torch.compile(region, backend=self.backend, dynamic=False, fullgraph=True,

@@ -76,10 +76,8 @@ class TFD(Distiller):
         if stages is not None and any(not -n <= i < n for i in stages):
             raise ConfigError(f"method.tfd.width_stages {list(stages)} out of range for {n} tapped stages")
         self.width_stages = None if stages is None else [int(i) for i in stages]
-        self.register_buffer("ramp", torch.ones(()), persistent=False)
         # [alpha, beta] * ramp, one tensor: what the (compiled) losses multiply by, updated in place each epoch
-        self.register_buffer("base_weights", torch.tensor([params.alpha, params.beta]), persistent=False)
-        self.register_buffer("weights", self.base_weights.clone(), persistent=False)
+        self.register_buffer("weights", torch.tensor([params.alpha, params.beta]), persistent=False)
         fuse, why = (fuse_mode == "true", "fuse=false") if fuse_mode != "auto" else fuse_available(ctx.device)
         if params.distance != "l2":
             fuse, why = False, f"distance={params.distance} (only the l2 losses are fused)"
@@ -96,8 +94,8 @@ class TFD(Distiller):
 
     def on_epoch_start(self, epoch: int) -> None:
         r = self.params.ramp_epochs
-        self.ramp.fill_(min(1.0, (epoch + 1) / r) if r > 0 else 1.0)
-        torch.mul(self.base_weights, self.ramp, out=self.weights)
+        ramp = torch.tensor(min(1.0, (epoch + 1) / r) if r > 0 else 1.0)  # float32, as the weights
+        self.weights.copy_(torch.tensor([self.params.alpha, self.params.beta]) * ramp)
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
         p = self.params
