@@ -10,12 +10,14 @@
 #   3. the same with torch.compile, its warm-up capped and reported on its own             -> compile.txt
 #   4. a short real-data run, CE vs TFD (ResNet20, CIFAR-10 JPEG copy)                     -> realdata.txt
 #   5. benchmarks/profile_tfd.py: kernels per step and the TFD losses' own time, eager vs fused -> profile.txt
-# and prints a short summary last (also summary.txt). At most 8 files go to $OUT.
+#   6. benchmarks/profile_step.py: a CE step's time per dtype x memory format (and compiled), by kernel category
+#                                                                                            -> step_profile.txt
+# and prints a short summary last (also summary.txt). At most 9 files go to $OUT.
 #
 # Carry into the checkout: .data/cifar10-jpeg/{train,test}.tar.gz (the CIFAR-10 JPEG copy from ../shared/data) and,
 # if the image lacks them, wheels in .whl/ (see benchmarks/_env.sh). Environment: OUT, PYTHON, GPU_CHECK_DATA
 # (default .data/cifar10-jpeg, else ../shared/data/cifar10-jpeg), GPU_CHECK_T_TESTS / _T_THROUGHPUT / _T_COMPILE /
-# _T_REALDATA / _T_PROFILE (seconds per part).
+# _T_REALDATA / _T_PROFILE / _T_STEP (seconds per part).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)
@@ -48,11 +50,13 @@ if [ $SMOKE = 1 ]; then
   DEV=cpu
   T_TESTS=${GPU_CHECK_T_TESTS:-60}; T_TP=${GPU_CHECK_T_THROUGHPUT:-60}
   T_COMPILE=${GPU_CHECK_T_COMPILE:-25}; T_REAL=${GPU_CHECK_T_REALDATA:-30}; T_PROF=${GPU_CHECK_T_PROFILE:-40}
+  T_STEP=${GPU_CHECK_T_STEP:-40}
   # the fast losses, the accelerator's fallbacks and every method's backward under bf16 autocast
   TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -m "not slow" -k "tfd_fast or accel or bf16" -n 2)
   TP_ARGS=(--device cpu --quick --skip-classic --compile-budget 0)
   PROF_ARGS=(--device cpu --batch 16 --iters 2)
   PROF_BACKEND=aot_eager  # the fused variant traced, not built: inductor's C++ build alone can take the whole limit
+  STEP_ARGS=(--device cpu --batch 8 --iters 2 --variant fp32:cl --variant bf16:nchw)
   REAL=(data.train_subset=1000 data.test_subset=500 epochs=1 data.batch_size=128 optim.lr=0.1 engine.precision=fp32)
 else
   DEV=cuda
@@ -60,11 +64,15 @@ else
     || { echo "gpu_check: no CUDA device here (--cpu-smoke runs the logic on the CPU)" >&2; exit 3; }
   T_TESTS=${GPU_CHECK_T_TESTS:-90}; T_TP=${GPU_CHECK_T_THROUGHPUT:-180}
   T_COMPILE=${GPU_CHECK_T_COMPILE:-30}; T_REAL=${GPU_CHECK_T_REALDATA:-90}; T_PROF=${GPU_CHECK_T_PROFILE:-60}
+  T_STEP=${GPU_CHECK_T_STEP:-150}
   # the CUDA-only tests: every other test hides the GPU (tests/conftest.py), so CI on a CPU already runs it as
   # it would run here
   TESTS=(tests -m cuda -n 4)
   PROF_ARGS=(--device cuda)
   PROF_BACKEND=${TFDISTILL_COMPILE_BACKEND:-inductor}
+  # the default variants, then the compiled model last (its warm-up may not fit the limit; the others print first)
+  STEP_ARGS=(--device cuda --batch 512 --variant bf16:cl --variant bf16:nchw --variant fp16:cl --variant fp16:nchw
+             --variant fp32:cl --variant bf16:cl:compile)
   TP_ARGS=(--device cuda --rounds 3 --ratio-rounds 5 --compile-budget 0)  # compile: part 3
   REAL=(epochs=8 data.batch_size=512 optim.lr=0.2 engine.precision=bf16)
 fi
@@ -78,13 +86,13 @@ EOF
 log "$(cat "$OUT/env.txt")"
 
 # ---------------------------------------------------------------- 1. the test suite
-log "1/5 tests (limit ${T_TESTS}s)"
+log "1/6 tests (limit ${T_TESTS}s)"
 timeout -k 10 "$T_TESTS" $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" > "$OUT/pytest.txt" 2>&1
 TESTS_RC=$?
 tail -n 3 "$OUT/pytest.txt"
 
 # ---------------------------------------------------------------- 2. throughput
-log "2/5 throughput (limit ${T_TP}s)"
+log "2/6 throughput (limit ${T_TP}s)"
 TP_DATA=()
 [ -n "$DATA" ] && TP_DATA=(--archive "$DATA")
 timeout -k 10 "$T_TP" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]}" --json-out "$OUT/throughput.json" \
@@ -92,7 +100,7 @@ timeout -k 10 "$T_TP" $PY benchmarks/throughput.py "${TP_ARGS[@]}" "${TP_DATA[@]
 TP_RC=$?
 
 # ---------------------------------------------------------------- 3. torch.compile, warm-up capped
-log "3/5 torch.compile (limit ${T_COMPILE}s)"
+log "3/6 torch.compile (limit ${T_COMPILE}s)"
 C_START=$(date +%s)
 timeout -k 5 "$T_COMPILE" $PY benchmarks/throughput.py --device $DEV "${TP_DATA[@]}" --quick --compile-only \
   --compile-budget $(( T_COMPILE - 10 )) > "$OUT/compile.txt" 2>&1
@@ -100,7 +108,7 @@ COMPILE_RC=$?
 echo "exit code $COMPILE_RC after $(( $(date +%s) - C_START ))s (124 = stopped at the ${T_COMPILE}s limit)" >> "$OUT/compile.txt"
 
 # ---------------------------------------------------------------- 4. real data, CE vs TFD
-log "4/5 real data (limit ${T_REAL}s)"
+log "4/6 real data (limit ${T_REAL}s)"
 RUNS_DIR=$(mktemp -d)
 REAL_RC=0
 {
@@ -117,18 +125,23 @@ REAL_RC=0
 } > "$OUT/realdata.txt" 2>&1
 
 # ---------------------------------------------------------------- 5. the TFD losses' kernels and time
-log "5/5 TFD loss profile (limit ${T_PROF}s)"
+log "5/6 TFD loss profile (limit ${T_PROF}s)"
 TFDISTILL_COMPILE_BACKEND=$PROF_BACKEND timeout -k 5 "$T_PROF" $PY benchmarks/profile_tfd.py "${PROF_ARGS[@]}" \
   > "$OUT/profile.txt" 2>&1
 PROF_RC=$?
 
+# ---------------------------------------------------------------- 6. where a CE step's time goes
+log "6/6 step profile (limit ${T_STEP}s)"
+timeout -k 5 "$T_STEP" $PY benchmarks/profile_step.py "${STEP_ARGS[@]}" > "$OUT/step_profile.txt" 2>&1
+STEP_RC=$?
+
 # ---------------------------------------------------------------- summary, printed last
-$PY - "$OUT" "$RUNS_DIR" "$TESTS_RC" "$TP_RC" "$COMPILE_RC" "$REAL_RC" "$PROF_RC" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
+$PY - "$OUT" "$RUNS_DIR" "$TESTS_RC" "$TP_RC" "$COMPILE_RC" "$REAL_RC" "$PROF_RC" "$STEP_RC" "$(( $(date +%s) - T0 ))" <<'EOF' | tee "$OUT/summary.txt"
 import json, re, sys
 from pathlib import Path
 
 out, runs = Path(sys.argv[1]), Path(sys.argv[2])
-tests_rc, tp_rc, compile_rc, real_rc, prof_rc, total = (int(v) for v in sys.argv[3:])
+tests_rc, tp_rc, compile_rc, real_rc, prof_rc, step_rc, total = (int(v) for v in sys.argv[3:])
 def last_match(path, pattern):
     text = path.read_text(errors="replace") if path.is_file() else ""
     found = re.findall(pattern, text, flags=re.M)
@@ -170,6 +183,13 @@ if prof:
               f"{row['step_tfd_fused_over_ce']} fused")
 else:
     print(f"profile: no result (exit {prof_rc}); see profile.txt")
+step = out / "step_profile.txt"
+rows = re.findall(r"^(b\d+/\S+)\s+([\d.]+) ms/step\s+(\d+) img/s", step.read_text(errors="replace") if step.is_file()
+                  else "", flags=re.M)
+for key, ms, ips in rows:
+    print(f"step profile {key}: {ms} ms/step, {ips} img/s")
+if step_rc != 0:
+    print(f"step profile: exit {step_rc}{' (time limit)' if step_rc == 124 else ''}; see step_profile.txt")
 print(f"gpu_check: {total}s in all; files in {out}/")
 EOF
 rm -rf "$RUNS_DIR"
