@@ -38,6 +38,7 @@ DEFAULT_VARIANTS = ["bf16:cl", "bf16:nchw", "fp16:cl", "fp16:nchw", "fp32:cl"]
 
 # kernel name -> category, first match wins (cuDNN / CUTLASS / PyTorch kernel names)
 CATEGORIES = [
+    ("fused_triton", r"^triton_"),
     ("conv_wgrad", r"wgrad|dgrad2d_wgrad|convolve_.*wgrad|_bwd_filter|wgrad_alg"),
     ("conv_dgrad", r"dgrad|_bwd_data|dgrad_engine"),
     ("conv_fwd", r"fprop|implicit_convolve|conv2d|convolution|_fwd_|xmma|cutlass|sm\d+_.*gemm|gemm"),
@@ -81,7 +82,7 @@ def build_step(dtype_name: str, fmt: str, compiled: bool, batch: int, device: to
         lambda: torch.autocast(device.type, enabled=False))
 
     def step():
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=True)  # as the engine: grads allocated by the backward (in the graph's pool)
         with ctx():
             loss = F.cross_entropy(fwd(x), y)
         loss.backward()
@@ -156,17 +157,23 @@ def main(argv=None) -> dict:
                    help=f"DTYPE:FORMAT[:compile] (repeatable; default {' '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--iters", type=int, default=0, help="timed steps (default 100 CUDA, 3 CPU)")
     p.add_argument("--top", type=int, default=12, help="kernels listed per variant")
+    p.add_argument("--benchmark-limit", type=int, default=-1, help="torch.backends.cudnn.benchmark_limit: cuDNN "
+                   "algorithms tried per convolution (0: all; default: torch's, 10)")
     a = p.parse_args(argv)
     variants = [parse_variant(v) for v in (a.variants or DEFAULT_VARIANTS)]
     device = torch.device(a.device)
     iters = a.iters or (100 if device.type == "cuda" else 3)
     torch.backends.cudnn.benchmark = True
+    if a.benchmark_limit >= 0:
+        torch.backends.cudnn.benchmark_limit = a.benchmark_limit
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     res: dict = {"benchmark": "tfdistill profile_step", "model": "resnet32 (10 classes), CE, SGD nesterov",
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "runs": {}}
-    print(f"profile_step -- {res['device']}, torch {res['torch']}, cuDNN {res['cudnn']}", flush=True)
+                 "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                 "benchmark_limit": getattr(torch.backends.cudnn, "benchmark_limit", None), "runs": {}}
+    print(f"profile_step -- {res['device']}, torch {res['torch']}, cuDNN {res['cudnn']}, cudnn.benchmark_limit "
+          f"{res['benchmark_limit']}", flush=True)
     for b in a.batch:
         for dt, fmt, compiled in variants:
             key = f"b{b}/{dt}:{fmt}" + (":compile" if compiled else "")

@@ -65,6 +65,9 @@ T0 = time.time()
 
 
 # ----------------------------------------------------------------------------------------------- arguments
+PARTS = ("engine", "big", "ratios", "packed")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -90,8 +93,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-probe", default="", help=argparse.SUPPRESS)  # internal: the child process
     p.add_argument("--no-graphs", action="store_true", help="engine.cuda_graphs=false on CUDA")
     p.add_argument("--skip-classic", action="store_true")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"what to measure, comma-separated (default all: "
+                   f"{','.join(PARTS)}): engine = the batch-64 pipelines (and classic), big = batch --big-batch, "
+                   "ratios = the step-time ratios, packed = K packed runs vs one")
+    p.add_argument("--big-methods", default="ce,tfd", help="methods of the big-batch part (default ce,tfd)")
     p.add_argument("--json-out", default="", help="also write the JSON line to this file")
     a = p.parse_args(argv)
+    a.parts = [x.strip() for x in a.parts.split(",") if x.strip()]
+    bad = [x for x in a.parts if x not in PARTS]
+    if bad or not a.parts:
+        p.error(f"bad --parts {','.join(bad) or repr('')}; valid: {', '.join(PARTS)}")
+    a.big_methods = [x.strip() for x in a.big_methods.split(",") if x.strip()]
+    if not a.big_methods or any(m not in ("ce", "tfd") for m in a.big_methods):
+        p.error(f"bad --big-methods {','.join(a.big_methods)!r}; valid: ce, tfd")
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = a.device.startswith("cuda")
@@ -423,17 +437,22 @@ def measure_packed(args, root: Path, out: Path, k: int, batch: int, steps: int) 
     single = EngineRunner(args, root, batch, "ce", out, Path("unused"))
     group = PackedRunner(args, root, batch, out, k)
     try:
+        t = time.perf_counter()
         single.run(steps)
+        single_warmup = time.perf_counter() - t
+        t = time.perf_counter()
         group.run(steps)  # warm-up: every run's eager steps, then (CUDA) the packed graph's capture
+        group_warmup = time.perf_counter() - t
         ones, groups = [], []
         for _ in range(3):
             ones.append(single.run(steps))
             groups.append(group.run(steps))
-        mode = group.mode
+        mode, single_mode = group.mode, single.mode
     finally:
         single.close()
         group.close()
-    return {"k": k, "batch": batch, "mode": "packed", "how": mode,
+    return {"k": k, "batch": batch, "mode": "packed", "how": mode, "single_how": single_mode,
+            "first_chunk_s": {"single": single_warmup, "group": group_warmup},
             "reason": "one group, one step runner" + ("" if "graph" in mode else "; the runs step one after another"),
             "aggregate_images_per_sec": k * steps * batch / statistics.median(groups),
             "single_run_images_per_sec": steps * batch / statistics.median(ones),
@@ -462,6 +481,8 @@ def measure_compile(args, root: Path) -> dict:
 
     budget = float(args.compile_budget)
     if budget <= 0:
+        if getattr(args, "compile", False):  # the engine runs compile, without a capped probe first (their warm-up is not reported)
+            return {"status": "not probed", "reason": "--compile-budget 0 with --compile"}
         return {"status": "skipped", "reason": "--compile-budget 0"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--batch", str(args.batch),
            "--steps", str(args.steps), "--compile-probe", str(root)]
@@ -549,7 +570,7 @@ def main(argv=None) -> dict:
             log(f"torch.compile warm-up (child process, at most {args.compile_budget:.0f} s)")
             result["compile"] = measure_compile(args, root)
             log(f"compile: {result['compile']}")
-            if args.compile and result["compile"]["status"] != "ok":
+            if args.compile and result["compile"]["status"] not in ("ok", "not probed"):
                 args.compile = False
                 log("engine runs without torch.compile: " + result["compile"].get("reason", ""))
         else:
@@ -564,20 +585,24 @@ def main(argv=None) -> dict:
 
         # 1. classic vs engine at batch B, interleaved
         runners: dict = {}
-        if not args.skip_classic:
-            for m in ["ce", "tfd", "fitnet"] + ([] if args.quick else ["tfd_released"]):
-                runners[f"classic/{m}"] = ClassicRunner(args, root, m, teacher, device)
-        for m in ["ce", "tfd", "fitnet"]:
-            runners[f"engine/{m}"] = EngineRunner(args, root, B, m, out, teacher)
-        if not args.quick:
-            for m in ["ce", "tfd"]:
+        if "engine" in args.parts:
+            if not args.skip_classic:
+                for m in ["ce", "tfd", "fitnet"] + ([] if args.quick else ["tfd_released"]):
+                    runners[f"classic/{m}"] = ClassicRunner(args, root, m, teacher, device)
+            for m in ["ce", "tfd", "fitnet"]:
+                runners[f"engine/{m}"] = EngineRunner(args, root, B, m, out, teacher)
+        if "big" in args.parts and not args.quick:
+            for m in args.big_methods:
                 runners[f"engine_big/{m}"] = EngineRunner(args, root, BB, m, out, teacher)
-        log(f"built {len(runners)} pipelines; measuring {args.rounds} interleaved rounds of {args.steps} steps")
-        t1 = measure(runners, args.steps, args.rounds)
-        speed = summarise(runners, t1)
-        for k, v in speed.items():
-            log(f"{k}: {v['images_per_sec']:.0f} img/s ({v['mode']})")
-        release(runners)
+        t1: dict = {}
+        speed: dict = {}
+        if runners:
+            log(f"built {len(runners)} pipelines; measuring {args.rounds} interleaved rounds of {args.steps} steps")
+            t1 = measure(runners, args.steps, args.rounds)
+            speed = summarise(runners, t1)
+            for k, v in speed.items():
+                log(f"{k}: {v['images_per_sec']:.0f} img/s ({v['mode']})")
+            release(runners)
 
         # 2. step-time ratios on a fixed batch: TFD (fast), TFD (reference losses), FitNets vs CE
         ratios_by_batch = {}
@@ -587,6 +612,8 @@ def main(argv=None) -> dict:
         eager = ["tfd_eager"] if device.type == "cuda" else []  # fuse=auto compiles on CUDA only
         for b, methods in ((B, ["ce", "tfd", *eager, "tfd_ref", "fitnet"]),
                            (BB, ["ce", "tfd", *eager, "tfd_ref"] + ([] if args.quick else ["fitnet"]))):
+            if "ratios" not in args.parts:
+                break
             steps = 1 if device.type == "cpu" else 20
             rs: dict = {}
             for m in methods:
@@ -604,7 +631,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(threads)
 
         r: dict = {}
-        if not args.skip_classic:
+        if not args.skip_classic and "classic/ce" in t1:
             r[f"engine_over_classic_b{B}"] = {m: ratio(t1, f"classic/{m}", f"engine/{m}")
                                                for m in ["ce", "tfd", "fitnet"]}
             r[f"classic_tfd_over_ce_step_b{B}"] = ratio(t1, "classic/tfd", "classic/ce")
@@ -616,9 +643,11 @@ def main(argv=None) -> dict:
             if "fitnet_over_tfd" in block:
                 r[f"fitnet_over_tfd_step_{key}"] = block["fitnet_over_tfd"]
         # 3. K packed runs vs one run
-        log(f"packed runs: K={args.packed} at batch {B}")
-        packed = measure_packed(args, root, out, args.packed, B, args.steps)
-        r[f"packed_K{args.packed}_over_single_b{B}"] = packed["aggregate_over_single"]
+        packed: dict = {}
+        if "packed" in args.parts:
+            log(f"packed runs: K={args.packed} at batch {B}")
+            packed = measure_packed(args, root, out, args.packed, B, args.steps)
+            r[f"packed_K{args.packed}_over_single_b{B}"] = packed["aggregate_over_single"]
         result.update(speed=speed, step_ratios=ratios_by_batch, packed=packed, ratios=r)
         result["targets"] = evaluate_targets(result)
         result["seconds"] = time.time() - T0
@@ -666,7 +695,9 @@ def print_table(res: dict) -> None:
     pk = res.get("packed", {})
     if pk:
         w(f"  K={pk['k']} runs at batch {pk['batch']}, {pk['how']}: {pk['aggregate_images_per_sec']:.0f} img/s "
-          f"together vs {pk['single_run_images_per_sec']:.0f} one run ({pk['reason']})\n")
+          f"together vs {pk['single_run_images_per_sec']:.0f} one run [{pk.get('single_how')}] ({pk['reason']}); "
+          f"first chunk (warm-up) {pk['first_chunk_s']['group']:.1f} s packed, {pk['first_chunk_s']['single']:.1f} s "
+          f"one run\n")
     c = res.get("compile", {})
     if c.get("status") == "ok":
         w(f"  torch.compile warm-up: {c['warmup_s']:.1f} s (+ {c['build_s']:.1f} s build), then "

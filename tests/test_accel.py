@@ -133,6 +133,51 @@ def test_compiled_step_gives_tfd_its_gradients(tiny, tmp_path, monkeypatch):
     assert moved > 10
 
 
+def test_many_compiled_steps_in_one_process_all_run_compiled(monkeypatch):
+    """A packed group of K runs (or a sweep's runs one after another) builds one compiled step per run, all on the
+    same code, one cache entry per architecture; past dynamo's default limit of 8 entries per code object the 9th
+    and later would silently run eagerly while reporting ``compiled``. Twelve runs of twelve widths: every step must
+    run the compiled graph (the backend's graph counts its calls)."""
+    import torch._dynamo
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+
+    calls = [0]
+
+    def counting(gm, example_inputs):
+        def run(*args):
+            calls[0] += 1
+            return gm.forward(*args)
+        return run
+
+    if "tfd_counting_test" not in _BACKENDS:
+        register_backend(name="tfd_counting_test")(lambda gm, ex: _COUNTING[0](gm, ex))
+    _COUNTING[0] = counting
+    monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "tfd_counting_test")
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g)
+    try:
+        for k in range(12):
+            net = torch.nn.Sequential(torch.nn.Linear(6, 5 + k), torch.nn.ReLU(), torch.nn.Linear(5 + k, 3))
+
+            def model(x, y, idx, net=net):
+                logits = net(x)
+                return logits, {"ce": torch.nn.functional.cross_entropy(logits, y)}
+
+            acc = Accelerator(model, torch.optim.SGD(net.parameters(), lr=0.1),
+                              torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), compile=True)
+            before = calls[0]
+            for _ in range(2):
+                acc.step(x, y, torch.arange(4))
+            assert acc.mode == "compiled"
+            assert calls[0] == before + 2, f"run {k + 1} of 12 ran eagerly (dynamo's cache limit)"
+    finally:
+        torch._dynamo.reset()
+
+
+_COUNTING: list = [None]
+
+
 @pytest.mark.parametrize("momentum, nesterov, wd, dampening", [
     (0.9, False, 5e-4, 0.0), (0.9, True, 5e-4, 0.0), (0.0, False, 0.0, 0.0), (0.5, False, 1e-3, 0.1)])
 def test_graph_sgd_matches_torch_sgd(momentum, nesterov, wd, dampening):

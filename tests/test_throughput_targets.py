@@ -56,3 +56,21 @@ def test_compile_over_budget_is_reported_as_skipped(tmp_path):
     assert res["status"] == "skipped" and "--compile-budget" in res["reason"]
     args.compile_budget = 0
     assert tp.measure_compile(args, tmp_path)["status"] == "skipped"
+    args.compile = True  # --compile --compile-budget 0: the engine runs compile without the capped probe
+    assert tp.measure_compile(args, tmp_path)["status"] == "not probed"
+
+
+def test_parts_and_big_methods_are_checked(capsys):
+    tp = _tp()
+    a = tp.parse_args(["--device", "cpu", "--parts", "big,packed", "--big-methods", "ce"])
+    assert a.parts == ["big", "packed"] and a.big_methods == ["ce"]
+    assert tp.parse_args(["--device", "cpu"]).parts == list(tp.PARTS)
+    for bad in (["--parts", "big,fast"], ["--parts", ","], ["--big-methods", "kd"]):
+        try:
+            tp.parse_args(["--device", "cpu", *bad])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(bad)
+    err = capsys.readouterr().err
+    assert "bad --parts fast; valid: engine, big, ratios, packed" in err and "bad --big-methods 'kd'" in err

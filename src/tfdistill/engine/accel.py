@@ -54,6 +54,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..compiling import with_room_for_recompiles
 from ..errors import ConfigError, is_compile_error
 
 __all__ = ["Accelerator", "StepRunner", "sgd_step_tensor_lr", "plain_configs", "total_loss", "WARMUP_STEPS"]
@@ -243,8 +244,10 @@ class Accelerator:
             # the whole step is captured by hand; inductor must not capture graphs of its own inside it
             mode = None if mode == "reduce-overhead" else "max-autotune-no-cudagraphs"
         try:
-            self.forward = torch.compile(self._make_forward(cache=not self.use_graphs), backend=backend,
-                                         mode=mode, dynamic=False)
+            # every Accelerator compiles the same code (one cache entry per run): a packed group of K runs or a
+            # sweep's runs in one process would pass dynamo's default limit of 8 and silently run eagerly
+            self.forward = with_room_for_recompiles(torch.compile(
+                self._make_forward(cache=not self.use_graphs), backend=backend, mode=mode, dynamic=False))
             self.compiled = True
         except Exception as exc:  # unsupported platform / Python version / backend name
             self._compile_failed(exc)

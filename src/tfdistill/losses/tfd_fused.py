@@ -49,6 +49,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..compiling import room_for_recompiles
 from ..errors import is_compile_error
 from .tfd import _check_maps, _importance, _no_autocast, depth_loss, width_loss
 
@@ -168,15 +169,6 @@ def _signature(feats: Sequence[Tensor], weights: Tensor) -> tuple:
             torch.get_autocast_dtype(dev) if autocast else None)
 
 
-def _room_for_recompiles(limit: int = 64):
-    """More cache entries for the region's code than dynamo's default 8 while it is compiled: one process may build
-    many TFD runs (a sweep), each configuration and feature-map shape one entry, all on the same code object."""
-    import torch._dynamo.config as dynamo_config
-
-    key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    return dynamo_config.patch(**{key: max(int(getattr(dynamo_config, key)), limit)})
-
-
 class FusedTFD:
     """Callable ``(feats, weights) -> (weights[0] * L_depth, weights[1] * L_width)`` with ``weights`` a float32
     tensor ``[w_depth, w_width]`` (a tensor, so changing it -- TFD's ramp -- neither recompiles nor invalidates a
@@ -235,7 +227,7 @@ class FusedTFD:
                 self._fn = torch.compile(region, backend=self.backend, dynamic=False, fullgraph=True,
                                          **({"options": options} if options else {}))
             probe = [f.detach().clone().requires_grad_(f.requires_grad) for f in feats]
-            with _room_for_recompiles():  # the caller's grad mode and autocast state: the same guards as the calls
+            with room_for_recompiles():  # the caller's grad mode and autocast state: the same guards as the calls
                 d, w = self._fn(probe, weights)
                 if d.requires_grad or w.requires_grad:  # compiles the backward now, not mid-step
                     torch.autograd.grad(d + w, [p for p in probe if p.requires_grad], allow_unused=True)
