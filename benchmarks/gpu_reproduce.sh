@@ -54,7 +54,7 @@ if [ "${TABLE1:-0}" = 1 ]; then
   ONLY=()
   if [ "$TINY" = 1 ]; then
     # the slice logic on CPU: one student, both methods, one seed, 2 short epochs, 2 processes
-    OVR+=(engine.device=cpu epochs=2 "schedule.milestones=[1]" engine.max_steps_per_epoch=8)
+    OVR+=(engine.device=cpu engine.compile=false epochs=2 "schedule.milestones=[1]" engine.max_steps_per_epoch=8)
     if [ -f "$DATA_ROOT/train.tar.gz" ] || [ -d "$DATA_ROOT/train" ]; then
       OVR+=("data.root=$DATA_ROOT" data.train_subset=512 data.test_subset=256)
     else

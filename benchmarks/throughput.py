@@ -19,7 +19,10 @@
   another, so the ratio can only be ~1x.
 * **torch.compile warm-up** -- timed separately in a child process under ``--compile-budget`` seconds (default
   120; on CUDA by default, on the CPU with ``--compile``); a compile that exceeds it is reported as skipped, and the
-  engine runs then stay uncompiled.
+  engine runs then stay uncompiled. ``--compile --compile-budget 0`` compiles the engine runs without the probe.
+
+``--parts`` picks what is measured (default all: engine, big, ratios, packed), e.g. ``--parts big,packed --compile``
+for the compiled step at batch 512 and the packed runs only (what ``gpu_check.sh`` part 3 runs).
 * **targets** -- issue #12's targets, each printed with PASS / FAIL / n.a. and the device name (absolute GPU
   targets are n.a. on a CPU).
 

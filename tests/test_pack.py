@@ -96,6 +96,20 @@ def test_packed_group_equals_separate_runs(case, tiny, tmp_path, request):
         assert make_report(tmp_path / "runs", out_dir=tmp_path / "rep", plots=False).markdown
 
 
+def test_a_compiled_packed_group_equals_separate_compiled_runs(tiny, tmp_path, monkeypatch):
+    """engine.compile=true in a packed group (what configs/reproduce/cifar10_table1.yaml runs): every member runs its
+    compiled step (traced by dynamo + AOTAutograd, the ``aot_eager`` backend: fast, on every torch of the matrix)
+    and ends bit-identical to its separate compiled run -- TFD, whose loss region joins the outer graph."""
+    monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "aot_eager")
+    over = [*tiny, *RUN, "method.name=tfd", "engine.compile=true"]
+    res = train(load_config(None, [*over, "seeds=[0,1]", "name=g"]), echo=lambda s: None)
+    for seed, r in zip((0, 1), res):
+        assert r.summary["pack"]["size"] == 2 and r.summary["status"] == "finished"
+        assert r.summary["step_mode"] == "compiled" and r.summary["pack"]["step"] == "sequential_compiled"
+        train(load_config(None, [*over, f"seed={seed}", f"name=alone{seed}"]), echo=lambda s: None)
+        assert_same_run(tmp_path / "runs" / f"g_s{seed}", tmp_path / "runs" / f"alone{seed}")
+
+
 def test_a_group_of_different_methods_and_students(tiny, tmp_path):
     """CE on resnet8 and TFD on resnet14 (other seed, other lr) in one group: each equals its separate run."""
     runs = {"ce8": ["method.name=ce", "model.name=resnet8", "seed=0"],
