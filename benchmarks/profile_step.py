@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_tfd's timer
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -92,31 +93,10 @@ def build_step(dtype_name: str, fmt: str, compiled: bool, batch: int, device: to
 
 
 def graph_time(step, device: torch.device, iters: int) -> float:
-    """Milliseconds per step: CUDA graph replay (CUDA) or eager (CPU)."""
-    for _ in range(3):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(s):
-            step()
-            torch.cuda.synchronize()
-            with torch.cuda.graph(g, stream=s):
-                step()
-        torch.cuda.current_stream().wait_stream(s)
-        run = g.replay
-        run()
-        torch.cuda.synchronize()
-    else:
-        run = step
-    t = time.perf_counter()
-    for _ in range(iters):
-        run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 1e3 * (time.perf_counter() - t) / iters
+    """Milliseconds per step: CUDA graph replay (CUDA) or eager (CPU) -- profile_tfd's timer."""
+    from profile_tfd import time_fn
+
+    return time_fn(step, device, iters) / 1e3
 
 
 def kernel_profile(step, device: torch.device, top: int) -> dict:

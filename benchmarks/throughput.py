@@ -282,7 +282,6 @@ class ClassicRunner:
 
 
 def engine_overrides(args, root: Path, batch: int, method: str, out: Path, teacher_ckpt: Path, steps: int) -> list:
-    cuda = args.device.startswith("cuda")
     ov = ["data.name=imagefolder", f"data.root={root}", "data.loader=device", f"data.batch_size={batch}",
           "data.eval_batch_size=512", "model.name=resnet32", f"method.name={method}", f"engine.device={args.device}",
           # the engine's defaults (auto: bf16 + channels_last + CUDA graphs on a GPU, fp32 eager on the CPU)
