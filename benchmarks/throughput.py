@@ -20,11 +20,11 @@
 * **torch.compile warm-up** -- timed separately in a child process under ``--compile-budget`` seconds (default
   120; on CUDA by default, on the CPU with ``--compile``); a compile that exceeds it is reported as skipped, and the
   engine runs then stay uncompiled. ``--compile --compile-budget 0`` compiles the engine runs without the probe.
+* **targets** -- issue #12's targets, each printed with PASS / FAIL / n.a. and the device name (absolute GPU
+  targets are n.a. on a CPU).
 
 ``--parts`` picks what is measured (default all: engine, big, ratios, packed), e.g. ``--parts big,packed --compile``
 for the compiled step at batch 512 and the packed runs only (what ``gpu_check.sh`` part 3 runs).
-* **targets** -- issue #12's targets, each printed with PASS / FAIL / n.a. and the device name (absolute GPU
-  targets are n.a. on a CPU).
 
 Models: ResNet32 student, ResNet110 teacher (random weights; only the time matters), 10 classes. Images: the
 CIFAR-10 JPEG archives (a subset is extracted to a temp dir; ``--archive``), or generated CIFAR-sized PNGs when
@@ -483,7 +483,7 @@ def measure_compile(args, root: Path) -> dict:
 
     budget = float(args.compile_budget)
     if budget <= 0:
-        if getattr(args, "compile", False):  # the engine runs compile, without a capped probe first (their warm-up is not reported)
+        if getattr(args, "compile", False):  # the engine runs compile without a capped probe (warm-up unreported)
             return {"status": "not probed", "reason": "--compile-budget 0 with --compile"}
         return {"status": "skipped", "reason": "--compile-budget 0"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--batch", str(args.batch),
