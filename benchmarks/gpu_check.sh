@@ -180,6 +180,9 @@ if comp:
         print(f"  compiled K={pk['k']} packed at batch {pk['batch']}: {pk['aggregate_images_per_sec']:.0f} img/s vs "
               f"{pk['single_run_images_per_sec']:.0f} one run = {pk['aggregate_over_single']:.3f}x ({pk['how']}; "
               f"one run {pk.get('single_how')})")
+    for k, v in (comp.get("ratios") or {}).items():
+        if k.startswith("big_") or "_over_big_" in k:
+            print(f"  compiled {k} = {v:.3f}")
 for m in ("ce", "tfd"):
     s = runs / m / "summary.json"
     if s.is_file():

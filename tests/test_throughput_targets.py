@@ -47,6 +47,11 @@ def test_targets_pass_fail_and_na():
     packed["packed"].update(mode="packed", aggregate_over_single=3.2)
     assert {t["target"]: t["status"] for t in tp.evaluate_targets(packed)}[
         "K=8 packed runs aggregate vs one run"] == "PASS"
+    # with one run at batch K*B measured too, the packed target names its bound (packing cannot beat batching)
+    packed["packed"]["aggregate_over_single"] = 2.2
+    packed["ratios"]["big_b512_over_single_b64"] = 2.88
+    t = {t["target"]: t for t in tp.evaluate_targets(packed)}["K=8 packed runs aggregate vs one run"]
+    assert t["status"] == "FAIL" and t["note"] == "bound: one run at batch 512 is 2.88x one at 64"
 
 
 def test_compile_over_budget_is_reported_as_skipped(tmp_path):
