@@ -14,13 +14,17 @@ decided here. For each variant (autocast dtype x memory format, optionally torch
     python benchmarks/profile_step.py --device cpu --batch 16 --variant fp32:cl   # smoke run (no kernel table)
 
 Variants are ``DTYPE:FORMAT[:compile]`` with DTYPE in bf16 | fp16 | fp32 (fp32 runs TF32 convolutions) and FORMAT in
-cl (channels_last) | nchw. Prints a table and one JSON line last. Measurements, not assertions.
+cl (channels_last) | nchw. The compiled variants take inductor options from ``TFDISTILL_COMPILE_OPTIONS`` (a JSON
+object), as the engine does, e.g. ``'{"max_autotune": true, "max_autotune_conv_backends": "ATEN,TRITON"}'`` to let
+inductor's Triton convolution templates compete with cuDNN. Prints a table and one JSON line last. Measurements,
+not assertions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -76,7 +80,13 @@ def build_step(dtype_name: str, fmt: str, compiled: bool, batch: int, device: to
                           **({"foreach": True} if device.type == "cuda" else {}))
     x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=FORMATS[fmt])
     y = torch.randint(0, 10, (batch,), device=device)
-    fwd = torch.compile(model) if compiled else model
+    if compiled:
+        from tfdistill.compiling import options_from_env
+
+        opts = options_from_env("TFDISTILL_COMPILE_OPTIONS")  # as the engine: inductor options to try
+        fwd = torch.compile(model, **({"options": opts} if opts is not None else {}))
+    else:
+        fwd = model
     dtype = DTYPES[dtype_name]
     # fp16 without a GradScaler: the step's kernels are the same, the benchmark only needs their time
     ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else (
@@ -149,11 +159,13 @@ def main(argv=None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     res: dict = {"benchmark": "tfdistill profile_step", "model": "resnet32 (10 classes), CE, SGD nesterov",
+                 "compile_options": os.environ.get("TFDISTILL_COMPILE_OPTIONS", ""),
                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
                  "benchmark_limit": getattr(torch.backends.cudnn, "benchmark_limit", None), "runs": {}}
     print(f"profile_step -- {res['device']}, torch {res['torch']}, cuDNN {res['cudnn']}, cudnn.benchmark_limit "
-          f"{res['benchmark_limit']}", flush=True)
+          f"{res['benchmark_limit']}" + (f", TFDISTILL_COMPILE_OPTIONS={res['compile_options']}"
+                                         if res["compile_options"] else ""), flush=True)
     for b in a.batch:
         for dt, fmt, compiled in variants:
             key = f"b{b}/{dt}:{fmt}" + (":compile" if compiled else "")

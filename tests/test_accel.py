@@ -178,6 +178,48 @@ def test_many_compiled_steps_in_one_process_all_run_compiled(monkeypatch):
 _COUNTING: list = [None]
 
 
+def test_compile_options_from_the_environment(monkeypatch):
+    """TFDISTILL_COMPILE_OPTIONS (a JSON object) reaches the compiler as torch.compile's ``options``; a bad value,
+    or a mode given too, is one clear ConfigError naming the variable."""
+    import torch._dynamo
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+
+    got: list = []
+    if "tfd_options_test" not in _BACKENDS:
+        register_backend(name="tfd_options_test")(lambda gm, ex, **kw: _OPTIONS_SEEN[0](gm, kw))
+    _OPTIONS_SEEN[0] = lambda gm, kw: got.append(kw.get("options")) or gm.forward
+    monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "tfd_options_test")
+    net = torch.nn.Linear(6, 3)
+
+    def model(x, y, idx):
+        logits = net(x)
+        return logits, {"ce": torch.nn.functional.cross_entropy(logits, y)}
+
+    def build():
+        return Accelerator(model, torch.optim.SGD(net.parameters(), lr=0.1), torch.amp.GradScaler("cpu", enabled=False),
+                           device=torch.device("cpu"), compile=True)
+
+    torch._dynamo.reset()
+    try:
+        monkeypatch.setenv("TFDISTILL_COMPILE_OPTIONS", '{"coordinate_descent_tuning": true}')
+        acc = build()
+        acc.step(torch.randn(4, 6), torch.randint(0, 3, (4,)), torch.arange(4))
+        assert acc.mode == "compiled" and got == [{"coordinate_descent_tuning": True}]
+    finally:
+        torch._dynamo.reset()
+    for bad in ("{coordinate_descent_tuning: 1}", "[1, 2]"):
+        monkeypatch.setenv("TFDISTILL_COMPILE_OPTIONS", bad)
+        with pytest.raises(ConfigError, match="TFDISTILL_COMPILE_OPTIONS must be a JSON object"):
+            build()
+    monkeypatch.setenv("TFDISTILL_COMPILE_OPTIONS", "{}")
+    monkeypatch.setenv("TFDISTILL_COMPILE_MODE", "max-autotune-no-cudagraphs")
+    with pytest.raises(ConfigError, match="both set"):
+        build()
+
+
+_OPTIONS_SEEN: list = [None]
+
+
 @pytest.mark.parametrize("momentum, nesterov, wd, dampening", [
     (0.9, False, 5e-4, 0.0), (0.9, True, 5e-4, 0.0), (0.0, False, 0.0, 0.0), (0.5, False, 1e-3, 0.1)])
 def test_graph_sgd_matches_torch_sgd(momentum, nesterov, wd, dampening):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from typing import Any, Callable, Iterator
 
 RECOMPILE_LIMIT = 64
@@ -30,3 +32,21 @@ def with_room_for_recompiles(fn: Callable[..., Any], limit: int = RECOMPILE_LIMI
 
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call
+
+
+def options_from_env(name: str) -> dict | None:
+    """The compiler options in environment variable ``name`` (a JSON object, e.g.
+    ``'{"coordinate_descent_tuning": true}'``), or None when it is unset or empty; anything else: ValueError naming
+    the variable."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be a JSON object of compiler options, e.g. "
+                         f"'{{\"coordinate_descent_tuning\": true}}'; got {text!r} ({exc.msg})") from None
+    if not isinstance(opts, dict):
+        raise ValueError(f"{name} must be a JSON object of compiler options, e.g. "
+                         f"'{{\"coordinate_descent_tuning\": true}}'; got {text!r}")
+    return opts
