@@ -83,6 +83,18 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
+def broadcast_or_raise(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank -- or, when it is an exception, that exception raised on every rank (rather
+    than the others waiting for rank 0 forever). All ranks pass a barrier first: a rank that raised at once could
+    tear down the process group while a peer was still receiving, and on torch 2.4 (gloo, a loaded machine) both
+    then hung in ``destroy_process_group``."""
+    obj = broadcast_object(obj, info)
+    barrier(info)
+    if isinstance(obj, BaseException):
+        raise obj
+    return obj
+
+
 def broadcast_tensors(tensors, info: DistInfo, src: int = 0) -> None:
     """Overwrite ``tensors`` (in place) on every rank with rank ``src``'s values."""
     if info.enabled:

@@ -41,8 +41,8 @@ from ..methods.base import PreStage
 from ..models import create_model
 from .progress import epoch_line
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, set_rng_state
-from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_tensors,
-                          gather_object, gather_rows, setup_distributed)
+from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_or_raise,
+                          broadcast_tensors, gather_object, gather_rows, setup_distributed)
 from ..rundir import RunDir, device_name, flat_keys, git_commit, save_atomic
 from .schedule import StepLR
 from .accel import Accelerator
@@ -320,11 +320,7 @@ class Run:
                 verdict = self.run.prepare(resume=resume, overwrite=overwrite, dry=dry)
             except Exception as exc:  # every rank raises it, rather than waiting for rank 0 forever
                 verdict = exc
-        verdict = broadcast_object(verdict, self.info)
-        if isinstance(verdict, Exception):
-            raise verdict
-        barrier(self.info)
-        return bool(verdict)
+        return bool(broadcast_or_raise(verdict, self.info))
 
     # ------------------------------------------------------------------ construction helpers
     def _example_batch(self) -> Tensor:
@@ -447,10 +443,7 @@ class Run:
                 ckpt = load_checkpoint(self.run.last, map_location="cpu")
             except Exception as exc:
                 ckpt = exc
-        ckpt = broadcast_object(ckpt, self.info)
-        if isinstance(ckpt, Exception):
-            raise ckpt
-        return ckpt
+        return broadcast_or_raise(ckpt, self.info)
 
     def _load_resume(self) -> None:
         from omegaconf import OmegaConf
