@@ -273,3 +273,24 @@ def test_resume_of_nothing_says_so(tiny, tmp_path):
     train(load_config(None, [*tiny, "name=fresh"]), resume=True, echo=lines.append)
     assert "nothing to resume" in lines[0] and "a new run starts" in lines[0]
     assert "nothing to resume" in (tmp_path / "runs" / "fresh" / "train.log").read_text()
+
+
+def test_metrics_rows_carry_test_figures_only_for_evaluated_epochs(tiny, tmp_path):
+    """eval_every=3, eval_last=2 over 7 epochs: evaluated after epochs 3, 6 (every 3rd), 6, 7 (the last 2) -- and
+    the other rows carry no test figures (never a copy of an earlier evaluation); best/last come from evaluated
+    epochs only, and the epoch line of an unevaluated epoch shows no test figure."""
+    lines: list[str] = []
+    cfg = load_config(None, [*tiny, "epochs=7", "engine.eval_every=3", "engine.eval_last=2", "name=r"])
+    train(cfg, echo=lines.append)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["epoch"] for r in rows if "test_top1" in r]
+    assert evaluated == [3, 6, 7]
+    for r in rows:
+        assert ("test_top5" in r) == ("test_loss" in r) == (r["epoch"] in evaluated)
+    s = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert s["last_top1"] == rows[-1]["test_top1"]
+    assert s["best_epoch"] in evaluated
+    epoch_lines = [ln for ln in lines if ln.lstrip().startswith("epoch ")]
+    assert len(epoch_lines) == 7
+    assert "nan" not in epoch_lines[0] and "test " not in epoch_lines[0] and "no eval" in epoch_lines[0]
+    assert "test " in epoch_lines[2]

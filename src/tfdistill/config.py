@@ -121,6 +121,10 @@ class EngineConfig:
     not equal to, a 1-process run with the same global batch; with it the normalisation matches the 1-process run
     (training is slower: one all-reduce per BN layer per step). Ignored on one process."""
     eval_every: int = 1
+    """Evaluate on the test set after every N-th epoch (and always after the last)."""
+    eval_last: int = 0
+    """Also evaluate after each of the last N epochs (e.g. eval_every=10, eval_last=10: every 10th epoch and each of
+    the last 10). Epochs not evaluated carry no test figures in ``metrics.jsonl``."""
     progress: bool = True
     tensorboard: bool = True
     """Write TensorBoard events when the tensorboard package is installed."""
@@ -372,6 +376,7 @@ def _check(cfg: Any) -> None:
         "optim.momentum": (cfg.optim.momentum, 0.0, None, ">= 0"),
         "optim.weight_decay": (cfg.optim.weight_decay, 0.0, None, ">= 0"),
         "engine.eval_every": (cfg.engine.eval_every, 1, None, ">= 1"),
+        "engine.eval_last": (cfg.engine.eval_last, 0, None, ">= 0"),
     }
     for key, (value, low, high, what) in ranges.items():
         if value < low or (high is not None and value >= high):

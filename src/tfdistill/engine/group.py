@@ -403,11 +403,12 @@ class Group:
                 run = self.runs[i]
                 cfg = run.cfg
                 with self._scope(run, team):
-                    if epoch + 1 == cfg.epochs or (epoch + 1) % max(1, cfg.engine.eval_every) == 0:
-                        last_eval[i] = run._evaluate()
+                    evaluated = {}
+                    if run.evaluates_after(epoch):
+                        evaluated = last_eval[i] = run._evaluate()
                     done = epoch + 1 - start[i]
                     eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
-                    run.record_epoch(epoch, lrs[i], train, last_eval.get(i, {}), eta=eta,
+                    run.record_epoch(epoch, lrs[i], train, evaluated, eta=eta,
                                      who=f"{run.run.path.name}  " if self.packed else "")
 
 

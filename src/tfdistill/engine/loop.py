@@ -552,22 +552,30 @@ class Run:
         self._log(f"pre-stage {stage.name} {e + 1}/{stage.epochs}  loss {train['loss']:.4f}  "
                   f"{train['epoch_seconds']:.1f}s")
 
-    def record_epoch(self, epoch: int, lr: float, train: dict, last_eval: dict, *, eta: float, who: str = "") -> None:
-        """After main epoch ``epoch`` (0-based): best top-1, metrics row, TensorBoard, checkpoints, the epoch line."""
-        improved = bool(last_eval) and last_eval["top1"] > self.best_top1
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether main epoch ``epoch`` (0-based) ends with an evaluation: every ``engine.eval_every``-th epoch, each
+        of the last ``engine.eval_last`` epochs, and always the last one."""
+        n, every, last = epoch + 1, max(1, int(self.cfg.engine.eval_every)), int(self.cfg.engine.eval_last or 0)
+        epochs = int(self.cfg.epochs)
+        return n == epochs or n % every == 0 or n > epochs - last
+
+    def record_epoch(self, epoch: int, lr: float, train: dict, evaluated: dict, *, eta: float, who: str = "") -> None:
+        """After main epoch ``epoch`` (0-based): best top-1, metrics row, TensorBoard, checkpoints, the epoch line.
+        ``evaluated``: this epoch's test figures, or {} when the epoch was not evaluated -- its metrics row then
+        carries no test figures (never an earlier epoch's)."""
+        improved = bool(evaluated) and evaluated["top1"] > self.best_top1
         if improved:
-            self.best_top1, self.best_epoch = last_eval["top1"], epoch + 1
+            self.best_top1, self.best_epoch = evaluated["top1"], epoch + 1
         self.epoch = epoch + 1
-        row = {"epoch": epoch + 1, "lr": lr, **train,
-               "test_top1": last_eval.get("top1"), "test_top5": last_eval.get("top5"),
-               "test_loss": last_eval.get("loss"), "best_top1": self.best_top1,
+        tested = {f"test_{k}": evaluated.get(k) for k in ("top1", "top5", "loss") if k in evaluated}
+        row = {"epoch": epoch + 1, "lr": lr, **train, **tested, "best_top1": self.best_top1,
                "time": time.time() - self.started}
         if self.info.is_main:
             self.run.append_metrics(row)
             self._tb_write(row)
         self.save(best=improved)
         speed = f"{train['group_images_per_sec']:.0f} img/s ({train['packed']} runs)" if train.get("packed") else None
-        line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, last_eval, self.best_top1,
+        line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, evaluated, self.best_top1,
                                  self.best_epoch, eta, who=who, speed=speed)  # <= 100 columns (+ who)
         self._log(line)
         if terms and self.info.is_main:  # the terms that did not fit on the line
