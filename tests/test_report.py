@@ -73,7 +73,7 @@ Runs under `<ROOT>`: 12 (9 finished, 1 unfinished, 1 failed, 1 diverged).
 
 ## sweep `golden` (golden)
 
-Protocol: epochs 3; train subset all; test subset all; resolution the dataset's own; batch 64; precision bf16.
+Protocol: epochs 3; train subset all; test subset all; resolution the dataset's own; batch 64; precision bf16; evaluated every epoch; seeds 0, 1, 2.
 
 Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 
@@ -91,11 +91,11 @@ Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 | resnet8 | 71.50 ± 1.00 (n=3) | 72.63 ± 0.65 (n=3) |
 | resnet14 | 74.80 ± 0.85 (n=2) ⚠ | 76.50 (n=1) ⚠ |
 
-### cifar100: gain over ce, last-epoch (difference of means ± combined std error)
+### cifar100: gain over ce, last-epoch (difference of means ± combined std error [Welch 95 % CI]; * = excludes 0)
 
 | student | tfd |
 |---|---|
-| resnet8 | +1.20 ± 0.75 |
+| resnet8 | +1.20 ± 0.75 [-0.90, +3.30] |
 | resnet14 | +1.50 ± – |
 
 ### cifar100: the paper's numbers, paper (best-of-3, best epoch)
@@ -107,16 +107,17 @@ Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 
 ### cifar100: all numbers (n = finished/all runs)
 
-| student | method | n | last epoch | best epoch | gain (last-epoch) | paper | paper gain | ours as the paper (best-of-3, best) |
-|---|---|---|---|---|---|---|---|---|
-| resnet8 | ce | 3/3 | 71.00 ± 1.00 (n=3) | 71.50 ± 1.00 (n=3) | – | 69.06 | – | 72.50 |
-| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 ± 0.75 | 70.56 | +1.50 | 73.30 |
-| resnet14 | ce | 2/3 ⚠ | 74.50 ± 0.71 (n=2) | 74.80 ± 0.85 (n=2) | – | 71.14 | – | 75.40 |
-| resnet14 | tfd | 1/3 ⚠ | 76.00 (n=1) | 76.50 (n=1) | +1.50 ± – | 72.73 | +1.59 | 76.50 |
+| student | method | n | last epoch | best epoch | gain (last-epoch) | 95 % CI (Welch) | CI excludes 0 | paper | paper gain | ours as the paper (best-of-3, best) |
+|---|---|---|---|---|---|---|---|---|---|---|
+| resnet8 | ce | 3/3 | 71.00 ± 1.00 (n=3) | 71.50 ± 1.00 (n=3) | – | – | – | 69.06 | – | 72.50 |
+| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 ± 0.75 | [-0.90, +3.30] | no | 70.56 | +1.50 | 73.30 |
+| resnet14 | ce | 2/3 ⚠ | 74.50 ± 0.71 (n=2) | 74.80 ± 0.85 (n=2) | – | – | – | 71.14 | – | 75.40 |
+| resnet14 | tfd | 1/3 ⚠ | 76.00 (n=1) | 76.50 (n=1) | +1.50 ± – | – | – | 72.73 | +1.59 | 76.50 |
 
 ### Flags
 
 - cifar100 / resnet14 / ce: 1 diverged run excluded: resnet14_ce_s2: DivergenceError: loss became NaN/inf in epoch 2
+- cifar100 / resnet14 / ce: n=2: fewer than 3 finished seeds, a mean ± std to read with care
 - cifar100 / resnet14 / tfd: 1 unfinished (running or interrupted) run excluded: resnet14_tfd_s1 (epoch 1/3)
 - cifar100 / resnet14 / tfd: 1 failed run excluded: resnet14_tfd_s2: RuntimeError: CUDA out of memory
 - cifar100 / resnet14 / tfd: n=1: a single finished run, no standard deviation
@@ -144,6 +145,17 @@ def test_golden_markdown_and_statistics(tmp_path):
     assert d == difference(s, ce)
     assert d.value == pytest.approx(np.mean(last) - 71.0)
     assert d.se == pytest.approx(np.sqrt(np.var(last, ddof=1) / 3 + 1.0 / 3))
+    # the 95 % interval: Welch's t-test of scipy (an independent implementation: ttest_ind, not t.ppf)
+    from scipy.stats import ttest_ind
+
+    ci = ttest_ind(last, [70.0, 71.0, 72.0], equal_var=False).confidence_interval(0.95)
+    assert (d.lo, d.hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert (round(d.lo, 2), round(d.hi, 2)) == (-0.90, 3.30) and d.excludes_zero is False
+    # an interval that excludes 0, and two constant groups (no spread: the interval is the point)
+    far = difference(describe([80.0, 81.0, 82.0]), ce)
+    assert far.lo > 0 and far.excludes_zero is True
+    flat = difference(describe([72.0, 72.0, 72.0]), describe([71.0, 71.0, 71.0]))
+    assert (flat.se, flat.lo, flat.hi, flat.excludes_zero) == (0.0, 1.0, 1.0, True)
     one = sec.group("cifar100", "resnet14", "tfd")
     assert one.stat("last").n == 1 and one.stat("last").std is None and one.gain("last").se is None
     assert [r.status for r in one.runs] == ["finished", "unfinished", "failed"]
@@ -159,6 +171,8 @@ def test_csv_json_and_plots(tmp_path):
     r = rows[("resnet8", "tfd")]
     assert (r["n"], r["runs"], r["last_mean"], r["last_std"]) == ("3", "3", "72.2000", "0.8185")
     assert float(r["gain_best"]) == pytest.approx(np.mean([72.0, 72.6, 73.3]) - 71.5, abs=1e-4)
+    assert float(r["gain_best_lo"]) < float(r["gain_best"]) < float(r["gain_best_hi"])
+    assert r["gain_best_excludes_zero"] in ("True", "False")
     assert (r["paper_top1"], r["paper_statistic"], r["ours_as_paper"]) == ("70.5600", "best-of-3", "73.3000")
     r = rows[("resnet14", "tfd")]
     assert (r["n"], r["unfinished"], r["failed"], r["diverged"]) == ("1", "1", "1", "0")
@@ -197,8 +211,10 @@ def test_loose_runs_labels_not_started_and_no_paper(tmp_path):
     assert sec.labels("synthetic") == ["ce", "tfd [tfd.alpha=0.005]", "tfd [tfd.alpha=0.05]"]
     g = sec.group("synthetic", "resnet8", "tfd [tfd.alpha=0.05]")
     assert g.stat("last").mean == 57.5 and g.gain("last").value == pytest.approx(-3.5)
-    assert "| resnet8 | tfd [tfd.alpha=0.005] | 2/2 | 65.00 ± 1.41 (n=2) | 66.00 ± 1.41 (n=2) | +4.00 ± 1.41 | – | – |" \
-        in rep.markdown
+    # n = 2 is flagged (fewer than 3 seeds); the interval: Welch with 1 + 1 degrees of freedom, t(0.975, 2) * 1.41
+    assert "| resnet8 | tfd [tfd.alpha=0.005] | 2/2 ⚠ | 65.00 ± 1.41 (n=2) | 66.00 ± 1.41 (n=2) | +4.00 ± 1.41 | " \
+        "[-2.08, +10.08] | no | – | – |" in rep.markdown
+    assert "tfd [tfd.alpha=0.005]: n=2: fewer than 3 finished seeds" in rep.markdown
     assert "paper's numbers" not in rep.markdown
     assert (tmp_path / "loose" / "report" / "report.md").is_file()
 

@@ -7,6 +7,7 @@
     tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
     tfdistill sweep SPEC.yaml [key=value ...] [--jobs N] [--gpus 0,1] [--dry-run] [--only GLOB]
     tfdistill report RUNS_DIR [--out DIR] [--metric last|best]
+    tfdistill results [RESULTS_DIR] [--readme README.md] [--check]
     tfdistill models | methods
 """
 
@@ -132,6 +133,22 @@ def cmd_report(ns: argparse.Namespace) -> int:
     report = make_report(ns.runs_dir, out_dir=ns.out, metric=ns.metric, plots=not ns.no_plots)
     print(report.markdown)
     print(f"written: {', '.join(str(p) for p in report.files)}")
+    return 0
+
+
+def cmd_results(ns: argparse.Namespace) -> int:
+    from .report.results import build_results
+
+    readme = None if ns.no_readme else ns.readme
+    files = build_results(ns.results_dir, readme, check=ns.check, plots=not ns.no_plots)
+    if ns.check:
+        if files:
+            print(f"tfdistill: stale: {', '.join(str(f) for f in files)} differ from what `tfdistill results` "
+                  "computes from the committed runs; run it and commit", file=sys.stderr)
+            return 1
+        print(f"up to date: the reports under {ns.results_dir} and the results blocks match the committed runs")
+        return 0
+    print(f"written: {', '.join(str(f) for f in files)}" if files else "nothing changed")
     return 0
 
 
@@ -266,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="top-1 used for gains and the bar chart: last epoch (default, honest) or best epoch")
     rp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     rp.set_defaults(func=cmd_report)
+
+    rs = sub.add_parser("results", help="regenerate results/<name>/report and the README results blocks from the "
+                                        "committed runs (--check: verify instead)",
+                        description="For every results/<name>/ with a result.yaml: rewrite report/ (tfdistill "
+                                    "report of its sweep folder) and the generated block of its README.md, then the "
+                                    "block of the top-level README.md. Run it from the repository root.")
+    rs.add_argument("results_dir", metavar="RESULTS_DIR", nargs="?", default="results")
+    rs.add_argument("--readme", default="README.md", help="the README whose results block is rewritten")
+    rs.add_argument("--no-readme", action="store_true", help="leave the top-level README alone")
+    rs.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 naming the files that differ from what would be written")
+    rs.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    rs.set_defaults(func=cmd_results)
 
     c = sub.add_parser("cam", help="Grad-CAM++ maps of the last stage, checkpoints side by side (paper Fig. 3)",
                        description="Grad-CAM++ maps (pytorch-grad-cam; pip install 'tfdistill[cam]') of each "

@@ -34,27 +34,29 @@ def _slug(*parts: str) -> str:
 
 
 def make_report(runs_dir: str | Path, out_dir: str | Path | None = None, metric: str = "last",
-                plots: bool = True) -> Report:
+                plots: bool = True, shown_as: str | None = None, settled: bool = False) -> Report:
     """Scan ``runs_dir``, write ``report.md``, ``report.csv``, ``report.json`` (and PNG plots) into ``out_dir``
-    (default ``<runs_dir>/report``)."""
+    (default ``<runs_dir>/report``). ``shown_as``: how the tables name ``runs_dir`` (default: as given);
+    ``settled``: runs still training count as not started (:func:`scan`)."""
     from ..errors import ConfigError
     from .render import render_csv, render_markdown, report_json
 
     if metric not in ("last", "best"):
         raise ConfigError(f"--metric must be last or best, not {metric!r}")
     root = Path(runs_dir)
-    sections = scan(root)
+    sections = scan(root, settled=settled)
     if not sections:
         from ..errors import RunDirError
 
         raise RunDirError(f"no run directories (folders with config.yaml) under {root}")
     out = Path(out_dir) if out_dir is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    md = render_markdown(root, sections, metric)
+    shown = shown_as if shown_as is not None else root
+    md = render_markdown(shown, sections, metric)
     files = [out / "report.md", out / "report.csv", out / "report.json"]
     files[0].write_text(md)
     files[1].write_text(render_csv(sections))
-    files[2].write_text(json.dumps(report_json(root, sections, metric), indent=1) + "\n")
+    files[2].write_text(json.dumps(report_json(shown, sections, metric, root), indent=1) + "\n")
     if plots:
         files += _plots(sections, out, metric)
     return Report(md, sections, out, files)

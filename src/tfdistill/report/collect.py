@@ -36,6 +36,8 @@ IGNORED_KEYS = NON_EXPERIMENT_KEYS
 BASELINE = "ce"
 """The column every gain is measured against: the plain cross-entropy runs of the same student and folder."""
 _STUDENT_KEYS = ("model.name", "teacher.")
+MIN_SEEDS = 3
+"""A group with fewer finished seeds is flagged: a mean ± std of one or two values is not a result."""
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -245,6 +247,8 @@ class Group:
         n = len(self.finished)
         if n == 1:
             out.append("n=1: a single finished run, no standard deviation")
+        elif 1 < n < MIN_SEEDS:
+            out.append(f"n={n}: fewer than {MIN_SEEDS} finished seeds, a mean ± std to read with care")
         elif n == 0:
             out.append("no finished run")
         seeds = [r.seed for r in self.finished]
@@ -375,8 +379,12 @@ def build_groups(section: Section) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- scanning
-def scan(root: str | Path) -> list[Section]:
-    """Every run directory under ``root`` (recursively), in sections; planned-but-absent sweep runs included."""
+def scan(root: str | Path, settled: bool = False) -> list[Section]:
+    """Every run directory under ``root`` (recursively), in sections; planned-but-absent sweep runs included.
+
+    ``settled``: read only runs that have ended (``summary.json`` or a FAILED marker); a run still training, or
+    interrupted, counts as a sweep's not-started run -- what a checkout holding only the ended runs' files shows
+    (``tfdistill results`` reports committed evidence while a sweep is still adding to it)."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirError(f"{root} is not a folder of run directories")
@@ -396,11 +404,14 @@ def scan(root: str | Path) -> list[Section]:
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         if CONFIG_FILE in filenames or FAILED_MARKER in filenames:
+            dirnames[:] = []  # nothing to find inside a run directory
+            if settled and SUMMARY_FILE not in filenames and FAILED_MARKER not in filenames:
+                section_of(d.parent)
+                continue
             sec = section_of(d.parent)
             rec = read_run(d, d.parent / "configs" / f"{d.name}.yaml")
             rec.section = sec
             sec.runs.append(rec)
-            dirnames[:] = []  # nothing to find inside a run directory
         elif SPEC_FILE in filenames:
             section_of(d)
     for sec in sections.values():

@@ -15,14 +15,14 @@ WARN = "⚠"
 DASH = "–"
 LEGEND = (
     "Cells: top-1 accuracy (%) as mean ± sample standard deviation (ddof=1) over the finished seeds, with n. "
-    "**Last epoch** is the final model: the honest number, recommended. **Best epoch** is the maximum over epochs "
-    "of the test accuracy, i.e. selected on the test set (optimistic; CRD's and the paper's protocol). "
-    "Gain = difference of the means from the CE baseline of the same student in the same folder, ± the combined "
-    "standard error sqrt(s1²/n1 + s2²/n2). " + WARN + " = see Flags: unfinished, failed and diverged runs are "
-    "listed there and never averaged in."
+    "**Last epoch** is the final model: the honest number, recommended. **Best epoch** is the maximum over the "
+    "evaluated epochs of the test accuracy, i.e. selected on the test set (optimistic; CRD's and the paper's "
+    "protocol). Gain = difference of the means from the CE baseline of the same student in the same folder, "
+    "± the combined standard error sqrt(s1²/n1 + s2²/n2), and in brackets its 95 % confidence interval (Welch's t "
+    "interval, Welch-Satterthwaite degrees of freedom; the two groups' variances are not assumed equal); "
+    "* = the interval excludes 0. " + WARN + " = see Flags: fewer than 3 seeds, and unfinished, failed or "
+    "diverged runs (listed there and never averaged in)."
 )
-
-
 def _num(x: Optional[float], signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return DASH
@@ -37,10 +37,19 @@ def fmt_stat(stat: Stat) -> str:
     return f"{_num(stat.mean)} ± {_num(stat.std)} (n={stat.n})"
 
 
-def fmt_gain(diff: Optional[Diff]) -> str:
+def fmt_gain(diff: Optional[Diff], interval: bool = False) -> str:
+    """``+0.91 ± 0.42``; with ``interval``: ``+0.91 ± 0.42 [-0.69, +2.51]`` and ``*`` when it excludes 0."""
     if diff is None:
         return DASH
-    return f"{_num(diff.value, signed=True)} ± {_num(diff.se) if diff.se is not None else DASH}"
+    text = f"{_num(diff.value, signed=True)} ± {_num(diff.se) if diff.se is not None else DASH}"
+    if interval and diff.lo is not None:
+        text += f" [{_num(diff.lo, signed=True)}, {_num(diff.hi, signed=True)}]" + ("*" if diff.excludes_zero else "")
+    return text
+
+
+def fmt_excludes(diff: Optional[Diff]) -> str:
+    ex = diff.excludes_zero if diff is not None else None
+    return DASH if ex is None else "yes" if ex else "no"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -109,7 +118,24 @@ def protocol(sec: Section) -> dict[str, list[Any]]:
         "resolution": _values(runs, resolution),
         "batch": _values(runs, lambda r: r.get("data.batch_size")),
         "precision": _values(runs, _precision),
+        "evaluated": _values(runs, _eval_schedule),
+        "seeds": [", ".join(str(s) for s in sorted({int(r.seed) for r in runs if isinstance(r.seed, int)}))]
+        if any(isinstance(r.seed, int) for r in runs) else [],
+        "device": _values(runs, lambda r: (r.summary or {}).get("device")),
+        "torch": _values(runs, lambda r: (r.summary or {}).get("torch")),
+        "commit": _values(runs, lambda r: (str((r.summary or {}).get("git_commit") or "")[:10] or None)),
     }
+
+
+def _eval_schedule(r: Any) -> Any:
+    """When the test set was evaluated (engine.eval_every / eval_last; the last epoch always)."""
+    every, last = r.get("engine.eval_every"), r.get("engine.eval_last")
+    if every is None:
+        return None
+    every, last = int(every), int(last or 0)
+    if every <= 1:
+        return "every epoch"
+    return f"every {every} epochs" + (f" and each of the last {last}" if last else "") + " (and the last)"
 
 
 def _protocol_line(sec: Section) -> str:
@@ -143,9 +169,10 @@ def _section_md(sec: Section, metric: str) -> list[str]:
             out += _table(["student", *labels], rows)
         gain_labels = [lab for lab in labels if lab != BASELINE]
         if any(g.baseline is not None for g in sec.groups if g.dataset == ds) and gain_labels:
-            rows = [[m] + [fmt_gain(g.gain(metric)) if (g := sec.group(ds, m, lab)) else DASH
+            rows = [[m] + [fmt_gain(g.gain(metric), interval=True) if (g := sec.group(ds, m, lab)) else DASH
                            for lab in gain_labels] for m in students]
-            out += [f"### {ds}: gain over ce, {which_name[metric]} (difference of means ± combined std error)", ""]
+            out += [f"### {ds}: gain over ce, {which_name[metric]} (difference of means ± combined std error "
+                    "[Welch 95 % CI]; * = excludes 0)", ""]
             out += _table(["student", *gain_labels], rows)
         elif gain_labels:
             out += [no_baseline_reason(sec, ds), ""]
@@ -157,7 +184,7 @@ def _section_md(sec: Section, metric: str) -> list[str]:
         if sec.paper.get("columns"):
             out += _paper_layout(sec, ds, students)
         header = ["student", "method", "n", "last epoch", "best epoch", f"gain ({which_name[metric]})",
-                  "paper", "paper gain"]
+                  "95 % CI (Welch)", "CI excludes 0", "paper", "paper gain"]
         if sec.has_paper:
             p = sec.paper
             header.append(f"ours as the paper ({p.get('statistic') or '?'}, {p.get('epoch') or 'best'})")
@@ -167,8 +194,11 @@ def _section_md(sec: Section, metric: str) -> list[str]:
                 g = sec.group(ds, m, lab)
                 if g is None:
                     continue
+                d = g.gain(metric)
+                ci = f"[{_num(d.lo, signed=True)}, {_num(d.hi, signed=True)}]" if d is not None and d.lo is not None \
+                    else DASH
                 row = [m, lab, _cell(g, f"{len(g.finished)}/{len(g.runs)}"), fmt_stat(g.stat("last")),
-                       fmt_stat(g.stat("best")), fmt_gain(g.gain(metric)), _num(g.paper["top1"]),
+                       fmt_stat(g.stat("best")), fmt_gain(d), ci, fmt_excludes(d), _num(g.paper["top1"]),
                        _num(g.paper_gain(), signed=True)]
                 if sec.has_paper:
                     row.append(_num(g.ours_as_paper()) if g.paper["top1"] is not None else DASH)
@@ -206,12 +236,20 @@ def _paper_top1(sec: Section, student: str, label: str) -> Optional[float]:
 # ----------------------------------------------------------------------------------------------- CSV / JSON
 CSV_FIELDS = ["section", "sweep", "dataset", "student", "label", "method", "n", "runs", "unfinished", "failed",
               "diverged", "not_started", "last_mean", "last_std", "last_min", "last_max", "best_mean", "best_std",
-              "best_min", "best_max", "gain_last", "gain_last_se", "gain_best", "gain_best_se", "paper_top1",
+              "best_min", "best_max", "gain_last", "gain_last_se", "gain_last_lo", "gain_last_hi", "gain_last_df", "gain_last_excludes_zero",
+              "gain_best", "gain_best_se", "gain_best_lo", "gain_best_hi", "gain_best_df", "gain_best_excludes_zero",
+              "paper_top1",
               "paper_gain", "paper_statistic", "paper_epoch", "ours_as_paper", "flags", "run_names"]
 
 
 def _r(x: Any) -> Any:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def _gain_fields(prefix: str, d: Optional[Diff]) -> dict[str, Any]:
+    return {prefix: d.value if d else None, f"{prefix}_se": d.se if d else None,
+            f"{prefix}_lo": d.lo if d else None, f"{prefix}_hi": d.hi if d else None,
+            f"{prefix}_df": d.df if d else None, f"{prefix}_excludes_zero": d.excludes_zero if d else None}
 
 
 def group_record(g: Group) -> dict[str, Any]:
@@ -226,8 +264,7 @@ def group_record(g: Group) -> dict[str, Any]:
         "diverged": len(g.by_status("diverged")), "not_started": len(g.by_status("not started")),
         "last_mean": _r(last.mean), "last_std": _r(last.std), "last_min": _r(last.min), "last_max": _r(last.max),
         "best_mean": _r(best.mean), "best_std": _r(best.std), "best_min": _r(best.min), "best_max": _r(best.max),
-        "gain_last": gl.value if gl else None, "gain_last_se": gl.se if gl else None,
-        "gain_best": gb.value if gb else None, "gain_best_se": gb.se if gb else None,
+        **_gain_fields("gain_last", gl), **_gain_fields("gain_best", gb),
         "paper_top1": g.paper["top1"], "paper_gain": g.paper_gain(),
         "paper_statistic": sec.paper.get("statistic") if has_paper else None,
         "paper_epoch": sec.paper.get("epoch") if has_paper else None,
@@ -254,18 +291,28 @@ def render_csv(sections: list[Section]) -> str:
     return buf.getvalue()
 
 
-def report_json(root: str | Path, sections: list[Section], metric: str) -> dict:
+def report_json(root: str | Path, sections: list[Section], metric: str, scanned: str | Path | None = None) -> dict:
+    """``root``: the folder as the report names it; ``scanned``: the folder scanned (paths are relative to it)."""
     out = {"root": str(root), "metric": metric, "sections": []}
+    base = scanned if scanned is not None else root
     for sec in sections:
         groups = []
         for g in sec.groups:
             rec = group_record(g)
             rec["run_details"] = [{"name": r.name, "seed": r.seed, "status": r.status, "last_top1": r.top1("last"),
                                    "best_top1": r.top1("best"), "epochs_done": r.epochs_done, "error": r.error or None,
-                                   "path": str(r.path)} for r in g.runs]
+                                   "path": _relative(r.path, base)} for r in g.runs]
             groups.append(rec)
-        out["sections"].append({"key": sec.key, "path": str(sec.path), "protocol": protocol(sec),
+        out["sections"].append({"key": sec.key, "path": _relative(sec.path, base), "protocol": protocol(sec),
                                 "sweep": ((sec.sweep or {}).get("spec") or {}).get("name"),
                                 "paper": {k: sec.paper.get(k) for k in ("source", "statistic", "epoch", "note")}
                                 if sec.has_paper else None, "groups": groups})
     return out
+
+
+def _relative(path: Path, root: str | Path) -> str:
+    """``path`` relative to the report's root (so a report does not depend on where the folder lies)."""
+    try:
+        return str(Path(path).relative_to(Path(root))) or "."
+    except ValueError:
+        return str(path)

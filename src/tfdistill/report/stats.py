@@ -34,21 +34,60 @@ def describe(values: Iterable[float]) -> Stat:
     return Stat(len(xs), statistics.fmean(xs), std, min(xs), max(xs), statistics.median(xs))
 
 
+CONFIDENCE = 0.95
+"""The level of the interval on a gain."""
+
+
 @dataclass(frozen=True)
 class Diff:
-    """``a.mean - b.mean`` and its combined standard error ``sqrt(sa^2/na + sb^2/nb)`` (Welch; None if n < 2)."""
+    """``a.mean - b.mean``, its combined standard error ``sqrt(sa^2/na + sb^2/nb)`` and the Welch 95 % confidence
+    interval ``value ± t(0.975, df) * se`` with the Welch-Satterthwaite degrees of freedom ``df`` (the two groups'
+    variances are not assumed equal). ``se``, ``df``, ``lo`` and ``hi`` are None when a group has fewer than 2
+    values; with two constant groups ``se`` is 0 and the interval is the point."""
 
     value: float
     se: Optional[float]
+    df: Optional[float] = None
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+
+    @property
+    def excludes_zero(self) -> Optional[bool]:
+        """Whether the interval lies entirely above or below 0 (None without an interval)."""
+        if self.lo is None or self.hi is None:
+            return None
+        return self.lo > 0 or self.hi < 0
 
 
-def difference(a: Stat, b: Stat) -> Optional[Diff]:
+def welch_df(a: Stat, b: Stat) -> Optional[float]:
+    """Welch-Satterthwaite degrees of freedom of ``a.mean - b.mean`` (None for n < 2 or two constant groups)."""
+    if a.std is None or b.std is None:
+        return None
+    va, vb = a.std ** 2 / a.n, b.std ** 2 / b.n
+    if va + vb == 0:
+        return None
+    return (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t distribution with ``df`` degrees of freedom (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def difference(a: Stat, b: Stat, level: float = CONFIDENCE) -> Optional[Diff]:
     if a.mean is None or b.mean is None:
         return None
-    se = None
-    if a.std is not None and b.std is not None:
-        se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
-    return Diff(a.mean - b.mean, se)
+    value = a.mean - b.mean
+    if a.std is None or b.std is None:
+        return Diff(value, None)
+    se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+    df = welch_df(a, b)
+    if df is None:  # both groups constant: no spread, the interval is the point
+        return Diff(value, se, None, value, value)
+    half = t_quantile(0.5 + level / 2, df) * se
+    return Diff(value, se, df, value - half, value + half)
 
 
 def aggregate(stat: Stat, how: str) -> Optional[float]:

@@ -1,0 +1,129 @@
+"""The evidence under results/: the committed tables and README blocks are what the committed runs give.
+
+The first test rebuilds, from the files git tracks under results/ (what a fresh clone has), every result's report
+with the plain `tfdistill report` command and the README blocks with `tfdistill results`, and compares them byte for
+byte with the committed ones: no table can drift from its evidence. The others test the machinery on made-up runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+from test_report import make_sweep
+
+from tfdistill.errors import ConfigError
+from tfdistill.report.results import BEGIN, END, REPORT_FILES, build_results, find_results
+
+
+def _committed_copy(dest: Path) -> Path:
+    """The files git tracks under results/ plus README.md, copied into ``dest`` (a fresh clone's view)."""
+    try:
+        files = subprocess.run(["git", "ls-files", "results", "README.md"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout: the committed files are unknown")
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    return dest
+
+
+def test_committed_reports_and_readme_blocks_are_what_the_committed_runs_give(tmp_path):
+    repo = _committed_copy(tmp_path / "clone")
+    results = find_results(repo / "results")
+    assert results, "results/ holds no result (results/<name>/result.yaml)"
+    for res in results:
+        if not res.sections:
+            continue
+        runs = res.runs_dir.relative_to(repo).as_posix()
+        out = tmp_path / "report" / res.name
+        r = run_cli(["report", runs, "--out-dir", str(out), "--no-plots"], cwd=repo)
+        assert r.returncode == 0, r.stderr
+        for name in REPORT_FILES:
+            committed = (res.path / "report" / name).read_text()
+            assert (out / name).read_text() == committed, f"results/{res.name}/report/{name} is stale: run " \
+                                                          "`tfdistill results` and commit"
+    assert build_results(repo / "results", repo / "README.md", check=True) == []
+
+
+def _result(tmp_path: Path, **info) -> Path:
+    """A results/ folder with one made-up result (the golden sweep of test_report) and a README with a block."""
+    results = tmp_path / "results"
+    res = results / "golden_result"
+    make_sweep(res)  # writes res/golden: a sweep folder
+    (res / "result.yaml").write_text(json.dumps({"title": "A made-up result", "runs": "golden",
+                                                 "commands": ["tfdistill sweep spec.yaml"], **info}))
+    (res / "README.md").write_text(f"# Golden\n\nhand-written\n\n{BEGIN}\n{END}\n\nafter\n")
+    (tmp_path / "README.md").write_text(f"# Project\n\n## Results\n\n{BEGIN}\nSTALE TEXT\n{END}\n\n## More\n")
+    return results
+
+
+def test_build_writes_reports_and_blocks_and_check_finds_drift(tmp_path):
+    results = _result(tmp_path, shows="It shows X.", does_not_show="It does not show Y.")
+    readme = tmp_path / "README.md"
+    written = build_results(results, readme, plots=False)
+    res = results / "golden_result"
+    assert {p.name for p in written} == {*REPORT_FILES, "README.md"} and readme in written
+    text = readme.read_text()
+    assert text.startswith("# Project\n\n## Results\n\n" + BEGIN) and text.endswith(END + "\n\n## More\n")
+    assert "STALE TEXT" not in text
+    # the headline: n, last and best epoch, the gain with its Welch interval; flags for n < 3; links; commands
+    assert "| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 | [-0.90, +3.30] | no |" in text
+    assert "| resnet14 | ce | 2/3 ⚠ |" in text
+    assert "](results/golden_result/report/report.md)" in text
+    assert "**Incomplete** ⚠: 9 of 12 planned runs finished (1 diverged, 1 failed, 1 not finished" in text
+    assert "Continue with `tfdistill sweep spec.yaml`" in text
+    assert "*What it shows:* It shows X. *What it does not show:* It does not show Y." in text
+    assert (res / "README.md").read_text().startswith("# Golden\n\nhand-written\n\n" + BEGIN)
+    assert "](./report/report.md)" in (res / "README.md").read_text()
+    assert (res / "report" / "report.md").read_text().startswith("# tfdistill report\n\nRuns under "
+                                                                 "`results/golden_result/golden`")
+    assert build_results(results, readme, check=True) == []
+    assert build_results(results, readme, plots=False) == []  # nothing to rewrite
+
+    # a run whose summary changes: its report and both blocks are stale; --check names them and exits 1
+    summary = res / "golden" / "resnet8_tfd_s0" / "summary.json"
+    s = json.loads(summary.read_text())
+    s["last_top1"] = 90.0
+    summary.write_text(json.dumps(s))
+    stale = build_results(results, readme, check=True)
+    assert {p.name for p in stale} == {*REPORT_FILES, "README.md"} and readme in stale
+    r = run_cli(["results", str(results), "--readme", str(readme), "--check"], cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "stale:" in r.stderr and "report.md" in r.stderr
+    r = run_cli(["results", str(results), "--readme", str(readme), "--no-plots"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert build_results(results, readme, check=True) == []
+
+
+def test_a_run_still_training_counts_as_not_finished(tmp_path):
+    """A sweep adds runs while results are committed: a run directory without summary.json or FAILED is read as
+    a planned run (as in a clone that holds only the ended runs), so the block does not depend on it."""
+    results = _result(tmp_path)
+    readme = tmp_path / "README.md"
+    build_results(results, readme, plots=False)
+    before = readme.read_text()
+    unfinished = results / "golden_result" / "golden" / "resnet14_tfd_s1"
+    assert (unfinished / "metrics.jsonl").is_file() and not (unfinished / "summary.json").exists()
+    with open(unfinished / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "lr": 0.05, "loss": 1.0}) + "\n")
+    assert build_results(results, readme, check=True) == []
+    shutil.rmtree(unfinished)
+    assert build_results(results, readme, check=True) == []
+    assert readme.read_text() == before
+
+
+def test_a_readme_without_the_markers_is_one_clear_error(tmp_path):
+    results = _result(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# Project\n")
+    with pytest.raises(ConfigError, match="no generated results block.*results:begin"):
+        build_results(results, readme, plots=False)
+    (results / "golden_result" / "result.yaml").write_text("title: [unclosed\n")
+    with pytest.raises(ConfigError, match="result.yaml"):
+        find_results(results)
