@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "tfdistill"
 
 LAYERS = [
-    {"errors", "registry", "compiling"},     # shared leaves
+    {"errors", "registry", "compiling", "precision"},     # shared leaves
     {"losses"},
     {"features", "regularizers"},
     {"methods", "models", "data"},

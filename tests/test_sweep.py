@@ -198,7 +198,7 @@ def test_parallel_sweep_with_jobs(capsys, tmp_path):
     assert "2 processes at a time" in stdout and "4/4 finished" in stdout
     assert len(summaries(sweep)) == 4
     log = (sweep / "logs" / "resnet8_tfd_s1.log").read_text()
-    assert "tfdistill.sweep.child train" in log and "finished: best top-1" in log
+    assert "tfdistill _child --modes new" in log and "finished: best top-1" in log
 
 
 def test_resume_after_sigkill_trains_each_run_exactly_once(capsys, tmp_path):

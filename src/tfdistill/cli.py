@@ -5,7 +5,8 @@
     tfdistill eval CHECKPOINT [--data NAME] [key=value ...]
     tfdistill demo
     tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
-    tfdistill sweep SPEC.yaml [key=value ...] [--jobs N] [--gpus 0,1] [--dry-run] [--only GLOB]
+    tfdistill sweep SPEC.yaml [key=value ...] [--jobs N] [--gpus 0,1] [--dry-run] [--only GLOB] [--status]
+    tfdistill sweep SPEC.yaml --executor slurm [--partition P] [--time 4:00:00] [--gpus-per-job 1] ...
     tfdistill report RUNS_DIR [--out DIR] [--metric last|best]
     tfdistill results [RESULTS_DIR] [--readme README.md] [--check]
     tfdistill models | methods
@@ -107,10 +108,26 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from .sweep import plan_sweep, run_sweep
+    from .sweep import plan_sweep, run_sweep, sweep_status
 
     gpus = [g for g in (ns.gpus or "").split(",") if g.strip()]
     plan = plan_sweep(ns.spec, ns.overrides, out_dir=ns.out_dir)
+    if ns.status:
+        counts = sweep_status(plan, only=ns.only)
+        return 1 if counts.get("failed") else 0
+    executor = None
+    slurm_only = [f"--{k.replace('_', '-')}" for k in ("partition", "time", "gpus_per_job", "cpus_per_job",
+                                                        "array_parallelism") if getattr(ns, k) is not None]
+    if slurm_only and ns.executor != "slurm":
+        from .errors import ConfigError
+
+        raise ConfigError(f"{', '.join(slurm_only)}: options of --executor slurm (executors: local, slurm)")
+    if ns.executor == "slurm":
+        from .sweep.slurm import SlurmExecutor, launcher_options
+
+        executor = SlurmExecutor(launcher_options(
+            plan.spec.launcher, partition=ns.partition, time=ns.time, gpus_per_job=ns.gpus_per_job,
+            cpus_per_job=ns.cpus_per_job, array_parallelism=ns.array_parallelism))
     pack = ns.pack
     if ns.batch_seeds or ns.batch_weights:  # the old names: every compatible run in one group, or --batch-max each
         if pack is not None:
@@ -123,8 +140,15 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
         raise ConfigError("--batch-max needs --batch-seeds or --batch-weights (or use --pack K)")
     result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
-                       retry_failed=not ns.skip_failed, pack=pack)
+                       retry_failed=not ns.skip_failed, pack=pack, executor=executor)
     return result.exit_code
+
+
+def cmd_child(ns: argparse.Namespace) -> int:
+    """Hidden: a sweep's training subprocess (:func:`tfdistill.sweep.executors.train_child`)."""
+    from .sweep.executors import train_child
+
+    return train_child(ns.configs, ns.modes.split(","))
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
@@ -271,7 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--batch-seeds", action="store_true", help="old name: --pack 0 (or --pack N with --batch-max N)")
     sw.add_argument("--batch-weights", action="store_true", help="old name: --pack 0 (or --pack N with --batch-max N)")
     sw.add_argument("--batch-max", type=int, default=0, metavar="N", help="with the old names: --pack N")
+    sw.add_argument("--status", action="store_true",
+                    help="show each run: done, failed, running, queued (in a cluster job), interrupted or pending")
+    sw.add_argument("--executor", choices=("local", "slurm"), default="local",
+                    help="local (default): train here (--jobs/--gpus); slurm: submit one job per packed group "
+                         "through submitit (pip install -e '.[slurm]') and return; preempted or timed-out jobs are "
+                         "requeued and resume from last.pt")
+    sw.add_argument("--partition", default=None, help="slurm: the partition (spec: launcher.partition)")
+    sw.add_argument("--time", default=None, metavar="H:MM:SS",
+                    help="slurm: time limit per job, minutes or H:MM:SS (default 4:00:00); at the limit a job is "
+                         "requeued and resumes from last.pt")
+    sw.add_argument("--gpus-per-job", type=int, default=None, metavar="N", help="slurm: GPUs per job (default 1)")
+    sw.add_argument("--cpus-per-job", type=int, default=None, metavar="N", help="slurm: CPUs per job (default 8)")
+    sw.add_argument("--array-parallelism", type=int, default=None, metavar="N",
+                    help="slurm: at most N jobs of the sweep at once (default: no limit)")
     sw.set_defaults(func=cmd_sweep)
+
+    ch = sub.add_parser("_child")  # hidden (no help): a sweep's training subprocess
+    ch.add_argument("configs", nargs="+", metavar="CONFIG.yaml")
+    ch.add_argument("--modes", required=True, help="one of new, resume, overwrite per config, comma-separated")
+    ch.set_defaults(func=cmd_child)
 
     rp = sub.add_parser("report", help="tables (mean +- std over seeds), gains over CE and plots from run directories",
                         description="Scan RUNS_DIR recursively for run directories and write report.md, report.csv, "

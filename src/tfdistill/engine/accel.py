@@ -62,6 +62,7 @@ from torch import Tensor
 
 from ..compiling import options_from_env, with_room_for_recompiles
 from ..errors import ConfigError, is_compile_error
+from ..precision import autocast
 
 __all__ = ["Accelerator", "StepRunner", "sgd_step_tensor_lr", "plain_configs", "total_loss", "WARMUP_STEPS"]
 
@@ -73,13 +74,6 @@ _CAPTURE_BROKEN: str | None = None
 the CUDA caching allocator with a capture it never saw end, on some torch versions)."""
 
 StepOut = tuple[Tensor, Tensor, dict[str, Tensor]]
-
-
-def _autocast(precision: str, device: torch.device, cache: bool = True):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def total_loss(terms: dict[str, Tensor]) -> Tensor:
@@ -236,7 +230,7 @@ class Accelerator:
         model, precision, device, loss_fn = self.model, self.precision, self.device, self.loss_fn
 
         def forward(x: Tensor, y: Tensor, idx: Tensor) -> StepOut:
-            with _autocast(precision, device, cache):
+            with autocast(precision, device, cache):
                 logits, terms = model(x, y, idx)
             return loss_fn(terms), logits, terms
 

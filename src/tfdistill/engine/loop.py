@@ -39,6 +39,7 @@ from ..errors import CheckpointError, ConfigError, DivergenceError
 from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
+from ..precision import autocast
 from .progress import epoch_line
 from .checkpoint import load_checkpoint, load_model_weights, rng_state, set_rng_state
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_or_raise,
@@ -84,13 +85,6 @@ def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
         # the current device: CUDA-graph capture streams and tensors created without a device land on it
         torch.cuda.set_device(device)
     return device
-
-
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def default_run_name(cfg: Any, seed: int | None = None) -> str:
@@ -178,7 +172,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
     for b, (x, y, _) in enumerate(loader):
         if max_batches and b >= max_batches:
             break
-        with autocast_for(precision, device):
+        with autocast(precision, device):
             logits = model(x)
         logits = logits.float()
         k = min(5, logits.shape[1])

@@ -32,11 +32,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..precision import f32
+
 __all__ = ["ab_margin_loss", "ab_loss", "ab_stage_weights"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def ab_margin_loss(source: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:
@@ -51,8 +49,8 @@ def ab_margin_loss(source: Tensor, target: Tensor, margin: float = 1.0) -> Tenso
         raise ValueError(f"ab_margin_loss: connector output {tuple(source.shape)} does not match the teacher's "
                          f"{tuple(target.shape)}")
     with torch.autocast(device_type=source.device.type, enabled=False):
-        s = _f32(source)
-        pos = (_f32(target).detach() > 0).to(s.dtype)
+        s = f32(source)
+        pos = (f32(target).detach() > 0).to(s.dtype)
         neg = 1.0 - pos
         lo = (s + margin).pow(2) * ((s > -margin).to(s.dtype) * neg)
         hi = (s - margin).pow(2) * ((s <= margin).to(s.dtype) * pos)

@@ -27,11 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import f32
+
 __all__ = ["attention_map", "at_pair_loss", "at_loss", "match_spatial"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -59,7 +57,7 @@ def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
 def at_pair_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
     """Attention-transfer loss for one pair of maps: ``mean((Q_s - Q_t)^2)`` over batch and positions."""
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        s, t = match_spatial(_f32(f_s), _f32(f_t).detach())
+        s, t = match_spatial(f32(f_s), f32(f_t).detach())
         return (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
 
 

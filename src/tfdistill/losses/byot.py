@@ -41,11 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import f32
+from ._common import soft_target_loss
+
 __all__ = ["SepConv", "AuxClassifier", "soft_cross_entropy", "feature_hint_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 class SepConv(nn.Module):
@@ -120,10 +119,7 @@ def soft_cross_entropy(logits: Tensor, teacher: Tensor, T: float = 3.0) -> Tenso
     if logits.shape != teacher.shape or logits.dim() != 2:
         raise ValueError(f"soft_cross_entropy expects two (N, K) logit tensors of the same shape, "
                          f"got {tuple(logits.shape)} and {tuple(teacher.shape)}")
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_p = F.log_softmax(_f32(logits) / T, dim=1)
-        t = F.softmax(_f32(teacher).detach() / T, dim=1)
-        return -(t * log_p).sum(1).mean()
+    return soft_target_loss(logits, teacher, T)
 
 
 def feature_hint_loss(f: Tensor, target: Tensor) -> Tensor:
@@ -132,4 +128,4 @@ def feature_hint_loss(f: Tensor, target: Tensor) -> Tensor:
         raise ValueError(f"feature_hint_loss: shapes {tuple(f.shape)} and {tuple(target.shape)} differ")
     with torch.autocast(device_type=f.device.type, enabled=False):
         # vector_norm's gradient at a zero difference is 0 (as torch.dist's), not NaN as sqrt(sum(d^2))'s would be
-        return torch.linalg.vector_norm(_f32(f) - _f32(target).detach())
+        return torch.linalg.vector_norm(f32(f) - f32(target).detach())

@@ -38,11 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import f32
+
 __all__ = ["rbf_correlation", "cc_loss", "cc_loss_crd"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def rbf_correlation(f: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
@@ -65,8 +63,8 @@ def cc_loss(f_s: Tensor, f_t: Tensor, gamma: float = 0.4, order: int = 2) -> Ten
     if f_s.shape[0] != f_t.shape[0]:
         raise ValueError(f"cc_loss: batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        return F.mse_loss(rbf_correlation(_f32(f_s), gamma, order),
-                          rbf_correlation(_f32(f_t), gamma, order))
+        return F.mse_loss(rbf_correlation(f32(f_s), gamma, order),
+                          rbf_correlation(f32(f_t), gamma, order))
 
 
 def cc_loss_crd(f_s: Tensor, f_t: Tensor) -> Tensor:
@@ -80,5 +78,5 @@ def cc_loss_crd(f_s: Tensor, f_t: Tensor) -> Tensor:
     if f_s.shape[0] < 2:
         raise ValueError("cc_loss_crd needs a batch of at least two samples")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        delta = (_f32(f_s) - _f32(f_t)).abs().flatten(1)
+        delta = (f32(f_s) - f32(f_t)).abs().flatten(1)
         return (delta[:-1] * delta[1:]).sum(1).mean()

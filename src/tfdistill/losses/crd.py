@@ -49,14 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import f32
+
 __all__ = ["Embed", "ContrastMemory", "NEGATIVES", "sample_contrast_indices", "contrast_scores", "nce_loss"]
 
 NEGATIVES = ("other_class", "uniform")
 EPS = 1e-7
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 class Embed(nn.Module):
@@ -72,7 +70,7 @@ class Embed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.normalize(self.linear(_f32(x.flatten(1))), dim=1)
+            return F.normalize(self.linear(f32(x.flatten(1))), dim=1)
 
 
 def sample_contrast_indices(index: Tensor, targets: Optional[Tensor], labels: Optional[Tensor], num_data: int,
@@ -182,7 +180,7 @@ class ContrastMemory(nn.Module):
                 reduce: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
         """Normalised NCE scores ``(p_s, p_t)``; ``reduce`` averages a tensor over data-parallel ranks (for Z)."""
         with torch.autocast(device_type=emb_s.device.type, enabled=False):
-            s, t = _f32(emb_s), _f32(emb_t)
+            s, t = f32(emb_s), f32(emb_t)
             index = index.long()
             if self.training and targets is not None:
                 with torch.no_grad():

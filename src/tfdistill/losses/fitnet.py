@@ -24,11 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import f32
+
 __all__ = ["ConvRegressor", "hint_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 class ConvRegressor(nn.Module):
@@ -67,4 +65,4 @@ def hint_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
         raise ValueError(f"hint_loss: regressed student map {tuple(f_s.shape)} does not match the teacher's "
                          f"{tuple(f_t.shape)}")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        return F.mse_loss(_f32(f_s), _f32(f_t).detach())
+        return F.mse_loss(f32(f_s), f32(f_t).detach())

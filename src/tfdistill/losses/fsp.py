@@ -31,12 +31,9 @@ import torch
 from torch import Tensor
 
 from .at import match_spatial
+from ..precision import f32
 
 __all__ = ["fsp_matrix", "fsp_matrices", "fsp_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
@@ -66,6 +63,6 @@ def fsp_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> Tensor:
             raise ValueError(f"fsp_loss: stage {k} has {s.shape[1]} student channels but {t.shape[1]} teacher "
                              "channels; FSP matrices need equal channel counts")
     with torch.autocast(device_type=feats_s[0].device.type, enabled=False):
-        g_s = fsp_matrices([_f32(f) for f in feats_s])
-        g_t = fsp_matrices([_f32(f).detach() for f in feats_t])
+        g_s = fsp_matrices([f32(f) for f in feats_s])
+        g_t = fsp_matrices([f32(f).detach() for f in feats_t])
         return torch.stack([(a - b).pow(2).mean() for a, b in zip(g_s, g_t)]).sum()

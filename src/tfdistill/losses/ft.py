@@ -33,12 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .at import match_spatial
+from ..precision import f32
 
 __all__ = ["Paraphraser", "Translator", "factor", "ft_loss", "paraphraser_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _conv_block(cin: int, cout: int, bn: bool, transpose: bool = False) -> list[nn.Module]:
@@ -89,7 +86,7 @@ def ft_loss(factor_s: Tensor, factor_t: Tensor, p1: float = 2.0, p2: float = 1.0
 
     For odd ``p2 >= 3`` this is ``|d|^p2``, where CRD's code keeps the sign (``d^p2``); see the module docs."""
     with torch.autocast(device_type=factor_s.device.type, enabled=False):
-        s, t = match_spatial(_f32(factor_s), _f32(factor_t).detach())
+        s, t = match_spatial(f32(factor_s), f32(factor_t).detach())
         diff = factor(s, p1) - factor(t, p1)
         return diff.abs().mean() if p2 == 1 else diff.abs().pow(p2).mean()
 
@@ -97,5 +94,5 @@ def ft_loss(factor_s: Tensor, factor_t: Tensor, p1: float = 2.0, p2: float = 1.0
 def paraphraser_loss(reconstruction: Tensor, f_t: Tensor) -> Tensor:
     """Mean squared reconstruction error of the teacher map (the paraphraser's pre-training loss)."""
     with torch.autocast(device_type=reconstruction.device.type, enabled=False):
-        return F.mse_loss(_f32(reconstruction), _f32(f_t).detach())
+        return F.mse_loss(f32(reconstruction), f32(f_t).detach())
 

@@ -14,16 +14,11 @@ Computed in float32 even under autocast; the teacher's logits are treated as con
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ._common import soft_target_loss
+
 __all__ = ["kd_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    """Upcast half-precision tensors to float32 (float64 stays float64, e.g. for gradcheck)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def kd_loss(logits_s: Tensor, logits_t: Tensor, T: float = 4.0) -> Tensor:
@@ -42,10 +37,4 @@ def kd_loss(logits_s: Tensor, logits_t: Tensor, T: float = 4.0) -> Tensor:
     if logits_s.shape != logits_t.shape or logits_s.dim() != 2:
         raise ValueError(f"kd_loss expects two (N, K) logit tensors of the same shape, "
                          f"got {tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
-    with torch.autocast(device_type=logits_s.device.type, enabled=False):
-        log_p_s = F.log_softmax(_f32(logits_s) / T, dim=1)
-        log_p_t = F.log_softmax(_f32(logits_t).detach() / T, dim=1)
-        # F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True), written out: the same arithmetic,
-        # and unlike aten::kl_div it has a vmap batching rule (several models trained as one batched model).
-        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum() / logits_s.shape[0]
-        return kl * (T * T)
+    return soft_target_loss(logits_s, logits_t, T, kl=True) * (T * T)

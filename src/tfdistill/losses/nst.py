@@ -31,12 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .at import match_spatial
+from ..precision import f32
 
 __all__ = ["poly_kernel_mean", "nst_pair_loss", "nst_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def poly_kernel_mean(a: Tensor, b: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
@@ -47,7 +44,7 @@ def poly_kernel_mean(a: Tensor, b: Tensor, degree: int = 2, c: float = 0.0) -> T
 def nst_pair_loss(f_s: Tensor, f_t: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
     """Squared MMD between the l2-normalised channel maps of ``f_s`` and ``f_t`` (N, C, H, W)."""
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        s, t = match_spatial(_f32(f_s), _f32(f_t).detach())
+        s, t = match_spatial(f32(f_s), f32(f_t).detach())
         s = F.normalize(s.flatten(2), dim=2)
         t = F.normalize(t.flatten(2), dim=2)
         return (poly_kernel_mean(t, t, degree, c) + poly_kernel_mean(s, s, degree, c)

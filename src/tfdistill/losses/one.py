@@ -33,11 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import f32
+
 __all__ = ["Gate", "gated_ensemble", "one_kl_loss", "sigmoid_rampup"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 class Gate(nn.Module):
@@ -57,8 +55,8 @@ def gated_ensemble(logits: Sequence[Tensor], gate: Tensor) -> Tensor:
     """``sum_b gate[:, b] * logits[b]``: the ensemble of ``B`` branches' ``(N, K)`` logits, ``gate`` ``(N, B)``."""
     if gate.dim() != 2 or gate.shape[1] != len(logits):
         raise ValueError(f"gated_ensemble: gate of shape {tuple(gate.shape)} for {len(logits)} branches")
-    stacked = torch.stack([_f32(z) for z in logits], dim=1)  # (N, B, K)
-    return (_f32(gate).unsqueeze(2) * stacked).sum(1)
+    stacked = torch.stack([f32(z) for z in logits], dim=1)  # (N, B, K)
+    return (f32(gate).unsqueeze(2) * stacked).sum(1)
 
 
 def one_kl_loss(logits: Tensor, teacher: Tensor, T: float = 3.0, eps: float = 1e-7) -> Tensor:
@@ -72,8 +70,8 @@ def one_kl_loss(logits: Tensor, teacher: Tensor, T: float = 3.0, eps: float = 1e
         raise ValueError(f"one_kl_loss expects two (N, K) logit tensors of the same shape, "
                          f"got {tuple(logits.shape)} and {tuple(teacher.shape)}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_p = F.log_softmax(_f32(logits) / T, dim=1)
-        t = F.softmax(_f32(teacher).detach() / T, dim=1) + eps
+        log_p = F.log_softmax(f32(logits) / T, dim=1)
+        t = F.softmax(f32(teacher).detach() / T, dim=1) + eps
         return (t * (t.log() - log_p)).sum() / logits.shape[0] * (T * T)
 
 

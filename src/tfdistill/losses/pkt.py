@@ -23,11 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..precision import f32
+
 __all__ = ["cosine_probabilities", "pkt_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def cosine_probabilities(x: Tensor, eps: float = 1e-7) -> Tensor:
@@ -43,6 +41,6 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
     if f_s.shape[0] != f_t.shape[0]:
         raise ValueError(f"pkt_loss: batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        p_s = cosine_probabilities(_f32(f_s), eps)
-        p_t = cosine_probabilities(_f32(f_t).detach(), eps)
+        p_s = cosine_probabilities(f32(f_s), eps)
+        p_t = cosine_probabilities(f32(f_t).detach(), eps)
         return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._common import soft_target_loss
+
 __all__ = ["pskd_alpha", "pskd_targets", "soft_cross_entropy"]
 
 
@@ -33,7 +35,4 @@ def pskd_targets(targets: Tensor, prev: Tensor, alpha: Tensor | float) -> Tensor
 
 def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
     """``mean_n sum_k -q[n,k] * log_softmax(logits)[n,k]`` (the soft targets are constants)."""
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        q = soft_targets.detach().to(z.dtype)
-        return -(q * F.log_softmax(z, dim=1)).sum(1).mean()
+    return soft_target_loss(logits, soft_targets, target_logits=False)

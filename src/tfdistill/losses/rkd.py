@@ -26,11 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import f32
+
 __all__ = ["pairwise_distances", "rkd_distance_loss", "rkd_angle_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -53,9 +51,9 @@ def rkd_distance_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     if f_s.shape[0] != f_t.shape[0]:
         raise ValueError(f"rkd_distance_loss: batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        s = _normalised_distances(_f32(f_s).flatten(1))
+        s = _normalised_distances(f32(f_s).flatten(1))
         with torch.no_grad():
-            t = _normalised_distances(_f32(f_t).flatten(1))
+            t = _normalised_distances(f32(f_t).flatten(1))
         return F.smooth_l1_loss(s, t)
 
 
@@ -69,7 +67,7 @@ def rkd_angle_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     if f_s.shape[0] != f_t.shape[0]:
         raise ValueError(f"rkd_angle_loss: batch sizes differ ({f_s.shape[0]} vs {f_t.shape[0]})")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        s = _angles(_f32(f_s).flatten(1))
+        s = _angles(f32(f_s).flatten(1))
         with torch.no_grad():
-            t = _angles(_f32(f_t).flatten(1))
+            t = _angles(f32(f_t).flatten(1))
         return F.smooth_l1_loss(s, t)

@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import f32
+
 __all__ = ["similarity_matrix", "sp_pair_loss", "sp_loss"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def similarity_matrix(f: Tensor) -> Tensor:
@@ -41,7 +39,7 @@ def sp_pair_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     if f_t.shape[0] != b:
         raise ValueError(f"sp_loss: batch sizes differ ({b} vs {f_t.shape[0]})")
     with torch.autocast(device_type=f_s.device.type, enabled=False):
-        diff = similarity_matrix(_f32(f_s)) - similarity_matrix(_f32(f_t).detach())
+        diff = similarity_matrix(f32(f_s)) - similarity_matrix(f32(f_t).detach())
         return diff.pow(2).sum() / (b * b)
 
 

@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import autocast
+
 DIRECTIONS = ("top_down", "bottom_up", "bidirectional")
 
 __all__ = ["DIRECTIONS", "aligned_pairs", "ranked_halves", "depth_loss", "width_loss", "channel_importance", "TFDLoss"]
@@ -76,10 +78,6 @@ def _check_maps(feats: Sequence[Tensor], what: str, min_maps: int) -> None:
             batch = f.shape[0]
         elif f.shape[0] != batch:
             raise ValueError(f"{what}: feature maps have mismatched batch sizes ({batch} vs {f.shape[0]} at map {k})")
-
-
-def _no_autocast(t: Tensor):
-    return torch.autocast(device_type=t.device.type, enabled=False)
 
 
 def _low_precision(t: Tensor) -> bool:
@@ -250,7 +248,7 @@ def depth_loss(feats: Sequence[Tensor], direction: str = "top_down") -> Tensor:
         A float32 scalar: ``1/m * sum_{i<j} MSE(align(f_i), align(f_j))`` with ``m = L(L-1)/2``.
     """
     pairs = aligned_pairs(feats, direction, "depth_loss")
-    with _no_autocast(feats[0]):
+    with autocast("off", feats[0].device):
         terms = []
         for shallow, deep in pairs:
             if direction == "top_down":
@@ -278,7 +276,7 @@ def _importance(f: Tensor) -> Tensor:
 def channel_importance(f: Tensor) -> Tensor:
     """Importance of each channel of ``f`` (N, C, H, W): mean over batch and positions of the map l2-normalised
     over its positions. Returns a float32 tensor of shape (C,)."""
-    with _no_autocast(f):
+    with autocast("off", f.device):
         return _importance(f)
 
 
@@ -295,7 +293,7 @@ def width_loss(feats: Sequence[Tensor], detach_top: bool = True) -> Tensor:
         with ``h = C // 2``; zero when every map is skipped.
     """
     halves = ranked_halves(feats, detach_top, "width_loss")
-    with _no_autocast(feats[0]):
+    with autocast("off", feats[0].device):
         terms = [_mse(low, top) for low, top in halves]
         return torch.stack(terms).mean() if terms else feats[0].new_zeros((), dtype=torch.float32)
 

@@ -42,11 +42,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..precision import autocast
 from .ab import ab_margin_loss
 from .at import at_pair_loss
 from .nst import nst_pair_loss
 from .sp import sp_pair_loss
-from .tfd import _no_autocast, aligned_pairs, ranked_halves
+from .tfd import aligned_pairs, ranked_halves
 
 __all__ = ["DISTANCES", "pair_distance", "depth_loss_with", "width_loss_with"]
 
@@ -73,7 +74,7 @@ def depth_loss_with(feats: Sequence[Tensor], distance: str, direction: str = "to
     """Depth-wise TFD with the pair distance ``distance`` on the aligned pairs (see module docs)."""
     d = pair_distance(distance)
     pairs = aligned_pairs(feats, direction, "depth_loss_with")
-    with _no_autocast(feats[0]):
+    with autocast("off", feats[0].device):
         terms = []
         for shallow, deep in pairs:
             if direction == "top_down":
@@ -89,6 +90,6 @@ def width_loss_with(feats: Sequence[Tensor], distance: str) -> Tensor:
     """Width-wise TFD with the pair distance ``distance``: low half (student) vs top half (constant target)."""
     d = pair_distance(distance)
     halves = ranked_halves(feats, True, "width_loss_with")
-    with _no_autocast(feats[0]):
+    with autocast("off", feats[0].device):
         terms = [d(low, top) for low, top in halves]
         return torch.stack(terms).mean() if terms else feats[0].new_zeros((), dtype=torch.float32)

@@ -50,7 +50,8 @@ from torch import Tensor
 
 from ..compiling import options_from_env, room_for_recompiles
 from ..errors import is_compile_error
-from .tfd import _check_maps, _importance, _no_autocast, depth_loss, width_loss
+from ..precision import autocast
+from .tfd import _check_maps, _importance, depth_loss, width_loss
 
 __all__ = ["tfd_losses", "weighted_losses", "ranked_partners", "width_loss_dense", "FusedTFD", "FUSE_MODES", "fuse_available",
            "inductor_options"]
@@ -109,7 +110,7 @@ def width_loss_dense(feats: Sequence[Tensor]) -> Tensor:
     student channels only (a mask), so the backward is one dense elementwise kernel per map (no scatter, no sort).
     Equal to ``width_loss(feats, True)`` up to float32 rounding (the sum runs in another order)."""
     _check_maps(feats, "width_loss", 1)
-    with _no_autocast(feats[0]):
+    with autocast("off", feats[0].device):
         terms = []
         for f in feats:
             n, c, hh, ww = f.shape

@@ -27,12 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .at import match_spatial
+from ..precision import f32
 
 __all__ = ["vid_nll", "VIDHead"]
-
-
-def _f32(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def vid_nll(mean: Tensor, target: Tensor, log_scale: Tensor, eps: float = 1e-5) -> Tensor:
@@ -47,8 +44,8 @@ def vid_nll(mean: Tensor, target: Tensor, log_scale: Tensor, eps: float = 1e-5) 
         raise ValueError(f"vid_nll: predicted mean {tuple(mean.shape)} does not match the teacher map "
                          f"{tuple(target.shape)}")
     with torch.autocast(device_type=mean.device.type, enabled=False):
-        var = (F.softplus(_f32(log_scale)) + eps).view(1, -1, 1, 1)
-        diff = _f32(mean) - _f32(target).detach()
+        var = (F.softplus(f32(log_scale)) + eps).view(1, -1, 1, 1)
+        diff = f32(mean) - f32(target).detach()
         return (0.5 * (diff.pow(2) / var + torch.log(var))).mean()
 
 

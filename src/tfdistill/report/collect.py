@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from ..rundir import AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir, flat_keys
 from ..errors import RunDirError
-from ..sweep.runner import SPEC_FILE
+from ..sweep.folder import SPEC_FILE
 from ..sweep.spec import paper_entry
 from .stats import Diff, Stat, aggregate, describe, difference
 

@@ -1,29 +1,23 @@
-"""Multi-seed sweeps: a spec (base recipe x grid) expanded into validated runs, trained sequentially in-process or
-as parallel subprocesses (one per GPU), restartable at any point.
+"""Multi-seed sweeps: a spec (base recipe x grid) expanded into validated runs, trained in-process, as parallel
+subprocesses (one per GPU) or as Slurm jobs, restartable at any point.
 
     plan = plan_sweep("reproduce/table1", ["epochs=30"])
     run_sweep(plan, jobs=2)
 
-See :mod:`tfdistill.sweep.spec` for the spec schema and :mod:`tfdistill.sweep.runner` for how runs are skipped,
-resumed and recorded as failed.
+The parts: :mod:`.schema` and :mod:`.spec` (the spec and its expansion into runs), :mod:`.folder` (the sweep
+folder's bookkeeping: run status, state file, jobs record, lock), :mod:`.executors` (in-process and subprocess
+training), :mod:`.slurm` (cluster jobs through submitit), :mod:`.runner` (orchestration), :mod:`.console` (what is
+printed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .runner import (
-    FAILED_MARKER,
-    SPEC_FILE,
-    STATE_FILE,
-    Executor,
-    InProcessExecutor,
-    Outcome,
-    SubprocessExecutor,
-    Sweep,
-    SweepResult,
-    run_sweep,
-)
+from ..rundir import FAILED_MARKER
+from .executors import Executor, InProcessExecutor, Outcome, SubprocessExecutor
+from .folder import SPEC_FILE, STATE_FILE
+from .runner import Sweep, SweepResult, run_sweep, sweep_status
 from .spec import (
     GridBlock,
     MissingPresetError,
@@ -52,5 +46,5 @@ __all__ = [
     "FAILED_MARKER", "SPEC_FILE", "STATE_FILE", "Executor", "InProcessExecutor", "SubprocessExecutor", "Outcome",
     "Sweep", "SweepResult", "run_sweep", "GridBlock", "MissingPresetError", "PaperSpec", "Plan", "PlannedRun",
     "StudentExtra", "SweepSpec", "expand", "load_spec", "missing_methods", "paper_entry", "spec_from_raw",
-    "plan_sweep",
+    "plan_sweep", "sweep_status",
 ]
