@@ -7,7 +7,7 @@ subprocesses (one per GPU) or as Slurm jobs, restartable at any point.
 The parts: :mod:`.schema` and :mod:`.spec` (the spec and its expansion into runs), :mod:`.folder` (the sweep
 folder's bookkeeping: run status, state file, jobs record, lock), :mod:`.executors` (in-process and subprocess
 training), :mod:`.slurm` (cluster jobs through submitit), :mod:`.runner` (orchestration), :mod:`.console` (what is
-printed).
+printed, and the ``--status`` table).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..rundir import FAILED_MARKER
+from .console import sweep_status
 from .executors import Executor, InProcessExecutor, Outcome, SubprocessExecutor
 from .folder import SPEC_FILE, STATE_FILE
-from .runner import Sweep, SweepResult, run_sweep, sweep_status
+from .runner import Sweep, SweepResult, run_sweep
 from .spec import (
     GridBlock,
     MissingPresetError,

@@ -5,6 +5,12 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
+from .. import rundir
+from ..rundir import FAILED_MARKER
+from .folder import (JOBS_FILE, is_failed, is_finished, is_locked, latest_job_of, read_jobs, read_state, read_summary,
+                     run_status)
+from .spec import Plan, seed_major
+
 
 def hms(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
@@ -68,3 +74,58 @@ def print_status(name: str, sweep_dir, rows: Iterable[tuple[str, str, str, str]]
     order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts) - set(STATUS_ORDER))
     echo(f"sweep {name}: " + ", ".join(f"{counts[s]} {s}" for s in order))
     return counts
+
+
+def sweep_status(plan: Plan, only: list[str] | None = None, echo: Callable[[str], None] = print) -> dict[str, int]:
+    """``--status``: each run done / failed / running / queued / interrupted / pending, from the sweep folder (state
+    file, submitted jobs and their cluster states) and the run directories; returns the counts."""
+    runs = seed_major(plan.select(only))
+    d = plan.sweep_dir
+    records = read_jobs(d)
+    by_run = latest_job_of(records)
+    states: dict[str, str] = {}
+    if records:
+        from .slurm import heartbeat, job_states
+
+        states = job_states([j for j in records if j in by_run.values()])
+    local = read_state(d)
+    busy = is_locked(d)
+    rows = []
+    for r in runs:
+        job = by_run.get(r.name)
+        state = states.get(job["id"], "UNKNOWN") if job else ""
+        where = f"job {job['id']} ({state.lower()})" if job else ""
+        if is_finished(r):
+            s = read_summary(r) or {}
+            rows.append((r.name, r.label, "done", f"last {pct(s.get('last_top1'))}  best {pct(s.get('best_top1'))}"))
+        elif is_failed(r):
+            why = (r.run_dir / FAILED_MARKER).read_text().splitlines()
+            rows.append((r.name, r.label, "failed", (why[0] if why else "") + (f"  [{where}]" if where else "")))
+        elif job and state == "RUNNING":
+            beat = heartbeat(job)
+            at = f" on {beat['host']}, attempt {beat.get('attempts', 1)}" if beat.get("host") else ""
+            rows.append((r.name, r.label, "running", f"{where}{at}; {run_status(r)}"))
+        elif job and state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SUSPENDED",
+                               "CONFIGURING") or (job and state == "UNKNOWN" and _is_active(job, state)):
+            rows.append((r.name, r.label, "queued", f"{where}; {run_status(r)}"))
+        elif job and state not in ("", "UNKNOWN") and _is_active(job, state):
+            rows.append((r.name, r.label, "running", f"{where}; {run_status(r)}"))
+        elif job:
+            rows.append((r.name, r.label, "failed", f"{where} ended before the run finished; {run_status(r)}; "
+                                                    f"output in {job.get('folder', '')}"))
+        elif busy and local.get(r.name, {}).get("status") == "running":
+            rows.append((r.name, r.label, "running", f"by the sweep on this machine; {run_status(r)}"))
+        elif rundir.is_resumable(r.run_dir):
+            rows.append((r.name, r.label, "interrupted", run_status(r)))
+        else:
+            rows.append((r.name, r.label, "pending", ""))
+    counts = print_status(str(plan.spec.name), d, rows, echo)
+    if records:
+        echo(f"jobs: {len(records)} submitted ({d / JOBS_FILE}); output of each in its folder")
+    return counts
+
+
+def _is_active(job: dict, state: str) -> bool:
+    from .slurm import is_active
+
+    return is_active(job, state)

@@ -5,7 +5,7 @@ resumed bit-exactly (``--resume``), one with a run directory but no checkpoint y
 and failed runs are retried (unless ``--skip-failed``). A run whose stored config differs from the planned one is
 refused up front rather than silently mixed into the results. With a submitting executor (``--executor slurm``)
 runs already in a queued or running job are not submitted again. The folder's files are described in
-:mod:`.folder`, the executors in :mod:`.executors` and :mod:`.slurm`.
+:mod:`.folder`, the executors in :mod:`.executors` and :mod:`.slurm`, ``--status`` in :mod:`.console`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .. import rundir
 from ..errors import ConfigError
 from ..rundir import FAILED_MARKER
-from .console import Progress, hms, pct, print_status
+from .console import Progress, hms, pct
 from .executors import Executor, Hooks, InProcessExecutor, Outcome, SubprocessExecutor
-from .folder import (JOBS_FILE, SPEC_FILE, STATE_FILE, FolderLock, StartMode, SweepState, conflicts,
-                     is_failed, is_finished, is_locked, latest_job_of, missing_teachers, read_jobs, read_state,
-                     read_summary, record_jobs, run_status, write_plan)
-from .spec import Plan, PlannedRun
+from .folder import (SPEC_FILE, STATE_FILE, FolderLock, StartMode, SweepState, conflicts, is_failed, is_finished,
+                     latest_job_of, missing_teachers, read_jobs, read_summary, record_jobs, run_status, write_plan)
+from .spec import Plan, PlannedRun, seed_major
 
-__all__ = ["Sweep", "SweepResult", "run_sweep", "sweep_status", "SPEC_FILE", "STATE_FILE", "StartMode",
+__all__ = ["Sweep", "SweepResult", "run_sweep", "SPEC_FILE", "STATE_FILE", "StartMode",
            "DEFAULT_PACK_CUDA"]
 
 DEFAULT_PACK_CUDA = 4
@@ -86,14 +84,9 @@ class Sweep(Hooks):
         self.progress = Progress(self.jobs)
         self.result = SweepResult(self.dir, 0)
 
-    @staticmethod
-    def _ordered(runs: list[PlannedRun]) -> list[PlannedRun]:
-        """Seed-major order: every label's first seed before any second seed (early partial results cover all)."""
-        return sorted(runs, key=lambda r: (r.seed, r.index))
-
     # ------------------------------------------------------------ entry points
     def dry_run(self, runs: list[PlannedRun]) -> SweepResult:
-        runs = self._ordered(runs)
+        runs = seed_major(runs)
         plan = self.plan
         self.echo(f"sweep {plan.spec.name}: {len(runs)} of {len(plan.runs)} runs in {self.dir} "
                   f"(recipe {plan.recipe_path}); dry run, nothing is trained")
@@ -117,7 +110,7 @@ class Sweep(Hooks):
 
     def run(self, runs: list[PlannedRun]) -> SweepResult:
         plan = self.plan
-        runs = self._ordered(runs)
+        runs = seed_major(runs)
         self.progress.order = {r.name: i for i, r in enumerate(runs, 1)}
         self.result.total = self.progress.total = len(runs)
         differ = conflicts(runs)
@@ -378,58 +371,3 @@ def run_sweep(plan: Plan, *, jobs: int = 1, gpus: Sequence[str] | None = None, d
     sweep = Sweep(plan, jobs=jobs, gpus=gpus, echo=echo, retry_failed=retry_failed, executor=executor, pack=pack)
     runs = plan.select(only)
     return sweep.dry_run(runs) if dry_run else sweep.run(runs)
-
-
-def sweep_status(plan: Plan, only: list[str] | None = None, echo: Callable[[str], None] = print) -> dict[str, int]:
-    """``--status``: each run done / failed / running / queued / interrupted / pending, from the sweep folder (state
-    file, submitted jobs and their cluster states) and the run directories; returns the counts."""
-    runs = Sweep._ordered(plan.select(only))
-    d = plan.sweep_dir
-    records = read_jobs(d)
-    by_run = latest_job_of(records)
-    states: dict[str, str] = {}
-    if records:
-        from .slurm import heartbeat, job_states
-
-        states = job_states([j for j in records if j in by_run.values()])
-    local = read_state(d)
-    busy = is_locked(d)
-    rows = []
-    for r in runs:
-        job = by_run.get(r.name)
-        state = states.get(job["id"], "UNKNOWN") if job else ""
-        where = f"job {job['id']} ({state.lower()})" if job else ""
-        if is_finished(r):
-            s = read_summary(r) or {}
-            rows.append((r.name, r.label, "done", f"last {pct(s.get('last_top1'))}  best {pct(s.get('best_top1'))}"))
-        elif is_failed(r):
-            why = (r.run_dir / FAILED_MARKER).read_text().splitlines()
-            rows.append((r.name, r.label, "failed", (why[0] if why else "") + (f"  [{where}]" if where else "")))
-        elif job and state == "RUNNING":
-            beat = heartbeat(job)
-            at = f" on {beat['host']}, attempt {beat.get('attempts', 1)}" if beat.get("host") else ""
-            rows.append((r.name, r.label, "running", f"{where}{at}; {run_status(r)}"))
-        elif job and state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SUSPENDED",
-                               "CONFIGURING") or (job and state == "UNKNOWN" and _is_active(job, state)):
-            rows.append((r.name, r.label, "queued", f"{where}; {run_status(r)}"))
-        elif job and state not in ("", "UNKNOWN") and _is_active(job, state):
-            rows.append((r.name, r.label, "running", f"{where}; {run_status(r)}"))
-        elif job:
-            rows.append((r.name, r.label, "failed", f"{where} ended before the run finished; {run_status(r)}; "
-                                                    f"output in {job.get('folder', '')}"))
-        elif busy and local.get(r.name, {}).get("status") == "running":
-            rows.append((r.name, r.label, "running", f"by the sweep on this machine; {run_status(r)}"))
-        elif rundir.is_resumable(r.run_dir):
-            rows.append((r.name, r.label, "interrupted", run_status(r)))
-        else:
-            rows.append((r.name, r.label, "pending", ""))
-    counts = print_status(str(plan.spec.name), d, rows, echo)
-    if records:
-        echo(f"jobs: {len(records)} submitted ({d / JOBS_FILE}); output of each in its folder")
-    return counts
-
-
-def _is_active(job: dict, state: str) -> bool:
-    from .slurm import is_active
-
-    return is_active(job, state)

@@ -110,6 +110,11 @@ class Plan:
                 "cli_overrides": list(self.cli_overrides), "runs": [r.describe() for r in self.runs]}
 
 
+def seed_major(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Seed-major order: every label's first seed before any second seed (early partial results cover all)."""
+    return sorted(runs, key=lambda r: (r.seed, r.index))
+
+
 # ------------------------------------------------------------------------------------------------ expansion
 def _check_overrides(overrides: list[str], key: str, path: Path | None) -> DictConfig:
     try:
