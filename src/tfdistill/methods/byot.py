@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.byot import AuxClassifier, feature_hint_loss, soft_cross_entropy
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
 

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.cc import cc_loss, cc_loss_crd
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs
-from .pkt import EMBEDDING_USES
+from ._features import EMBEDDING_USES
 
 KERNELS = ("rbf", "crd")
 

@@ -22,7 +22,8 @@ method.label_smoothing=0.1``), or by appending ``+ls``.
 
 from __future__ import annotations
 
-from . import at, crd, kd, merge_defaults, register_preset, resolve_preset, tfd  # noqa: F401  (components first)
+from . import at, crd, kd, tfd  # noqa: F401  (components first)
+from .registry import merge_defaults, register_preset, resolve_preset
 
 
 def register_combination(name: str, overrides: dict, summary: str) -> None:

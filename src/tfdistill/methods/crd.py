@@ -35,9 +35,9 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.crd import NEGATIVES, ContrastMemory, Embed, nce_loss
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs
-from .pkt import EMBEDDING_USES
+from ._features import EMBEDDING_USES
 
 
 @dataclass

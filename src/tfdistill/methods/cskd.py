@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.kd import kd_loss
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
 

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.fsp import fsp_loss
-from . import register_distiller, register_preset
-from .at import FEATURE_USES, feature_infos, paired_stages
+from .registry import register_distiller, register_preset
+from ._features import FEATURE_USES, feature_infos, paired_stages
 from .base import BuildContext, Distiller, PreStage, StepOutputs
 from .fitnet import prestage_student
 

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.ft import Paraphraser, Translator, ft_loss, paraphraser_loss
-from . import register_distiller, register_preset
-from .at import FEATURE_USES, feature_infos, stage_index
+from .registry import register_distiller, register_preset
+from ._features import FEATURE_USES, feature_infos, stage_index
 from .base import BuildContext, Distiller, PreStage, StepOutputs
 
 

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..features import FeatureTap
-from . import DISTILLERS, method_uses, resolve_preset
 from .base import BuildContext, Distiller, FeatureInfo, PreStage, StepOutputs, Uses
+from .registry import DISTILLERS, method_uses, resolve_preset
 
 
 class Method(nn.Module):

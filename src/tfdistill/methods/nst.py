@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.nst import nst_loss
-from . import register_distiller, register_preset
-from .at import FEATURE_USES, paired_stages
+from .registry import register_distiller, register_preset
+from ._features import FEATURE_USES, paired_stages
 from .base import BuildContext, Distiller, StepOutputs
 
 

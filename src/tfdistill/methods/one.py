@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.one import Gate, gated_ensemble, one_kl_loss, sigmoid_rampup
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
 

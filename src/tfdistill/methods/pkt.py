@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..losses.pkt import pkt_loss
-from . import register_distiller, register_preset
-from .base import BuildContext, Distiller, StepOutputs, Uses
-
-EMBEDDING_USES = Uses(teacher=True, embedding=True)
-
+from .registry import register_distiller, register_preset
+from ._features import EMBEDDING_USES
+from .base import BuildContext, Distiller, StepOutputs
 
 @dataclass
 class PKTParams:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.pskd import pskd_alpha, pskd_targets, soft_cross_entropy
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs
-from .pkt import EMBEDDING_USES
+from ._features import EMBEDDING_USES
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..losses.sp import sp_pair_loss
-from . import register_distiller, register_preset
-from .at import FEATURE_USES, stage_index
+from .registry import register_distiller, register_preset
+from ._features import FEATURE_USES, stage_index
 from .base import BuildContext, Distiller, StepOutputs
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import register_preset
+from .registry import register_preset
 
 register_preset("ce", [], summary="cross-entropy (the baseline)")
 register_preset("ls", [], {"label_smoothing": 0.1}, summary="cross-entropy with label smoothing 0.1")

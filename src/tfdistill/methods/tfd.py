@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..losses.tfd import DIRECTIONS
 from ..losses.tfd_distance import DISTANCES, depth_loss_with, width_loss_with
 from ..losses.tfd_fused import FUSE_MODES, FusedTFD, fuse_available
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
 

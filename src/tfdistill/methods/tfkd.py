@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.tfkd import tfkd_reg_loss
-from . import register_distiller, register_preset
+from .registry import register_distiller, register_preset
 from .kd import KD
 from .base import BuildContext, Distiller, StepOutputs, Uses
 

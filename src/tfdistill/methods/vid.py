@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.vid import VIDHead
-from . import register_distiller, register_preset
-from .at import FEATURE_USES, feature_infos, paired_stages
+from .registry import register_distiller, register_preset
+from ._features import FEATURE_USES, feature_infos, paired_stages
 from .base import BuildContext, Distiller, StepOutputs
 
 
