@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tfdistill.losses.tfd import TFDLoss, channel_importance, depth_loss, width_loss
+from tfdistill.losses.tfd import channel_importance, depth_loss, width_loss
+from tfdistill.losses.tfd_loss import TFDLoss
 from tfdistill.losses.tfd_reference import reference_depth_loss, reference_importance, reference_width_loss
 
 

@@ -253,7 +253,7 @@ def test_fuse_available_and_inductor_options(monkeypatch):
 
 
 def test_tfdloss_module_fuse_option(monkeypatch):
-    from tfdistill.losses.tfd import TFDLoss
+    from tfdistill.losses.tfd_loss import TFDLoss
 
     monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "aot_eager")
     feats = make_feats(RESNET32, 8)

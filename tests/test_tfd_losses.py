@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from tfdistill.losses.tfd import TFDLoss, channel_importance, depth_loss, width_loss
+from tfdistill.losses.tfd import channel_importance, depth_loss, width_loss
+from tfdistill.losses.tfd_loss import TFDLoss
 
 
 def t(x):

@@ -2,7 +2,8 @@
 zoo and a reproducible training harness."""
 
 from .features import FeatureTap, find_stages
-from .losses.tfd import TFDLoss, depth_loss, width_loss
+from .losses.tfd import depth_loss, width_loss
+from .losses.tfd_loss import TFDLoss
 from .models import create_model, list_models, register_model
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Loss functions, one file per method family: pure tensor functions plus thin modules."""
 
-from .tfd import TFDLoss, channel_importance, depth_loss, width_loss
+from .tfd import channel_importance, depth_loss, width_loss
+from .tfd_loss import TFDLoss
 from .ab import ab_loss, ab_margin_loss
 from .at import at_loss, at_pair_loss, attention_map, match_spatial
 from .cc import cc_loss, cc_loss_crd, rbf_correlation
