@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .collect import BASELINE, Group, RunRecord, Section, scan
+from .collect import BASELINE, ResultGroup, RunRecord, Section, scan
 from .stats import Diff, Stat, describe, difference
 
-__all__ = ["make_report", "Report", "scan", "Section", "Group", "RunRecord", "Stat", "Diff", "describe",
+__all__ = ["make_report", "Report", "scan", "Section", "ResultGroup", "RunRecord", "Stat", "Diff", "describe",
            "difference"]
 
 

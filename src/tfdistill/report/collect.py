@@ -141,7 +141,7 @@ class Section:
     key: str
     sweep: Optional[dict] = None
     runs: list[RunRecord] = field(default_factory=list)
-    groups: list["Group"] = field(default_factory=list)
+    groups: list["ResultGroup"] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -174,7 +174,7 @@ class Section:
         have = {g.label: g.base_label for g in self.groups if g.dataset == dataset}
         return sorted(have, key=lambda lab: (lab != BASELINE, order.get(have[lab], len(order)), lab))
 
-    def group(self, dataset: str, model: str, label: str) -> Optional["Group"]:
+    def group(self, dataset: str, model: str, label: str) -> Optional["ResultGroup"]:
         for g in self.groups:
             if g.dataset == dataset and g.model == model and g.label == label:
                 return g
@@ -191,7 +191,10 @@ def _unique(items) -> list:
 
 # ----------------------------------------------------------------------------------------------- groups
 @dataclass
-class Group:
+class ResultGroup:
+    """The runs of one label for one dataset and student in a report section (what one table entry summarises)
+    and its CE baseline. Not the engine's packed training ``Group``."""
+
     section: Section
     dataset: str
     model: str
@@ -200,7 +203,7 @@ class Group:
     method: str
     key: tuple
     runs: list[RunRecord] = field(default_factory=list)
-    baseline: Optional["Group"] = None
+    baseline: Optional["ResultGroup"] = None
 
     @property
     def finished(self) -> list[RunRecord]:
@@ -307,7 +310,7 @@ def _without_auto(fingerprint: tuple) -> tuple:
     return tuple(kv for kv in fingerprint if kv[0] not in AUTO_KEYS)
 
 
-def _varying(groups: list[Group], exclude_student: bool) -> list[str]:
+def _varying(groups: list[ResultGroup], exclude_student: bool) -> list[str]:
     keys: set[str] = set()
     flats = [dict(g.key) for g in groups]
     for k in set().union(*flats) if flats else set():
@@ -318,14 +321,14 @@ def _varying(groups: list[Group], exclude_student: bool) -> list[str]:
     return sorted(keys)
 
 
-def _suffix(g: Group, keys: list[str]) -> str:
+def _suffix(g: ResultGroup, keys: list[str]) -> str:
     flat = dict(g.key)
     parts = [f"{k.removeprefix('method.')}={json.loads(flat[k]) if k in flat else '–'}" for k in keys]
     return f"{g.base_label} [{', '.join(parts)}]" if parts else g.base_label
 
 
 def build_groups(section: Section) -> None:
-    groups: dict[tuple, Group] = {}
+    groups: dict[tuple, ResultGroup] = {}
     planned: list[RunRecord] = []
     for rec in section.runs:
         if rec.config and not rec.partial and _has_auto(rec):
@@ -333,7 +336,7 @@ def build_groups(section: Section) -> None:
             continue
         gk = (rec.dataset, rec.model, rec.label, None if rec.partial or not rec.config else _fingerprint(rec))
         if gk not in groups:
-            groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, gk[3] or ())
+            groups[gk] = ResultGroup(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, gk[3] or ())
         groups[gk].runs.append(rec)
     # A planned config with engine.* = auto joins the one group of its label whose runs resolved those values
     # and agree on every other key; without exactly one such group it forms its own.
@@ -346,7 +349,7 @@ def build_groups(section: Section) -> None:
             continue
         gk = (rec.dataset, rec.model, rec.label, fp)
         if gk not in groups:
-            groups[gk] = Group(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, fp)
+            groups[gk] = ResultGroup(section, rec.dataset, rec.model, rec.label, rec.label, rec.method, fp)
         groups[gk].runs.append(rec)
     # Runs whose config is unknown (planned in sweep.yaml, never started) join their label's only group.
     for gk in [k for k in groups if k[3] is None]:
@@ -356,7 +359,7 @@ def build_groups(section: Section) -> None:
     out = list(groups.values())
     # Labels: same-named groups are told apart by the keys that vary among them (student-independent keys first,
     # so that columns line up across students), then by any varying key.
-    by_base: dict[tuple, list[Group]] = {}
+    by_base: dict[tuple, list[ResultGroup]] = {}
     for g in out:
         by_base.setdefault((g.dataset, g.base_label), []).append(g)
     for members in by_base.values():
@@ -364,7 +367,7 @@ def build_groups(section: Section) -> None:
             keys = _varying(members, exclude_student=True)
             for g in members:
                 g.label = _suffix(g, keys)
-    by_label: dict[tuple, list[Group]] = {}
+    by_label: dict[tuple, list[ResultGroup]] = {}
     for g in out:
         by_label.setdefault((g.dataset, g.model, g.label), []).append(g)
     for members in by_label.values():

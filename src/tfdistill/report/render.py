@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from .collect import BASELINE, Group, Section, no_baseline_reason
+from .collect import BASELINE, ResultGroup, Section, no_baseline_reason
 from .stats import Diff, Stat
 
 WARN = "⚠"
@@ -57,7 +57,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
-def _cell(g: Optional[Group], text: str) -> str:
+def _cell(g: Optional[ResultGroup], text: str) -> str:
     if g is None:
         return DASH
     return f"{text} {WARN}" if g.flags() else text
@@ -252,7 +252,7 @@ def _gain_fields(prefix: str, d: Optional[Diff]) -> dict[str, Any]:
             f"{prefix}_df": d.df if d else None, f"{prefix}_excludes_zero": d.excludes_zero if d else None}
 
 
-def group_record(g: Group) -> dict[str, Any]:
+def group_record(g: ResultGroup) -> dict[str, Any]:
     last, best = g.stat("last"), g.stat("best")
     gl, gb = g.gain("last"), g.gain("best")
     sec = g.section
