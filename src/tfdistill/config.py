@@ -66,6 +66,9 @@ class ModelConfig:
     """Extra keyword arguments for the model constructor."""
     init_checkpoint: str = ""
     """Optional weights to start from (a tfdistill checkpoint or a plain state_dict file)."""
+    pretrained: bool = False
+    """timm.<name> models: start from timm's pretrained weights, read from the local cache only (no download at run
+    time unless model.kwargs.allow_download=true); an error for zoo and torchvision models."""
 
 
 @dataclass
