@@ -6,7 +6,8 @@
   timm's ``features_only`` and ``forward_intermediates``). The layout of each output is read against the declared
   channel count (:func:`~tfdistill.features.layouts.infer_layout`): NCHW, channels-last NHWC (Swin) or tokens
   (ViT/DeiT/BEiT/EVA/Mixer blocks, LeViT stages) with ``num_prefix_tokens`` class/register/distillation tokens.
-  timm also lists its stem (reduction 2: ``act1``, ``bn1``, ``stem``); a stem is not a stage and is left out.
+  timm lists most models' stem first (reduction 2: ``act1``, ``bn1``, ``stem``); a first entry at reduction 1 or 2
+  is a stem, not a stage, and is left out.
 
 The selection rule shared with the torchvision table lives in :mod:`tfdistill.features.resolve`.
 """
@@ -54,10 +55,10 @@ def timm_declaration(model: nn.Module, raw: dict[str, tuple[int, ...] | None],
     prefix = int(prefix) if isinstance(prefix, int) else None
     out: list[tuple[str, Layout]] = []
     notes: list[str] = []
-    stem = [d for d in info if int(d["reduction"]) <= 2]
+    stem = info[0] if int(info[0]["reduction"]) <= 2 and len(info) >= 3 else None
     for d in info:
         name, chs, red = str(d["module"]), int(d["num_chs"]), int(d["reduction"])
-        if d in stem and len(info) - len(stem) >= 2:
+        if d is stem:
             continue
         layout = infer_layout(raw.get(name), chs, red, input_hw, prefix)
         if layout is None:

@@ -68,7 +68,9 @@ def infer_layout(raw: tuple[int, ...] | None, channels: int, reduction: int, inp
                  prefix: int | None = None) -> Layout | None:
     """The layout of an output of shape ``raw`` that a declaration says has ``channels`` channels at ``reduction``
     (timm's ``feature_info``): NCHW if dim 1 holds the channels, NHWC if the last dim of a 4D output does, tokens if
-    the last dim of a 3D output does and the rest is ``prefix`` (if known) + a patch grid. None if it fits none."""
+    the last dim of a 3D output does: the patch grid is the input size over ``reduction`` and every token before
+    it is a prefix token (``prefix``, a model's ``num_prefix_tokens``, is only an upper bound: CaiT and XCiT blocks
+    run before their class token is added, ConViT adds it midway). None if it fits none."""
     if raw is None:
         return None
     if len(raw) == 4:
@@ -82,6 +84,6 @@ def infer_layout(raw: tuple[int, ...] | None, channels: int, reduction: int, inp
         (hh, ww) = input_hw
         for h, w in ((hh // reduction, ww // reduction), (-(-hh // reduction), -(-ww // reduction))):
             pre = tokens - h * w
-            if h > 0 and w > 0 and pre >= 0 and (prefix is None or pre == prefix):
+            if h > 0 and w > 0 and pre >= 0 and (prefix is None or pre <= max(prefix, 0) + 8):
                 return Layout("tokens", pre, reduction)
     return None
