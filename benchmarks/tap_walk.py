@@ -72,6 +72,13 @@ TIMM_MODELS: list[tuple[str, int, dict]] = [
 ]
 
 
+def timm_family(name: str) -> str:
+    """The timm module (family) a ``timm.<name>`` model is defined in, e.g. ``vision_transformer``."""
+    import timm.models._registry as registry
+
+    return getattr(registry, "_model_to_module", {}).get(name.removeprefix("timm."), "?")
+
+
 @dataclass
 class Result:
     model: str

@@ -306,6 +306,8 @@ def build_config(raw: DictConfig | dict) -> Config:
     OmegaConf.set_struct(schema, False)
     schema.method = OmegaConf.structured(method_schema(method_name))
     OmegaConf.set_struct(schema, True)
+    for free in (schema.model.kwargs, schema.teacher.kwargs):  # constructor arguments: any key (model.kwargs.img_size=32)
+        OmegaConf.set_struct(free, False)
     body = OmegaConf.masked_copy(raw, [k for k in raw.keys() if k != "method"]) if "method" in raw else raw
     try:
         cfg = OmegaConf.merge(schema, body)
