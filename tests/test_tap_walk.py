@@ -37,6 +37,7 @@ def test_walk_refuses_with_the_clear_error():
     """timm's HRNet declares stages whose outputs are lists of branches: no map to tap, so it refuses (no guess)."""
     r = tap_walk.walk_one("timm.hrnet_w18_small", 64)
     assert not r.ok and "timm.hrnet_w18_small gives 0 usable feature map(s)" in r.refusal
+    assert "its output is not one tensor" in r.refusal
 
 
 def _walk(models):

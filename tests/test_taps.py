@@ -255,15 +255,17 @@ def test_train_header_prints_the_plan(tiny):
 
 
 # ------------------------------------------------------------------------------------------ one-epoch CLI runs
-def test_one_epoch_cli_timm_vit_and_convnet(tmp_path):
+@pytest.mark.parametrize("name, extra", [
+    ("timm.vit_tiny_patch16_224", ["model.kwargs.img_size=32", "model.kwargs.patch_size=8"]),
+    pytest.param("timm.convnext_atto", [], marks=pytest.mark.slow),  # (the image-folder run below is not slow)
+])
+def test_one_epoch_cli_timm_vit_and_convnet(tmp_path, name, extra):
     common = [*TINY, "data.synthetic_train=32", "data.synthetic_test=16", "data.batch_size=16",
               "data.synthetic_size=32", "method.name=tfd", f"out_dir={tmp_path}"]
-    for name, extra in (("timm.vit_tiny_patch16_224", ["model.kwargs.img_size=32", "model.kwargs.patch_size=8"]),
-                        ("timm.convnext_atto", [])):
-        r = run_cli(["train", *common, f"model.name={name}", f"name={name}", *extra])
-        assert r.returncode == 0, r.stderr[-2000:]
-        log = (tmp_path / name / "train.log").read_text()
-        assert f"tap plan for {name}" in log and "declared (timm feature_info)" in log
+    r = run_cli(["train", *common, f"model.name={name}", f"name={name}", *extra])
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (tmp_path / name / "train.log").read_text()
+    assert f"tap plan for {name}" in log and "declared (timm feature_info)" in log
 
 
 def test_cli_train_timm_convnext_on_an_image_folder(tmp_path):

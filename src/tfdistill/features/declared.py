@@ -62,8 +62,8 @@ def timm_declaration(model: nn.Module, raw: dict[str, tuple[int, ...] | None],
             continue
         layout = infer_layout(raw.get(name), chs, red, input_hw, prefix)
         if layout is None:
-            notes.append(f"{name}: declared {chs} channels at stride {red}, but its output {raw.get(name)} fits "
-                         f"no layout; left out")
+            got = "is not one tensor (or did not run)" if raw.get(name) is None else f"{raw.get(name)} fits no layout"
+            notes.append(f"{name} (declared: {chs} channels at stride {red}) left out: its output {got}")
             continue
         out.append((name, layout))
     return out, notes

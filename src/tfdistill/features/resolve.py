@@ -148,8 +148,9 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
     if len(result.taps) < min_maps:
         size = "x".join(str(d) for d in in_shape[1:]) if in_shape else "?"
         got = ", ".join(result.names) or "none"
+        why = f" ({result.notes[0]})" if result.notes else ""
         raise ConfigError(f"{label} gives {len(result.taps)} usable feature map(s) on a {size} input by rule "
-                          f"{result.rule.split(';')[0]} (got: {got}; maps of one position do not count); feature "
+                          f"{result.rule.split(';')[0]}{why} (got: {got}; maps of one position do not count); feature "
                           f"distillation needs at least {min_maps}: use a larger input, or {how_to_name(model)}")
     return result
 
