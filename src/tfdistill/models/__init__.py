@@ -81,9 +81,10 @@ def list_models(include_torchvision: bool = False) -> list[str]:
 def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     """Build a randomly initialised model.
 
-    ``name`` is a zoo name (see :func:`list_models`) or ``"torchvision.<name>"`` for any
-    torchvision classification model (built with ``weights=None``). Extra keyword arguments
-    go to the model's constructor; zoo models accept ``dropout: float = 0.0``.
+    ``name`` is a zoo name (see :func:`list_models`), ``"torchvision.<name>"`` for any
+    torchvision classification model (built with ``weights=None``) or ``"timm.<name>"`` for any
+    timm model (``pretrained=False`` unless given; see the module docs for the offline rule).
+    Extra keyword arguments go to the model's constructor; zoo models accept ``dropout: float = 0.0``.
 
     Raises :class:`~tfdistill.errors.UnknownNameError` for an unknown name (the message lists
     the valid ones) and :class:`~tfdistill.errors.ConfigError` for invalid arguments.
