@@ -9,6 +9,7 @@
     tfdistill sweep SPEC.yaml --executor slurm [--partition P] [--time 4:00:00] [--gpus-per-job 1] ...
     tfdistill report RUNS_DIR [--out DIR] [--metric last|best]
     tfdistill results [RESULTS_DIR] [--readme README.md] [--check]
+    tfdistill taps MODEL [--image-size S] [--num-classes N] [--taps a,b,c]
     tfdistill models | methods
 """
 
@@ -198,6 +199,39 @@ def cmd_models(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_taps(ns: argparse.Namespace) -> int:
+    import torch
+
+    from .errors import ConfigError
+    from .features import plan_taps
+    from .models import create_model
+
+    if ns.image_size is None:
+        ns.image_size = 224 if "." in ns.model else 32
+    if ns.image_size < 1 or ns.num_classes < 1:
+        raise ConfigError(f"--image-size and --num-classes must be positive, got {ns.image_size}, {ns.num_classes}")
+    kwargs = {}
+    for kv in ns.kwargs:
+        key, _, value = kv.partition("=")
+        try:
+            kwargs[key] = json.loads(value)
+        except ValueError:
+            kwargs[key] = value
+    model = create_model(ns.model, num_classes=ns.num_classes, **kwargs)
+    layers = [t.strip() for t in ns.taps.split(",") if t.strip()] if ns.taps else "auto"
+    x = torch.randn(2, 3, ns.image_size, ns.image_size)
+    try:
+        plan = plan_taps(model, x, layers, model_name=ns.model)
+    except (RuntimeError, AssertionError, ValueError) as exc:  # the model refuses this input size
+        hint = f" (a timm model built for one size takes img_size={ns.image_size})" if ns.model.startswith("timm.") \
+            and "img_size" not in kwargs else ""
+        raise ConfigError(f"{ns.model} does not run on a 3x{ns.image_size}x{ns.image_size} input: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; try another "
+                          f"--image-size{hint}") from None
+    print(plan)
+    return 0
+
+
 def cmd_recipes(ns: argparse.Namespace) -> int:
     from .recipes import list_recipes, recipes_dir
 
@@ -366,6 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--torchvision", action="store_true", help="also list torchvision classification models")
     m.set_defaults(func=cmd_models)
 
+    tp = sub.add_parser("taps", help="show which layers feature distillation taps in a model (the tap plan)",
+                        description="Build MODEL (a zoo name, torchvision.<name> or timm.<name>; random weights), run "
+                                    "one forward pass and print its tap plan: per tap the module path, the (C,H,W) map, "
+                                    "the stride, the rule that chose it and the TFD terms it feeds. Example: "
+                                    "tfdistill taps timm.vit_tiny_patch16_224")
+    tp.add_argument("model", metavar="MODEL")
+    tp.add_argument("--image-size", type=int, default=None,
+                    help="input side in pixels (default: 224 for torchvision/timm names, 32 for zoo models)")
+    tp.add_argument("--num-classes", type=int, default=100)
+    tp.add_argument("--taps", default=None, metavar="A,B,...", help="named taps to check instead of the automatic "
+                                                                     "choice (module paths, comma-separated)")
+    tp.add_argument("kwargs", nargs="*", metavar="key=value",
+                    help="model constructor arguments (values as JSON), e.g. img_size=64 for a timm ViT")
+    tp.set_defaults(func=cmd_taps)
+
     me = sub.add_parser("methods", help="list the training methods")
     me.set_defaults(func=cmd_methods)
 
@@ -382,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may also follow the options (`sweep SPEC --jobs 2 epochs=30`), which argparse alone
     # refuses once an option has ended the positional list
     late = [a for a in extras if "=" in a and not a.startswith("-")]
-    dest = next((d for d in ("overrides", "args") if isinstance(getattr(ns, d, None), list)), None)
+    dest = next((d for d in ("overrides", "args", "kwargs") if isinstance(getattr(ns, d, None), list)), None)
     if late and dest:
         getattr(ns, dest).extend(late)
         extras = [a for a in extras if a not in late]

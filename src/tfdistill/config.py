@@ -66,6 +66,9 @@ class ModelConfig:
     """Extra keyword arguments for the model constructor."""
     init_checkpoint: str = ""
     """Optional weights to start from (a tfdistill checkpoint or a plain state_dict file)."""
+    pretrained: bool = False
+    """timm.<name> models: start from timm's pretrained weights, read from the local cache only (no download at run
+    time unless model.kwargs.allow_download=true); an error for zoo and torchvision models."""
 
 
 @dataclass
@@ -303,6 +306,8 @@ def build_config(raw: DictConfig | dict) -> Config:
     OmegaConf.set_struct(schema, False)
     schema.method = OmegaConf.structured(method_schema(method_name))
     OmegaConf.set_struct(schema, True)
+    for free in (schema.model.kwargs, schema.teacher.kwargs):  # constructor arguments: any key (model.kwargs.img_size=32)
+        OmegaConf.set_struct(free, False)
     body = OmegaConf.masked_copy(raw, [k for k in raw.keys() if k != "method"]) if "method" in raw else raw
     try:
         cfg = OmegaConf.merge(schema, body)

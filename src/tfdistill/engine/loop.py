@@ -240,6 +240,8 @@ class Run:
         kwargs = dict(cfg.model.kwargs)
         if cfg.model.dropout:
             kwargs["dropout"] = cfg.model.dropout
+        if cfg.model.pretrained:
+            kwargs["pretrained"] = True
         self.student = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
         if cfg.model.init_checkpoint:
             load_model_weights(self.student, weights_file(cfg.model.init_checkpoint), what="model.init_checkpoint")
@@ -254,7 +256,7 @@ class Run:
         self.method: Method = build_method(
             self.student, cfg.method, example=example, num_classes=num_classes, num_train=self.data.num_train,
             epochs=int(cfg.epochs), teacher=self.teacher, student_taps=_taps(cfg.model.taps),
-            teacher_taps=_taps(cfg.teacher.taps))
+            teacher_taps=_taps(cfg.teacher.taps), student_name=cfg.model.name, teacher_name=cfg.teacher.model or None)
         self.dropblock = self._attach_dropblock(example)
 
         self.params = self.method.trainable_parameters("main")

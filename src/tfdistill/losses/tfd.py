@@ -15,7 +15,10 @@ Where the sources differ, and what each option follows
 * **Depth pairs.** The paper (Eq. 2) sums over all pairs ``i < j`` and divides by the number of pairs ``m``;
   :func:`depth_loss` does exactly that. Alignment is "pooling and channel cropping": the spatially larger map is
   adaptively average-pooled to the smaller one's size and both are cropped to their first ``min(C_i, C_j)``
-  channels (cropping before pooling gives identical values and is cheaper, so we crop first).
+  channels (cropping before pooling gives identical values and is cheaper, so we crop first). Maps of one size (a
+  ViT's or Mixer's token grids laid out as (N, C, h, w) by the feature taps) are not pooled at all: each pair is
+  compared position by position on the common channels, so the loss stays well defined; the width-wise term is
+  per map and does not depend on sizes (``tests/test_taps.py`` checks both against values written out there).
 * **Direction.** The paper freezes the deeper map (``top_down``, its final choice); its ablation also reports
   ``bottom_up`` (the shallower map is frozen and the deeper one learns) and ``bidirectional`` (both terms).
 * **Width target.** The paper's intent is a frozen target: the top half of the channels supervises the bottom

@@ -158,9 +158,17 @@ class Method(nn.Module):
         return [s for comp in self.distillers.values() for s in comp.pre_stages()]
 
     def describe_taps(self) -> list[str]:
-        """One line per feature tap in use (module names and (C, H, W) shapes), for the run header."""
-        return [f"feature taps ({who}): {tap.describe()}"
-                for who, tap in (("student", self.student_tap), ("teacher", self.teacher_tap)) if tap is not None]
+        """Per feature tap in use: one line (module names and (C, H, W) shapes), then its plan (module, map,
+        stride, the rule that chose it, the TFD terms it feeds), for the run header."""
+        lines = []
+        for who, tap in (("student", self.student_tap), ("teacher", self.teacher_tap)):
+            if tap is None:
+                continue
+            lines.append(f"feature taps ({who}): {tap.describe()}")
+            plan = tap.plan()
+            if plan is not None and plan.taps:
+                lines += plan.lines()
+        return lines
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -205,6 +213,8 @@ def build_method(
     teacher: nn.Module | None = None,
     student_taps: str | Sequence[str] = "auto",
     teacher_taps: str | Sequence[str] = "auto",
+    student_name: str | None = None,
+    teacher_name: str | None = None,
 ) -> Method:
     """Assemble the method named ``params.name`` for ``student`` (and ``teacher``).
 
@@ -221,11 +231,13 @@ def build_method(
     s_tap = t_tap = None
     s_info = t_info = None
     if uses.student_feats or uses.embedding:
-        s_tap = FeatureTap(student, student_taps, embedding=uses.embedding)
+        s_tap = FeatureTap(student, student_taps, embedding=uses.embedding, model_name=student_name,
+                           min_maps=2 if uses.student_feats else 0)
         s_info = _feature_info(s_tap, example)
     if teacher is not None and (uses.teacher_feats or uses.embedding):
         freeze(teacher)
-        t_tap = FeatureTap(teacher, teacher_taps, embedding=uses.embedding)
+        t_tap = FeatureTap(teacher, teacher_taps, embedding=uses.embedding, model_name=teacher_name,
+                           min_maps=2 if uses.teacher_feats else 0)
         t_info = _feature_info(t_tap, example)
     ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
                        teacher=t_info, device=example.device, student_model=student, teacher_model=teacher,

@@ -1,8 +1,18 @@
-"""Model zoo: the CIFAR networks of the CRD benchmark plus any torchvision classifier.
+"""Model zoo: the CIFAR networks of the CRD benchmark plus any torchvision or timm classifier.
 
 >>> from tfdistill.models import create_model
 >>> net = create_model("resnet8x4", num_classes=100)          # zoo model
 >>> tv = create_model("torchvision.resnet18", num_classes=10)  # torchvision, random init
+>>> vit = create_model("timm.vit_tiny_patch16_224", num_classes=10, img_size=32)  # timm (pip install 'tfdistill[timm]')
+
+Three sources, one factory (:func:`create_model`):
+
+* a zoo name (``resnet20``): the models of this package (they declare ``stage_names``);
+* ``torchvision.<name>``: any torchvision classification model, ``weights=None`` (GoogLeNet and Inception v3 are
+  built with ``aux_logits=False`` unless asked: the harness expects logits, not a tuple);
+* ``timm.<name>``: any timm model, ``pretrained=False`` by default. ``pretrained=True`` loads weights from the local
+  Hugging Face / torch hub cache only (offline) and fails with one clear line when they are not there; downloading
+  at run time needs ``allow_download=True`` (``model.kwargs.allow_download=true``) on top.
 
 Conventions shared by every zoo model (so features can be read with forward hooks):
 
@@ -44,11 +54,12 @@ from . import (  # noqa: F401
 )
 
 __all__ = [
-    "MODELS", "TORCHVISION_PREFIX", "convert_repdistiller_state_dict", "create_model",
+    "MODELS", "TIMM_PREFIX", "TORCHVISION_PREFIX", "convert_repdistiller_state_dict", "create_model",
     "get_stages", "list_models", "list_torchvision_models", "register_model",
 ]
 
 TORCHVISION_PREFIX = "torchvision."
+TIMM_PREFIX = "timm."
 
 
 def list_torchvision_models() -> list[str]:
@@ -70,9 +81,10 @@ def list_models(include_torchvision: bool = False) -> list[str]:
 def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     """Build a randomly initialised model.
 
-    ``name`` is a zoo name (see :func:`list_models`) or ``"torchvision.<name>"`` for any
-    torchvision classification model (built with ``weights=None``). Extra keyword arguments
-    go to the model's constructor; zoo models accept ``dropout: float = 0.0``.
+    ``name`` is a zoo name (see :func:`list_models`), ``"torchvision.<name>"`` for any
+    torchvision classification model (built with ``weights=None``) or ``"timm.<name>"`` for any
+    timm model (``pretrained=False`` unless given; see the module docs for the offline rule).
+    Extra keyword arguments go to the model's constructor; zoo models accept ``dropout: float = 0.0``.
 
     Raises :class:`~tfdistill.errors.UnknownNameError` for an unknown name (the message lists
     the valid ones) and :class:`~tfdistill.errors.ConfigError` for invalid arguments.
@@ -81,6 +93,12 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"model name must be a string, got {name!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if name.startswith(TIMM_PREFIX):
+        return _create_timm(name[len(TIMM_PREFIX):], num_classes, kwargs)
+    if "pretrained" in kwargs:
+        if kwargs.pop("pretrained"):
+            raise ConfigError(f"model {name!r}: pretrained weights are built in for timm.<name> models only; "
+                              "for a zoo or torchvision model start from a file with model.init_checkpoint")
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX):], num_classes, kwargs)
 
@@ -89,7 +107,7 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
             MODELS.unknown_message(name)
             + f"; or any torchvision classification model as '{TORCHVISION_PREFIX}<name>'"
             f" (e.g. {TORCHVISION_PREFIX}resnet18; list_models(include_torchvision=True)"
-            " lists them)"
+            f" lists them); or any timm model as '{TIMM_PREFIX}<name>' (e.g. {TIMM_PREFIX}convnext_atto)"
         )
     factory = MODELS.get(name)
     params = inspect.signature(factory).parameters
@@ -115,10 +133,70 @@ def _create_torchvision(tv_name: str, num_classes: int, kwargs: dict[str, Any]) 
     if "weights" in kwargs:
         raise ConfigError("torchvision models are built without pretrained weights; "
                           "load a checkpoint instead of passing 'weights'")
+    if tv_name in ("googlenet", "inception_v3"):
+        kwargs = {"aux_logits": False, "init_weights": True, **kwargs}
     try:
         return tvm.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an unexpected keyword argument
         raise ConfigError(f"cannot build {TORCHVISION_PREFIX}{tv_name} with {kwargs}: {e}") from e
+
+
+def _create_timm(timm_name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"model {TIMM_PREFIX}{timm_name} needs timm: pip install 'tfdistill[timm]'") from None
+    kwargs = dict(kwargs)
+    pretrained = kwargs.pop("pretrained", False)
+    allow_download = kwargs.pop("allow_download", False)
+    if not isinstance(pretrained, bool) or not isinstance(allow_download, bool):
+        raise ConfigError(f"{TIMM_PREFIX}{timm_name}: pretrained and allow_download must be true or false, got "
+                          f"{pretrained!r}, {allow_download!r}")
+    if not timm.is_model(timm_name):
+        hint = difflib.get_close_matches(timm_name, timm.list_models(), n=3)
+        did = f" (did you mean {', '.join(TIMM_PREFIX + h for h in hint)}?)" if hint else ""
+        raise UnknownNameError(f"unknown timm model {TIMM_PREFIX + timm_name!r}{did}; timm.list_models() lists "
+                               f"the valid names")
+    if pretrained and not allow_download:
+        return _timm_offline(timm, timm_name, num_classes, kwargs)
+    try:
+        return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as e:  # an unexpected keyword argument
+        raise ConfigError(f"cannot build {TIMM_PREFIX}{timm_name} with {kwargs}: {e}") from e
+
+
+def _timm_offline(timm: Any, timm_name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """timm with pretrained weights from the local cache only: Hugging Face Hub offline mode for the call."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        try:  # huggingface_hub reads the variable at import; set its constant too where it exists
+            import huggingface_hub.constants as hfc
+
+            old_const = getattr(hfc, "HF_HUB_OFFLINE", None)
+            hfc.HF_HUB_OFFLINE = True
+        except ImportError:
+            hfc, old_const = None, None
+        try:
+            return timm.create_model(timm_name, pretrained=True, num_classes=num_classes, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"cannot build {TIMM_PREFIX}{timm_name} with {kwargs}: {e}") from e
+        except Exception as e:  # noqa: BLE001 -- what a missing cache entry raises differs by hub version
+            raise ConfigError(f"no cached pretrained weights for {TIMM_PREFIX}{timm_name} ({type(e).__name__}); "
+                              "tfdistill does not download at run time: download them once (e.g. "
+                              f"python -c \"import timm; timm.create_model('{timm_name}', pretrained=True)\"), "
+                              "or pass model.kwargs.allow_download=true, or use pretrained=false") from None
+        finally:
+            if hfc is not None:
+                hfc.HF_HUB_OFFLINE = old_const
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def get_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,0 +1,230 @@
+"""The tap walk: every torchvision classification model and a broad timm set through FeatureTap("auto").
+
+Each model either yields >= 2 stage maps -- (N, C, H, W), non-increasing resolution, none inside an attention or
+MLP sub-block, matching the model's declaration where it has one (timm ``feature_info`` channels and stride, zoo
+``stage_names``, the torchvision table's modules) -- and trains one step with a finite TFD loss and finite
+gradients, or refuses with the clear error (naming the model and how to name taps). Random weights, small inputs.
+
+    python benchmarks/tap_walk.py                 # writes docs/taps.md (torchvision + timm walks)
+    python benchmarks/tap_walk.py --only timm     # one source; --models a,b to walk a few
+
+tests/test_tap_walk.py runs the same :func:`walk_one` (the full walks are ``slow``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tfdistill.errors import ConfigError  # noqa: E402
+from tfdistill.features import FeatureTap  # noqa: E402
+from tfdistill.features.declared import timm_declaration  # noqa: E402
+from tfdistill.features.probe import inside_attention_or_mlp  # noqa: E402
+from tfdistill.features.torchvision_table import torchvision_entry  # noqa: E402
+from tfdistill.losses import TFDLoss  # noqa: E402
+from tfdistill.models import create_model  # noqa: E402
+
+# torchvision: input side per model (default 64 px: the smallest at which their deepest stage keeps 2x2)
+TV_SIZE = {"inception_v3": 160, "maxvit_t": 224}
+TV_KWARGS = {  # torchvision ViTs are built for one input size: give them a small one
+    "vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64}, "vit_l_16": {"image_size": 64},
+    "vit_l_32": {"image_size": 64}, "vit_h_14": {"image_size": 56},
+}
+TV_SIZE.update({"vit_h_14": 56})
+
+# timm: tiny variants across families; (name, input side, extra kwargs)
+TIMM_MODELS: list[tuple[str, int, dict]] = [
+    # CNNs
+    ("resnet10t", 64, {}), ("resnet18", 64, {}), ("resnetv2_18", 64, {}), ("resnext26ts", 64, {}),
+    ("efficientnet_b0", 64, {}), ("tf_efficientnetv2_b0", 64, {}), ("mobilenetv2_050", 64, {}),
+    ("mobilenetv3_small_050", 64, {}), ("mobilenetv4_conv_small", 64, {}), ("lcnet_050", 64, {}),
+    ("mnasnet_small", 64, {}), ("tinynet_e", 64, {}), ("ghostnet_050", 64, {}), ("ghostnetv2_100", 64, {}),
+    ("rexnet_100", 64, {}), ("regnetx_002", 64, {}), ("regnety_002", 64, {}), ("convnext_atto", 64, {}),
+    ("convnextv2_atto", 64, {}), ("densenet121", 64, {}), ("dla46_c", 64, {}), ("hrnet_w18_small", 64, {}),
+    ("repvit_m0_9", 64, {}), ("mobileone_s0", 64, {}), ("hgnetv2_b0", 64, {}), ("fbnetc_100", 64, {}),
+    ("cspresnet50", 64, {}), ("res2net50_14w_8s", 64, {}), ("starnet_s050", 64, {}), ("vgg11", 64, {}),
+    # ViTs and other isotropic token models
+    ("vit_tiny_patch16_224", 64, {"img_size": 64}), ("vit_small_patch32_224", 64, {"img_size": 64}),
+    ("deit_tiny_patch16_224", 64, {"img_size": 64}), ("deit_tiny_distilled_patch16_224", 64, {"img_size": 64}),
+    ("vit_tiny_r_s16_p8_224", 64, {"img_size": 64}), ("eva02_tiny_patch14_224", 56, {"img_size": 56}),
+    ("beit_base_patch16_224", 64, {"img_size": 64}), ("cait_xxs24_224", 64, {"img_size": 64}),
+    ("xcit_nano_12_p16_224", 64, {"img_size": 64}), ("convit_tiny", 64, {"img_size": 64}),
+    ("mixer_s16_224", 64, {"img_size": 64}), ("resmlp_12_224", 64, {"img_size": 64}),
+    ("gmlp_ti16_224", 64, {"img_size": 64}), ("vit_small_patch14_reg4_dinov2", 56, {"img_size": 56}),
+    # hierarchical transformers and hybrids
+    ("swin_tiny_patch4_window7_224", 64, {"img_size": 64}), ("swinv2_cr_tiny_ns_224", 64, {"img_size": 64}),
+    ("maxvit_rmlp_pico_rw_256", 64, {"img_size": 64}), ("coatnet_nano_rw_224", 64, {"img_size": 64}),
+    ("levit_128s", 64, {"img_size": 64}), ("fastvit_t8", 64, {}), ("efficientformer_l1", 224, {}),
+    ("efficientformerv2_s0", 64, {"img_size": 64}), ("poolformer_s12", 64, {}), ("poolformerv2_s12", 64, {}),
+    ("edgenext_xx_small", 64, {}), ("mobilevit_xxs", 64, {}), ("mobilevitv2_050", 64, {}),
+    ("efficientvit_b0", 64, {}), ("tiny_vit_5m_224", 224, {}), ("pvt_v2_b0", 64, {}),
+    ("davit_tiny", 64, {}), ("focalnet_tiny_srf", 64, {}), ("hiera_tiny_224", 64, {"img_size": (64, 64)}),
+    ("crossvit_tiny_240", 240, {}), ("visformer_tiny", 64, {"img_size": 64}),
+]
+
+
+def timm_family(name: str) -> str:
+    """The timm module (family) a ``timm.<name>`` model is defined in, e.g. ``vision_transformer``."""
+    import timm.models._registry as registry
+
+    return getattr(registry, "_model_to_module", {}).get(name.removeprefix("timm."), "?")
+
+
+@dataclass
+class Result:
+    model: str
+    size: int
+    ok: bool
+    rule: str = ""
+    taps: list[str] = field(default_factory=list)
+    refusal: str = ""
+    loss: float = float("nan")
+    seconds: float = 0.0
+
+    def row(self) -> str:
+        if self.ok:
+            return (f"| `{self.model}` | {self.size} | {self.rule.split(';')[0]} | "
+                    + ", ".join(f"`{t}`" for t in self.taps) + " |")
+        return f"| `{self.model}` | {self.size} | **refused** | {self.refusal} |"
+
+
+def _check_plan(model, name: str, plan, feats) -> None:
+    """Every invariant of a tap plan (raises AssertionError with the reason)."""
+    mods = dict(model.named_modules())
+    assert len(feats) >= 2, f"{name}: {len(feats)} maps"
+    for t, f in zip(plan.taps, feats):
+        assert f.dim() == 4 and tuple(f.shape[1:]) == t.shape, (name, t.name, tuple(f.shape), t.shape)
+        assert f.shape[2] * f.shape[3] > 1, (name, t.name)
+        assert not inside_attention_or_mlp(t.name, mods), f"{name}: {t.name} lies inside attention/MLP"
+    for a, b in zip(plan.taps, plan.taps[1:]):
+        assert b.shape[1] <= a.shape[1] and b.shape[2] <= a.shape[2], f"{name}: resolution grows {a} -> {b}"
+    if plan.rule.startswith("declared (timm"):
+        info = {d["module"]: d for d in model.feature_info}
+        for t in plan.taps:
+            d = info[t.name]
+            assert t.shape[0] == d["num_chs"], (name, t.name, t.shape, d)
+            if t.stride.isdigit():
+                assert int(t.stride) == d["reduction"], (name, t.name, t.stride, d)
+    elif plan.rule.startswith("declared (stage_names"):
+        assert set(plan.names) <= set(model.stage_names), (name, plan.names)
+    elif plan.rule.startswith("table"):
+        entry = torchvision_entry(model)
+        assert entry is not None and set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
+    else:
+        assert timm_declaration(model, {}, None) is None and torchvision_entry(model) is None, \
+            f"{name}: a model with a declaration fell back to the probe"
+
+
+def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2) -> Result:
+    """Build ``name`` (random weights), plan its taps on a ``size`` px input and train one step (module docs)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, **(kwargs or {}))
+    model.train()
+    x = torch.randn(batch, 3, size, size)
+    tap = FeatureTap(model, "auto", model_name=name)
+    try:
+        tap.discover(x)
+    except ConfigError as exc:
+        msg = str(exc)
+        assert name in msg and "name the taps" in msg, msg  # the one clear error
+        return Result(name, size, False, refusal=msg.split(" (got:")[0], seconds=time.perf_counter() - t0)
+    logits, feats = tap(x)
+    plan = tap.plan()
+    _check_plan(model, name, plan, feats)
+    tfd = TFDLoss(alpha=1.0, beta=1.0)(feats)
+    loss = F.cross_entropy(logits.float(), torch.arange(batch) % 10) + tfd["total"]
+    assert torch.isfinite(tfd["depth"]) and torch.isfinite(tfd["width"]) and tfd["depth"] > 0, (name, tfd)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads), f"{name}: no or non-finite gradients"
+    # the TFD terms reach the tapped modules' parameters
+    first = dict(model.named_modules())[plan.taps[0].name]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in first.parameters()) or \
+        not any(True for _ in first.parameters()), f"{name}: no gradient at {plan.taps[0].name}"
+    torch.optim.SGD(model.parameters(), lr=0.01).step()
+    tap.remove()
+    return Result(name, size, True, rule=plan.rule, taps=plan.names, loss=float(loss.detach()),
+                  seconds=time.perf_counter() - t0)
+
+
+def torchvision_models() -> list[tuple[str, int, dict]]:
+    import torchvision
+
+    names = sorted(torchvision.models.list_models(module=torchvision.models))
+    return [(f"torchvision.{n}", TV_SIZE.get(n, 64), TV_KWARGS.get(n, {})) for n in names]
+
+
+def timm_models() -> list[tuple[str, int, dict]]:
+    return [(f"timm.{n}", s, kw) for n, s, kw in TIMM_MODELS]
+
+
+def _table(results: list[Result], title: str) -> list[str]:
+    ok = sum(r.ok for r in results)
+    out = [f"## {title}", "", f"{len(results)} models: {ok} tapped, {len(results) - ok} refused.", "",
+           "| model | input px | rule | taps (shallow to deep) / refusal |", "|---|---|---|---|"]
+    out += [r.row() for r in results]
+    return out + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=("torchvision", "timm"), default=None)
+    p.add_argument("--models", default=None, help="comma-separated names (with their prefix) to walk only those")
+    p.add_argument("--out", default=str(REPO / "docs" / "taps.md"))
+    ns = p.parse_args(argv)
+    torch.set_num_threads(1)
+    groups = []
+    if ns.only in (None, "torchvision"):
+        groups.append(("torchvision (every classification model of torchvision.models.list_models)",
+                       torchvision_models()))
+    if ns.only in (None, "timm"):
+        groups.append(("timm (a broad set: CNNs, ViTs, hybrids, MLPs; tiniest variants)", timm_models()))
+    lines = ["# Tap plans across torchvision and timm", "",
+             "Written by `python benchmarks/tap_walk.py` (re-run it to refresh); checked by `tests/test_tap_walk.py`. "
+             "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
+             "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
+             "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
+    import torchvision
+
+    try:
+        import timm
+
+        lines += [f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}.", ""]
+    except ImportError:
+        lines += [f"torch {torch.__version__}, torchvision {torchvision.__version__}.", ""]
+    failed = []
+    for title, models in groups:
+        if ns.models:
+            wanted = set(ns.models.split(","))
+            models = [m for m in models if m[0] in wanted]
+        results = []
+        for name, size, kw in models:
+            try:
+                r = walk_one(name, size, kw)
+            except Exception as exc:  # noqa: BLE001 -- a walk failure is reported, the table still written
+                failed.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                r = Result(name, size, False, refusal=f"WALK FAILURE {failed[-1]}")
+            print(f"{r.seconds:6.1f}s {r.row()}", flush=True)
+            results.append(r)
+        lines += _table(results, title)
+    if not ns.models:
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.out).write_text("\n".join(lines))
+        print(f"wrote {ns.out}")
+    for f in failed:
+        print("FAILED", f, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
