@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from .errors import TfdError
+from .errors import EXIT_PIPE, TfdError, exit_code, signal_name
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
@@ -121,8 +121,13 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         raise ConfigError("--batch-max needs --batch-seeds or --batch-weights (or use --pack K)")
-    result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
-                       retry_failed=not ns.skip_failed, pack=pack)
+    try:
+        result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
+                           retry_failed=not ns.skip_failed, pack=pack)
+    except KeyboardInterrupt as exc:  # the runs' own lines are in their train.log; the sweep's state is saved
+        exc.args = (f"sweep {plan.spec.name} stopped by {signal_name(exc)}; its state is saved in {plan.sweep_dir}: "
+                    f"re-run the same command to continue",)
+        raise
     return result.exit_code
 
 
@@ -187,10 +192,22 @@ def cmd_methods(ns: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+EXIT_CODES_HELP = """exit codes (every command; docs/faults.md):
+  0    success
+  1    a run failed while training (loss NaN/inf; a sweep with failed runs), or an internal error
+  2    bad input: usage, config, names, run directory (exists, in use), checkpoint
+  3    a data set problem (missing, unreadable or bad files, too few images)
+  4    the output location cannot be written (read-only, disk full, vanished, no permission)
+  130  stopped by SIGINT (Ctrl-C); 143: stopped by SIGTERM -- both graceful: the stop reason is the last
+       line of train.log and the last finished epoch is resumable (--resume, or the same sweep command)
+  141  the output pipe was closed (... | head)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tfdistill",
-        description="Teacher-free Feature Distillation: train, evaluate and compare distillation methods.")
+        prog="tfdistill", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Teacher-free Feature Distillation: train, evaluate and compare distillation methods.",
+        epilog=EXIT_CODES_HELP)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -318,16 +335,41 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(ns, "command", None):
         parser.print_help()
         return 2
+    from .interrupts import graceful_stop
+
     try:
-        return int(ns.func(ns) or 0)
-    except TfdError as exc:
+        with graceful_stop():  # SIGINT and SIGTERM: a graceful stop, told apart by the exit code (130, 143)
+            return int(ns.func(ns) or 0)
+    except KeyboardInterrupt as exc:  # (and SIGTERM: errors.Terminated)
+        print(f"tfdistill: {exc.args[0] if exc.args else f'stopped by {signal_name(exc)}'}", file=sys.stderr)
+        return exit_code(exc)
+    except BrokenPipeError:  # `tfdistill ... | head`: the reader has gone; say nothing more
+        _silence_stdout()
+        return EXIT_PIPE
+    except (TfdError, OSError) as exc:
         if ns.debug:
             raise
-        print(f"tfdistill: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tfdistill: interrupted", file=sys.stderr)
-        return 130
+        print(f"tfdistill: error: {_one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A user error's message; an OSError as the run's stop line (if it stopped a run) or what, where and why."""
+    line = getattr(exc, "tfd_stop_line", None)
+    if line:
+        return line
+    if isinstance(exc, OSError) and not isinstance(exc, TfdError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where} (errno {exc.errno})" if exc.errno else str(exc)
+    return str(exc)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import config_notes, to_dict, to_yaml
 from ..data import build_data
-from ..errors import CheckpointError, ConfigError, DivergenceError
+from ..errors import CheckpointError, ConfigError, DivergenceError, signal_name
+from ..interrupts import deferred
 from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
@@ -58,6 +59,13 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def note_interrupt(exc: BaseException, where: str, after: str = "nothing was written; run the same command to "
+                                                                    "start") -> None:
+    """Give an interrupt that carries no message yet the one line the CLI prints: which signal, where, what now."""
+    if isinstance(exc, KeyboardInterrupt) and not exc.args:
+        exc.args = (f"stopped by {signal_name(exc)} {where}; {after}",)
+
+
 def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
     spec = str(spec)
     if spec == "auto":
@@ -220,8 +228,12 @@ class Run:
         # found while building leaves no folder behind and never costs the old run.
         self._pending_log: list[str] | None = []
         do_resume = self._prepare_run_dir(resume, overwrite, dry=True)
+        if self.info.is_main and self.run.path.is_dir():  # a second process on this run directory is refused now
+            self.run.lock()
         if resume and not do_resume:
-            self._log(f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
+            self._log(f"note: {self.run.path} was stopped before its first checkpoint (killed?): it starts again"
+                      if self.run.path.is_dir() else
+                      f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
         for note in config_notes(cfg):  # valid but probably unintended settings (milestones beyond epochs)
             self._log(note)
         self.started = time.time()
@@ -234,9 +246,13 @@ class Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False  # a previous run in this process may have turned it on
         self.channels_last = bool(cfg.engine.channels_last)
-        self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (packed runs)
-            cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
-            channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
+        try:
+            self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (packed runs)
+                cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
+                channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
+        except KeyboardInterrupt as exc:
+            note_interrupt(exc, f"while building the data set {cfg.data.name!r} for {self.run.path}")
+            raise
         num_classes = cfg.model.num_classes or self.data.num_classes
         if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
@@ -285,6 +301,7 @@ class Run:
             torch.manual_seed(seed * 1000003 + self.info.rank)
 
         self.epoch = 0  # epochs completed
+        self.saved_epoch = 0  # ... and in last.pt
         self.best_top1 = -1.0
         self.best_epoch = 0
         self.pre_done = False
@@ -305,6 +322,7 @@ class Run:
         if not do_resume:
             self._prepare_run_dir(resume, overwrite, dry=False)
             if self.info.is_main:
+                self.run.lock()
                 self.run.config.write_text(to_yaml(self.cfg))
         pending, self._pending_log = self._pending_log or [], None
         if self.info.is_main:
@@ -414,22 +432,27 @@ class Run:
         state = self.state()
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
-        save_atomic(state, self.run.last)
+        # last.pt is written last: a kill (SIGKILL, power loss) between the files leaves last.pt at the previous
+        # epoch, which --resume trains again bit-exactly and so rewrites best.pt / epoch_N.pt as they were
         keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
         if best:
             save_atomic({k: state[k] for k in keep}, self.run.best)
         if self.epoch in (self.cfg.engine.save_epochs or ()):
             save_atomic({k: state[k] for k in keep}, self.run.path / f"epoch_{self.epoch}.pt")
+        save_atomic(state, self.run.last)
+        self.saved_epoch = self.epoch
         self.run.commit()  # a run replaced by --overwrite is deleted only now
 
-    def restore_replaced(self) -> None:
-        """The run stopped before its first checkpoint: with ``--overwrite``, the run it replaced comes back."""
+    def restore_replaced(self) -> bool:
+        """The run stopped before its first checkpoint: with ``--overwrite``, the run it replaced comes back (True)."""
         if self.info.is_main and self.run.replaced is not None:
             if self.tb is not None:
                 self.tb.close()
             if self.run.rollback():
                 self.echo(f"note: {self.run.path} stopped before its first checkpoint; the run it was to replace "
                           f"(--overwrite) is restored")
+                return True
+        return False
 
     def _read_last(self) -> dict:
         """``last.pt`` on every rank (on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the
@@ -467,7 +490,7 @@ class Run:
                                   f"{str(exc).splitlines()[0][:200]}") from None
         self.sched.load_state_dict(ckpt["sched"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch = int(ckpt["epoch"])
+        self.epoch = self.saved_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt["best_top1"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.pre_done = bool(ckpt.get("pre_done", True))
@@ -570,10 +593,11 @@ class Run:
         tested = {f"test_{k}": evaluated.get(k) for k in ("top1", "top5", "loss") if k in evaluated}
         row = {"epoch": epoch + 1, "lr": lr, **train, **tested, "best_top1": self.best_top1,
                "time": time.time() - self.started}
-        if self.info.is_main:
-            self.run.append_metrics(row)
-            self._tb_write(row)
-        self.save(best=improved)
+        with deferred():  # a SIGINT/SIGTERM waits until the row and the checkpoints of this epoch are written
+            if self.info.is_main:
+                self.run.append_metrics(row)
+                self._tb_write(row)
+            self.save(best=improved)
         speed = f"{train['group_images_per_sec']:.0f} img/s ({train['packed']} runs)" if train.get("packed") else None
         line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, evaluated, self.best_top1,
                                  self.best_epoch, eta, who=who, speed=speed)  # <= 100 columns (+ who)
@@ -584,7 +608,8 @@ class Run:
     def finish(self, last_eval: dict, extra: dict | None = None) -> RunResult:
         summary = {**self._summary(last_eval), **(extra or {})}
         if self.info.is_main:
-            self.run.write_summary(summary)
+            with deferred():
+                self.run.write_summary(summary)
             self._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
                       f"last {summary['last_top1']:.2f}%  -> {self.run.path}")
         self.close()
@@ -610,20 +635,27 @@ class Run:
                 else "no checkpoint was written yet")
         return DivergenceError(f"loss became NaN/inf {where}{which}; stopped, {keep}")
 
-    def stop(self, err: BaseException) -> None:
+    def stop(self, err: BaseException) -> str | None:
         """This run stops (it diverged while its group goes on, or the group stopped): the reason goes to its
         train.log and, unless it is resumable after an interrupt, a FAILED marker (:meth:`RunDir.record_stop`); a run
-        it replaced (--overwrite) comes back instead if it had no checkpoint yet."""
+        it replaced (--overwrite) comes back instead if it had no checkpoint yet. Returns the line recorded."""
         self.close()
+        line = None
         if self.info.is_main and self.run.replaced is None:
-            line = self.run.record_stop(err, self.epoch, int(self.cfg.epochs))
-            self.echo(line) if isinstance(err, KeyboardInterrupt) else None
-        self.restore_replaced()
+            line = self.run.record_stop(err, self.saved_epoch, int(self.cfg.epochs))
+        if self.restore_replaced():
+            line = (f"stopped by {signal_name(err)} before the first checkpoint of {self.run.path}: the run it was to "
+                    f"replace (--overwrite) is restored" if isinstance(err, KeyboardInterrupt) else
+                    f"{self.run.path} stopped before its first checkpoint ({type(err).__name__}): the run it was to "
+                    f"replace (--overwrite) is restored")
+        return line
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.info.is_main:
+            self.run.unlock()
 
     def _log(self, line: str) -> None:
         if self.info.is_main:
