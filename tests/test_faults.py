@@ -405,7 +405,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, monkeyp
     capsys.readouterr()
     holder = subprocess.Popen(  # another process holding the run directory (as a training process does)
         [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242'); print('held', flush=True); time.sleep(120)",
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); os.write(fd, b'4242'); print('held', flush=True); time.sleep(120)",
          str(d / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
