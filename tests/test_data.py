@@ -733,3 +733,26 @@ def test_real_cifar10_jpeg_decode_and_cache(tmp_path, monkeypatch, capsys):
     with capsys.disabled():
         print(f"\n[cifar10-jpeg] first build (decode + cache) {first:.2f}s, cached build {second:.2f}s")
     assert second < max(2.0, first / 3)
+
+
+def test_cli_shows_a_warning_once_in_its_own_form_and_logs_it(tmp_path, capsys, monkeypatch):
+    """A data warning: one `tfdistill: warning:` line on stderr (no raw UserWarning, no second copy on stdout), once in
+    train.log; the unwritable-cache warning the same way."""
+    from tfdistill.cli import main
+
+    _bad_folder(tmp_path / "ds")
+    cache = tmp_path / "cache-file"
+    cache.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TFDISTILL_CACHE", str(cache))
+    argv = ["train", "data.name=imagefolder", f"data.root={tmp_path / 'ds'}", "data.batch_size=6",
+            "data.on_bad_file=skip", "model.name=resnet8", "epochs=1", "engine.device=cpu", "engine.progress=false",
+            f"out_dir={tmp_path / 'runs'}", "name=r"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    warned = [ln for ln in err.splitlines() if ln.strip()]
+    assert all(ln.startswith("tfdistill: warning: ") for ln in warned), err
+    assert sum("skipped 3 bad file(s)" in ln for ln in warned) == 1
+    assert sum("data cache" in ln for ln in warned) >= 1 and "UserWarning" not in err
+    assert "warning:" not in out
+    log = (tmp_path / "runs" / "r" / "train.log").read_text()
+    assert log.count("skipped 3 bad file(s)") == 1 and "warning: could not write the data cache" in log

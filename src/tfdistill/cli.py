@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 from .errors import EXIT_PIPE, TfdError, exit_code, signal_name
 
 
@@ -88,8 +90,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(res))
     else:
+        top5 = f"top-5 {res['top5']:.2f}%  " if res.get("top5") is not None else ""  # (more than 5 classes)
         print(f"{res['model']} on {res['dataset']} ({res['count']} images): top-1 {res['top1']:.2f}%  "
-              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}"
+              f"{top5}loss {res['loss']:.4f}"
               + (f"  ({res['checkpoint']})" if os.path.isdir(ns.checkpoint) else ""))
     return 0
 
@@ -338,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     from .interrupts import graceful_stop
 
     try:
-        with graceful_stop():  # SIGINT and SIGTERM: a graceful stop, told apart by the exit code (130, 143)
+        with graceful_stop(), _warnings_once():  # SIGINT/SIGTERM: graceful stops, told apart by the exit code
             return int(ns.func(ns) or 0)
     except KeyboardInterrupt as exc:  # (and SIGTERM: errors.Terminated)
         print(f"tfdistill: {exc.args[0] if exc.args else f'stopped by {signal_name(exc)}'}", file=sys.stderr)
@@ -351,6 +354,30 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tfdistill: error: {_one_line(exc)}", file=sys.stderr)
         return exit_code(exc)
+
+
+@contextlib.contextmanager
+def _warnings_once():
+    """Python warnings in the CLI's form, each text once (``tfdistill: warning: ...`` on stderr); the engine writes
+    them to the train.log of the runs concerned and does not echo them again."""
+    shown: set[str] = set()
+    old = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip()
+        if text in shown:
+            return
+        shown.add(text)
+        print(f"tfdistill: warning: {text}", file=sys.stderr)
+        loop = sys.modules.get("tfdistill.engine.loop")
+        if loop is not None:
+            loop.record_warning(text)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
 
 
 def _one_line(exc: BaseException) -> str:

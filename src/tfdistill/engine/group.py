@@ -100,6 +100,16 @@ def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | Non
     ``(resume, overwrite)`` (default: ``resume`` / ``overwrite`` for all). Every run directory is checked before any
     is created or (``--overwrite``) replaced, and only once every run was built: a refused run or bad input in one
     run costs no other run its directory."""
+    from . import loop
+
+    loop._GROUP_MARK.append(len(loop.SHOWN_WARNINGS))  # warnings shown from here on concern these runs
+    try:
+        return _build_group(cfgs, modes=modes, resume=resume, overwrite=overwrite, echo=echo, on_drop=on_drop)
+    finally:
+        loop._GROUP_MARK.pop()
+
+
+def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
     cfgs = list(cfgs)
     modes = list(modes) if modes is not None else [(resume, overwrite)] * len(cfgs)
     data = None

@@ -23,6 +23,7 @@ import json
 import random
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -56,6 +57,32 @@ CHECKPOINT_FORMAT = "tfdistill/1"
 class RunResult:
     run_dir: Path
     summary: dict
+
+
+# ----------------------------------------------------------------------------------------------- warnings
+SHOWN_WARNINGS: list[str] = []
+"""Warnings the CLI has shown in its own form (once each) in this process: the engine writes them to the train.log of
+the runs they concern and does not echo them again (a library user sees Python's warnings and the log lines)."""
+_OPEN_RUNS: "weakref.WeakSet[Run]" = weakref.WeakSet()
+_GROUP_MARK: list[int] = []
+"""Where in SHOWN_WARNINGS the group being built began (its data is built before its runs)."""
+
+
+def record_warning(msg: str) -> None:
+    """The CLI has shown warning ``msg``: into the train.log of every run open now (later runs being built get it
+    when they open)."""
+    if msg in SHOWN_WARNINGS:
+        return
+    SHOWN_WARNINGS.append(msg)
+    for run in list(_OPEN_RUNS):
+        run._log_warning(msg)
+
+
+def _warning_text(line: str) -> str | None:
+    for prefix in ("warning: ", "note: "):
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -178,18 +205,21 @@ def data_meta(data: Any) -> dict:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", device: torch.device | None = None,
              info: DistInfo = DistInfo(), max_batches: int = 0) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (reduced across ranks)."""
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (reduced across ranks). Top-5
+    only where there are more than 5 classes (with 5 or fewer it is 100 % by construction: not a measurement)."""
     was = model.training
     model.eval()
     device = device or next(model.parameters()).device
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
+    classes = 0
     for b, (x, y, _) in enumerate(loader):
         if max_batches and b >= max_batches:
             break
         with autocast_for(precision, device):
             logits = model(x)
         logits = logits.float()
-        k = min(5, logits.shape[1])
+        classes = logits.shape[1]
+        k = min(5, classes)
         top = logits.topk(k, dim=1).indices
         hit = top.eq(y.view(-1, 1))
         stats += torch.stack([hit[:, :1].sum(), hit.sum(), F.cross_entropy(logits, y, reduction="sum"),
@@ -198,7 +228,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
     model.train(was)
     c1, c5, loss, n = stats.tolist()
     n = max(n, 1.0)
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(n)}
+    return {"top1": 100.0 * c1 / n, **({"top5": 100.0 * c5 / n} if classes > 5 else {}), "loss": loss / n,
+            "count": int(n)}
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -214,6 +245,8 @@ class Run:
         shared by the runs of a packed group); built from ``cfg`` when None. ``defer_open``: the run directory is
         created only by :meth:`open` (a group builds all its runs first)."""
         self.cfg = cfg
+        self._warn_mark = _GROUP_MARK[-1] if _GROUP_MARK else len(SHOWN_WARNINGS)
+        self._logged_warnings: set[str] = set()
         self.info = setup_distributed(cfg.engine.device)
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
         # Progress bars on an interactive terminal; in logs and CI the per-epoch lines carry the progress.
@@ -328,6 +361,9 @@ class Run:
         if self.info.is_main:
             for line in pending:
                 self.run.log_line(line)
+            for msg in SHOWN_WARNINGS[self._warn_mark:]:  # shown while this run was being built
+                self._log_warning(msg)
+            _OPEN_RUNS.add(self)
         self.tb = self._tensorboard()
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool, *, dry: bool) -> bool:
@@ -656,8 +692,22 @@ class Run:
             self.tb = None
         if self.info.is_main:
             self.run.unlock()
+        _OPEN_RUNS.discard(self)
+
+    def _log_warning(self, msg: str) -> None:
+        """A warning the CLI has shown: once into this run's train.log."""
+        if self.info.is_main and msg not in self._logged_warnings and self._pending_log is None:
+            self._logged_warnings.add(msg)
+            with contextlib.suppress(OSError):
+                self.run.log_line(f"warning: {msg}")
 
     def _log(self, line: str) -> None:
+        text = _warning_text(line)
+        if text is not None and text in SHOWN_WARNINGS:  # shown by the CLI already: train.log only, once
+            if self._pending_log is not None:
+                return  # written when the run directory opens
+            self._log_warning(text)
+            return
         if self.info.is_main:
             self.echo(line)
             if getattr(self, "_pending_log", None) is not None:  # the run directory does not exist yet
@@ -699,7 +749,7 @@ class Run:
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
             "last_top1": last_eval.get("top1"),
-            "last_top5": last_eval.get("top5"),
+            **({"last_top5": last_eval["top5"]} if "top5" in last_eval else {}),  # (more than 5 classes)
             "last_test_loss": last_eval.get("loss"),
             "params": sum(p.numel() for p in self.student.parameters()),
             "wall_seconds": time.time() - self.started,
