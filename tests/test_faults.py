@@ -467,7 +467,8 @@ def test_sigterm_from_outside_stops_train_gracefully_and_resume_is_bit_exact(tmp
 @pytest.mark.parametrize("phase", ["data", "first_epoch", "mid_training"])
 def test_sigkill_at_a_phase_then_resume_or_the_same_command_continues(phase, packed, reference, tmp_path):
     """SIGKILL leaves no stop line (nothing can run), but nothing half-written: the last finished epoch resumes
-    bit-exactly; a run killed before its first checkpoint starts again with --resume."""
+    bit-exactly; a run killed before its first checkpoint has nothing to resume (--resume says so in one line and
+    names --overwrite, which starts it again)."""
     out = tmp_path / "runs"
     proc = _popen(_cmd(out, packed))
     first = out / _names(packed)[0]
@@ -481,7 +482,11 @@ def test_sigkill_at_a_phase_then_resume_or_the_same_command_continues(phase, pac
     proc.communicate()
     for name in _names(packed):
         assert not (out / name / "summary.json").exists()
-    res = run_cli([*_cmd(out, packed), *([] if phase == "data" else ["--resume"])])
+    if phase == "first_epoch":
+        res = run_cli([*_cmd(out, packed), "--resume"])
+        assert res.returncode == 2 and "no last.pt" in res.stderr and "--overwrite" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    res = run_cli([*_cmd(out, packed), *{"data": [], "first_epoch": ["--overwrite"]}.get(phase, ["--resume"])])
     assert res.returncode == 0, res.stderr
     for name in _names(packed):
         _same_weights(out / name, reference / name)

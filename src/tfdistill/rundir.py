@@ -167,14 +167,13 @@ class RunDir:
         if p.exists() and not p.is_dir():
             raise RunDirError(f"run directory {p} exists and is not a directory")
         exists = p.is_dir() and any(p.iterdir())
-        restart = exists and resume and not self.last.is_file() and self.killed_before_first_checkpoint()
-        if exists and resume and not restart:
+        if exists and resume:
             if self.last.is_file():
                 return True
             if self.is_run_dir():
                 raise RunDirError(f"nothing to resume in {p}: it has no last.pt; use --overwrite to start over")
             raise RunDirError(f"{p} is not a tfdistill run directory; choose another run name")
-        if exists and (overwrite or restart):
+        if exists and overwrite:
             if not self.is_run_dir():
                 raise RunDirError(f"refusing to --overwrite {p}: it is not a tfdistill run directory")
             if dry:
@@ -191,13 +190,6 @@ class RunDir:
         if not dry:
             p.mkdir(parents=True, exist_ok=True)
         return False
-
-    def killed_before_first_checkpoint(self) -> bool:
-        """A run killed (SIGKILL, power loss) in its first epoch: a config and a log, no checkpoint, no finished
-        epoch, no FAILED marker, no summary -- nothing to keep, so ``--resume`` starts it again. (A graceful stop
-        removes such a folder itself.)"""
-        return (self.config.is_file() and not self.last.exists() and not self.summary.exists()
-                and not (self.path / FAILED_MARKER).exists() and self.epochs_done() == 0)
 
     def commit(self) -> None:
         """The new run has a checkpoint: the run it replaced (``--overwrite``) is deleted now."""

@@ -156,6 +156,8 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
         for run in runs:
             run.close()
             run.restore_replaced()
+        for c in cfgs:  # a run that failed while being built held its directory already
+            RunDir(_run_dir(c)).unlock()
         note_interrupt(exc, f"while building {'the run' if len(cfgs) == 1 else f'{len(cfgs)} packed runs'} "
                             f"({', '.join(str(_run_dir(c)) for c in cfgs[:4])})",
                        "nothing to keep; run the same command to start" if not any(m[0] for m in modes) else

@@ -264,9 +264,7 @@ class Run:
         if self.info.is_main and self.run.path.is_dir():  # a second process on this run directory is refused now
             self.run.lock()
         if resume and not do_resume:
-            self._log(f"note: {self.run.path} was stopped before its first checkpoint (killed?): it starts again"
-                      if self.run.path.is_dir() else
-                      f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
+            self._log(f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
         for note in config_notes(cfg):  # valid but probably unintended settings (milestones beyond epochs)
             self._log(note)
         self.started = time.time()

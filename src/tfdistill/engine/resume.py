@@ -49,7 +49,7 @@ def run_dir_of(target: str | Path) -> RunDir:
     rd = RunDir(p)
     if not rd.config.is_file():
         raise RunDirError(f"nothing to resume: {p} is not a tfdistill run directory (no config.yaml)")
-    if not rd.last.is_file() and not rd.killed_before_first_checkpoint():  # (that one starts again)
+    if not rd.last.is_file():
         raise RunDirError(f"nothing to resume in {p}: it has no last.pt (it stopped before its first checkpoint; "
                           f"see {rd.log.name}); start it again with `tfdistill train {rd.config} --overwrite`")
     return rd

@@ -38,15 +38,20 @@ MODES = {"new": (False, False), "resume": (True, False), "overwrite": (False, Tr
 def pack(argv: list[str]) -> int:
     from tfdistill.config import load_config
     from tfdistill.engine import build_group
-    from tfdistill.errors import DivergenceError, TfdError
+    from tfdistill.errors import DivergenceError, TfdError, exit_code
+    from tfdistill.interrupts import graceful_stop
 
     if len(argv) < 2 or len(argv) % 2 or any(m not in MODES for m in argv[::2]):
         print(f"tfdistill: error: usage: pack MODE CONFIG [MODE CONFIG ...] with MODE in {', '.join(MODES)}",
               file=sys.stderr)
         return 2
     try:
-        cfgs = [load_config(path) for path in argv[1::2]]
-        results = build_group(cfgs, modes=[MODES[m] for m in argv[::2]]).fit()
+        with graceful_stop():  # SIGTERM from the sweep: each run records its stop (exit 143)
+            cfgs = [load_config(path) for path in argv[1::2]]
+            results = build_group(cfgs, modes=[MODES[m] for m in argv[::2]]).fit()
+    except KeyboardInterrupt as exc:
+        print(f"tfdistill: {exc.args[0] if exc.args else 'stopped'}", file=sys.stderr)
+        return exit_code(exc)
     except TfdError as exc:
         print(f"tfdistill: error: {exc}", file=sys.stderr)
         return 2
