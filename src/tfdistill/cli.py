@@ -198,8 +198,8 @@ def cmd_methods(ns: argparse.Namespace) -> int:
 EXIT_CODES_HELP = """exit codes (every command; docs/faults.md):
   0    success
   1    a run failed while training (loss NaN/inf; a sweep with failed runs), or an internal error
-  2    bad input: usage, config, names, run directory (exists, in use), checkpoint
-  3    a data set problem (missing, unreadable or bad files, too few images)
+  2    bad input: usage, config, names, a data set problem (missing, bad files, too few images), run
+       directory (exists, in use), checkpoint
   4    the output location cannot be written (read-only, disk full, vanished, no permission)
   130  stopped by SIGINT (Ctrl-C); 143: stopped by SIGTERM -- both graceful: the stop reason is the last
        line of train.log and the last finished epoch is resumable (--resume, or the same sweep command)

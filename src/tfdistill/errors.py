@@ -6,8 +6,8 @@ Exit codes of every ``tfdistill`` command (docs/faults.md has the fault matrix b
 ====  =================================================================================================
 0     success
 1     a run failed while training (loss NaN/inf; a sweep with failed runs); an unexpected internal error
-2     bad input: usage, config, names, run directory (exists, in use, not a run), checkpoint
-3     a data set problem: missing, unreadable, bad files, too few images (:class:`DataError`)
+2     bad input: usage, config, names, a data set problem (missing, unreadable or bad files, too few images), run
+      directory (exists, in use, not a run), checkpoint -- every :class:`TfdError` but a divergence
 4     the output location cannot be written: read-only, full (ENOSPC), vanished, no permission
 130   stopped by SIGINT (Ctrl-C); 143: stopped by SIGTERM (timeout, Slurm, Kubernetes, docker stop);
       both graceful: the stop reason is the last line of train.log, the last finished epoch is resumable
@@ -23,7 +23,6 @@ import signal
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_DATA = 3
 EXIT_IO = 4
 EXIT_SIGINT = 128 + int(signal.SIGINT)    # 130
 EXIT_SIGTERM = 128 + int(signal.SIGTERM)  # 143
@@ -76,8 +75,6 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_SIGINT
     if isinstance(exc, DivergenceError):
         return EXIT_FAILED
-    if isinstance(exc, DataError):
-        return EXIT_DATA
     if isinstance(exc, TfdError):
         return EXIT_BAD_INPUT
     if isinstance(exc, BrokenPipeError):
