@@ -157,3 +157,28 @@ def test_demo_output_says_one_seed_and_machine_dependent(capsys, tmp_path):
     for text in (printed, written):
         assert "One seed" in text and "not evidence for or against TFD" in text
         assert "differ from machine to machine" in text
+
+
+def test_demo_threads_leave_busy_cores_alone():
+    from tfdistill.demo import demo_threads
+
+    assert demo_threads(cores=2, load=0.1, current=2) == 2   # idle: every core
+    assert demo_threads(cores=2, load=1.2, current=2) == 1   # one core busy (a background job): one thread
+    assert demo_threads(cores=2, load=7.0, current=2) == 1   # a loaded machine: still one
+    assert demo_threads(cores=16, load=3.0, current=8) == 8  # never more than torch's setting
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    """`tfdistill sweep SPEC --dry-run | head -3`: the reader goes away; no traceback, exit 141 (as for SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    p = subprocess.Popen([sys.executable, "-m", "tfdistill", "sweep", "reproduce/table1", "--dry-run",
+                          "--out-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # the reader is gone before the first line is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == "", err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -570,11 +571,58 @@ def test_imagefolder_errors(tmp_path):
     with pytest.raises(DataError, match=r"image folder not found: expected .*train/"):
         build_data(cfg(name="imagefolder", root=str(tmp_path)))
     _write_folder(tmp_path / "a", classes=("cat", "dog"), test_classes=("cat", "emu"))
-    with pytest.raises(DataError, match=r"classes differ .*only in train: \['dog'\]; only in test: \['emu'\]"):
+    with pytest.raises(DataError, match=r"classes differ between train/ \(2\) and val/ \(2\): only in train/: dog; "
+                                        r"only in val/: emu"):  # the split named as on disk, not "test"
         build_data(cfg(name="imagefolder", root=str(tmp_path / "a"), batch_size=4))
     (tmp_path / "b" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match=r"image folder not found: expected .*val/ or .*test/"):
         build_data(cfg(name="imagefolder", root=str(tmp_path / "b")))
+
+
+def _bad_folder(root: Path) -> list[str]:
+    """A 3-class folder with three different bad files in train/: a corrupt JPEG, an empty PNG, a text file."""
+    _write_folder(root)
+    (root / "train" / "cat" / "900_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 4)
+    (root / "train" / "dog" / "901_empty.png").write_bytes(b"")
+    (root / "train" / "eel" / "902_notes.txt").write_text("not an image")
+    return ["900_corrupt.jpg", "901_empty.png", "902_notes.txt"]
+
+
+def test_imagefolder_reports_every_bad_file_in_one_message(tmp_path):
+    names = _bad_folder(tmp_path)
+    (tmp_path / "val" / "emu").mkdir()  # and an empty class folder, only in val/
+    with pytest.raises(DataError) as e:
+        build_data(cfg(name="imagefolder", root=str(tmp_path), batch_size=64))
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in names), msg
+    assert "val/: 1 empty class folder(s) (emu)" in msg and "only in val/: emu" in msg
+    assert "fewer than data.batch_size=64" in msg and "data.on_bad_file=skip" in msg
+    assert msg.startswith(f"image folder {tmp_path}: 4 problem(s): ")
+
+
+def test_imagefolder_on_bad_file_skip_trains_and_records_what_was_skipped(tmp_path, monkeypatch):
+    from tfdistill.config import load_config
+    from tfdistill.engine import train
+
+    names = _bad_folder(tmp_path / "ds")
+    with pytest.warns(UserWarning, match=r"skipped 3 bad file\(s\) \(data.on_bad_file=skip\)"):
+        b = build_data(cfg(name="imagefolder", root=str(tmp_path / "ds"), batch_size=6, on_bad_file="skip"))
+    assert b.num_train == 18 and b.skipped["count"] == 3
+    res = train(load_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'ds'}", "data.batch_size=6",
+                                   "data.on_bad_file=skip", "model.name=resnet8", "epochs=1", "engine.device=cpu",
+                                   "engine.progress=false", f"out_dir={tmp_path / 'runs'}", "name=r"]),
+                echo=lambda s: None)
+    skipped = json.loads((res.run_dir / "summary.json").read_text())["data"]["skipped"]
+    assert skipped["count"] == 3 and all(any(n in f for f in skipped["files"]) for n in names)
+    assert "skipped 3 bad file(s)" in (res.run_dir / "train.log").read_text()
+
+
+def test_on_bad_file_must_be_error_or_skip():
+    from tfdistill.config import load_config
+    from tfdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.on_bad_file.*valid: error, skip"):
+        load_config(None, ["data.on_bad_file=ignore"])
 
 
 def _odd_image(w: int, h: int) -> Image.Image:
@@ -685,3 +733,26 @@ def test_real_cifar10_jpeg_decode_and_cache(tmp_path, monkeypatch, capsys):
     with capsys.disabled():
         print(f"\n[cifar10-jpeg] first build (decode + cache) {first:.2f}s, cached build {second:.2f}s")
     assert second < max(2.0, first / 3)
+
+
+def test_cli_shows_a_warning_once_in_its_own_form_and_logs_it(tmp_path, capsys, monkeypatch):
+    """A data warning: one `tfdistill: warning:` line on stderr (no raw UserWarning, no second copy on stdout), once in
+    train.log; the unwritable-cache warning the same way."""
+    from tfdistill.cli import main
+
+    _bad_folder(tmp_path / "ds")
+    cache = tmp_path / "cache-file"
+    cache.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("TFDISTILL_CACHE", str(cache))
+    argv = ["train", "data.name=imagefolder", f"data.root={tmp_path / 'ds'}", "data.batch_size=6",
+            "data.on_bad_file=skip", "model.name=resnet8", "epochs=1", "engine.device=cpu", "engine.progress=false",
+            f"out_dir={tmp_path / 'runs'}", "name=r"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    warned = [ln for ln in err.splitlines() if ln.strip()]
+    assert all(ln.startswith("tfdistill: warning: ") for ln in warned), err
+    assert sum("skipped 3 bad file(s)" in ln for ln in warned) == 1
+    assert sum("data cache" in ln for ln in warned) >= 1 and "UserWarning" not in err
+    assert "warning:" not in out
+    log = (tmp_path / "runs" / "r" / "train.log").read_text()
+    assert log.count("skipped 3 bad file(s)") == 1 and "warning: could not write the data cache" in log

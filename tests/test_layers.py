@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tfdistill"
 
 LAYERS = [
     {"errors", "registry", "compiling", "precision"},     # shared leaves
+    {"interrupts"},
     {"losses"},
     {"features", "regularizers"},
     {"methods", "models", "data"},

@@ -340,3 +340,17 @@ def test_ctrl_c_in_a_sweep_leaves_no_run_marked_running(tmp_path, monkeypatch):
     state = json.loads(next((tmp_path / "runs").rglob("sweep_state.json")).read_text())
     statuses = [r["status"] for r in state["runs"].values()]
     assert "running" not in statuses and "interrupted" in statuses, statuses
+
+
+def test_top5_only_where_there_are_more_than_5_classes(tmp_path, capsys):
+    """Top-5 of a 3-class data set is 100 % by construction: no column, no summary entry, no eval figure."""
+    out = tmp_path / "runs"
+    assert main(["train", *CPU, "data.synthetic_classes=3", f"out_dir={out}", "name=c3"]) == 0
+    summary = json.loads((out / "c3" / "summary.json").read_text())
+    assert "last_top5" not in summary and summary["last_top1"] is not None
+    assert all("test_top5" not in json.loads(r) for r in (out / "c3" / "metrics.jsonl").read_text().splitlines())
+    capsys.readouterr()
+    assert main(["eval", str(out / "c3"), "--device", "cpu"]) == 0
+    assert "top-5" not in capsys.readouterr().out
+    assert main(["train", *CPU, f"out_dir={out}", "name=c10"]) == 0  # 10 classes: top-5 is measured
+    assert "last_top5" in json.loads((out / "c10" / "summary.json").read_text())

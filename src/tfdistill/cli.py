@@ -16,10 +16,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from .errors import TfdError
+import warnings
+from .errors import EXIT_PIPE, TfdError, exit_code, signal_name
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str]]:
@@ -91,8 +93,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(res))
     else:
+        top5 = f"top-5 {res['top5']:.2f}%  " if res.get("top5") is not None else ""  # (more than 5 classes)
         print(f"{res['model']} on {res['dataset']} ({res['count']} images): top-1 {res['top1']:.2f}%  "
-              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}"
+              f"{top5}loss {res['loss']:.4f}"
               + (f"  ({res['checkpoint']})" if os.path.isdir(ns.checkpoint) else ""))
     return 0
 
@@ -140,8 +143,13 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         raise ConfigError("--batch-max needs --batch-seeds or --batch-weights (or use --pack K)")
-    result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
-                       retry_failed=not ns.skip_failed, pack=pack, executor=executor)
+    try:
+        result = run_sweep(plan, jobs=ns.jobs, gpus=gpus, dry_run=ns.dry_run, only=ns.only,
+                           retry_failed=not ns.skip_failed, pack=pack, executor=executor)
+    except KeyboardInterrupt as exc:  # the runs' own lines are in their train.log; the sweep's state is saved
+        exc.args = (f"sweep {plan.spec.name} stopped by {signal_name(exc)}; its state is saved in {plan.sweep_dir}: "
+                    f"re-run the same command to continue",)
+        raise
     return result.exit_code
 
 
@@ -262,10 +270,22 @@ def cmd_methods(ns: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- parser
+EXIT_CODES_HELP = """exit codes (every command; docs/faults.md):
+  0    success
+  1    a run failed while training (loss NaN/inf; a sweep with failed runs), or an internal error
+  2    bad input: usage, config, names, a data set problem (missing, bad files, too few images), run
+       directory (exists, in use), checkpoint
+  4    the output location cannot be written (read-only, disk full, vanished, no permission)
+  130  stopped by SIGINT (Ctrl-C); 143: stopped by SIGTERM -- both graceful: the stop reason is the last
+       line of train.log and the last finished epoch is resumable (--resume, or the same sweep command)
+  141  the output pipe was closed (... | head)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tfdistill",
-        description="Teacher-free Feature Distillation: train, evaluate and compare distillation methods.")
+        prog="tfdistill", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Teacher-free Feature Distillation: train, evaluate and compare distillation methods.",
+        epilog=EXIT_CODES_HELP)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -440,16 +460,65 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(ns, "command", None):
         parser.print_help()
         return 2
+    from .interrupts import graceful_stop
+
     try:
-        return int(ns.func(ns) or 0)
-    except TfdError as exc:
+        with graceful_stop(), _warnings_once():  # SIGINT/SIGTERM: graceful stops, told apart by the exit code
+            return int(ns.func(ns) or 0)
+    except KeyboardInterrupt as exc:  # (and SIGTERM: errors.Terminated)
+        print(f"tfdistill: {exc.args[0] if exc.args else f'stopped by {signal_name(exc)}'}", file=sys.stderr)
+        return exit_code(exc)
+    except BrokenPipeError:  # `tfdistill ... | head`: the reader has gone; say nothing more
+        _silence_stdout()
+        return EXIT_PIPE
+    except (TfdError, OSError) as exc:
         if ns.debug:
             raise
-        print(f"tfdistill: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tfdistill: interrupted", file=sys.stderr)
-        return 130
+        print(f"tfdistill: error: {_one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
+
+
+@contextlib.contextmanager
+def _warnings_once():
+    """Python warnings in the CLI's form, each text once (``tfdistill: warning: ...`` on stderr); the engine writes
+    them to the train.log of the runs concerned and does not echo them again."""
+    shown: set[str] = set()
+    old = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip()
+        if text in shown:
+            return
+        shown.add(text)
+        print(f"tfdistill: warning: {text}", file=sys.stderr)
+        loop = sys.modules.get("tfdistill.engine.loop")
+        if loop is not None:
+            loop.record_warning(text)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
+
+
+def _one_line(exc: BaseException) -> str:
+    """A user error's message; an OSError as the run's stop line (if it stopped a run) or what, where and why."""
+    line = getattr(exc, "tfd_stop_line", None)
+    if line:
+        return line
+    if isinstance(exc, OSError) and not isinstance(exc, TfdError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where} (errno {exc.errno})" if exc.errno else str(exc)
+    return str(exc)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,10 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 512
     num_workers: int = 4
+    on_bad_file: str = "error"
+    """Image folders: what an unreadable, corrupt or non-image file does. ``error``: every problem of the folder
+    (bad files, empty classes, class mismatches, too few images) is reported in one message and nothing trains;
+    ``skip``: bad files are left out with one warning (count and first names), recorded in summary.json."""
     augment: list[str] = field(default_factory=lambda: ["crop", "flip"])
     """Training augmentations in order. CIFAR-style: crop (reflect-pad 4 + random 32x32 crop), flip, cutout,
     autoaugment (torchvision's CIFAR10 policy). ImageNet-style (dataloader path): rrc (RandomResizedCrop), flip."""
@@ -352,6 +356,7 @@ def _check(cfg: Any) -> None:
         "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "constant")),
         "optim.name": (cfg.optim.name, ("sgd",)),
         "data.loader": (cfg.data.loader, ("auto", "device", "dataloader")),
+        "data.on_bad_file": (cfg.data.on_bad_file, ("error", "skip")),
     }
     from .data.base import check_augments  # the data layer owns the augmentation names
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .errors import RunDirError
+from .errors import RunDirError, signal_name
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -33,6 +33,9 @@ SUMMARY_FILE = "summary.json"
 LAST_FILE = "last.pt"
 BEST_FILE = "best.pt"
 LOG_FILE = "train.log"
+LOCK_FILE = ".lock"
+"""Held (``flock``) by the process training the run: a second process started on the same run directory is refused
+(the kernel releases it when the holder dies, even by SIGKILL)."""
 FAILED_MARKER = "FAILED"
 """Written by a sweep into a run directory whose run stopped with an error (its text: the reason)."""
 MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LAST_FILE)
@@ -113,6 +116,14 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             tmp.unlink()
 
 
+_HELD: dict[str, int] = {}
+"""Run directories this process holds the lock of: resolved path -> file descriptor."""
+
+
+def _lock_key(path: Path) -> str:
+    return str(path.resolve())
+
+
 def is_finished(path: str | Path) -> bool:
     """A run is finished exactly when its ``summary.json`` exists."""
     return (Path(path) / SUMMARY_FILE).is_file()
@@ -170,6 +181,7 @@ class RunDir:
             backup = p.with_name(f".{p.name}.replaced")
             if backup.exists():
                 shutil.rmtree(backup)  # left by a replacing run that was killed (SIGKILL) before it could decide
+            self.unlock()  # the new folder gets its own lock
             os.replace(p, backup)
             self.replaced = backup
         elif exists:
@@ -193,6 +205,34 @@ class RunDir:
         os.replace(self.replaced, self.path)
         self.replaced = None
         return True
+
+    # --------------------------------------------------------------- one process per run directory
+    def lock(self) -> None:
+        """Hold this run directory (which exists) for this process; raises RunDirError naming the process that holds
+        it already. Holding it again from the same process is a no-op (an in-process sweep, scripts, tests)."""
+        key = _lock_key(self.path)
+        if key in _HELD:
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no locking
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirError(f"run directory {self.path} is in use by another tfdistill process (pid {holder}); "
+                              f"wait for it to end or stop it (SIGTERM stops it gracefully), then --resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _HELD[key] = fd
+
+    def unlock(self) -> None:
+        fd = _HELD.pop(_lock_key(self.path), None)
+        if fd is not None:
+            os.close(fd)
 
     # --------------------------------------------------------------- writing
     def write_text_atomic(self, path: Path, text: str) -> None:
@@ -232,28 +272,38 @@ class RunDir:
     def record_stop(self, exc: BaseException, epochs_done: int, epochs: int) -> str:
         """Record why the run stopped. Returns the line written to ``train.log`` (or the note of the removal).
 
-        * An interrupt (Ctrl-C, SIGTERM) after a checkpoint: ``train.log`` says so; the run stays resumable and
-          unmarked (reports list it as unfinished; ``--resume`` or a sweep continues it).
-        * An interrupt before the first checkpoint: the folder is removed. Not one epoch was completed, so it
+        * An interrupt (SIGINT/Ctrl-C, SIGTERM) after a checkpoint: ``train.log`` says so; the run stays resumable
+          and unmarked (reports list it as unfinished; ``--resume`` or a sweep continues it).
+        * An interrupt, or an OSError (disk full, read-only, vanished), before the first checkpoint: the folder is
+          removed. Not one epoch was completed, so it
           holds nothing but the config, and the same command can simply be run again (no ``--overwrite``).
-        * Any error (divergence, a crash): ``train.log`` says why and a ``FAILED`` marker holds the reason. The
-          folder is kept even without a checkpoint: its ``config.yaml`` and ``train.log`` are the record of what
-          was tried and why it stopped (a setting that diverges in epoch 1 is a result, e.g. in an alpha/beta
-          ablation), and the marker makes reports and sweeps count it as failed/diverged, not as unfinished.
-          ``--overwrite`` (or a sweep's retry) starts it again."""
+        * Any error (divergence, a crash, a full disk): ``train.log`` says why and a ``FAILED`` marker holds the
+          reason. The folder is kept even without a checkpoint: its ``config.yaml`` and ``train.log`` are the record
+          of what was tried and why it stopped (a setting that diverges in epoch 1 is a result, e.g. in an
+          alpha/beta ablation), and the marker makes reports and sweeps count it as failed/diverged, not as
+          unfinished. ``--resume`` (from a checkpoint), ``--overwrite`` or a sweep's retry starts it again."""
         resumable = self.last.is_file()
         interrupt = isinstance(exc, KeyboardInterrupt)
         if interrupt and not resumable:
             shutil.rmtree(self.path, ignore_errors=True)
-            return f"removed {self.path}: interrupted before its first checkpoint (nothing to keep)"
+            return (f"stopped by {signal_name(exc)} in epoch {epochs_done + 1}/{epochs}, before the first checkpoint: "
+                    f"removed {self.path} (nothing to keep); run the same command to start again")
+        if isinstance(exc, OSError) and not resumable:  # the disk, not the run: nothing to keep either
+            shutil.rmtree(self.path, ignore_errors=True)
+            return (f"stopped in epoch {epochs_done + 1}/{epochs}, before the first checkpoint: {type(exc).__name__}: "
+                    f"{exc}; removed {self.path} (nothing to keep); run the same command again once the disk can "
+                    f"be written")
         if interrupt:
-            why = "interrupted (Ctrl-C or SIGTERM)"
+            why = f"interrupted by {signal_name(exc)}"
         else:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             why = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         where = f"after epoch {epochs_done}/{epochs}"
         if interrupt:
             line = f"stopped {where}: {why}; continue with `tfdistill train --resume {self.path}`"
+        elif resumable and isinstance(exc, OSError):
+            line = (f"stopped {where}: {why}; last.pt holds epoch {epochs_done}: once the disk can be written, "
+                    f"continue with `tfdistill train --resume {self.path}`")
         elif resumable:
             line = f"stopped {where}: {why}; last.pt holds epoch {epochs_done}"
         else:

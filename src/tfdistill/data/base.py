@@ -214,6 +214,8 @@ class DataBundle:
     """Which loader was built: "device" (resident uint8 tensors) or "dataloader" (torch DataLoader + workers)."""
     num_test: int = 0
     notes: list[str] = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    """Bad files of the data set left out (``data.on_bad_file=skip``): count and first names."""
     """Lines for the run header: how the dataset was read (e.g. an image folder's decided resolution, off-size
     images)."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
@@ -221,7 +223,8 @@ class DataBundle:
     def describe(self) -> dict:
         """What summary.json records of the data: resolution as decided, loader, sizes, the header notes."""
         return {"name": self.name, "image_size": int(self.image_size), "loader": self.loader,
-                "num_train": int(self.num_train), "num_test": int(self.num_test), "notes": list(self.notes)}
+                "num_train": int(self.num_train), "num_test": int(self.num_test), "notes": list(self.notes),
+                **({"skipped": dict(self.skipped)} if self.skipped else {})}
 
     def train_loader_for(self, seed: int) -> Loader:
         """Another training loader over the same resident data, with its own seed (order + augmentation)."""

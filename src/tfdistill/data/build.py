@@ -118,6 +118,6 @@ def build_data(
         name=src.name,
         loader=kind,
         num_test=n_test,
-        notes=list(src.notes),
+        notes=list(src.notes), skipped=dict(getattr(src, "skipped", {}) or {}),
         _make_train=make_train,
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 import os
+import re
 import sys
 import tarfile
 import time
@@ -63,6 +64,10 @@ _CHUNK = 2048
 SIZE_SAMPLE = 2048
 """At most this many image headers are read to find the majority size."""
 _OFF_EXAMPLES = 5
+BAD_KEPT = 50
+"""Bad files named in a cache entry (and so in a message); the count is always exact."""
+PROBLEMS_SHOWN = 10
+"""Problems listed in one message; the rest are counted."""
 _POOL_MIN = 4096  # decode in worker processes from this many images on
 
 Item = Union[str, bytes]
@@ -91,6 +96,10 @@ class _RawSplit:
 
     def __init__(self, kind: str, path: Path, classes: list[str], labels: np.ndarray, items: list[Item]):
         self.kind, self.path, self.classes, self.labels, self.items = kind, path, classes, labels, items
+        self.problems: list[str] = []
+        """What is wrong with the split as a whole (no classes, empty classes)."""
+        self.non_images: list[str] = []
+        """Files in the class folders that are not images (a bad file each, see data.on_bad_file)."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,16 +110,38 @@ class _RawSplit:
 
 
 def _scan_dir(path: Path) -> _RawSplit:
-    from torchvision.datasets import ImageFolder
-
+    """torchvision ImageFolder's order (sorted classes, sorted walk inside each, symlinks followed), without its
+    first-problem exception: empty classes and non-image files are collected on the split (``problems``,
+    ``non_images``)."""
     try:
-        folder = ImageFolder(str(path))
-    except (FileNotFoundError, RuntimeError, OSError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"bad image folder {path}: {msg}") from None
-    files = [p for p, _ in folder.samples]
-    labels = np.asarray([t for _, t in folder.samples], dtype=np.int64)
-    return _RawSplit("dir", path, list(folder.classes), labels, files)
+        classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    except OSError as exc:
+        raise DataError(f"bad image folder {path}: {type(exc).__name__}: {exc}") from None
+    files: list[str] = []
+    labels: list[int] = []
+    empty, non_images = [], []
+    for i, c in enumerate(classes):
+        n = 0
+        for root, _, names in sorted(os.walk(path / c, followlinks=True)):
+            for name in sorted(names):
+                f = os.path.join(root, name)
+                if name.lower().endswith(IMG_EXTENSIONS):
+                    files.append(f)
+                    labels.append(i)
+                    n += 1
+                elif not name.startswith("."):
+                    non_images.append(f)
+        if n == 0:
+            empty.append(c)
+    raw = _RawSplit("dir", path, classes, np.asarray(labels, dtype=np.int64), files)
+    raw.problems = ([f"no class folders in {path}/ (expected {path}/<class>/<image>)"] if not classes else []) + \
+        ([f"{path.name}/: {len(empty)} empty class folder(s) ({_first(empty)})"] if empty else [])
+    raw.non_images = [f"{f} (not an image file)" for f in non_images]
+    return raw
+
+
+def _first(names: Sequence[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f", ... {len(names) - k} more" if len(names) > k else "")
 
 
 def _archive_members(path: Path) -> Iterator[tuple[str, str, bytes]]:
@@ -161,15 +192,22 @@ def _fit(img: torch.Tensor, size: int) -> torch.Tensor:
     return F.center_crop(img, [size, size])
 
 
-def _decode_chunk(items: Sequence[Item], names: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode encoded images (bytes or file paths) into uint8 (n,3,size,size); also their native (h, w)."""
-    out = np.empty((len(items), 3, size, size), dtype=np.uint8)
-    native = np.empty((len(items), 2), dtype=np.int64)
-    datas = []
-    for it in items:
+def _decode_chunk(items: Sequence[Item], names: Sequence[str], size: int
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Decode encoded images (bytes or file paths) into uint8 (n,3,size,size); also their native (h, w), and the
+    files that could not be read or decoded: (index, "name (why)"), their rows left zero."""
+    out = np.zeros((len(items), 3, size, size), dtype=np.uint8)
+    native = np.zeros((len(items), 2), dtype=np.int64)
+    datas: list[bytes] = []
+    bad: list[tuple[int, str]] = []
+    for i, it in enumerate(items):
         if isinstance(it, str):
-            with open(it, "rb") as f:
-                datas.append(f.read())
+            try:
+                with open(it, "rb") as f:
+                    datas.append(f.read())
+            except OSError as exc:
+                datas.append(b"")
+                bad.append((i, f"{names[i]} (unreadable: {type(exc).__name__}: {exc.strerror or exc})"))
         else:
             datas.append(it)
     jpeg = [i for i, d in enumerate(datas) if d[:3] == b"\xff\xd8\xff"]
@@ -185,20 +223,28 @@ def _decode_chunk(items: Sequence[Item], names: Sequence[str], size: int) -> tup
             done = dict(zip(jpeg, imgs))
         except Exception:
             done = {}
+    unreadable = {i for i, _ in bad}
     for i in range(len(datas)):
+        if i in unreadable:
+            continue
         img = done.get(i)
         if img is None:
-            img = _to_rgb_tensor(datas[i], names[i])
+            try:
+                img = _to_rgb_tensor(datas[i], names[i])
+            except DataError as exc:
+                why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc).split(": ", 2)[-1])
+                bad.append((i, f"{names[i]} (corrupt: {why[:120]})"))
+                continue
         native[i] = img.shape[-2:]
         out[i] = _fit(img, size).numpy()
-    return out, native
+    return out, native, sorted(bad)
 
 
 def _pool_init() -> None:
     torch.set_num_threads(1)
 
 
-def _pool_decode(args: tuple[Sequence[Item], Sequence[str], int]) -> tuple[np.ndarray, np.ndarray]:
+def _pool_decode(args: tuple[Sequence[Item], Sequence[str], int]) -> tuple[np.ndarray, np.ndarray, list]:
     return _decode_chunk(*args)
 
 
@@ -210,13 +256,15 @@ def _cpus() -> int:
 
 
 def decode_items(chunks: Iterable[tuple[list[Item], list[str]]], size: int, workers: int = 0,
-                 native: Optional[list[np.ndarray]] = None) -> np.ndarray:
+                 native: Optional[list[np.ndarray]] = None, bad: Optional[list[tuple[int, str]]] = None
+                 ) -> np.ndarray:
     """Decode a stream of (items, names) chunks into one uint8 (N,3,size,size) array, in order.
 
     With `workers` > 0 the chunks are decoded by that many worker processes *while* the stream is being
     produced (e.g. a .tar.gz being inflated by this process), otherwise here, one chunk after the other.
-    `native`, when given, receives the images' native (h, w) sizes, one int64 (n, 2) array per chunk."""
-    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    `native`, when given, receives the images' native (h, w) sizes, one int64 (n, 2) array per chunk; `bad`, when
+    given, the files that could not be decoded, ``(index, "name (why)")`` (else the first one is a DataError)."""
+    parts: list[tuple[np.ndarray, np.ndarray, list]] = []
     if workers > 0:
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init) as ex:
@@ -226,6 +274,14 @@ def decode_items(chunks: Iterable[tuple[list[Item], list[str]]], size: int, work
         parts = [_decode_chunk(items, names, size) for items, names in chunks]
     if native is not None:
         native.extend(p[1] for p in parts)
+    offset = 0
+    for p in parts:
+        found = [(offset + i, why) for i, why in p[2]]
+        if found and bad is None:
+            raise DataError(f"cannot decode image {found[0][1]}")
+        if bad is not None:
+            bad.extend(found)
+        offset += len(p[0])
     if not parts:
         return np.empty((0, 3, size, size), dtype=np.uint8)
     return np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
@@ -245,14 +301,15 @@ def _chunks(items: Sequence[Item], names: Sequence[str]) -> Iterator[tuple[list[
         yield list(items[s : s + _CHUNK]), list(names[s : s + _CHUNK])
 
 
-def _probe_size(item: Item, name: str) -> tuple[int, int]:
+def _probe_size(item: Item, name: str) -> Optional[tuple[int, int]]:
+    """(h, w) from the image's header, or None when it cannot be read (the decode reports it)."""
     try:
         src = item if isinstance(item, str) else io.BytesIO(item)
         with Image.open(src) as im:
             w, h = im.size
             return h, w
-    except Exception as exc:
-        raise DataError(f"cannot read image {name}: {type(exc).__name__}: {exc}") from None
+    except Exception:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- the source
@@ -262,6 +319,7 @@ class _SplitReader:
     def __init__(self, kind: str, path: Path) -> None:
         self.kind, self.path = kind, path
         self._raw: Optional[_RawSplit] = None
+        self.bad_headers: list[str] = []
 
     def stamp(self) -> Any:
         """What the cache key depends on: archive path+size+mtime, or every file's path+size+mtime."""
@@ -312,17 +370,26 @@ class _SplitReader:
             what = "archive" if self.kind == "tar" else "image folder"
             raise DataError(f"{what} {self.path} holds no images under <class>/<file> (extensions: "
                             f"{', '.join(IMG_EXTENSIONS)})")
-        return [_probe_size(item, name) for item, name in picked]
+        sizes = [_probe_size(item, name) for item, name in picked]
+        self.bad_headers = [f"{name} (not a readable image)" for (item, name), hw in zip(picked, sizes) if hw is None]
+        good = [hw for hw in sizes if hw is not None]
+        if not good:
+            raise DataError(f"none of the {len(picked)} images read in {self.path} is a readable image: "
+                            f"{_first(self.bad_headers, 3)}")
+        return good
 
-    def decode(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """(classes, labels, uint8 images (N,3,size,size), native (h, w) sizes (N,2), names) in ImageFolder
-        order. An archive not read yet is inflated here while worker processes decode the chunks already read."""
+    def decode(self, size: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str], list]:
+        """(classes, labels, uint8 images (N,3,size,size), native (h, w) sizes (N,2), names, bad files as
+        ``(index, "name (why)")``) in ImageFolder order. An archive not read yet is inflated here while worker
+        processes decode the chunks already read."""
         native: list[np.ndarray] = []
+        bad: list[tuple[int, str]] = []
         if self.kind == "dir" or self._raw is not None:
             raw = self.raw()
             names = [raw.name(i) for i in range(len(raw))]
-            images = decode_items(_chunks(raw.items, names), size, _pool_size(len(raw), busy_main=False), native)
-            return raw.classes, raw.labels, images, _stack_sizes(native), names
+            images = decode_items(_chunks(raw.items, names), size, _pool_size(len(raw), busy_main=False), native,
+                                  bad)
+            return raw.classes, raw.labels, images, _stack_sizes(native), names, bad
         keys: list[tuple[str, str]] = []
 
         def stream() -> Iterator[tuple[list[Item], list[str]]]:
@@ -340,7 +407,7 @@ class _SplitReader:
 
         # ~1 KB per small compressed image: decide on the pool from the archive size
         est = self.path.stat().st_size // 1024
-        images = decode_items(stream(), size, _pool_size(est, busy_main=True), native)
+        images = decode_items(stream(), size, _pool_size(est, busy_main=True), native, bad)
         sizes = _stack_sizes(native)
         if not keys:
             raise DataError(f"archive {self.path} holds no images under <class>/<file> (extensions: "
@@ -352,7 +419,8 @@ class _SplitReader:
         if order != list(range(len(order))):
             images, sizes = images[np.asarray(order)], sizes[np.asarray(order)]
         names = [f"{self.path}:{keys[i][0]}/{keys[i][1]}" for i in order]
-        return classes, labels, images, sizes, names
+        where = {old: new for new, old in enumerate(order)}
+        return classes, labels, images, sizes, names, sorted((where[i], why) for i, why in bad)
 
 
 def _stack_sizes(parts: list[np.ndarray]) -> np.ndarray:
@@ -389,11 +457,17 @@ def _decoded_split(reader: _SplitReader, size: int, image_size_cfg: int, small: 
         split = Split(labels=hit["labels"], images=hit["images"], origin=str(reader.path))
         return split, list(meta["classes"]), meta
     t0 = time.perf_counter()
-    classes, labels_np, images_np, native, names = reader.decode(size)
-    images, labels = torch.from_numpy(images_np), torch.from_numpy(labels_np)
+    classes, labels_np, images_np, native, names, bad = reader.decode(size)
+    if bad:  # left out of the arrays; the caller reports them (data.on_bad_file=error) or skips them
+        keep = np.ones(len(names), dtype=bool)
+        keep[[i for i, _ in bad]] = False
+        images_np, labels_np, native = images_np[keep], labels_np[keep], native[keep]
+        names = [n for n, k in zip(names, keep) if k]
+    images, labels = torch.from_numpy(np.ascontiguousarray(images_np)), torch.from_numpy(labels_np)
     meta: dict[str, Any] = {"classes": classes, "size": size, "small": small, "source": str(reader.path),
                             "decode_s": round(time.perf_counter() - t0, 3),
-                            "off_size": _off_size(native, names, major)}
+                            "off_size": _off_size(native, names, major),
+                            "bad": {"count": len(bad), "files": [why for _, why in bad[:BAD_KEPT]]}}
     if stats:
         meta["mean"], meta["std"] = channel_stats(images)
     cache.save("imagefolder", key, {"images": images, "labels": labels}, meta)
@@ -439,9 +513,17 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
     notes = [f"imagefolder {root}: {size}x{size} px ({why})"]
 
     if small or loader == "device":
+        problems = [*_scan_problems(train_r), *_scan_problems(test_r)]
         train, classes, meta = _decoded_split(train_r, size, want, small, stats=small, major=major)
         test, test_classes, test_meta = _decoded_split(test_r, size, want, small, stats=False, major=major)
-        _check_classes(classes, test_classes, train_r.path, test_r.path)
+        problems += _class_problems(classes, test_classes, train_r.path, test_r.path)
+        bad = [*_bad_files(train_r, meta), *_bad_files(test_r, test_meta)]
+        count = sum(int((m.get("bad") or {}).get("count", 0)) for m in (meta, test_meta)) + \
+            len(bad) - sum(len((m.get("bad") or {}).get("files", [])) for m in (meta, test_meta))
+        if len(train) < int(cfg.batch_size):
+            problems.append(f"the training set has {len(train)} usable images, fewer than data.batch_size="
+                            f"{int(cfg.batch_size)} (batches are full): lower data.batch_size")
+        skipped = _settle(root, cfg, problems, bad, count, notes)
         if small:
             mean, std = tuple(meta["mean"]), tuple(meta["std"])
         else:
@@ -453,7 +535,7 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
                 warnings.warn(msg, stacklevel=3)
                 notes.append(f"warning: {msg}")
         return DatasetSource("imagefolder", train, test, classes, mean, std, image_size=size, small=small,
-                             notes=notes)
+                             notes=notes, skipped=skipped)
 
     # large + dataloader: encoded splits, decoded by workers; decodable on demand (e.g. for a subset on device)
     for r in (train_r, test_r):
@@ -463,7 +545,17 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
                 f"its images are large: extract it to {r.path.parent / r.path.name.split('.')[0]}/ instead"
             )
     raw_tr, raw_te = train_r.raw(), test_r.raw()
-    _check_classes(raw_tr.classes, raw_te.classes, train_r.path, test_r.path)
+    problems = [*_scan_problems(train_r), *_scan_problems(test_r),
+                *_class_problems(raw_tr.classes, raw_te.classes, train_r.path, test_r.path)]
+    bad = [*raw_tr.non_images, *raw_te.non_images, *train_r.bad_headers]  # (others: found by the loader workers)
+    if len(raw_tr) < int(cfg.batch_size):
+        problems.append(f"the training set has {len(raw_tr)} images, fewer than data.batch_size="
+                        f"{int(cfg.batch_size)} (batches are full): lower data.batch_size")
+    skipped = _settle(root, cfg, problems, bad, len(bad), notes)
+    if skipped:  # header-unreadable files are dropped from the encoded lists
+        drop = {b.rsplit(" (", 1)[0] for b in train_r.bad_headers}
+        keep = [i for i, it in enumerate(raw_tr.items) if not (isinstance(it, str) and it in drop)]
+        raw_tr.items, raw_tr.labels = [raw_tr.items[i] for i in keep], raw_tr.labels[keep]
     splits = []
     for reader, raw in ((train_r, raw_tr), (test_r, raw_te)):
         items = raw.items
@@ -477,7 +569,7 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
         splits.append(split)
     mean, std = IMAGENET_STATS
     return DatasetSource("imagefolder", splits[0], splits[1], raw_tr.classes, mean, std, image_size=size,
-                         small=False, notes=notes)
+                         small=False, notes=notes, skipped=skipped)
 
 
 def _encoded_decoder(split: Split, size: int) -> Split:
@@ -489,15 +581,51 @@ def _encoded_decoder(split: Split, size: int) -> Split:
     return replace(split, images=images, files=None, blobs=None)
 
 
-def _check_classes(train: list[str], test: list[str], train_path: Path, test_path: Path) -> None:
-    if train != test:
-        only_tr = sorted(set(train) - set(test))
-        only_te = sorted(set(test) - set(train))
-        raise DataError(
-            f"image folder classes differ between {train_path} ({len(train)}) and {test_path} ({len(test)}): "
-            f"only in train: {only_tr[:5]}{'...' if len(only_tr) > 5 else ''}; "
-            f"only in test: {only_te[:5]}{'...' if len(only_te) > 5 else ''}"
-        )
+def _class_problems(train: list[str], test: list[str], train_path: Path, test_path: Path) -> list[str]:
+    """The class mismatch between the splits, each named as on disk (``train/`` and ``val/`` or ``test/``)."""
+    if train == test:
+        return []
+    only_tr = sorted(set(train) - set(test))
+    only_te = sorted(set(test) - set(train))
+    a, b = _split_name(train_path), _split_name(test_path)
+    return [f"classes differ between {a} ({len(train)}) and {b} ({len(test)}): only in {a}: "
+            f"{_first(only_tr) or '-'}; only in {b}: {_first(only_te) or '-'}"]
+
+
+def _split_name(path: Path) -> str:
+    return path.name + ("/" if path.is_dir() else "")
+
+
+def _scan_problems(reader: _SplitReader) -> list[str]:
+    return list(reader.raw().problems) if reader.kind == "dir" else []
+
+
+def _bad_files(reader: _SplitReader, meta: dict) -> list[str]:
+    """A split's bad files: non-image files in its class folders, files that would not decode."""
+    non_images = reader.raw().non_images if reader.kind == "dir" else []
+    return [*non_images, *((meta.get("bad") or {}).get("files") or [])]
+
+
+def _settle(root: Path, cfg: Any, problems: list[str], bad: list[str], bad_count: int, notes: list[str]) -> dict:
+    """Every problem of the folder in one DataError; or, with ``data.on_bad_file=skip`` and only bad files, one
+    warning (count, first names) and the record for summary.json."""
+    mode = str(getattr(cfg, "on_bad_file", "error") or "error")
+    if mode == "skip" and not problems:
+        if not bad_count:
+            return {}
+        msg = f"image folder {root}: skipped {bad_count} bad file(s) (data.on_bad_file=skip): {_first(bad, 3)}"
+        warnings.warn(msg, stacklevel=4)
+        notes.append(f"warning: {msg}")
+        return {"count": bad_count, "files": bad[:BAD_KEPT]}
+    every = [*problems] + ([f"{bad_count} bad file(s): {_first(bad, PROBLEMS_SHOWN)}"] if bad_count and
+                           mode == "error" else [])
+    if not every:
+        return {}
+    shown = "; ".join(every[:PROBLEMS_SHOWN]) + (f"; ... {len(every) - PROBLEMS_SHOWN} more"
+                                                  if len(every) > PROBLEMS_SHOWN else "")
+    hint = (" (data.on_bad_file=skip leaves bad files out and trains on the rest)" if bad_count and mode == "error"
+            else "")
+    raise DataError(f"image folder {root}: {len(every)} problem(s): {shown}{hint}")
 
 
 @DATASETS.register("imagefolder")

@@ -134,6 +134,8 @@ class DatasetSource:
     """Lazily computed (mean, std) when `mean`/`std` are empty (small image folders: from the train images)."""
     notes: list[str] = field(default_factory=list)
     """Lines for the run header (how the resolution was decided, off-size images)."""
+    skipped: dict = field(default_factory=dict)
+    """Bad files left out (``data.on_bad_file=skip``): ``{"count": N, "files": [first names...]}``; summary.json."""
 
     @property
     def num_classes(self) -> int:

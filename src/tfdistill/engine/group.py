@@ -34,9 +34,10 @@ from tqdm.auto import tqdm
 from ..config import plural
 from ..data import build_data
 from ..errors import ConfigError, DivergenceError
+from ..interrupts import graceful_stop
 from .accel import StepRunner
 from .distributed import all_reduce_sum, cleanup_distributed, setup_distributed
-from .loop import Run, RunResult, default_run_name, resolve_device
+from .loop import Run, RunResult, default_run_name, note_interrupt, resolve_device
 from ..methods import method_uses
 from ..rundir import RunDir, device_name, flat_keys
 from .auto import apply_engine_settings
@@ -99,6 +100,16 @@ def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | Non
     ``(resume, overwrite)`` (default: ``resume`` / ``overwrite`` for all). Every run directory is checked before any
     is created or (``--overwrite``) replaced, and only once every run was built: a refused run or bad input in one
     run costs no other run its directory."""
+    from . import loop
+
+    loop._GROUP_MARK.append(len(loop.SHOWN_WARNINGS))  # warnings shown from here on concern these runs
+    try:
+        return _build_group(cfgs, modes=modes, resume=resume, overwrite=overwrite, echo=echo, on_drop=on_drop)
+    finally:
+        loop._GROUP_MARK.pop()
+
+
+def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
     cfgs = list(cfgs)
     modes = list(modes) if modes is not None else [(resume, overwrite)] * len(cfgs)
     data = None
@@ -122,8 +133,12 @@ def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | Non
         for c, (res, ovr) in zip(cfgs, modes):
             RunDir(_run_dir(c)).prepare(resume=res, overwrite=ovr, dry=True)
         first = cfgs[0]
-        data = build_data(first.data, device, seed=int(first.seed), channels_last=bool(first.engine.channels_last),
-                          paired=method_uses(first.method.name).paired_batches)
+        try:
+            data = build_data(first.data, device, seed=int(first.seed), channels_last=bool(first.engine.channels_last),
+                              paired=method_uses(first.method.name).paired_batches)
+        except KeyboardInterrupt as exc:
+            note_interrupt(exc, f"while building the data set {first.data.name!r} for {len(cfgs)} packed runs")
+            raise
     runs: list[Run] = []
     teachers: dict[str, Any] = {}
     try:
@@ -137,10 +152,16 @@ def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | Non
             runs.append(run)
         for run in runs:  # every run was built: bad input in any of them leaves no folder behind and costs no run
             run.open()
-    except BaseException:
+    except BaseException as exc:
         for run in runs:
             run.close()
             run.restore_replaced()
+        for c in cfgs:  # a run that failed while being built held its directory already
+            RunDir(_run_dir(c)).unlock()
+        note_interrupt(exc, f"while building {'the run' if len(cfgs) == 1 else f'{len(cfgs)} packed runs'} "
+                            f"({', '.join(str(_run_dir(c)) for c in cfgs[:4])})",
+                       "nothing to keep; run the same command to start" if not any(m[0] for m in modes) else
+                       "nothing was changed; --resume continues")
         raise
     return Group(runs, echo=echo, on_drop=on_drop)
 
@@ -311,8 +332,13 @@ class Group:
         try:
             return self._fit()
         except BaseException as exc:
-            for i in self._active():
-                self.runs[i].stop(exc)
+            lines = [line for i in self._active() if (line := self.runs[i].stop(exc))]
+            if lines:  # the one line the CLI prints: why the run stopped and what now (also in each train.log)
+                line = lines[0] if len(lines) == 1 else " | ".join(lines)
+                if isinstance(exc, KeyboardInterrupt):
+                    exc.args = (line,)
+                with contextlib.suppress(AttributeError, TypeError):
+                    exc.tfd_stop_line = line
             raise
 
     def _fit(self) -> list[RunResult | DivergenceError]:
@@ -462,12 +488,16 @@ def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
     With ``cfg.seeds`` set, trains one run per seed as one packed group (see the module docs) and returns the list
     of their results, in the order of ``cfg.seeds``; under torchrun the seeds run one after another."""
     try:
-        if getattr(cfg, "seeds", None):
-            cfgs = seed_configs(cfg)
-            if setup_distributed(cfg.engine.device).enabled:
-                return [train_group([c], resume=resume, overwrite=overwrite, echo=echo)[0]
-                        for c in cfgs]  # type: ignore[return-value]
-            return train_group(cfgs, resume=resume, overwrite=overwrite, echo=echo)  # type: ignore[return-value]
-        return train_group([cfg], resume=resume, overwrite=overwrite, echo=echo)[0]
+        with graceful_stop(only_if_default=True):  # a script's SIGTERM/SIGINT: a graceful stop (the CLI's are already)
+            return _train(cfg, resume=resume, overwrite=overwrite, echo=echo)
     finally:
         cleanup_distributed()  # only a process group that setup_distributed created (torchrun); no-op otherwise
+
+
+def _train(cfg: Any, *, resume: bool, overwrite: bool, echo: Callable[[str], None] | None) -> Any:
+    if getattr(cfg, "seeds", None):
+        cfgs = seed_configs(cfg)
+        if setup_distributed(cfg.engine.device).enabled:
+            return [train_group([c], resume=resume, overwrite=overwrite, echo=echo)[0] for c in cfgs]
+        return train_group(cfgs, resume=resume, overwrite=overwrite, echo=echo)
+    return train_group([cfg], resume=resume, overwrite=overwrite, echo=echo)[0]

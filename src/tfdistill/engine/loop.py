@@ -23,6 +23,7 @@ import json
 import random
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -35,7 +36,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import config_notes, to_dict, to_yaml
 from ..data import build_data
-from ..errors import CheckpointError, ConfigError, DivergenceError
+from ..errors import CheckpointError, ConfigError, DivergenceError, signal_name
+from ..interrupts import deferred
 from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..models import create_model
@@ -58,7 +60,40 @@ class RunResult:
     summary: dict
 
 
+# ----------------------------------------------------------------------------------------------- warnings
+SHOWN_WARNINGS: list[str] = []
+"""Warnings the CLI has shown in its own form (once each) in this process: the engine writes them to the train.log of
+the runs they concern and does not echo them again (a library user sees Python's warnings and the log lines)."""
+_OPEN_RUNS: "weakref.WeakSet[Run]" = weakref.WeakSet()
+_GROUP_MARK: list[int] = []
+"""Where in SHOWN_WARNINGS the group being built began (its data is built before its runs)."""
+
+
+def record_warning(msg: str) -> None:
+    """The CLI has shown warning ``msg``: into the train.log of every run open now (later runs being built get it
+    when they open)."""
+    if msg in SHOWN_WARNINGS:
+        return
+    SHOWN_WARNINGS.append(msg)
+    for run in list(_OPEN_RUNS):
+        run._log_warning(msg)
+
+
+def _warning_text(line: str) -> str | None:
+    for prefix in ("warning: ", "note: "):
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- helpers
+def note_interrupt(exc: BaseException, where: str, after: str = "nothing was written; run the same command to "
+                                                                    "start") -> None:
+    """Give an interrupt that carries no message yet the one line the CLI prints: which signal, where, what now."""
+    if isinstance(exc, KeyboardInterrupt) and not exc.args:
+        exc.args = (f"stopped by {signal_name(exc)} {where}; {after}",)
+
+
 def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
     spec = str(spec)
     if spec == "auto":
@@ -164,18 +199,21 @@ def data_meta(data: Any) -> dict:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", device: torch.device | None = None,
              info: DistInfo = DistInfo(), max_batches: int = 0) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (reduced across ranks)."""
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader`` (reduced across ranks). Top-5
+    only where there are more than 5 classes (with 5 or fewer it is 100 % by construction: not a measurement)."""
     was = model.training
     model.eval()
     device = device or next(model.parameters()).device
     stats = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
+    classes = 0
     for b, (x, y, _) in enumerate(loader):
         if max_batches and b >= max_batches:
             break
         with autocast(precision, device):
             logits = model(x)
         logits = logits.float()
-        k = min(5, logits.shape[1])
+        classes = logits.shape[1]
+        k = min(5, classes)
         top = logits.topk(k, dim=1).indices
         hit = top.eq(y.view(-1, 1))
         stats += torch.stack([hit[:, :1].sum(), hit.sum(), F.cross_entropy(logits, y, reduction="sum"),
@@ -184,7 +222,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
     model.train(was)
     c1, c5, loss, n = stats.tolist()
     n = max(n, 1.0)
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(n)}
+    return {"top1": 100.0 * c1 / n, **({"top5": 100.0 * c5 / n} if classes > 5 else {}), "loss": loss / n,
+            "count": int(n)}
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -200,6 +239,8 @@ class Run:
         shared by the runs of a packed group); built from ``cfg`` when None. ``defer_open``: the run directory is
         created only by :meth:`open` (a group builds all its runs first)."""
         self.cfg = cfg
+        self._warn_mark = _GROUP_MARK[-1] if _GROUP_MARK else len(SHOWN_WARNINGS)
+        self._logged_warnings: set[str] = set()
         self.info = setup_distributed(cfg.engine.device)
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
         # Progress bars on an interactive terminal; in logs and CI the per-epoch lines carry the progress.
@@ -214,6 +255,8 @@ class Run:
         # found while building leaves no folder behind and never costs the old run.
         self._pending_log: list[str] | None = []
         do_resume = self._prepare_run_dir(resume, overwrite, dry=True)
+        if self.info.is_main and self.run.path.is_dir():  # a second process on this run directory is refused now
+            self.run.lock()
         if resume and not do_resume:
             self._log(f"note: nothing to resume in {self.run.path} (it does not exist yet): a new run starts")
         for note in config_notes(cfg):  # valid but probably unintended settings (milestones beyond epochs)
@@ -228,9 +271,13 @@ class Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False  # a previous run in this process may have turned it on
         self.channels_last = bool(cfg.engine.channels_last)
-        self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (packed runs)
-            cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
-            channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
+        try:
+            self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (packed runs)
+                cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
+                channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
+        except KeyboardInterrupt as exc:
+            note_interrupt(exc, f"while building the data set {cfg.data.name!r} for {self.run.path}")
+            raise
         num_classes = cfg.model.num_classes or self.data.num_classes
         if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
@@ -281,6 +328,7 @@ class Run:
             torch.manual_seed(seed * 1000003 + self.info.rank)
 
         self.epoch = 0  # epochs completed
+        self.saved_epoch = 0  # ... and in last.pt
         self.best_top1 = -1.0
         self.best_epoch = 0
         self.pre_done = False
@@ -301,11 +349,15 @@ class Run:
         if not do_resume:
             self._prepare_run_dir(resume, overwrite, dry=False)
             if self.info.is_main:
+                self.run.lock()
                 self.run.config.write_text(to_yaml(self.cfg))
         pending, self._pending_log = self._pending_log or [], None
         if self.info.is_main:
             for line in pending:
                 self.run.log_line(line)
+            for msg in SHOWN_WARNINGS[self._warn_mark:]:  # shown while this run was being built
+                self._log_warning(msg)
+            _OPEN_RUNS.add(self)
         self.tb = self._tensorboard()
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool, *, dry: bool) -> bool:
@@ -410,22 +462,27 @@ class Run:
         state = self.state()
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
-        save_atomic(state, self.run.last)
+        # last.pt is written last: a kill (SIGKILL, power loss) between the files leaves last.pt at the previous
+        # epoch, which --resume trains again bit-exactly and so rewrites best.pt / epoch_N.pt as they were
         keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
         if best:
             save_atomic({k: state[k] for k in keep}, self.run.best)
         if self.epoch in (self.cfg.engine.save_epochs or ()):
             save_atomic({k: state[k] for k in keep}, self.run.path / f"epoch_{self.epoch}.pt")
+        save_atomic(state, self.run.last)
+        self.saved_epoch = self.epoch
         self.run.commit()  # a run replaced by --overwrite is deleted only now
 
-    def restore_replaced(self) -> None:
-        """The run stopped before its first checkpoint: with ``--overwrite``, the run it replaced comes back."""
+    def restore_replaced(self) -> bool:
+        """The run stopped before its first checkpoint: with ``--overwrite``, the run it replaced comes back (True)."""
         if self.info.is_main and self.run.replaced is not None:
             if self.tb is not None:
                 self.tb.close()
             if self.run.rollback():
                 self.echo(f"note: {self.run.path} stopped before its first checkpoint; the run it was to replace "
                           f"(--overwrite) is restored")
+                return True
+        return False
 
     def _read_last(self) -> dict:
         """``last.pt`` on every rank (on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the
@@ -463,7 +520,7 @@ class Run:
                                   f"{str(exc).splitlines()[0][:200]}") from None
         self.sched.load_state_dict(ckpt["sched"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch = int(ckpt["epoch"])
+        self.epoch = self.saved_epoch = int(ckpt["epoch"])
         self.best_top1 = float(ckpt["best_top1"])
         self.best_epoch = int(ckpt["best_epoch"])
         self.pre_done = bool(ckpt.get("pre_done", True))
@@ -566,10 +623,11 @@ class Run:
         tested = {f"test_{k}": evaluated.get(k) for k in ("top1", "top5", "loss") if k in evaluated}
         row = {"epoch": epoch + 1, "lr": lr, **train, **tested, "best_top1": self.best_top1,
                "time": time.time() - self.started}
-        if self.info.is_main:
-            self.run.append_metrics(row)
-            self._tb_write(row)
-        self.save(best=improved)
+        with deferred():  # a SIGINT/SIGTERM waits until the row and the checkpoints of this epoch are written
+            if self.info.is_main:
+                self.run.append_metrics(row)
+                self._tb_write(row)
+            self.save(best=improved)
         speed = f"{train['group_images_per_sec']:.0f} img/s ({train['packed']} runs)" if train.get("packed") else None
         line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, evaluated, self.best_top1,
                                  self.best_epoch, eta, who=who, speed=speed)  # <= 100 columns (+ who)
@@ -580,7 +638,8 @@ class Run:
     def finish(self, last_eval: dict, extra: dict | None = None) -> RunResult:
         summary = {**self._summary(last_eval), **(extra or {})}
         if self.info.is_main:
-            self.run.write_summary(summary)
+            with deferred():
+                self.run.write_summary(summary)
             self._log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
                       f"last {summary['last_top1']:.2f}%  -> {self.run.path}")
         self.close()
@@ -606,22 +665,43 @@ class Run:
                 else "no checkpoint was written yet")
         return DivergenceError(f"loss became NaN/inf {where}{which}; stopped, {keep}")
 
-    def stop(self, err: BaseException) -> None:
+    def stop(self, err: BaseException) -> str | None:
         """This run stops (it diverged while its group goes on, or the group stopped): the reason goes to its
         train.log and, unless it is resumable after an interrupt, a FAILED marker (:meth:`RunDir.record_stop`); a run
-        it replaced (--overwrite) comes back instead if it had no checkpoint yet."""
+        it replaced (--overwrite) comes back instead if it had no checkpoint yet. Returns the line recorded."""
         self.close()
+        line = None
         if self.info.is_main and self.run.replaced is None:
-            line = self.run.record_stop(err, self.epoch, int(self.cfg.epochs))
-            self.echo(line) if isinstance(err, KeyboardInterrupt) else None
-        self.restore_replaced()
+            line = self.run.record_stop(err, self.saved_epoch, int(self.cfg.epochs))
+        if self.restore_replaced():
+            line = (f"stopped by {signal_name(err)} before the first checkpoint of {self.run.path}: the run it was to "
+                    f"replace (--overwrite) is restored" if isinstance(err, KeyboardInterrupt) else
+                    f"{self.run.path} stopped before its first checkpoint ({type(err).__name__}): the run it was to "
+                    f"replace (--overwrite) is restored")
+        return line
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.info.is_main:
+            self.run.unlock()
+        _OPEN_RUNS.discard(self)
+
+    def _log_warning(self, msg: str) -> None:
+        """A warning the CLI has shown: once into this run's train.log."""
+        if self.info.is_main and msg not in self._logged_warnings and self._pending_log is None:
+            self._logged_warnings.add(msg)
+            with contextlib.suppress(OSError):
+                self.run.log_line(f"warning: {msg}")
 
     def _log(self, line: str) -> None:
+        text = _warning_text(line)
+        if text is not None and text in SHOWN_WARNINGS:  # shown by the CLI already: train.log only, once
+            if self._pending_log is not None:
+                return  # written when the run directory opens
+            self._log_warning(text)
+            return
         if self.info.is_main:
             self.echo(line)
             if getattr(self, "_pending_log", None) is not None:  # the run directory does not exist yet
@@ -663,7 +743,7 @@ class Run:
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
             "last_top1": last_eval.get("top1"),
-            "last_top5": last_eval.get("top5"),
+            **({"last_top5": last_eval["top5"]} if "top5" in last_eval else {}),  # (more than 5 classes)
             "last_test_loss": last_eval.get("loss"),
             "params": sum(p.numel() for p in self.student.parameters()),
             "wall_seconds": time.time() - self.started,

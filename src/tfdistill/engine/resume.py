@@ -160,9 +160,14 @@ def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
         rd = RunDir(Path(c.out_dir) / (c.name or default_run_name(c)))
         if not rd.last.is_file():
             if not rd.path.exists():
+                if len(cfgs) > 1:  # a run of a group stopped before its first checkpoint (its folder removed)
+                    continue       # starts again beside the others; one of them at least must be there
                 raise RunDirError(f"nothing to resume: {rd.path} does not exist (drop --resume to start it)")
             run_dir_of(rd.path)  # raises the reason
         dirs.append((rd, c))
+    if not dirs:
+        raise RunDirError(f"nothing to resume: none of {', '.join(str(Path(c.out_dir) / c.name) for c in cfgs[:4])} "
+                          f"exists (drop --resume to start them)")
     extended = [(rd, c, check_resume(rd, c)) for rd, c in dirs]
     if not dry and int(os.environ.get("RANK", "0")) == 0:
         for rd, c, old in extended:

@@ -343,11 +343,10 @@ def _on_sigterm_raise_interrupt():
     if threading.current_thread() is not threading.main_thread():
         return None
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    from ..interrupts import on_signal  # raises errors.Terminated (a KeyboardInterrupt): exit code 143
 
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, on_signal)
     except (ValueError, OSError):
         return None
 
