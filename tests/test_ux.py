@@ -183,7 +183,7 @@ def test_broken_yaml_names_file_line_and_column(capsys, tmp_path):
 
 
 def test_did_you_mean_has_one_question_mark(capsys, tmp_path):
-    from tfdistill.sweep.spec import _did_you_mean
+    from tfdistill.sweep.schema import _did_you_mean
 
     assert _did_you_mean("Key 'gird' not in 'Spec'. Did you mean 'grid'?") == " (did you mean 'grid'?)"
     spec = tmp_path / "s.yaml"
