@@ -149,8 +149,9 @@ def test_two_processes_equal_one_process(exact_runs):
     assert s["world_size"] == 2 and one.summary["world_size"] == 1
     log = (r2 / "train.log").read_text()
     assert sum(line.startswith("epoch ") for line in log.splitlines()) == 3
-    assert sorted(p.name for p in r2.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl",
-                                                   "summary.json", "train.log"]
+    # (.lock: the run directory's flock, held by the one process that trains it)
+    assert sorted(p.name for p in r2.iterdir() if p.name != ".lock") == ["best.pt", "config.yaml", "last.pt",
+                                                                         "metrics.jsonl", "summary.json", "train.log"]
     assert len(cb["rng_ranks"]) == 2
     info = [json.loads((tmp_path / "info_a" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world_size"] for i in info] == [2, 2] and all(i["wrapped"] == "DistributedDataParallel" for i in info)
