@@ -213,20 +213,11 @@ class RunDir:
         key = _lock_key(self.path)
         if key in _HELD:
             return
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
+        fd = hold_flock(self.path / LOCK_FILE,
+                        f"run directory {self.path} is in use by another tfdistill process (pid {{pid}}); wait for it "
+                        "to end or stop it (SIGTERM stops it gracefully), then --resume")
+        if fd is None:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunDirError(f"run directory {self.path} is in use by another tfdistill process (pid {holder}); "
-                              f"wait for it to end or stop it (SIGTERM stops it gracefully), then --resume") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         _HELD[key] = fd
 
     def unlock(self) -> None:
@@ -352,3 +343,23 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def hold_flock(path: Path, in_use: str) -> int | None:
+    """An exclusive, non-blocking ``flock`` on the file ``path`` (created), which then holds this process's pid;
+    returns its descriptor (closing it releases the lock; None where there is no ``fcntl``: no locking). Held by
+    another process: RunDirError(``in_use`` with ``{pid}`` = the holder's pid)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunDirError(in_use.format(pid=holder)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from .. import rundir
 from ..config import to_dict, to_yaml
 from ..errors import RunDirError
-from ..rundir import FAILED_MARKER, RunDir, config_diff, write_text_atomic
+from ..rundir import FAILED_MARKER, RunDir, config_diff, hold_flock, write_text_atomic
 from .spec import Plan, PlannedRun
 
 STATE_FILE = "sweep_state.json"
@@ -211,21 +211,8 @@ class FolderLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunDirError(f"sweep folder {self.path.parent} is in use by another tfdistill sweep (pid {holder}) "
-                              f"or by training processes it started; wait for them or stop them") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+        self.fd = hold_flock(self.path, f"sweep folder {self.path.parent} is in use by another tfdistill sweep "
+                                        "(pid {pid}) or by training processes it started; wait for them or stop them")
         return self
 
     def __exit__(self, *exc) -> None:
