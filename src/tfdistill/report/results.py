@@ -111,7 +111,8 @@ def _provenance(sec: Section) -> str:
     proto = protocol(sec)
     wall = sum(float((r.summary or {}).get("wall_seconds") or 0) for r in sec.runs if r.status == "finished")
     parts = [f"{k}: {' / '.join(str(v) for v in proto[k])}" for k in ("device", "torch", "commit") if proto.get(k)]
-    parts.append(f"training time: {wall / 3600:.1f} h in all (sum over finished runs)")
+    spent = f"{wall / 3600:.1f} h" if wall >= 3600 else f"{wall / 60:.1f} min"
+    parts.append(f"training time: {spent} in all (sum over finished runs)")
     return "; ".join(parts) + "."
 
 
