@@ -340,7 +340,7 @@ class PackedRunner:
     def __init__(self, args, root, batch, out, k) -> None:
         from tfdistill.config import load_config
         from tfdistill.engine import build_group
-        from tfdistill.engine.group import seed_configs
+        from tfdistill.runs import seed_configs
 
         self.method, self.K = "ce", k
         self.batch = batch * k  # images per step, all runs together

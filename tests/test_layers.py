@@ -19,7 +19,7 @@ LAYERS = [
     {"losses"},
     {"features", "regularizers"},
     {"methods", "models", "data"},
-    {"config", "recipes", "rundir"},
+    {"config", "recipes", "rundir", "runs"},
     {"engine", "evaluate"},
     {"sweep"},
     {"report"},
@@ -83,13 +83,7 @@ def test_layers_only_import_downwards():
 
 
 # ------------------------------------------------------------------------------------------------ import cycles
-ALLOWED_CYCLES = [
-    # Issue #22, left for the engine part of it (engine/ was being changed by others when the rest was fixed):
-    # engine/group.py imports loop.py (Run), loop.py imports resume.py lazily (resume_changes), resume.py imports
-    # group.py (seed_configs) and loop.py (default_run_name) lazily. Giving run naming and resume rules one home
-    # (rundir.py, as #22 asks) breaks it; then remove this entry -- the test fails while an entry is stale.
-    {"tfdistill.engine.group", "tfdistill.engine.loop", "tfdistill.engine.resume"},
-]
+ALLOWED_CYCLES: list[set[str]] = []
 """Known import cycles, each the exact set of modules it joins; any other cycle fails the test."""
 
 

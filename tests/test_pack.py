@@ -15,8 +15,8 @@ import torch
 
 from conftest import REPO, TINY
 from tfdistill.config import load_config
-from tfdistill.engine import build_group, load_checkpoint, pack_key, train
-from tfdistill.engine.group import run_name_for_seed, seed_configs
+from tfdistill.engine import build_group, load_checkpoint, train
+from tfdistill.runs import pack_key, run_name, seed_configs
 from tfdistill.errors import ConfigError, DivergenceError, RunDirError
 
 # 2 epochs x 2 steps; dropout makes every step draw random numbers from the global stream (per-run RNG swapping)
@@ -151,7 +151,7 @@ def test_run_names_and_what_may_be_packed(tiny):
     assert [c.name for c in seed_configs(named)] == ["x_s3", "x_s5"]
     anon = load_config(None, [*tiny, "seeds=[3,5]", "method.name=tfd"])
     assert [c.name for c in seed_configs(anon)] == ["synthetic_resnet8_tfd_s3", "synthetic_resnet8_tfd_s5"]
-    assert run_name_for_seed(anon, 7) == "synthetic_resnet8_tfd_s7"
+    assert run_name(anon, 7) == "synthetic_resnet8_tfd_s7"
     with pytest.raises(ConfigError, match="twice"):
         seed_configs(load_config(None, [*tiny, "seeds=[1,1]"]))
 

@@ -4,10 +4,10 @@ CUDA graphs, the packed step runner)."""
 
 from .accel import Accelerator, StepRunner
 from .checkpoint import load_checkpoint, load_model_weights, save_atomic
-from .group import Group, Trainer, build_group, pack_key, train, train_group
+from .group import Group, Trainer, build_group, train, train_group
 from .loop import Run, RunResult, evaluate, resolve_device
 from ..rundir import RunDir
 
 __all__ = ["RunResult", "Run", "Group", "Trainer", "RunDir", "evaluate", "train", "train_group", "build_group",
-           "pack_key", "resolve_device", "load_checkpoint", "load_model_weights", "save_atomic", "Accelerator",
+           "resolve_device", "load_checkpoint", "load_model_weights", "save_atomic", "Accelerator",
            "StepRunner"]

@@ -18,7 +18,6 @@ from ..errors import ConfigError
 
 AUTO = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTO_KEYS = ("engine.precision", "engine.channels_last", "engine.cuda_graphs")
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,17 @@ from omegaconf import OmegaConf
 
 from ..config import config_notes, plural
 from ..rundir import RunDir, device_name
+from ..runs import run_path
 
 
 def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
             echo: Callable[[str], None] = print) -> dict:
     """Build the run of ``cfg`` (its first seed's, with ``seeds``) and describe it; returns the facts printed."""
     from .group import Trainer
-    from .loop import default_run_name
 
-    names = ([f"{cfg.name}_s{int(s)}" if cfg.name else default_run_name(cfg, int(s)) for s in cfg.seeds]
-             if getattr(cfg, "seeds", None) else [cfg.name or default_run_name(cfg)])
-    for n in names:
-        RunDir(Path(cfg.out_dir) / n).prepare(resume=resume, overwrite=overwrite, dry=True)
+    dirs = ([run_path(cfg, int(s)) for s in cfg.seeds] if getattr(cfg, "seeds", None) else [run_path(cfg)])
+    for d in dirs:
+        RunDir(d).prepare(resume=resume, overwrite=overwrite, dry=True)
     tmp = Path(tempfile.mkdtemp(prefix="tfdistill-dry-run-"))
     try:
         one = OmegaConf.merge(cfg, {"out_dir": str(tmp), "name": "dry", "engine": {"tensorboard": False}})
@@ -39,7 +38,7 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
         params = sum(p.numel() for p in t.student.parameters())
         extra = sum(p.numel() for p in t.method.extra_parameters())
         facts = {
-            "run_dirs": [str(Path(cfg.out_dir) / n) for n in names],
+            "run_dirs": [str(d) for d in dirs],
             "model": str(cfg.model.name), "method": str(cfg.method.name), "dataset": str(cfg.data.name),
             "num_train": int(t.data.num_train), "num_classes": int(t.num_classes), "epochs": int(cfg.epochs),
             "steps_per_epoch": int(t.steps_per_epoch), "params": params, "extra_params": extra,

@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -37,54 +36,13 @@ from ..errors import ConfigError, DivergenceError
 from ..interrupts import graceful_stop
 from .accel import StepRunner
 from .distributed import all_reduce_sum, cleanup_distributed, setup_distributed
-from .loop import Run, RunResult, default_run_name, note_interrupt, resolve_device
+from .loop import Run, RunResult, note_interrupt, resolve_device
 from ..methods import method_uses
 from ..rundir import RunDir, device_name, flat_keys
+from ..runs import pack_key, run_path, seed_configs
 from .auto import apply_engine_settings
 
-__all__ = ["Group", "Trainer", "build_group", "train", "train_group", "pack_key", "seed_configs",
-           "run_name_for_seed", "PACK_FREE_KEYS"]
-
-PACK_FREE_KEYS = ("seed", "seeds", "name", "out_dir", "model", "method", "teacher", "optim", "schedule")
-"""Top-level config keys in which the runs of one packed group may differ; everything else (``data``, ``engine``,
-``epochs``) must be equal: the data is built once and the runs step in lock-step."""
-
-
-# ----------------------------------------------------------------------------------------------- configs
-def pack_key(cfg: Any) -> str:
-    """Runs with equal keys can train as one packed group (see :data:`PACK_FREE_KEYS`)."""
-    from omegaconf import OmegaConf
-
-    d = OmegaConf.to_container(cfg, resolve=True)
-    for k in PACK_FREE_KEYS:
-        d.pop(k, None)
-    for k in ("progress", "tensorboard"):  # presentation only
-        d.get("engine", {}).pop(k, None)
-    # a method may ask the data layer for another batch layout (CS-KD: a same-class partner per sample)
-    d["paired_batches"] = bool(method_uses(cfg.method.name).paired_batches)
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-def run_name_for_seed(cfg: Any, seed: int) -> str:
-    """``<name>_s<seed>`` when ``cfg.name`` is set, else the single-seed default name for ``seed``."""
-    return f"{cfg.name}_s{int(seed)}" if cfg.name else default_run_name(cfg, int(seed))
-
-
-def seed_configs(cfg: Any) -> list[Any]:
-    """One single-run config per seed of ``cfg.seeds``: ``seed`` set, ``seeds`` cleared, ``name`` per seed."""
-    from omegaconf import OmegaConf
-
-    seeds = [int(s) for s in cfg.seeds]
-    if not seeds:
-        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={seeds} lists a seed twice")
-    return [OmegaConf.merge(cfg, {"seed": s, "seeds": None, "name": run_name_for_seed(cfg, s)}) for s in seeds]
-
-
-def _run_dir(cfg: Any) -> Path:
-    return Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
-
+__all__ = ["Group", "Trainer", "build_group", "train", "train_group"]
 
 def _teacher_key(cfg: Any) -> str:
     from omegaconf import OmegaConf
@@ -124,14 +82,14 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
             diff = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
             raise ConfigError(f"runs packed into one group must share the data and engine sections and epochs; "
                               f"these differ: {', '.join(diff[:6])}")
-        dirs = [_run_dir(c) for c in cfgs]
+        dirs = [run_path(c) for c in cfgs]
         if len(set(dirs)) != len(dirs):
             raise ConfigError(f"runs packed into one group need distinct run directories: {[str(d) for d in dirs]}")
         if setup_distributed(cfgs[0].engine.device).enabled:
             raise ConfigError("a packed group of several runs needs one process; under torchrun train one run per "
                               "command (or leave seeds/--pack out)")
         for c, (res, ovr) in zip(cfgs, modes):
-            RunDir(_run_dir(c)).prepare(resume=res, overwrite=ovr, dry=True)
+            RunDir(run_path(c)).prepare(resume=res, overwrite=ovr, dry=True)
         first = cfgs[0]
         try:
             data = build_data(first.data, device, seed=int(first.seed), channels_last=bool(first.engine.channels_last),
@@ -157,9 +115,9 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
             run.close()
             run.restore_replaced()
         for c in cfgs:  # a run that failed while being built held its directory already
-            RunDir(_run_dir(c)).unlock()
+            RunDir(run_path(c)).unlock()
         note_interrupt(exc, f"while building {'the run' if len(cfgs) == 1 else f'{len(cfgs)} packed runs'} "
-                            f"({', '.join(str(_run_dir(c)) for c in cfgs[:4])})",
+                            f"({', '.join(str(run_path(c)) for c in cfgs[:4])})",
                        "nothing to keep; run the same command to start" if not any(m[0] for m in modes) else
                        "nothing was changed; --resume continues")
         raise

@@ -47,6 +47,7 @@ from .checkpoint import load_checkpoint, load_model_weights, rng_state, set_rng_
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, broadcast_or_raise,
                           broadcast_tensors, gather_object, gather_rows, setup_distributed)
 from ..rundir import RunDir, device_name, flat_keys, git_commit, save_atomic
+from ..runs import resume_changes, run_name
 from .schedule import StepLR
 from .accel import Accelerator
 from .auto import apply_engine_settings
@@ -120,11 +121,6 @@ def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
         # the current device: CUDA-graph capture streams and tensors created without a device land on it
         torch.cuda.set_device(device)
     return device
-
-
-def default_run_name(cfg: Any, seed: int | None = None) -> str:
-    s = cfg.seed if seed is None else seed
-    return f"{cfg.data.name}_{cfg.model.name}_{str(cfg.method.name).replace('+', '-')}_s{s}"
 
 
 TORCHVISION_WEIGHTS = "torchvision:"
@@ -249,7 +245,7 @@ class Run:
         # engine.precision / channels_last / cuda_graphs = auto -> their values on this device, written into cfg
         # (config.yaml, checkpoints and summary.json record what was computed)
         apply_engine_settings(cfg, self.device, distributed=self.info.enabled)
-        self.name = cfg.name or default_run_name(cfg)
+        self.name = run_name(cfg)
         self.run = RunDir(Path(cfg.out_dir) / self.name)
         # Checked now, created (or, with --overwrite, replaced) only once the whole run has been built: bad input
         # found while building leaves no folder behind and never costs the old run.
@@ -505,9 +501,8 @@ class Run:
         if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
             raise CheckpointError(f"{self.run.last} is not a resumable tfdistill checkpoint")
         stored = OmegaConf.to_container(OmegaConf.create(ckpt["config_yaml"]))
-        from .resume import resume_changes  # resume-free keys, and an allowed extension of epochs
 
-        diff = resume_changes(stored, to_dict(self.cfg))
+        diff = resume_changes(stored, to_dict(self.cfg))  # resume-free keys, and an allowed extension
         if diff:
             raise CheckpointError(f"cannot resume {self.run.path}: the config differs from the checkpoint's at "
                                   f"{', '.join(diff[:8])}")

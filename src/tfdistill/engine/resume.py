@@ -25,13 +25,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 
 from ..errors import CheckpointError, ConfigError, RunDirError
-from ..rundir import FAILED_MARKER, RESUME_FREE_KEYS, RunDir, config_diff, flat_keys
-
-EXTENDABLE_SCHEDULES = ("multistep", "constant")
-
+from ..rundir import FAILED_MARKER, RESUME_FREE_KEYS, RunDir, flat_keys
+from ..runs import extension_problem, resume_changes, run_path, seed_configs
 
 def run_dir_of(target: str | Path) -> RunDir:
     """The run directory named by ``--resume TARGET`` (the directory itself or its ``last.pt``), checked to hold
@@ -67,45 +64,6 @@ def looks_like_run_target(value: str) -> bool:
     from ..recipes import resolve_recipe
 
     return not resolve_recipe(value).is_file()
-
-
-def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[str]:
-    """Keys whose change forbids resuming a run stored with config ``stored`` under config ``new`` (``dict``s):
-    everything outside :data:`RESUME_FREE_KEYS`, except an allowed extension (see the module docs). ``planned``:
-    ``new`` is a command's config before the engine resolved its ``engine.* = auto`` settings, which then match
-    any stored value (the engine compares the resolved values when it resumes)."""
-    from ..config import PATH_KEYS
-
-    stored = OmegaConf.to_container(OmegaConf.create(stored))  # a copy; paths of runs from before they were
-    for key in PATH_KEYS:                                      # stored absolute: relative to this folder
-        section, leaf = key.split(".")
-        value = str((stored.get(section) or {}).get(leaf) or "")
-        if value and not value.startswith("torchvision:"):
-            stored[section][leaf] = os.path.abspath(os.path.expanduser(value))
-    diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS, auto_matches=planned)
-    if "epochs" in diff and extension_problem(stored, new) is None:
-        done = int(stored["epochs"])
-        old_ms = [m for m in stored["schedule"].get("milestones") or [] if m <= done]
-        new_ms = [m for m in new["schedule"].get("milestones") or [] if m <= done]
-        diff = [k for k in diff if k != "epochs" and not (k == "schedule.milestones" and old_ms == new_ms)]
-    return diff
-
-
-def extension_problem(stored: dict, new: dict) -> str | None:
-    """Why the run stored with ``stored`` cannot be extended to ``new['epochs']`` epochs, or None if it can."""
-    old, epochs = int(stored["epochs"]), int(new["epochs"])
-    sched = str(stored["schedule"]["name"])
-    if epochs < old:
-        return (f"epochs={epochs} is fewer than the run's {old}; a run is only ever extended (its best.pt/last.pt "
-                f"are there to evaluate at any point)")
-    if sched not in EXTENDABLE_SCHEDULES:
-        return (f"its {sched} schedule is a function of epochs (the lr of epochs already trained would change), so "
-                f"it cannot be extended from {old} to {epochs} epochs; train a new run with epochs={epochs}, or "
-                f"fine-tune from its weights with model.init_checkpoint=<run>/last.pt")
-    if float(stored["model"].get("dropblock_prob") or 0) > 0:
-        return (f"its DropBlock ramp is a fraction of epochs, so it cannot be extended from {old} to {epochs} "
-                f"epochs; train a new run with epochs={epochs}")
-    return None
 
 
 def _describe(changes: list[str], stored: dict, new: dict) -> str:
@@ -151,13 +109,10 @@ def resume_config(target: str | Path, overrides: list[str]) -> Any:
 def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
     """Check that every run of ``cfg`` (one, or one per seed of ``cfg.seeds``) has something to resume and that
     ``cfg`` may resume it; unless ``dry``, mark an extension (module docs). Returns the run directories."""
-    from .group import seed_configs
-    from .loop import default_run_name
-
     cfgs = seed_configs(cfg) if getattr(cfg, "seeds", None) else [cfg]  # one run directory per seed
     dirs = []
     for c in cfgs:
-        rd = RunDir(Path(c.out_dir) / (c.name or default_run_name(c)))
+        rd = RunDir(run_path(c))
         if not rd.last.is_file():
             if not rd.path.exists():
                 if len(cfgs) > 1:  # a run of a group stopped before its first checkpoint (its folder removed)

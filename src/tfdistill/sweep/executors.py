@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 
 from ..rundir import FAILED_MARKER
 from .console import last_line, one_line
-from .folder import MODES, StartMode, append_log, is_finished, read_summary, start_mode
+from ..runs import START_MODES, StartMode
+from .folder import append_log, is_finished, read_summary, start_mode
 from .spec import PlannedRun
 
 SWEEP_PID_ENV = "TFDISTILL_SWEEP_PID"
@@ -80,8 +81,8 @@ class Executor:
 
     def group_key(self, run: PlannedRun) -> str:
         """With ``packs``: runs with the same key may train as one group (default: the engine's
-        :func:`~tfdistill.engine.group.pack_key` -- same data, engine settings and epochs)."""
-        from ..engine.group import pack_key
+        :func:`~tfdistill.runs.pack_key` -- same data, engine settings and epochs)."""
+        from ..runs import pack_key
 
         return pack_key(run.cfg)
 
@@ -333,13 +334,13 @@ def train_child(configs: Sequence[str], modes: Sequence[str], echo: Callable[[st
     from ..engine import build_group, train
     from ..errors import ConfigError, DivergenceError
 
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in START_MODES]
     if bad or len(modes) != len(configs) or not configs:
         raise ConfigError(f"_child: --modes {','.join(modes)} needs one mode per config ({len(configs)} given), "
-                          f"each one of {', '.join(MODES)}")
+                          f"each one of {', '.join(START_MODES)}")
     die_with_parent()
     if len(configs) == 1:
-        cfg, mode = load_config(configs[0]), MODES[modes[0]]
+        cfg, mode = load_config(configs[0]), START_MODES[modes[0]]
         if mode.resume:
             from ..engine.resume import prepare_resume
 
@@ -347,7 +348,8 @@ def train_child(configs: Sequence[str], modes: Sequence[str], echo: Callable[[st
         train(cfg, resume=mode.resume, overwrite=mode.overwrite, echo=echo)
         return 0
     cfgs = [load_config(path) for path in configs]
-    results = build_group(cfgs, modes=[(MODES[m].resume, MODES[m].overwrite) for m in modes], echo=echo).fit()
+    starts = [START_MODES[m] for m in modes]
+    results = build_group(cfgs, modes=[(s.resume, s.overwrite) for s in starts], echo=echo).fit()
     failed = [(c.name, r) for c, r in zip(cfgs, results) if isinstance(r, DivergenceError)]
     for name, err in failed:
         print(f"tfdistill: error: {name}: {err}", file=sys.stderr)

@@ -19,15 +19,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .. import rundir
+from .. import rundir, runs
 from ..config import to_dict, to_yaml
-from ..errors import RunDirError
-from ..rundir import FAILED_MARKER, RunDir, config_diff, hold_flock, write_text_atomic
+from ..rundir import FAILED_MARKER, config_diff, hold_flock, write_text_atomic
+from ..runs import StartMode
 from .spec import Plan, PlannedRun
 
 STATE_FILE = "sweep_state.json"
@@ -53,43 +52,14 @@ def read_summary(run: PlannedRun) -> dict | None:
         return None
 
 
-@dataclass
-class StartMode:
-    resume: bool = False
-    overwrite: bool = False
-    what: str = "new"
-
-    @property
-    def flags(self) -> list[str]:
-        return ["--resume"] if self.resume else ["--overwrite"] if self.overwrite else []
-
-    @property
-    def name(self) -> str:
-        """``new``, ``resume`` or ``overwrite``: the mode of the hidden ``tfdistill _child`` command."""
-        return "resume" if self.resume else "overwrite" if self.overwrite else "new"
-
-
-MODES = {"new": StartMode(), "resume": StartMode(resume=True), "overwrite": StartMode(overwrite=True)}
-
-
 def start_mode(run: PlannedRun) -> StartMode:
-    """How to (re)start ``run``: resume from last.pt, restart a run dir without checkpoint, or start fresh."""
-    rd = run.run_dir
-    if rundir.is_resumable(rd):
-        done = RunDir(rd).epochs_done()
-        return StartMode(resume=True, what=f"resume after epoch {done}/{run.cfg.epochs}")
-    if rd.is_dir() and any(p.name != FAILED_MARKER for p in rd.iterdir()):
-        return StartMode(overwrite=True, what="restart (no checkpoint yet)")
-    return StartMode()
+    """How to (re)start ``run`` (:func:`tfdistill.runs.start_mode` of its folder)."""
+    return runs.start_mode(run.run_dir, int(run.cfg.epochs))
 
 
 def run_status(run: PlannedRun) -> str:
-    """``finished``, ``failed``, or how it would start (``new``, ``resume after epoch 3/240``, ``restart ...``)."""
-    if is_finished(run):
-        return "finished"
-    if is_failed(run):
-        return "failed"
-    return start_mode(run).what
+    """``finished``, ``failed``, or how ``run`` would start (:func:`tfdistill.runs.run_status` of its folder)."""
+    return runs.run_status(run.run_dir, int(run.cfg.epochs))
 
 
 def conflicts(runs: list[PlannedRun]) -> list[tuple[str, str]]:

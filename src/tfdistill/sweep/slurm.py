@@ -221,7 +221,7 @@ class SlurmExecutor:
         """The submitit Job objects of this session (tests interrupt them)."""
 
     def group_key(self, run: PlannedRun) -> str:
-        from ..engine.group import pack_key
+        from ..runs import pack_key
 
         return pack_key(run.cfg)
 

@@ -12,7 +12,6 @@ command line's overrides, and finally the run's identity (``model.name``, ``meth
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..config import adapt_method_section, build_config, parse_overrides, read_yaml
 from ..errors import ConfigError, TfdError
 from ..rundir import RUN_IDENTITY_KEYS, flat_keys
+from ..runs import grid_run_name
 from .schema import (GridBlock, LauncherOptions, MissingPresetError, PaperSpec, StudentExtra, SweepSpec, _where,
                      load_spec, spec_from_raw)
 
@@ -199,11 +199,6 @@ def _teacher(spec: Any, student: str, method: str, where: str) -> tuple[str, lis
             OmegaConf.create({"teacher": {"model": teacher, "checkpoint": str(ckpt)}}))
 
 
-def _run_name(model: str, method: str, variant: str, seed: int) -> str:
-    parts = [model, method] + ([variant] if variant else []) + [f"s{seed}"]
-    return re.sub(r"[^A-Za-z0-9_.=-]", "-", "_".join(parts))
-
-
 def expand(spec: Any, cli_overrides: list[str] | None = None, *, spec_path: str | Path | None = None,
            out_dir: str | Path | None = None) -> Plan:
     """Expand a validated spec into runs, each with a config validated by :func:`build_config`."""
@@ -257,7 +252,7 @@ def expand(spec: Any, cli_overrides: list[str] | None = None, *, spec_path: str 
                     adapted[method] = _adapt_method(recipe, method)
                 for variant in (list(variants) or [""]):
                     for seed in seeds:
-                        name = _run_name(model, method, variant, seed)
+                        name = grid_run_name(model, method, variant, seed)
                         origin = f"grid[{i}]" + (f".variants.{variant}" if variant else "")
                         if name in names:
                             raise ConfigError(f"{where}: run {name} is produced twice ({names[name]} and {origin})")
