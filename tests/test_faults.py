@@ -25,6 +25,7 @@ import torch
 
 from conftest import REPO, run_cli
 from tfdistill.cli import main
+from tfdistill.engine.group import Group
 
 # 2 epochs of 2 steps, resnet8 on synthetic images: about a second in-process
 FAST = ["data.name=synthetic", "data.synthetic_train=64", "data.synthetic_test=32", "data.batch_size=32",
@@ -75,7 +76,7 @@ def _kill_self(sig):
 
 def _at_phase(monkeypatch, phase: str, sig) -> None:
     """Send ``sig`` to this process at ``phase`` of the first training (the hook removes itself)."""
-    from tfdistill.engine import group, loop
+    from tfdistill.engine import checkpoint, run, train
 
     fired = []
 
@@ -86,7 +87,7 @@ def _at_phase(monkeypatch, phase: str, sig) -> None:
         return True
 
     if phase == "data":
-        for mod in (loop, group):
+        for mod in (run, train):
             real_build = mod.build_data
 
             def build(*a, _real=real_build, **k):
@@ -96,7 +97,7 @@ def _at_phase(monkeypatch, phase: str, sig) -> None:
 
             monkeypatch.setattr(mod, "build_data", build)
     elif phase in ("first_epoch", "mid_training"):
-        real_epoch = group.Group.train_epoch
+        real_epoch = Group.train_epoch
         at = 0 if phase == "first_epoch" else 1
 
         def train_epoch(self, epoch, *a, **k):
@@ -104,9 +105,9 @@ def _at_phase(monkeypatch, phase: str, sig) -> None:
                 _kill_self(sig)
             return real_epoch(self, epoch, *a, **k)
 
-        monkeypatch.setattr(group.Group, "train_epoch", train_epoch)
+        monkeypatch.setattr(Group, "train_epoch", train_epoch)
     elif phase == "evaluation":
-        real_eval = loop.Run._evaluate
+        real_eval = run.Run.evaluate
         calls = []
 
         def evaluate(self):
@@ -115,9 +116,9 @@ def _at_phase(monkeypatch, phase: str, sig) -> None:
                 _kill_self(sig)
             return real_eval(self)
 
-        monkeypatch.setattr(loop.Run, "_evaluate", evaluate)
+        monkeypatch.setattr(run.Run, "evaluate", evaluate)
     elif phase == "checkpoint":
-        real_save = loop.save_atomic
+        real_save = checkpoint.save_atomic
         calls = []
 
         def save(obj, path):
@@ -126,7 +127,7 @@ def _at_phase(monkeypatch, phase: str, sig) -> None:
                 os.kill(os.getpid(), sig)   # between the two writes and waits until the epoch's writes are done
             return real_save(obj, path)
 
-        monkeypatch.setattr(loop, "save_atomic", save)
+        monkeypatch.setattr(checkpoint, "save_atomic", save)
     else:
         raise ValueError(phase)
 
@@ -205,9 +206,9 @@ def test_sigterm_in_a_packed_sweep_and_the_same_command_continues(tmp_path, monk
 # ------------------------------------------------------------------ the disk: full, read-only, vanishing
 def _fail_last_pt_of_epoch(monkeypatch, epoch: int, exc: OSError) -> None:
     """The first write of a last.pt holding ``epoch`` fails with ``exc``."""
-    from tfdistill.engine import loop
+    from tfdistill.engine import checkpoint
 
-    real, failed = loop.save_atomic, []
+    real, failed = checkpoint.save_atomic, []
 
     def save(obj, path):
         if Path(path).name == "last.pt" and obj.get("epoch") == epoch and not failed:
@@ -215,7 +216,7 @@ def _fail_last_pt_of_epoch(monkeypatch, epoch: int, exc: OSError) -> None:
             raise exc
         return real(obj, path)
 
-    monkeypatch.setattr(loop, "save_atomic", save)
+    monkeypatch.setattr(checkpoint, "save_atomic", save)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["one", "pack"])
@@ -270,17 +271,15 @@ def test_disk_full_at_the_summary_leaves_the_run_unfinished_and_resumable(refere
 
 
 def test_run_directory_vanishing_mid_training(tmp_path, monkeypatch, capsys):
-    from tfdistill.engine import group
-
     out = tmp_path / "runs"
-    real = group.Group.train_epoch
+    real = Group.train_epoch
 
     def vanish(self, epoch, *a, **k):
         if epoch == 1:
             shutil.rmtree(out)
         return real(self, epoch, *a, **k)
 
-    monkeypatch.setattr(group.Group, "train_epoch", vanish)
+    monkeypatch.setattr(Group, "train_epoch", vanish)
     assert main(_cmd(out, False)) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No such file or directory" in err[0], err

@@ -137,7 +137,7 @@ def test_torchvision_weight_files_load(tmp_path, monkeypatch):
     import torchvision
 
     from tfdistill.engine.checkpoint import load_model_weights
-    from tfdistill.engine.loop import weights_file
+    from tfdistill.engine.build import weights_file
     from tfdistill.errors import CheckpointError, ConfigError
     from tfdistill.models import create_model
 

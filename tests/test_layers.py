@@ -29,7 +29,7 @@ LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 
 def _top(module: str) -> str:
-    """``tfdistill.engine.loop`` -> ``engine``; the package itself -> ``__init__``."""
+    """``tfdistill.engine.run`` -> ``engine``; the package itself -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 

@@ -136,13 +136,11 @@ def test_a_diverged_member_stops_alone(tiny, tmp_path):
     assert "DivergenceError: loss became NaN/inf in epoch 1" in (tmp_path / "runs" / "boom" / "train.log").read_text()
     train(load_config(None, [*tiny, *RUN, *ok[:-1], "name=alone"]), echo=lambda s: None)
     assert_same_run(tmp_path / "runs" / "ok", tmp_path / "runs" / "alone")
-    # train_group (what `train seeds=[...]` calls): the others run to the end, then the error names who stopped
-    from tfdistill.engine import train_group
-
+    # train(list of configs) (what `train seeds=[...]` does): the others run to the end, then the error names who stopped
     cfgs = [load_config(None, [*tiny, *RUN, *o[:-1], f"{o[-1]}2"]) if o is ok else
             load_config(None, [*tiny, *RUN, *boom[:2], "name=boom2", *boom[3:]]) for o in (ok, boom)]
     with pytest.raises(DivergenceError, match=r"1 of 2 runs stopped \(boom2\).*the other runs ran to the end"):
-        train_group(cfgs, echo=lambda s: None)
+        train(cfgs, echo=lambda s: None)
     assert (tmp_path / "runs" / "ok2" / "summary.json").is_file()
 
 

@@ -62,7 +62,7 @@ def test_layers_share_the_one_rundir_module():
     mine = _imports(SRC / "rundir.py")
     assert not any(m.startswith(("tfdistill.engine", "tfdistill.sweep", "tfdistill.report", "tfdistill.methods"))
                    for m in mine), mine
-    for f in ("engine/loop.py", "sweep/runner.py", "sweep/spec.py", "report/collect.py"):
+    for f in ("engine/run.py", "sweep/runner.py", "sweep/spec.py", "report/collect.py"):
         assert any(m == "tfdistill.rundir" or m.startswith("tfdistill.rundir.") for m in _imports(SRC / f)), f
     for f in SRC.rglob("*.py"):
         if f.name == "rundir.py":

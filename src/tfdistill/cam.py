@@ -58,7 +58,7 @@ class LoadedModel:
     cfg: Any
     num_classes: int
     data: dict
-    """``image_size``, ``eval_resize``, ``mean``, ``std``, ``class_names``, ``name`` (see ``engine.loop.data_meta``)."""
+    """``image_size``, ``eval_resize``, ``mean``, ``std``, ``class_names``, ``name`` (see ``engine.build.data_meta``)."""
     label: str = ""
 
 
@@ -80,7 +80,7 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") 
     data = meta.get("data")
     if not isinstance(data, dict):  # older checkpoints: rebuild the dataset pipeline to learn it
         from .data import build_data
-        from .engine.loop import data_meta
+        from .engine.build import data_meta
 
         data = data_meta(build_data(cfg.data, "cpu", seed=int(cfg.seed)))
     num_classes = int(meta.get("num_classes") or cfg.model.num_classes or len(data["class_names"]))
@@ -211,7 +211,7 @@ def cam_grid(checkpoints: Sequence[str | Path], images: str, *, num: int = 8, ou
              labels: Sequence[str] | None = None, target: str = "pred", device: str = "auto") -> CamGrid:
     """Grad-CAM++ maps of each checkpoint's last stage over the same ``num`` images, written as a grid PNG."""
     GradCAMPlusPlus, ClassifierOutputTarget = _require_grad_cam()
-    from .engine.loop import resolve_device
+    from .engine.build import resolve_device
 
     if not checkpoints:
         raise ConfigError("give at least one --checkpoint")

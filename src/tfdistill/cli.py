@@ -491,9 +491,9 @@ def _warnings_once():
             return
         shown.add(text)
         print(f"tfdistill: warning: {text}", file=sys.stderr)
-        loop = sys.modules.get("tfdistill.engine.loop")
-        if loop is not None:
-            loop.record_warning(text)
+        records = sys.modules.get("tfdistill.engine.records")
+        if records is not None:
+            records.record_warning(text)
 
     warnings.showwarning = show
     try:

@@ -11,7 +11,8 @@ from .config import build_config, parse_overrides
 from .data import build_data
 from .engine.checkpoint import checkpoint_in, load_checkpoint, load_model_weights
 from .engine.auto import apply_engine_settings
-from .engine.loop import evaluate, resolve_device
+from .engine.build import resolve_device
+from .engine.evaluation import evaluate
 from .errors import CheckpointError, ConfigError
 from .models import create_model
 

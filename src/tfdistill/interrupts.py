@@ -14,7 +14,7 @@ import contextlib
 import signal
 import threading
 
-from .errors import Terminated
+from .errors import Terminated, signal_name
 
 _depth = 0
 _pending: int | None = None
@@ -77,3 +77,10 @@ def graceful_stop(only_if_default: bool = False):
                 signal.signal(sig, handler)
             except (ValueError, OSError, TypeError):
                 pass
+
+
+def note_interrupt(exc: BaseException, where: str,
+                   after: str = "nothing was written; run the same command to start") -> None:
+    """Give an interrupt that carries no message yet the one line the CLI prints: which signal, where, what now."""
+    if isinstance(exc, KeyboardInterrupt) and not exc.args:
+        exc.args = (f"stopped by {signal_name(exc)} {where}; {after}",)

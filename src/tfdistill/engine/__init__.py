@@ -1,13 +1,15 @@
-"""Training engine: the loop of a group of K >= 1 runs (:mod:`.group`), the per-run record (:mod:`.loop`),
-checkpoints, run directories, schedules, distributed setup and accelerated steps (:mod:`.accel`: torch.compile,
-CUDA graphs, the packed step runner)."""
+"""Training engine. :func:`train` is the one way to train (:mod:`.train`); under it the loop of a group of K >= 1
+runs (:mod:`.group`), each run's lifecycle (:mod:`.run`), what a run is built from (:mod:`.build`), checkpoints
+(:mod:`.checkpoint`), evaluation, records, schedules, distributed setup and accelerated steps (:mod:`.accel`)."""
 
 from .accel import Accelerator, StepRunner
+from .build import resolve_device
 from .checkpoint import load_checkpoint, load_model_weights, save_atomic
-from .group import Group, Trainer, build_group, train, train_group
-from .loop import Run, RunResult, evaluate, resolve_device
+from .evaluation import evaluate
+from .group import Group
+from .run import Run, RunResult
+from .train import Trainer, build_group, train
 from ..rundir import RunDir
 
-__all__ = ["RunResult", "Run", "Group", "Trainer", "RunDir", "evaluate", "train", "train_group", "build_group",
-           "resolve_device", "load_checkpoint", "load_model_weights", "save_atomic", "Accelerator",
-           "StepRunner"]
+__all__ = ["train", "RunResult", "Run", "Group", "Trainer", "RunDir", "evaluate", "build_group", "resolve_device",
+           "load_checkpoint", "load_model_weights", "save_atomic", "Accelerator", "StepRunner"]

@@ -1,4 +1,5 @@
-"""Checkpoint I/O: atomic writes, ``weights_only=True`` loads, clear errors."""
+"""Checkpoints: a run's saver (:class:`CheckpointSaver`: last.pt, best.pt, epoch_N.pt and resuming from last.pt),
+atomic writes, ``weights_only=True`` loads with clear errors, random-stream states."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..rundir import save_atomic  # noqa: F401  (re-exported: tfdistill.engine.save_atomic)
+from ..rundir import RunDir, save_atomic
+from .distributed import DistInfo, broadcast_or_raise, gather_object
+
+CHECKPOINT_FORMAT = "tfdistill/1"
+PROGRESS_KEYS = ("epoch", "best_top1", "best_epoch", "pre_done")
+"""The counters of a run's progress a checkpoint holds besides the state dicts."""
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -147,3 +153,112 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
 
 def _to_tuple(x: Any) -> Any:
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class CheckpointSaver:
+    """A run's checkpoints, in the style of timm's ``CheckpointSaver``: one object that writes and reads them.
+
+    * :meth:`save` after each epoch: ``last.pt`` (everything needed to resume: model, the method's components,
+      optimizer, schedule, GradScaler, progress, every rank's random streams, the config), ``best.pt`` when top-1
+      improved and ``epoch_N.pt`` for the epochs of ``engine.save_epochs`` (weights, progress, config, meta).
+      ``last.pt`` is written last: a kill between the files leaves it at the previous epoch, which a resume trains
+      again bit-exactly and so rewrites the others as they were.
+    * :meth:`restore`: a resumed run's state from ``last.pt`` (refused, with the differing keys, when the config
+      differs from the stored one other than as :func:`tfdistill.runs.resume_changes` allows).
+
+    Under DDP every rank calls both (they are collective); rank 0 alone writes.
+    """
+
+    def __init__(self, run_dir: RunDir, *, info: DistInfo, device: torch.device, student: torch.nn.Module,
+                 method: Any, optimizer: torch.optim.Optimizer, sched: Any, scaler: Any, save_epochs: Any,
+                 config_yaml: Any, meta: Any) -> None:
+        """``config_yaml()`` and ``meta()`` give the run's config (YAML text) and its meta data when a checkpoint is
+        written (``meta``: what using the weights without the run needs: classes, model, method, data)."""
+        self.run_dir, self.info, self.device = run_dir, info, device
+        self.student, self.method, self.optimizer, self.sched, self.scaler = student, method, optimizer, sched, scaler
+        self.save_epochs = tuple(int(e) for e in (save_epochs or ()))
+        self.config_yaml, self.meta = config_yaml, meta
+
+    def state(self, progress: dict) -> dict:
+        """The full checkpoint (``last.pt``) at ``progress`` (:data:`PROGRESS_KEYS`)."""
+        from .. import __version__
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.student.state_dict(),
+            "method": self.method.component_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sched": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            **{k: progress[k] for k in PROGRESS_KEYS},
+            "rng": rng_state(self.device),
+            "config_yaml": self.config_yaml(),
+            "meta": {"tfdistill": __version__, "torch": str(torch.__version__), **self.meta()},
+        }
+
+    def save(self, progress: dict, best: bool) -> bool:
+        """Write the checkpoints of the epoch ``progress["epoch"]``; True on the rank that wrote them (rank 0)."""
+        rng_ranks = gather_object(rng_state(self.device), self.info) if self.info.enabled else None  # collective
+        if not self.info.is_main:
+            return False
+        state = self.state(progress)
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        keep = ("format", "model", "method", "epoch", "best_top1", "best_epoch", "config_yaml", "meta")
+        if best:
+            save_atomic({k: state[k] for k in keep}, self.run_dir.best)
+        if progress["epoch"] in self.save_epochs:
+            save_atomic({k: state[k] for k in keep}, self.run_dir.path / f"epoch_{progress['epoch']}.pt")
+        save_atomic(state, self.run_dir.last)
+        return True
+
+    def read_last(self) -> dict:
+        """``last.pt`` on every rank (on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the
+        rest). Every rank reads the file itself when it can see it (a shared filesystem); otherwise (multi-node
+        without one) rank 0 reads it and broadcasts it. A read error on rank 0 is raised on every rank."""
+        last = self.run_dir.last
+        if not self.info.enabled or all(gather_object(last.is_file(), self.info)):
+            return load_checkpoint(last, map_location="cpu")
+        ckpt: Any = None
+        if self.info.is_main:
+            try:
+                ckpt = load_checkpoint(last, map_location="cpu")
+            except Exception as exc:
+                ckpt = exc
+        return broadcast_or_raise(ckpt, self.info)
+
+    def restore(self, config: dict) -> dict:
+        """Load ``last.pt`` into the run's model, components, optimizer, schedule and GradScaler and its random
+        streams (this rank's own under DDP); returns its progress (:data:`PROGRESS_KEYS`). ``config``: the run's
+        config as a dict, checked against the stored one."""
+        from omegaconf import OmegaConf
+
+        from ..runs import resume_changes
+
+        last = self.run_dir.last
+        ckpt = self.read_last()
+        if ckpt.get("format") != CHECKPOINT_FORMAT or "optimizer" not in ckpt:
+            raise CheckpointError(f"{last} is not a resumable tfdistill checkpoint")
+        stored = OmegaConf.to_container(OmegaConf.create(ckpt["config_yaml"]))
+        diff = resume_changes(stored, config)  # resume-free keys, and an allowed extension of epochs
+        if diff:
+            raise CheckpointError(f"cannot resume {self.run_dir.path}: the config differs from the checkpoint's at "
+                                  f"{', '.join(diff[:8])}")
+        try:
+            self.student.load_state_dict(ckpt["model"])
+            self.method.load_component_state_dict(ckpt["method"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {last} does not match this run: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+        self.sched.load_state_dict(ckpt["sched"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        ranks = ckpt.get("rng_ranks")
+        if self.info.enabled and isinstance(ranks, list) and len(ranks) == self.info.world_size:
+            set_rng_state(ranks[self.info.rank], self.device)
+        else:
+            set_rng_state(ckpt["rng"], self.device)
+            if self.info.enabled:
+                torch.manual_seed(int(torch.randint(0, 2**62, ())) + self.info.rank)  # distinct streams per rank
+        return {"epoch": int(ckpt["epoch"]), "best_top1": float(ckpt["best_top1"]),
+                "best_epoch": int(ckpt["best_epoch"]), "pre_done": bool(ckpt.get("pre_done", True))}

@@ -1,4 +1,14 @@
-"""Process-group setup for ``torchrun`` (DDP) and small collective helpers that are no-ops on one process."""
+"""Process-group setup for ``torchrun`` (DDP) and small collective helpers that are no-ops on one process.
+
+Data parallelism (``torchrun --nproc_per_node=N -m tfdistill train ...``; multi-node with torchrun's ``--nnodes``
+/ ``--rdzv-*`` flags): NCCL on GPUs, gloo on CPUs. ``data.batch_size`` is the global batch, sharded by the data
+layer; the :class:`~tfdistill.methods.Method` (student + components' trainable modules, never the frozen teacher) is wrapped in
+DistributedDataParallel, optionally after SyncBatchNorm conversion (``engine.sync_bn``, GPU only); metric sums and
+eval counts are all-reduced; rank 0 alone writes the run directory; checkpoints hold the unwrapped modules and every
+rank's RNG state; components with a ``gather`` hook (CRD's memory bank) get an all-gather so every rank applies the
+global batch's update. With a BatchNorm-free model a 2-process run reproduces the 1-process run with the same global
+batch to float32 rounding (tests/test_distributed.py).
+"""
 
 from __future__ import annotations
 

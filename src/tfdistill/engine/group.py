@@ -1,127 +1,42 @@
 """The training loop of a group of K >= 1 independent runs (K = 1 is a plain run), packed into one process.
 
-:func:`train` builds a :class:`Group` (:func:`build_group`): one :class:`~.loop.Run` per config -- its own model,
+A :class:`Group` (built by :func:`~.train.build_group`) holds one :class:`~.run.Run` per config -- its own model,
 method, optimizer, schedule, GradScaler, random streams, data order, run directory, checkpoints and resume -- over
 data built once (each run gets its own training loader over the shared device-resident tensors, ordered and augmented
 by its own seed exactly as when trained alone) and one frozen teacher per distinct ``teacher`` section.
-:meth:`Group.fit` then runs, in lock-step, the pre-stages of the methods that have them (FitNets hint, AB, FT) and the
+:meth:`Group.fit` runs, in lock-step, the pre-stages of the methods that have them (FitNets hint, AB, FT) and the
 epochs, each step of all runs through one :class:`~.accel.StepRunner`: on the CPU the runs step one after another
 (each with its own global RNG state swapped in, so every run is bit-identical to its separate training); on CUDA with
 graphs the K steps replay from one graph, one stream per run. After each epoch every run evaluates, writes its metrics
 row and checkpoints; at the end each writes its ``summary.json``.
 
 Runs in a group may differ in anything that keeps the batch fixed -- seed, method, loss weights, architecture,
-optimizer, schedule, teacher -- but share the ``data`` and ``engine`` sections and ``epochs`` (:func:`pack_key`). A run
-whose loss becomes NaN/inf stops alone (its last good checkpoint stays, the reason goes to its ``train.log``) while the
-others go on. Under ``torchrun`` (DDP) a group holds one run.
+optimizer, schedule, teacher -- but share the ``data`` and ``engine`` sections and ``epochs``
+(:func:`tfdistill.runs.pack_key`). A run whose loss becomes NaN/inf stops alone (its last good checkpoint stays, the
+reason goes to its ``train.log``) while the others go on. Under ``torchrun`` (DDP) a group holds one run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..config import plural
-from ..data import build_data
-from ..errors import ConfigError, DivergenceError
-from ..interrupts import graceful_stop
+from ..errors import DivergenceError
+from ..rundir import device_name
 from .accel import StepRunner
-from .distributed import all_reduce_sum, cleanup_distributed, setup_distributed
-from .loop import Run, RunResult, note_interrupt, resolve_device
-from ..methods import method_uses
-from ..rundir import RunDir, device_name, flat_keys
-from ..runs import pack_key, run_path, seed_configs
-from .auto import apply_engine_settings
+from .distributed import all_reduce_sum
+from .run import Run, RunResult
 
-__all__ = ["Group", "Trainer", "build_group", "train", "train_group"]
-
-def _teacher_key(cfg: Any) -> str:
-    from omegaconf import OmegaConf
-
-    return json.dumps(OmegaConf.to_container(cfg.teacher, resolve=True), sort_keys=True, default=str)
-
-
-# ----------------------------------------------------------------------------------------------- building
-def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | None = None, resume: bool = False,
-                overwrite: bool = False, echo: Callable[[str], None] | None = None,
-                on_drop: Callable[[int, DivergenceError], None] | None = None) -> "Group":
-    """One :class:`~.loop.Run` per config, sharing the data and equal teachers. ``modes``: per config
-    ``(resume, overwrite)`` (default: ``resume`` / ``overwrite`` for all). Every run directory is checked before any
-    is created or (``--overwrite``) replaced, and only once every run was built: a refused run or bad input in one
-    run costs no other run its directory."""
-    from . import loop
-
-    loop._GROUP_MARK.append(len(loop.SHOWN_WARNINGS))  # warnings shown from here on concern these runs
-    try:
-        return _build_group(cfgs, modes=modes, resume=resume, overwrite=overwrite, echo=echo, on_drop=on_drop)
-    finally:
-        loop._GROUP_MARK.pop()
-
-
-def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
-    cfgs = list(cfgs)
-    modes = list(modes) if modes is not None else [(resume, overwrite)] * len(cfgs)
-    data = None
-    if len(cfgs) > 1:
-        device = resolve_device(cfgs[0].engine.device)
-        for c in cfgs:  # engine.* = auto resolved before the sections are compared and the data is built
-            apply_engine_settings(c, device)
-        keys = [pack_key(c) for c in cfgs]
-        if len(set(keys)) != 1:
-            a, b = json.loads(keys[0]), json.loads(next(k for k in keys if k != keys[0]))
-            fa, fb = flat_keys(a), flat_keys(b)
-            diff = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
-            raise ConfigError(f"runs packed into one group must share the data and engine sections and epochs; "
-                              f"these differ: {', '.join(diff[:6])}")
-        dirs = [run_path(c) for c in cfgs]
-        if len(set(dirs)) != len(dirs):
-            raise ConfigError(f"runs packed into one group need distinct run directories: {[str(d) for d in dirs]}")
-        if setup_distributed(cfgs[0].engine.device).enabled:
-            raise ConfigError("a packed group of several runs needs one process; under torchrun train one run per "
-                              "command (or leave seeds/--pack out)")
-        for c, (res, ovr) in zip(cfgs, modes):
-            RunDir(run_path(c)).prepare(resume=res, overwrite=ovr, dry=True)
-        first = cfgs[0]
-        try:
-            data = build_data(first.data, device, seed=int(first.seed), channels_last=bool(first.engine.channels_last),
-                              paired=method_uses(first.method.name).paired_batches)
-        except KeyboardInterrupt as exc:
-            note_interrupt(exc, f"while building the data set {first.data.name!r} for {len(cfgs)} packed runs")
-            raise
-    runs: list[Run] = []
-    teachers: dict[str, Any] = {}
-    try:
-        for i, (c, (res, ovr)) in enumerate(zip(cfgs, modes)):
-            own = None if data is None else data if i == 0 else dataclasses.replace(
-                data, train=data.train_loader_for(int(c.seed)))
-            run = Run(c, resume=res, overwrite=ovr, echo=echo, data=own, teacher=teachers.get(_teacher_key(c)),
-                      defer_open=True)
-            if run.teacher is not None:
-                teachers.setdefault(_teacher_key(c), run.teacher)  # one frozen teacher per distinct teacher section
-            runs.append(run)
-        for run in runs:  # every run was built: bad input in any of them leaves no folder behind and costs no run
-            run.open()
-    except BaseException as exc:
-        for run in runs:
-            run.close()
-            run.restore_replaced()
-        for c in cfgs:  # a run that failed while being built held its directory already
-            RunDir(run_path(c)).unlock()
-        note_interrupt(exc, f"while building {'the run' if len(cfgs) == 1 else f'{len(cfgs)} packed runs'} "
-                            f"({', '.join(str(run_path(c)) for c in cfgs[:4])})",
-                       "nothing to keep; run the same command to start" if not any(m[0] for m in modes) else
-                       "nothing was changed; --resume continues")
-        raise
-    return Group(runs, echo=echo, on_drop=on_drop)
+__all__ = ["Group"]
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -309,14 +224,14 @@ class Group:
             run, cfg = self.runs[i], self.runs[i].cfg
             if run.resumed_from is None:
                 if run.info.is_main:
-                    run._log(f"run {run.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
+                    run.log(f"run {run.run.path}: {cfg.model.name} / {cfg.method.name} on {cfg.data.name} "
                              f"({run.data.num_train} train images, {run.num_classes} classes), "
                              f"{plural(int(cfg.epochs), 'epoch')}, device {device_name(run.device)}, "
                              f"world size {run.info.world_size}{with_whom}")
                     for line in [*run.data.notes, *run.method.describe_taps()]:  # resolution decided, layers tapped
-                        run._log(line)
+                        run.log(line)
             else:
-                run._log(f"resuming {run.run.path} after epoch {run.resumed_from}/{cfg.epochs}{with_whom}")
+                run.log(f"resuming {run.run.path} after epoch {run.resumed_from}/{cfg.epochs}{with_whom}")
         self._pre_stages()
         last_eval = self._epochs()
         for i in self._active():
@@ -324,7 +239,7 @@ class Group:
             ev = last_eval.get(i)
             if not ev:  # killed after the last checkpoint, before the summary was written
                 with self._scope(run):
-                    ev = run._evaluate()
+                    ev = run.evaluate()
             extra = {"pack": {"size": self.K, "runs": self.names, "step": self._main.runner.mode
                               if self._main is not None else "-"}} if self.packed else None
             self.results[i] = run.finish(ev, extra)
@@ -389,73 +304,8 @@ class Group:
                 with self._scope(run, team):
                     evaluated = {}
                     if run.evaluates_after(epoch):
-                        evaluated = last_eval[i] = run._evaluate()
+                        evaluated = last_eval[i] = run.evaluate()
                     done = epoch + 1 - start[i]
                     eta = (time.time() - t_run) / done * (cfg.epochs - epoch - 1)
                     run.record_epoch(epoch, lrs[i], train, evaluated, eta=eta,
                                      who=f"{run.run.path.name}  " if self.packed else "")
-
-
-# ----------------------------------------------------------------------------------------------- entry points
-class Trainer(Run):
-    """A plain run (a group of one) with the conveniences of scripts, tests and benchmarks: :meth:`fit` (returns the
-    result or raises the DivergenceError), :meth:`train_epoch` (one epoch, no evaluation or checkpoint) and
-    :meth:`step` (one optimizer step)."""
-
-    def fit(self) -> RunResult:
-        res = Group([self], echo=self.echo).fit()[0]
-        if isinstance(res, BaseException):
-            raise res
-        return res
-
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        group = self.__dict__.get("_group")
-        if group is None:
-            group = self.__dict__["_group"] = Group([self], echo=self.echo)
-        res = group.train_epoch(epoch)
-        if 0 in group.results:
-            raise group.results[0]
-        return res[0]
-
-    def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One optimizer step; returns (loss, logits, terms) without synchronising with the host (valid until the
-        next step)."""
-        return self.accel.step(x, y, idx)
-
-
-def train_group(cfgs: Iterable[Any], *, resume: bool = False, overwrite: bool = False,
-                echo: Callable[[str], None] | None = None) -> list[RunResult]:
-    """Train the runs ``cfgs`` as one packed group; raises a DivergenceError naming the runs that stopped (after the
-    others finished)."""
-    cfgs = list(cfgs)
-    out = build_group(cfgs, resume=resume, overwrite=overwrite, echo=echo).fit()
-    failed = [(c, r) for c, r in zip(cfgs, out) if isinstance(r, DivergenceError)]
-    if failed:
-        if len(cfgs) == 1:
-            raise failed[0][1]
-        rest = "" if len(failed) == len(cfgs) else "; the other runs ran to the end"
-        raise DivergenceError(f"{len(failed)} of {len(cfgs)} runs stopped ({', '.join(str(c.name) for c, _ in failed)}"
-                              f"): {failed[0][1]}{rest}")
-    return [r for r in out if isinstance(r, RunResult)]
-
-
-def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
-          echo: Callable[[str], None] | None = None) -> RunResult:
-    """Train one run described by ``cfg`` (see :mod:`tfdistill.config`); returns its directory and summary.
-
-    With ``cfg.seeds`` set, trains one run per seed as one packed group (see the module docs) and returns the list
-    of their results, in the order of ``cfg.seeds``; under torchrun the seeds run one after another."""
-    try:
-        with graceful_stop(only_if_default=True):  # a script's SIGTERM/SIGINT: a graceful stop (the CLI's are already)
-            return _train(cfg, resume=resume, overwrite=overwrite, echo=echo)
-    finally:
-        cleanup_distributed()  # only a process group that setup_distributed created (torchrun); no-op otherwise
-
-
-def _train(cfg: Any, *, resume: bool, overwrite: bool, echo: Callable[[str], None] | None) -> Any:
-    if getattr(cfg, "seeds", None):
-        cfgs = seed_configs(cfg)
-        if setup_distributed(cfg.engine.device).enabled:
-            return [train_group([c], resume=resume, overwrite=overwrite, echo=echo)[0] for c in cfgs]
-        return train_group(cfgs, resume=resume, overwrite=overwrite, echo=echo)
-    return train_group([cfg], resume=resume, overwrite=overwrite, echo=echo)[0]
