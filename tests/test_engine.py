@@ -16,7 +16,7 @@ from conftest import REPO, TINY
 from tfdistill.config import load_config
 from tfdistill.engine import load_checkpoint, train
 from tfdistill.engine.checkpoint import save_atomic
-from tfdistill.engine.schedule import StepLR
+from tfdistill.engine.schedule import LRSchedule
 from tfdistill.errors import CheckpointError, DivergenceError, RunDirError
 
 
@@ -184,7 +184,7 @@ def test_corrupt_checkpoint_error(tmp_path):
 def test_schedules(name, expect):
     cfg = load_config(None, [f"schedule.name={name}"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
-    s = StepLR(opt, 0.05, epochs=240, steps_per_epoch=10, schedule=cfg.schedule)
+    s = LRSchedule(opt, 0.05, epochs=240, steps_per_epoch=10, schedule=cfg.schedule)
     for step, factor in expect.items():
         assert s.lr(step) == pytest.approx(0.05 * factor)
 
@@ -192,7 +192,7 @@ def test_schedules(name, expect):
 def test_cosine_and_warmup():
     cfg = load_config(None, ["schedule.name=cosine", "schedule.warmup_epochs=2", "schedule.min_lr=0.001"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    s = StepLR(opt, 0.1, epochs=10, steps_per_epoch=5, schedule=cfg.schedule)
+    s = LRSchedule(opt, 0.1, epochs=10, steps_per_epoch=5, schedule=cfg.schedule)
     assert s.lr(0) == pytest.approx(0.1 * 0.1 * (0.5 * (1 + 1) * (1 - 0.01) + 0.01))
     assert s.lr(25) == pytest.approx(0.001 + (0.1 - 0.001) * 0.5)
     assert s.lr(50) == pytest.approx(0.001)

@@ -9,4 +9,18 @@ from .models import create_model, list_models, register_model
 __version__ = "0.1.0"
 
 __all__ = ["FeatureTap", "find_stages", "TFDLoss", "depth_loss", "width_loss", "create_model", "list_models",
-           "register_model", "__version__"]
+           "register_model", "load_config", "train", "__version__"]
+
+
+def __getattr__(name: str):
+    """``tfdistill.train`` (the one way to train: :func:`tfdistill.engine.train`) and ``tfdistill.load_config``,
+    imported on first use, so that ``from tfdistill import TFDLoss`` in someone else's loop loads no engine."""
+    if name == "train":
+        from .engine import train
+
+        return train
+    if name == "load_config":
+        from .config import load_config
+
+        return load_config
+    raise AttributeError(f"module 'tfdistill' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The training loop of a group of K >= 1 independent runs (K = 1 is a plain run), packed into one process.
 
-A :class:`Group` (built by :func:`~.train.build_group`) holds one :class:`~.run.Run` per config -- its own model,
+A :class:`Group` (built by :func:`~.trainer.build_group`) holds one :class:`~.run.Run` per config -- its own model,
 method, optimizer, schedule, GradScaler, random streams, data order, run directory, checkpoints and resume -- over
 data built once (each run gets its own training loader over the shared device-resident tensors, ordered and augmented
 by its own seed exactly as when trained alone) and one frozen teacher per distinct ``teacher`` section.

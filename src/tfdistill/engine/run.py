@@ -40,7 +40,7 @@ from .distributed import (all_reduce_sum, barrier, broadcast_object, broadcast_o
                           setup_distributed)
 from .evaluation import evaluate
 from .progress import epoch_line
-from .schedule import StepLR
+from .schedule import LRSchedule
 
 
 @dataclass
@@ -125,8 +125,8 @@ class Run:
         self.steps_per_epoch = len(self.data.train)
         if cfg.engine.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, int(cfg.engine.max_steps_per_epoch))
-        self.sched = StepLR(self.optimizer, o.lr, epochs=int(cfg.epochs), steps_per_epoch=self.steps_per_epoch,
-                            schedule=cfg.schedule)
+        self.sched = LRSchedule(self.optimizer, o.lr, epochs=int(cfg.epochs), steps_per_epoch=self.steps_per_epoch,
+                                schedule=cfg.schedule)
         self.precision = cfg.engine.precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.model, self._self_synced = build.wrap_ddp(self.method, self.device, self.info)

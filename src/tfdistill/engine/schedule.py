@@ -8,12 +8,12 @@ from typing import Any
 import torch
 
 
-def lr_factor(step: int, *, epochs: int, steps_per_epoch: int, schedule: Any) -> float:
+def lr_factor(step: int, *, epochs: int, steps_per_epoch: int, schedule: Any, min_ratio: float = 0.0) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
     * ``multistep``: ``gamma ** (number of milestones <= epoch)`` -- the decay takes effect at the first step of
       the milestone epoch (PyTorch's MultiStepLR stepped once per epoch behaves the same).
-    * ``cosine``: per-step cosine from 1 to ``min_lr / lr`` over the whole run (set by the caller via min_ratio).
+    * ``cosine``: per-step cosine from 1 to ``min_ratio`` (``schedule.min_lr / lr``) over the whole run.
     * ``constant``.
     A linear warm-up from ``warmup_factor`` to 1 over ``warmup_epochs`` multiplies the result.
     """
@@ -23,8 +23,7 @@ def lr_factor(step: int, *, epochs: int, steps_per_epoch: int, schedule: Any) ->
         factor = schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
     elif name == "cosine":
         total = max(1, epochs * steps_per_epoch)
-        floor = getattr(schedule, "_min_ratio", 0.0)
-        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        factor = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
     elif name == "constant":
         factor = 1.0
     else:  # validated by the config layer
@@ -35,8 +34,9 @@ def lr_factor(step: int, *, epochs: int, steps_per_epoch: int, schedule: Any) ->
     return factor
 
 
-class StepLR:
-    """Sets every param group's lr from :func:`lr_factor` each step; works with float or tensor lrs."""
+class LRSchedule:
+    """Sets every param group's lr from :func:`lr_factor` each optimizer step (``apply`` before the step, ``step``
+    after it); works with float or tensor lrs. Its state is the step count."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, *, epochs: int, steps_per_epoch: int,
                  schedule: Any) -> None:
@@ -50,16 +50,8 @@ class StepLR:
 
     def lr(self, step: int | None = None) -> float:
         s = self.step_count if step is None else step
-        if self.schedule.name == "cosine":
-            total = max(1, self.epochs * self.steps_per_epoch)
-            f = self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-            warm = self.schedule.warmup_epochs * self.steps_per_epoch
-            if warm > 0 and s < warm:
-                f *= self.schedule.warmup_factor + (1 - self.schedule.warmup_factor) * s / warm
-            return self.base_lr * f
         return self.base_lr * lr_factor(s, epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
-                                        schedule=self.schedule)
-
+                                        schedule=self.schedule, min_ratio=self.min_ratio)
     def apply(self) -> float:
         """Write the current step's lr into the optimizer (before the optimizer step)."""
         value = self.lr()
