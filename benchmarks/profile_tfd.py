@@ -136,10 +136,10 @@ def main(argv=None) -> dict:
             if method == "tfd":
                 with torch.no_grad(), autocast(device):
                     feats = [f.detach().requires_grad_(True) for f in meth.run_student(x)[1]]
-                losses, weights = meth.distillers["tfd"].losses, meth.distillers["tfd"].weights
+                losses = meth.distillers["tfd"].losses  # the TFDLoss module: (alpha * depth, beta * width)
 
-                def loss_only(losses=losses, feats=feats, weights=weights):
-                    d, w = losses(feats, weights)
+                def loss_only(losses=losses, feats=feats):
+                    d, w = losses.pair(feats)
                     torch.autograd.grad(d + w, feats)
 
                 row[f"loss_us_{name}"] = round(time_fn(loss_only, device, iters), 1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tfdistill
+from tfdistill.methods import list_methods
 from test_baselines import batch, build, small_params
 
 ENGINE = Path(tfdistill.__file__).resolve().parent / "engine"
@@ -93,3 +94,79 @@ def test_engine_never_reaches_into_method_components():
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.Attribute):
                 assert node.attr not in ("distillers", "needs_gather", "gather"), f"{f.name}:{node.lineno}"
+
+
+# --------------------------------------------------------------------------- config sections as plain objects
+def _omegaconf_held(m) -> list[str]:
+    """``module.attr`` for every OmegaConf container in the ``vars()`` of a module of the built method (the
+    student's, the components', the frozen teacher's) or of its feature taps, and in the fields of a dataclass held
+    there (a component's params)."""
+    import dataclasses
+
+    from omegaconf import DictConfig, ListConfig
+
+    def bad(v, depth=0):
+        if isinstance(v, (DictConfig, ListConfig)):
+            return True
+        if depth < 3 and dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return any(bad(getattr(v, f.name), depth + 1) for f in dataclasses.fields(v))
+        if depth < 3 and isinstance(v, (list, tuple)):
+            return any(bad(x, depth + 1) for x in v)
+        if depth < 3 and isinstance(v, dict):
+            return any(bad(x, depth + 1) for x in v.values())
+        return False
+
+    owners = [(f"method.{n}" if n else "method", mod) for n, mod in m.named_modules()]
+    if m.teacher is not None:
+        owners += [(f"teacher.{n}", mod) for n, mod in m.teacher.named_modules()]
+    owners += [(name, tap) for name, tap in (("student_tap", m.student_tap), ("teacher_tap", m.teacher_tap)) if tap]
+    return [f"{who}.{k}" for who, obj in owners for k, v in vars(obj).items() if bad(v)]
+
+
+@pytest.mark.parametrize("preset", list_methods())
+def test_built_methods_hold_no_omegaconf_containers(preset):
+    """build_method converts cfg.method (an OmegaConf node, as the engine passes it) into its schema's dataclasses
+    once, so no module of a built Method holds a DictConfig/ListConfig (torch.compile cannot trace them)."""
+    import dataclasses
+
+    from omegaconf import DictConfig
+
+    from tfdistill.config import load_config
+    from tfdistill.methods import build_method, method_uses, resolve_preset
+    from test_baselines import NUM_CLASSES, NUM_TRAIN, TinyNet, teacher_for
+
+    overrides = [f"method.name={preset}"]
+    if "crd" in resolve_preset(preset).components:
+        overrides.append("method.crd.nce_k=16")  # the tiny training set has 40 samples
+    if "tfd" in resolve_preset(preset).components:
+        overrides.append("method.tfd.width_stages=[0,1]")  # a list-valued key: a ListConfig in the node
+    params = load_config(None, overrides).method
+    assert isinstance(params, DictConfig)
+    torch.manual_seed(0)
+    teacher = None
+    if method_uses(preset).teacher:
+        teacher = TinyNet() if preset.startswith("tfkd_self") else teacher_for(preset)
+    m = build_method(TinyNet(), params, example=batch()[0], num_classes=NUM_CLASSES, num_train=NUM_TRAIN, epochs=2,
+                     teacher=teacher)
+    assert _omegaconf_held(m) == []
+    assert dataclasses.is_dataclass(m.params) and m.params.name == preset
+    for name, comp in m.distillers.items():
+        assert isinstance(comp.params, type(comp).Params), (name, type(comp.params))
+        assert comp.params == getattr(m.params, name)
+
+
+def test_an_untyped_method_section_gets_the_schema_defaults():
+    from omegaconf import OmegaConf
+
+    from tfdistill.errors import ConfigError
+    from tfdistill.methods import build_method
+    from test_baselines import TinyNet
+
+    m = build_method(TinyNet(), OmegaConf.create({"name": "tfd", "tfd": {"alpha": 0.1, "width_stages": [0, 1]}}),
+                     example=batch()[0], num_classes=5, num_train=40, epochs=1)
+    p = m.distillers["tfd"].params
+    assert (p.alpha, p.beta, p.width_stages, type(p.width_stages)) == (0.1, 4e-4, [0, 1], list)
+    assert _omegaconf_held(m) == []
+    with pytest.raises(ConfigError, match="bad method config: Key 'alpah' not in 'TFDParams'"):
+        build_method(TinyNet(), OmegaConf.create({"name": "tfd", "tfd": {"alpah": 0.1}}), example=batch()[0],
+                     num_classes=5, num_train=40, epochs=1)

@@ -217,6 +217,25 @@ def test_register_model(monkeypatch):
     assert create_model("tiny_test_net", num_classes=3)(torch.randn(2, 3, 2, 2)).shape == (2, 3)
 
 
+def test_config_nodes_in_kwargs_reach_the_model_as_plain_values(monkeypatch):
+    """``model.kwargs`` arrive as OmegaConf nodes (``dict(cfg.model.kwargs)``); the factory gets dicts and lists, so
+    no module holds a config node (torch.compile cannot trace one)."""
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(MODELS, "_items", dict(MODELS._items))
+    seen = {}
+
+    @register_model("tiny_kwargs_net")
+    def tiny(num_classes: int = 100, widths=(4,), extra=None) -> nn.Module:
+        seen.update(widths=widths, extra=extra)
+        return nn.Linear(widths[0], num_classes)
+
+    kw = OmegaConf.create({"widths": [6, 8], "extra": {"a": [1], "b": "${widths}"}})
+    create_model("tiny_kwargs_net", num_classes=3, **dict(kw))
+    assert seen == {"widths": [6, 8], "extra": {"a": [1], "b": [6, 8]}}
+    assert type(seen["widths"]) is list and type(seen["extra"]) is dict and type(seen["extra"]["a"]) is list
+
+
 def test_convert_repdistiller_state_dict():
     model = create_model("vgg8", num_classes=10)
     crd_style = {

@@ -260,12 +260,12 @@ def test_tfdloss_module_fuse_option(monkeypatch):
     eager = TFDLoss(width_stages=[0, 1])(feats)
     fused_mod = TFDLoss(width_stages=[0, 1], fuse=True)
     fused = fused_mod(feats)
-    assert fused_mod._fused.mode == "compiled"
+    assert fused_mod.mode == "compiled"
     for k in ("depth", "width", "total"):
         torch.testing.assert_close(fused[k], eager[k], rtol=1e-5, atol=1e-10)
     auto = TFDLoss(fuse="auto")
     auto(feats)
-    assert auto._fused is None  # CPU maps: "auto" stays eager
+    assert auto.mode == "eager" and "CUDA only" in auto.reason  # CPU maps: "auto" stays eager
     assert "fuse=True" in repr(fused_mod)
     with pytest.raises(ValueError, match="fuse must be True, False or 'auto'"):
         TFDLoss(fuse="yes")
@@ -354,3 +354,37 @@ def test_triton_region_equals_the_eager_losses_on_cuda(kw):
     for a, b in zip(ga, gb):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- one front door
+def test_tfd_method_computes_through_tfdloss_with_one_weights_buffer():
+    """The tfd method's losses are a TFDLoss; the only weights tensor is the module's, which the ramp rescales."""
+    from tfdistill.losses.tfd_loss import TFDLoss
+
+    meth, comp = _tfd_component(["method.tfd.fuse=false", "method.tfd.ramp_epochs=4"])
+    assert isinstance(comp.losses, TFDLoss)
+    assert [n for n, _ in comp.named_buffers()] == ["losses.weights"] and comp.weights is comp.losses.weights
+    meth.on_epoch_start(0)
+    assert torch.equal(comp.weights, torch.tensor([5e-3, 4e-4]) * torch.tensor(0.25))
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    out = meth.outputs(x, y)
+    terms = comp.terms(out)
+    d, w = tfd_losses(out.feats_s)
+    assert torch.equal(terms["tfd_depth"], comp.weights[0] * d) and torch.equal(terms["tfd_width"], comp.weights[1] * w)
+
+
+def test_tfdloss_other_distances_use_the_same_weights():
+    from tfdistill.losses.tfd_distance import depth_loss_with, width_loss_with
+    from tfdistill.losses.tfd_loss import TFDLoss
+
+    feats = make_feats(RESNET32, 8)
+    loss = TFDLoss(alpha=0.5, beta=0.25, distance="at", width_stages=[1, 2], fuse=True)
+    assert loss.mode == "eager" and "only the l2 losses" in loss.reason
+    loss.scale_(0.5)
+    t = loss(feats)
+    assert torch.equal(t["depth"], loss.weights[0] * depth_loss_with(feats, "at"))
+    assert torch.equal(t["width"], loss.weights[1] * width_loss_with(feats[1:], "at"))
+    with pytest.raises(ValueError, match="unknown TFD distance"):
+        TFDLoss(distance="l1")
+    with pytest.raises(ValueError, match="detach_top=False needs distance='l2'"):
+        TFDLoss(distance="sp", detach_top=False)

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..precision import f32
-from ._common import soft_target_loss
+from ..precision import autocast, f32
+from ._common import SoftTarget
 
 __all__ = ["SepConv", "AuxClassifier", "soft_cross_entropy", "feature_hint_loss"]
 
@@ -112,20 +112,15 @@ class AuxClassifier(nn.Module):
         return self.fc(f), f, self.adapt(f) if self.adapt is not None else None
 
 
-def soft_cross_entropy(logits: Tensor, teacher: Tensor, T: float = 3.0) -> Tensor:
-    """``-mean_n sum_k softmax(teacher / T) * log_softmax(logits / T)`` (``teacher`` detached; no ``T^2``)."""
-    if T <= 0:
-        raise ValueError(f"BYOT temperature must be > 0, got {T}")
-    if logits.shape != teacher.shape or logits.dim() != 2:
-        raise ValueError(f"soft_cross_entropy expects two (N, K) logit tensors of the same shape, "
-                         f"got {tuple(logits.shape)} and {tuple(teacher.shape)}")
-    return soft_target_loss(logits, teacher, T)
+soft_cross_entropy = SoftTarget("soft_cross_entropy", "BYOT", 3.0, doc="""\
+``soft_cross_entropy(logits, teacher, T=3.0)``: ``-mean_n sum_k softmax(teacher / T) * log_softmax(logits / T)``
+(``teacher`` detached; no ``T^2``).""")
 
 
 def feature_hint_loss(f: Tensor, target: Tensor) -> Tensor:
     """``||f - target||_2`` over all elements of the batch (``target`` detached; not squared, not averaged)."""
     if f.shape != target.shape:
         raise ValueError(f"feature_hint_loss: shapes {tuple(f.shape)} and {tuple(target.shape)} differ")
-    with torch.autocast(device_type=f.device.type, enabled=False):
+    with autocast("off", f.device):
         # vector_norm's gradient at a zero difference is 0 (as torch.dist's), not NaN as sqrt(sum(d^2))'s would be
         return torch.linalg.vector_norm(f32(f) - f32(target).detach())

@@ -14,27 +14,19 @@ Computed in float32 even under autocast; the teacher's logits are treated as con
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from ._common import soft_target_loss
+from ._common import SoftTarget
 
 __all__ = ["kd_loss"]
 
 
-def kd_loss(logits_s: Tensor, logits_t: Tensor, T: float = 4.0) -> Tensor:
-    """Temperature-scaled KL divergence between teacher and student predictions.
+kd_loss = SoftTarget("kd_loss", "KD", 4.0, kl=True, t_squared=True, doc="""\
+Temperature-scaled KL divergence between teacher and student predictions, ``kd_loss(logits_s, logits_t, T=4.0)``.
 
-    Args:
-        logits_s: student logits ``(N, K)``.
-        logits_t: teacher logits ``(N, K)`` (detached here).
-        T: temperature (> 0).
+Args:
+    logits_s: student logits ``(N, K)``.
+    logits_t: teacher logits ``(N, K)`` (detached here).
+    T: temperature (> 0).
 
-    Returns:
-        A scalar: ``T^2 / N * sum_n sum_k p_t[n,k] * (log p_t[n,k] - log p_s[n,k])`` with ``p = softmax(z / T)``.
-    """
-    if T <= 0:
-        raise ValueError(f"KD temperature must be > 0, got {T}")
-    if logits_s.shape != logits_t.shape or logits_s.dim() != 2:
-        raise ValueError(f"kd_loss expects two (N, K) logit tensors of the same shape, "
-                         f"got {tuple(logits_s.shape)} and {tuple(logits_t.shape)}")
-    return soft_target_loss(logits_s, logits_t, T, kl=True) * (T * T)
+Returns:
+    A scalar: ``T^2 / N * sum_n sum_k p_t[n,k] * (log p_t[n,k] - log p_s[n,k])`` with ``p = softmax(z / T)``.
+""")

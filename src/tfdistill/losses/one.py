@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..precision import f32
+from ._common import SoftTarget
 
 __all__ = ["Gate", "gated_ensemble", "one_kl_loss", "sigmoid_rampup"]
 
@@ -59,20 +60,12 @@ def gated_ensemble(logits: Sequence[Tensor], gate: Tensor) -> Tensor:
     return (f32(gate).unsqueeze(2) * stacked).sum(1)
 
 
-def one_kl_loss(logits: Tensor, teacher: Tensor, T: float = 3.0, eps: float = 1e-7) -> Tensor:
-    """``T^2 / N * sum_n sum_k t (log t - log_softmax(z / T))`` with ``t = softmax(teacher / T) + eps``.
+one_kl_loss = SoftTarget("one_kl_loss", "ONE", 3.0, kl=True, t_squared=True, eps=1e-7, doc="""\
+``one_kl_loss(logits, teacher, T=3.0, *, eps=1e-7)``: ``T^2 / N * sum_n sum_k t (log t - log_softmax(z / T))`` with
+``t = softmax(teacher / T) + eps``.
 
-    ``teacher`` is detached. ``eps = 0`` gives the plain ``T^2 KL(softmax(teacher/T) || softmax(z/T))``.
-    """
-    if T <= 0:
-        raise ValueError(f"ONE temperature must be > 0, got {T}")
-    if logits.shape != teacher.shape or logits.dim() != 2:
-        raise ValueError(f"one_kl_loss expects two (N, K) logit tensors of the same shape, "
-                         f"got {tuple(logits.shape)} and {tuple(teacher.shape)}")
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_p = F.log_softmax(f32(logits) / T, dim=1)
-        t = F.softmax(f32(teacher).detach() / T, dim=1) + eps
-        return (t * (t.log() - log_p)).sum() / logits.shape[0] * (T * T)
+``teacher`` is detached. ``eps = 0`` gives ``T^2 KL(softmax(teacher/T) || softmax(z/T))`` (written as ONE's code
+does: the log of the softmax).""")
 
 
 def sigmoid_rampup(epoch: float, length: float) -> float:

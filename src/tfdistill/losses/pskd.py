@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import soft_target_loss
+from ._common import SoftTarget
 
 __all__ = ["pskd_alpha", "pskd_targets", "soft_cross_entropy"]
 
@@ -33,6 +33,6 @@ def pskd_targets(targets: Tensor, prev: Tensor, alpha: Tensor | float) -> Tensor
     return (1 - alpha) * onehot + alpha * prev.float()
 
 
-def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
-    """``mean_n sum_k -q[n,k] * log_softmax(logits)[n,k]`` (the soft targets are constants)."""
-    return soft_target_loss(logits, soft_targets, target_logits=False)
+soft_cross_entropy = SoftTarget("soft_cross_entropy", "PS-KD", target_logits=False, doc="""\
+``soft_cross_entropy(logits, soft_targets)``: ``mean_n sum_k -q[n,k] * log_softmax(logits)[n,k]`` (the soft targets
+``q`` are constants).""")

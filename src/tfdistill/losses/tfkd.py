@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import autocast, f32
+
 __all__ = ["virtual_teacher", "tfkd_reg_loss"]
 
 
@@ -48,8 +50,8 @@ def tfkd_reg_loss(logits: Tensor, targets: Tensor, T: float = 20.0, correct_prob
     """``sum_{n,k} q (log q - log_softmax(z)) / (N K)`` with ``q = virtual_teacher(...)``: the code's KL term."""
     if T <= 0 or not 0 < correct_prob <= 1:
         raise ValueError(f"tfkd_reg_loss needs T > 0 and 0 < correct_prob <= 1, got T={T}, correct_prob={correct_prob}")
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    with autocast("off", logits.device):
+        z = f32(logits)
         q = virtual_teacher(targets, z.shape[1], correct_prob, T, z.dtype)
         kl = q * (q.log() - F.log_softmax(z, dim=1))
         return kl.sum() / kl.numel()

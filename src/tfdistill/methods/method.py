@@ -6,12 +6,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..features import FeatureTap
 from .base import BuildContext, Distiller, FeatureInfo, PreStage, StepOutputs, Uses
-from .registry import DISTILLERS, method_uses, resolve_preset
+from .registry import DISTILLERS, method_schema, method_uses, resolve_preset
 
 
 class Method(nn.Module):
@@ -202,6 +204,30 @@ def _feature_info(tap: FeatureTap, example: Tensor) -> FeatureInfo:
     return FeatureInfo(tap.names, [tuple(f.shape[1:]) for f in feats], int(emb.shape[1]) if emb is not None else 0)
 
 
+def plain_section(section: Any, schema: type | None = None) -> Any:
+    """A config section as plain Python: an OmegaConf node becomes its schema's dataclass instance (nested
+    sections their dataclasses, lists lists; ``OmegaConf.to_object``), anything else is returned as it is.
+
+    An untyped node (``OmegaConf.create({...})``) is first merged into ``schema``, which fills in the defaults and
+    checks the keys. The method layer converts ``cfg.method`` once, here at its boundary (:func:`build_method`), so no
+    module of a built :class:`Method` holds an OmegaConf container: ``torch.compile`` (dynamo) cannot trace
+    OmegaConf's attribute access, while a dataclass's fields are constants to it."""
+    if isinstance(section, ListConfig):
+        return OmegaConf.to_container(section, resolve=True)
+    if not isinstance(section, DictConfig):
+        return section
+    try:
+        if schema is not None and _untyped(section):
+            section = OmegaConf.merge(OmegaConf.structured(schema), section)
+        return OmegaConf.to_object(section)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad method config: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _untyped(section: Any) -> bool:
+    return isinstance(section, DictConfig) and OmegaConf.get_type(section) is dict
+
+
 def build_method(
     student: nn.Module,
     params: Any,
@@ -218,9 +244,15 @@ def build_method(
 ) -> Method:
     """Assemble the method named ``params.name`` for ``student`` (and ``teacher``).
 
+    ``params`` is the method's config section: its schema's dataclass (:func:`~.registry.method_schema`) or an
+    OmegaConf node of it (``cfg.method``), converted once by :func:`plain_section`; the Method and its components
+    hold plain objects only.
+
     ``example`` is one input batch on the right device; it is used (in eval mode, without gradients) to discover
     feature taps and the shapes components size their modules by.
     """
+    # cfg.method -> its dataclass, once (an untyped node gets the schema's defaults first)
+    params = plain_section(params, method_schema(str(params.name)) if _untyped(params) else None)
     preset = resolve_preset(params.name)
     uses = method_uses(params.name)
     if uses.teacher and teacher is None:
@@ -242,7 +274,8 @@ def build_method(
     ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
                        teacher=t_info, device=example.device, student_model=student, teacher_model=teacher,
                        example=example)
-    comps = {c: DISTILLERS.get(c)(getattr(params, c), ctx) for c in preset.components}
+    comps = {c: DISTILLERS.get(c)(plain_section(getattr(params, c), DISTILLERS.get(c).Params), ctx)
+             for c in preset.components}  # (sections of a params object that is not itself a config node)
     for c in comps.values():
         c.to(example.device)
     return Method(student, params, comps, uses=uses, teacher=teacher, student_tap=s_tap, teacher_tap=t_tap)

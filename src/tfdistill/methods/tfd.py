@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..losses.tfd import DIRECTIONS
-from ..losses.tfd_distance import DISTANCES, depth_loss_with, width_loss_with
-from ..losses.tfd_fused import FUSE_MODES, FusedTFD, fuse_available
+from ..losses.tfd_distance import DISTANCES
+from ..losses.tfd_fused import FUSE_MODES
+from ..losses.tfd_loss import TFDLoss
 from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
@@ -76,15 +76,16 @@ class TFD(Distiller):
         if stages is not None and any(not -n <= i < n for i in stages):
             raise ConfigError(f"method.tfd.width_stages {list(stages)} out of range for {n} tapped stages")
         self.width_stages = None if stages is None else [int(i) for i in stages]
-        # [alpha, beta] * ramp, one tensor: what the (compiled) losses multiply by, updated in place each epoch
-        self.register_buffer("weights", torch.tensor([params.alpha, params.beta]), persistent=False)
-        fuse, why = (fuse_mode == "true", "fuse=false") if fuse_mode != "auto" else fuse_available(ctx.device)
-        if params.distance != "l2":
-            fuse, why = False, f"distance={params.distance} (only the l2 losses are fused)"
-        self.losses = FusedTFD(params.direction, params.detach_top, self.width_stages, depth=params.alpha > 0,
-                               width=params.beta > 0, compile=fuse)
-        if not fuse:
-            self.losses.reason = why
+        # the one front door to the TFD losses; it holds the one weights tensor [alpha, beta] * ramp, which the
+        # (compiled) losses multiply by and on_epoch_start rescales in place
+        self.losses = TFDLoss(params.alpha, params.beta, params.direction, params.detach_top, self.width_stages,
+                              fuse={"true": True, "false": False}.get(fuse_mode, fuse_mode),
+                              distance=params.distance, device=ctx.device)
+
+    @property
+    def weights(self) -> Tensor:
+        """``[alpha, beta] * ramp`` (float32), the TFD losses' weights (:attr:`TFDLoss.weights`)."""
+        return self.losses.weights
 
     def describe(self) -> dict:
         f = self.losses
@@ -94,19 +95,12 @@ class TFD(Distiller):
 
     def on_epoch_start(self, epoch: int) -> None:
         r = self.params.ramp_epochs
-        ramp = torch.tensor(min(1.0, (epoch + 1) / r) if r > 0 else 1.0)  # float32, as the weights
-        self.weights.copy_(torch.tensor([self.params.alpha, self.params.beta]) * ramp)
+        self.losses.scale_(min(1.0, (epoch + 1) / r) if r > 0 else 1.0)
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
         p = self.params
-        feats = out.feats_s
+        depth, width = self.losses.pair(out.feats_s)
         terms = {}
-        if p.distance == "l2":
-            depth, width = self.losses(feats, self.weights)
-        else:
-            maps = feats if self.width_stages is None else [feats[i] for i in self.width_stages]
-            depth = self.weights[0] * depth_loss_with(feats, p.distance, p.direction) if p.alpha > 0 else None
-            width = self.weights[1] * width_loss_with(maps, p.distance) if p.beta > 0 else None
         if p.alpha > 0:
             terms["tfd_depth"] = depth
         if p.beta > 0:

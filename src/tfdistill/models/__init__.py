@@ -78,6 +78,16 @@ def list_models(include_torchvision: bool = False) -> list[str]:
     return names
 
 
+def _plain(value: Any) -> Any:
+    """A config node (OmegaConf's ``DictConfig`` / ``ListConfig``, e.g. a list under ``model.kwargs``) as plain
+    dicts and lists, so that a model never holds one; any other value as it is."""
+    if type(value).__module__.split(".")[0] == "omegaconf":
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     """Build a randomly initialised model.
 
@@ -93,6 +103,7 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"model name must be a string, got {name!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    kwargs = {k: _plain(v) for k, v in kwargs.items()}  # e.g. dict(cfg.model.kwargs): no config nodes in a model
     if name.startswith(TIMM_PREFIX):
         return _create_timm(name[len(TIMM_PREFIX):], num_classes, kwargs)
     if "pretrained" in kwargs:
