@@ -5,7 +5,7 @@ method, optimizer, schedule, GradScaler, random streams, data order, run directo
 data built once (each run gets its own training loader over the shared device-resident tensors, ordered and augmented
 by its own seed exactly as when trained alone) and one frozen teacher per distinct ``teacher`` section.
 :meth:`Group.fit` then runs, in lock-step, the pre-stages of the methods that have them (FitNets hint, AB, FT) and the
-epochs, each step of all runs through one :class:`~.accel.StepRunner`: on the CPU the runs step one after another
+epochs, each step of all runs through one :class:`~.graphs.GraphRunner`: on the CPU the runs step one after another
 (each with its own global RNG state swapped in, so every run is bit-identical to its separate training); on CUDA with
 graphs the K steps replay from one graph, one stream per run. After each epoch every run evaluates, writes its metrics
 row and checkpoints; at the end each writes its ``summary.json``.
@@ -35,7 +35,7 @@ from ..config import plural
 from ..data import build_data
 from ..errors import ConfigError, DivergenceError
 from ..interrupts import graceful_stop
-from .accel import StepRunner
+from .graphs import GraphRunner
 from .distributed import all_reduce_sum, cleanup_distributed, setup_distributed
 from .loop import Run, RunResult, default_run_name, note_interrupt, resolve_device
 from ..methods import method_uses
@@ -212,17 +212,17 @@ class _Lane:
 
     i: int
     run: Run
-    accel: Any
+    step: Any
     sched: Any = None
 
 
 class _Team:
-    """The runs that step together, with their one :class:`StepRunner`."""
+    """The runs that step together, with their one :class:`GraphRunner`."""
 
     def __init__(self, lanes: list[_Lane], packed: bool) -> None:
         self.lanes = lanes
         scopes = [(lambda cuda, r=ln.run: r.own_rng(cuda)) for ln in lanes] if packed else None
-        self.runner = StepRunner([ln.accel for ln in lanes], scopes)
+        self.runner = GraphRunner([ln.step for ln in lanes], scopes)
 
     def drop(self, lane: _Lane) -> None:
         k = self.lanes.index(lane)
@@ -378,7 +378,7 @@ class Group:
         stages = {i: self.runs[i].method.pre_stages() for i in self._active() if not self.runs[i].pre_done}
         for s in range(max((len(v) for v in stages.values()), default=0)):
             members = [i for i in self._active() if i in stages and len(stages[i]) > s]
-            lanes = {i: _Lane(i, self.runs[i], self.runs[i].stage_accelerator(stages[i][s])) for i in members}
+            lanes = {i: _Lane(i, self.runs[i], self.runs[i].stage_step(stages[i][s])) for i in members}
             team: _Team | None = None
             for e in range(max(stages[i][s].epochs for i in members)):
                 ids = tuple(i for i in self._active() if i in lanes and e < stages[i][s].epochs)
@@ -460,8 +460,8 @@ class Trainer(Run):
         return res[0]
 
     def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One optimizer step; returns (loss, logits, terms) without synchronising with the host (valid until the
-        next step)."""
+        """One optimizer step, eager or compiled (CUDA graphs are captured by the group's runner, in :meth:`fit` and
+        :meth:`train_epoch`); returns (loss, logits, terms) without synchronising with the host."""
         return self.accel.step(x, y, idx)
 
 
