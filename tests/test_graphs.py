@@ -315,6 +315,33 @@ def test_no_graphs_unless_asked_and_the_steps_run_one_after_another():
     assert backend.events == [] and scoped == [(0, True), (1, True)] * (WARMUP_STEPS + 2)
 
 
+@pytest.mark.parametrize("env_mode, graphed_mode", [("reduce-overhead", None),
+                                                    ("max-autotune", "max-autotune-no-cudagraphs")])
+def test_a_graphed_compiled_step_is_compiled_again_without_graphs_of_its_own(monkeypatch, env_mode, graphed_mode):
+    """Once the runner decided to capture a compiled step, the step compiles its forward again in a mode that
+    captures no CUDA graphs of its own; the captured step (replayed eagerly here) is that compiled forward."""
+    seen, calls = [], [0]
+
+    def fake_compile(fn, **kw):
+        seen.append(kw.get("mode"))
+
+        def compiled(*args):
+            calls[0] += 1
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setenv("TFDISTILL_COMPILE_MODE", env_mode)
+    net = _net(0)
+    ref = _Ref(net)
+    step = _step(net, compile=True)
+    assert seen == [env_mode] and step.mode == "compiled"
+    runner = GraphRunner([step], backend=FakeBackend())
+    assert seen == [env_mode, graphed_mode] and step.mode == runner.mode == "compiled+cuda_graph"
+    _drive(runner, [ref], torch.Generator().manual_seed(9), WARMUP_STEPS + 2, 0.1)
+    assert runner.captured and calls[0] == WARMUP_STEPS + 2
+
+
 def test_cuda_graphs_on_the_cpu_notes_it_once_and_steps_eagerly():
     net = _net(0)
     with warnings.catch_warnings(record=True) as caught:

@@ -152,7 +152,8 @@ class TrainStep:
             return
         self._capturable = True
         self._eager_forward = self._make_forward(cache=False)
-        if self.compiled:
+        if self.compiled:  # compiled again, capturable (lazily: nothing is compiled before its first call)
+            self._compile_checked = False
             self._setup_compile()
         else:
             self.forward = self._eager_forward
