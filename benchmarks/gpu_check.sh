@@ -51,8 +51,9 @@ if [ $SMOKE = 1 ]; then
   T_TESTS=${GPU_CHECK_T_TESTS:-60}; T_TP=${GPU_CHECK_T_THROUGHPUT:-60}
   T_COMPILE=${GPU_CHECK_T_COMPILE:-60}; T_REAL=${GPU_CHECK_T_REALDATA:-30}; T_PROF=${GPU_CHECK_T_PROFILE:-40}
   T_STEP=${GPU_CHECK_T_STEP:-40}
-  # the fast losses, the accelerator's fallbacks and every method's backward under bf16 autocast
-  TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_baselines.py -m "not slow" -k "tfd_fast or accel or bf16" -n 2)
+  # the fast losses, the train step's fallbacks, the graph runner (fake backend) and every method's backward under bf16
+  TESTS=(tests/test_tfd_fast.py tests/test_accel.py tests/test_graphs.py tests/test_baselines.py -m "not slow"
+         -k "tfd_fast or accel or graphs or bf16" -n 2)
   TP_ARGS=(--device cpu --quick --skip-classic --compile-budget 0)
   PROF_ARGS=(--device cpu --batch 16 --iters 2)
   PROF_BACKEND=aot_eager  # the fused variant traced, not built: inductor's C++ build alone can take the whole limit

@@ -320,7 +320,7 @@ class EngineRunner:
 
     @property
     def mode(self) -> str:
-        return f"{self.tr.precision}, {self.tr.accel.mode}"
+        return f"{self.tr.precision}, {self.tr.train_step.mode}"
 
     def run(self, n: int) -> float:
         self.tr.steps_per_epoch = n
@@ -367,19 +367,23 @@ class PackedRunner:
         del self.group
 
 
-class StepRunner:
-    """One Trainer's ``step`` on a fixed batch (no loader): ``run(n)`` = n steps."""
+class FixedBatchRunner:
+    """One Trainer's step on a fixed batch (no loader), stepped as the engine steps it (a GraphRunner of one run:
+    replayed from a CUDA graph where the engine would): ``run(n)`` = n steps."""
 
     def __init__(self, args, root, batch, method, out, teacher_ckpt, batch_from=None) -> None:
+        from tfdistill.engine import GraphRunner
+
         self.method, self.batch = method, batch
         self.tr = make_trainer(args, root, batch, method, out, teacher_ckpt, f"step_{method}_b{batch}")
         src = batch_from.tr if batch_from is not None else self.tr
         self.xyi = next(iter(src.data.train))
         self.device = self.tr.device
+        self.runner = GraphRunner([self.tr.train_step])
 
     @property
     def mode(self) -> str:
-        return f"{self.tr.precision}, {self.tr.accel.mode}"
+        return f"{self.tr.precision}, {self.runner.mode}"
 
     def run(self, n: int) -> float:
         """Seconds for n steps: wall clock on CUDA; on the CPU this process's CPU time (the step ratios run
@@ -390,7 +394,7 @@ class StepRunner:
             sync(self.device)
             t = clock()
             for _ in range(n):
-                self.tr.step(*self.xyi)
+                self.runner.step([self.xyi])
             sync(self.device)
         return clock() - t
 
@@ -468,7 +472,7 @@ def compile_probe(args) -> None:
     root, out = Path(args.compile_probe), Path(args.compile_probe) / "compile_runs"
     args.compile = True
     t = time.perf_counter()
-    r = StepRunner(args, root, args.batch, "tfd", out, Path("unused"))
+    r = FixedBatchRunner(args, root, args.batch, "tfd", out, Path("unused"))
     built = time.perf_counter() - t
     t = time.perf_counter()
     r.run(3)  # compilation (and graph capture) happen in the first steps
@@ -621,7 +625,7 @@ def main(argv=None) -> dict:
             steps = 1 if device.type == "cpu" else 20
             rs: dict = {}
             for m in methods:
-                rs[m] = StepRunner(args, root, b, m, out, teacher, batch_from=rs.get("ce"))
+                rs[m] = FixedBatchRunner(args, root, b, m, out, teacher, batch_from=rs.get("ce"))
             tt = measure(rs, steps, args.ratio_rounds, warmup_chunks=1 if device.type == "cpu" else 2)
             block = {"batch": b, "rounds": args.ratio_rounds,
                      "clock": "process CPU time, 1 thread" if device.type == "cpu" else "wall clock (synchronised)",

@@ -5,7 +5,7 @@ method, optimizer, schedule, GradScaler, random streams, data order, run directo
 data built once (each run gets its own training loader over the shared device-resident tensors, ordered and augmented
 by its own seed exactly as when trained alone) and one frozen teacher per distinct ``teacher`` section.
 :meth:`Group.fit` runs, in lock-step, the pre-stages of the methods that have them (FitNets hint, AB, FT) and the
-epochs, each step of all runs through one :class:`~.accel.StepRunner`: on the CPU the runs step one after another
+epochs, each step of all runs through one :class:`~.graphs.GraphRunner`: on the CPU the runs step one after another
 (each with its own global RNG state swapped in, so every run is bit-identical to its separate training); on CUDA with
 graphs the K steps replay from one graph, one stream per run. After each epoch every run evaluates, writes its metrics
 row and checkpoints; at the end each writes its ``summary.json``.
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..config import plural
 from ..errors import DivergenceError
 from ..rundir import device_name
-from .accel import StepRunner
+from .graphs import GraphRunner
 from .distributed import all_reduce_sum
 from .run import Run, RunResult
 
@@ -85,17 +85,17 @@ class _Lane:
 
     i: int
     run: Run
-    accel: Any
+    step: Any
     sched: Any = None
 
 
 class _Team:
-    """The runs that step together, with their one :class:`StepRunner`."""
+    """The runs that step together, with their one :class:`~.graphs.GraphRunner`."""
 
     def __init__(self, lanes: list[_Lane], packed: bool) -> None:
         self.lanes = lanes
         scopes = [(lambda cuda, r=ln.run: r.own_rng(cuda)) for ln in lanes] if packed else None
-        self.runner = StepRunner([ln.accel for ln in lanes], scopes)
+        self.runner = GraphRunner([ln.step for ln in lanes], scopes)
 
     def drop(self, lane: _Lane) -> None:
         k = self.lanes.index(lane)
@@ -251,7 +251,7 @@ class Group:
         stages = {i: self.runs[i].method.pre_stages() for i in self._active() if not self.runs[i].pre_done}
         for s in range(max((len(v) for v in stages.values()), default=0)):
             members = [i for i in self._active() if i in stages and len(stages[i]) > s]
-            lanes = {i: _Lane(i, self.runs[i], self.runs[i].stage_accelerator(stages[i][s])) for i in members}
+            lanes = {i: _Lane(i, self.runs[i], self.runs[i].stage_step(stages[i][s])) for i in members}
             team: _Team | None = None
             for e in range(max(stages[i][s].epochs for i in members)):
                 ids = tuple(i for i in self._active() if i in lanes and e < stages[i][s].epochs)
@@ -274,7 +274,7 @@ class Group:
         The same team (and so the same captured packed graph) serves the next epoch if its runs are the same."""
         ids = tuple(ids) if ids is not None else tuple(self._active())
         if self._main is None or self._main.ids != ids:
-            self._main = _Team([_Lane(i, self.runs[i], self.runs[i].accel, self.runs[i].sched) for i in ids],
+            self._main = _Team([_Lane(i, self.runs[i], self.runs[i].train_step, self.runs[i].sched) for i in ids],
                                self.packed)
         team = self._main
         for i in ids:

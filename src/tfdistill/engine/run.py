@@ -32,7 +32,6 @@ from ..methods.base import PreStage
 from ..rundir import RunDir
 from ..runs import run_name
 from . import build, records
-from .accel import Accelerator
 from .auto import apply_engine_settings
 from .build import resolve_device
 from .checkpoint import CheckpointSaver, rng_state, set_rng_state
@@ -41,6 +40,7 @@ from .distributed import (all_reduce_sum, barrier, broadcast_object, broadcast_o
 from .evaluation import evaluate
 from .progress import epoch_line
 from .schedule import LRSchedule
+from .step import TrainStep
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RunResult:
 
 
 class Run:
-    """One run of a group: its model, method, optimizer, schedule, GradScaler, step (:class:`Accelerator`), random
+    """One run of a group: its model, method, optimizer, schedule, GradScaler, step (:class:`~.step.TrainStep`), random
     streams (:attr:`rng`), data order, run directory (prepare / commit / rollback), checkpoints and resume, metrics
     rows and summary. The epochs are driven by :class:`~.group.Group` (K >= 1 runs; K = 1 is a plain run)."""
 
@@ -130,10 +130,10 @@ class Run:
         self.precision = cfg.engine.precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.model, self._self_synced = build.wrap_ddp(self.method, self.device, self.info)
-        self.accel = Accelerator(self.model, self.optimizer, self.scaler, device=self.device,
-                                 precision=self.precision, compile=bool(cfg.engine.compile),
-                                 cuda_graphs=bool(cfg.engine.cuda_graphs), distributed=self.info.enabled,
-                                 log=self.log)
+        self.train_step = TrainStep(self.model, self.optimizer, self.scaler, device=self.device,
+                                    precision=self.precision, compile=bool(cfg.engine.compile),
+                                    cuda_graphs=bool(cfg.engine.cuda_graphs), distributed=self.info.enabled,
+                                    log=self.log)
         if self.info.enabled:
             # Replicas are built from the same seed; from here on each rank draws its own random numbers (dropout
             # masks, CRD negatives), otherwise samples at positions r and r+1 of a global batch would share them.
@@ -233,7 +233,7 @@ class Run:
     def own_rng(self, cuda: bool = True):
         """This run's random streams as the global ones (for one step, evaluation or checkpoint of a packed group):
         swapped in on entry, saved back on exit. ``cuda``: the CUDA generator too (not while the group replays a
-        packed CUDA graph, see :class:`~.accel.StepRunner`)."""
+        packed CUDA graph, see :class:`~.graphs.GraphRunner`)."""
         dev = self.device if cuda else None
         set_rng_state(self.rng, dev)
         try:
@@ -246,12 +246,11 @@ class Run:
         if self.teacher is not None:
             self.teacher.eval()
         self.method.on_epoch_start(epoch)
-        self.accel.new_epoch()
         if self.dropblock is not None:
             self.dropblock.set_progress(epoch / max(1, self.cfg.epochs))
         self.data.train.set_epoch(epoch)
 
-    def stage_accelerator(self, stage: PreStage) -> Accelerator:
+    def stage_step(self, stage: PreStage) -> TrainStep:
         """The step of a pre-stage (FitNets hint, AB, FT): ``stage.modules``' trainable parameters, SGD with the run's
         settings (``stage.lr`` or ``optim.lr``), its own GradScaler, minimising the sum of ``stage.loss`` terms of the
         main stage's forward pass; gradients all-reduced by hand under DDP (the stage's modules are not DDP's)."""
@@ -265,9 +264,9 @@ class Run:
                 if p.grad is not None:
                     all_reduce_sum(p.grad, info).div_(info.world_size)
 
-        return Accelerator(_StageStep(self.method, stage), opt, scaler, device=self.device, precision=self.precision,
-                           cuda_graphs=bool(self.cfg.engine.cuda_graphs), distributed=info.enabled, log=self.log,
-                           watch=self.method, after_backward=all_reduce_grads if info.enabled else None)
+        return TrainStep(_StageStep(self.method, stage), opt, scaler, device=self.device, precision=self.precision,
+                         cuda_graphs=bool(self.cfg.engine.cuda_graphs), distributed=info.enabled, log=self.log,
+                         watch=self.method, after_backward=all_reduce_grads if info.enabled else None)
 
     def begin_stage_epoch(self, e: int) -> None:
         self.method.train()
@@ -409,7 +408,7 @@ class Run:
 
     @property
     def step_mode(self) -> str:
-        return self.accel.mode
+        return self.train_step.mode
 
 
 class _StageStep(nn.Module):

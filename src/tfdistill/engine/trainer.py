@@ -166,6 +166,6 @@ class Trainer(Run):
         return res[0]
 
     def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One optimizer step; returns (loss, logits, terms) without synchronising with the host (valid until the
-        next step)."""
-        return self.accel.step(x, y, idx)
+        """One optimizer step, eager or compiled (CUDA graphs are captured by the group's runner, in :meth:`fit` and
+        :meth:`train_epoch`); returns (loss, logits, terms) without synchronising with the host."""
+        return self.train_step.step(x, y, idx)
