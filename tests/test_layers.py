@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "tfdistill"
 
 LAYERS = [
-    {"errors", "registry", "compiling", "precision"},     # shared leaves
+    {"errors", "registry", "compiling", "precision", "_version"},     # shared leaves
     {"interrupts"},
     {"losses"},
     {"features", "regularizers"},

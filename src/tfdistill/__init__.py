@@ -6,7 +6,7 @@ from .losses.tfd import depth_loss, width_loss
 from .losses.tfd_loss import TFDLoss
 from .models import create_model, list_models, register_model
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["FeatureTap", "find_stages", "TFDLoss", "depth_loss", "width_loss", "create_model", "list_models",
            "register_model", "load_config", "train", "__version__"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .._version import __version__
 from ..errors import CheckpointError
 from ..rundir import RunDir, save_atomic
 from .distributed import DistInfo, broadcast_or_raise, gather_object
@@ -181,8 +182,6 @@ class CheckpointSaver:
 
     def state(self, progress: dict) -> dict:
         """The full checkpoint (``last.pt``) at ``progress`` (:data:`PROGRESS_KEYS`)."""
-        from .. import __version__
-
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.student.state_dict(),
