@@ -1,4 +1,4 @@
-"""Building what a run trains: its device, student, frozen teacher, DropBlock, DDP wrapper and optimizer.
+"""Building what a run trains: its device, student, frozen teacher, DropBlock, DDP wrapper, optimizer, pre-stage steps.
 
 Each function takes the config (or the section it needs) and returns the built piece; :class:`~.run.Run` calls
 them in order. Weights files (``teacher.checkpoint``, ``model.init_checkpoint``) are resolved here too: a path, or
@@ -17,7 +17,8 @@ from ..errors import CheckpointError, ConfigError
 from ..methods import Method
 from ..models import create_model
 from .checkpoint import load_model_weights
-from .distributed import DistInfo, broadcast_tensors, gather_rows
+from .step import TrainStep
+from .distributed import DistInfo, all_reduce_sum, broadcast_tensors, gather_rows
 
 
 def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
@@ -208,3 +209,35 @@ def wrap_ddp(method: Method, device: torch.device, info: DistInfo) -> tuple[nn.M
     # Components may own modules that only a pre-stage trains (AB connectors, FitNets' regressor).
     unused = bool(method.extra_parameters())
     return DDP(method, device_ids=ids, find_unused_parameters=unused), set(own_sync)
+
+
+def build_stage_step(method: Method, stage: Any, cfg: Any, device: torch.device, precision: str, info: DistInfo,
+                     log: Any) -> TrainStep:
+    """The step of a pre-stage (FitNets hint, AB, FT): ``stage.modules``' trainable parameters, SGD with the run's
+    settings (``stage.lr`` or ``optim.lr``), its own GradScaler, minimising the sum of ``stage.loss`` terms of the
+    main stage's forward pass; gradients all-reduced by hand under DDP (the stage's modules are not DDP's)."""
+    params = method.trainable_parameters(stage.name)
+    opt = build_optimizer(params, cfg.optim, lr=stage.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def all_reduce_grads() -> None:
+        for p in params:
+            if p.grad is not None:
+                all_reduce_sum(p.grad, info).div_(info.world_size)
+
+    return TrainStep(_StageStep(method, stage), opt, scaler, device=device, precision=precision,
+                     cuda_graphs=bool(cfg.engine.cuda_graphs), distributed=info.enabled, log=log,
+                     watch=method, after_backward=all_reduce_grads if info.enabled else None)
+
+
+class _StageStep(nn.Module):
+    """The step module of a pre-stage: the main stage's forward pass, the stage's loss terms."""
+
+    def __init__(self, method: Method, stage: Any) -> None:
+        super().__init__()
+        self.method = method
+        self.__dict__["stage"] = stage  # holds modules of the method: not registered twice
+
+    def forward(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.method.outputs(x, y, idx)
+        return out.logits_s, self.stage.loss(out)

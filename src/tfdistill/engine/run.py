@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import config_notes, to_dict, to_yaml
@@ -35,8 +35,7 @@ from . import build, records
 from .auto import apply_engine_settings
 from .build import resolve_device
 from .checkpoint import CheckpointSaver, rng_state, set_rng_state
-from .distributed import (all_reduce_sum, barrier, broadcast_object, broadcast_or_raise, broadcast_tensors,
-                          setup_distributed)
+from .distributed import barrier, broadcast_object, broadcast_or_raise, broadcast_tensors, setup_distributed
 from .evaluation import evaluate
 from .progress import epoch_line
 from .schedule import LRSchedule
@@ -251,22 +250,8 @@ class Run:
         self.data.train.set_epoch(epoch)
 
     def stage_step(self, stage: PreStage) -> TrainStep:
-        """The step of a pre-stage (FitNets hint, AB, FT): ``stage.modules``' trainable parameters, SGD with the run's
-        settings (``stage.lr`` or ``optim.lr``), its own GradScaler, minimising the sum of ``stage.loss`` terms of the
-        main stage's forward pass; gradients all-reduced by hand under DDP (the stage's modules are not DDP's)."""
-        params = self.method.trainable_parameters(stage.name)
-        opt = build.build_optimizer(params, self.cfg.optim, lr=stage.lr)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        info = self.info
-
-        def all_reduce_grads() -> None:
-            for p in params:
-                if p.grad is not None:
-                    all_reduce_sum(p.grad, info).div_(info.world_size)
-
-        return TrainStep(_StageStep(self.method, stage), opt, scaler, device=self.device, precision=self.precision,
-                         cuda_graphs=bool(self.cfg.engine.cuda_graphs), distributed=info.enabled, log=self.log,
-                         watch=self.method, after_backward=all_reduce_grads if info.enabled else None)
+        """The step of a pre-stage (FitNets hint, AB, FT): :func:`~.build.build_stage_step` with this run's settings."""
+        return build.build_stage_step(self.method, stage, self.cfg, self.device, self.precision, self.info, self.log)
 
     def begin_stage_epoch(self, e: int) -> None:
         self.method.train()
@@ -409,16 +394,3 @@ class Run:
     @property
     def step_mode(self) -> str:
         return self.train_step.mode
-
-
-class _StageStep(nn.Module):
-    """The step module of a pre-stage: the main stage's forward pass, the stage's loss terms."""
-
-    def __init__(self, method: Method, stage: PreStage) -> None:
-        super().__init__()
-        self.method = method
-        self.__dict__["stage"] = stage  # holds modules of the method: not registered twice
-
-    def forward(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.method.outputs(x, y, idx)
-        return out.logits_s, self.stage.loss(out)
