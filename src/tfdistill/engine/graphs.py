@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .step import StepOut, TrainStep
+from .step import FP16_GRAPHS, StepOut, TrainStep
 
 __all__ = ["GraphRunner", "CudaBackend", "sgd_step_tensor_lr", "momentum_buffers_ready", "WARMUP_STEPS"]
 
@@ -198,8 +198,7 @@ class GraphRunner:
         if m.device.type != self.backend.device_type:
             return f" needs a CUDA device (this run uses {m.device.type})"
         if m.precision == "fp16":
-            raise ConfigError("engine.cuda_graphs=true cannot be combined with engine.precision=fp16: the "
-                              "GradScaler synchronises with the host every step; use engine.precision=bf16")
+            raise ConfigError(FP16_GRAPHS)
         if m.distributed:
             return " is not supported under DDP"
         if type(m.optimizer) is not torch.optim.SGD:

@@ -38,7 +38,10 @@ from ..compiling import options_from_env, with_room_for_recompiles
 from ..errors import ConfigError, is_compile_error
 from ..precision import autocast
 
-__all__ = ["TrainStep", "StepOut", "total_loss"]
+__all__ = ["TrainStep", "StepOut", "total_loss", "FP16_GRAPHS"]
+
+FP16_GRAPHS = ("engine.cuda_graphs=true cannot be combined with engine.precision=fp16: the GradScaler synchronises "
+               "with the host every step; use engine.precision=bf16")
 
 StepOut = tuple[Tensor, Tensor, dict[str, Tensor]]
 """``(loss, logits, terms)`` of one step."""
@@ -89,6 +92,8 @@ class TrainStep:
         self._warned: set[str] = set()
         self.compile_requested = bool(compile)
         self.graphs_requested = bool(cuda_graphs)
+        if self.graphs_requested and self.device.type == "cuda" and precision == "fp16":
+            raise ConfigError(FP16_GRAPHS)  # bad input: refused while the run is built, before its folder exists
         self.graphed = False
         """Whether a graph runner replays this step from a CUDA graph (see :meth:`set_graphed`)."""
         self.steps_taken = 0
