@@ -6,9 +6,9 @@
   ``Normalize``), a ``DataLoader`` with worker processes, fp32, eager, ``cudnn.benchmark``. Its TFD uses the
   straightforward loss code (per-pair crop/upcast/pool, ``F.normalize`` + permuted copies: the "before" losses);
   ``tfd_released`` additionally runs a ResNet110 teacher every step, as the released script does.
-* **engine** -- a :class:`tfdistill.engine.Trainer` on the same images: device-resident uint8 data with batched
+* **engine** -- a group of one run (:func:`tfdistill.engine.build_group`) on the same images: device-resident uint8 data with batched
   augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in a CUDA graph
-  (``--compile`` adds torch.compile). Images/s come from ``Trainer.train_epoch`` (loader, step, on-device metrics).
+  (``--compile`` adds torch.compile). Images/s come from the group's ``train_epoch`` (loader, step, on-device metrics).
 * **step-time ratios** -- TFD/CE, TFD-with-the-eager-losses/CE (``tfd_eager``, ``method.tfd.fuse=false``; CUDA
   only, where TFD's default compiles its losses), TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the
   engine's steps on one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round
@@ -300,22 +300,24 @@ VARIANTS = {"tfd_ref": ("tfd", ["method.tfd.fuse=false"]), "tfd_eager": ("tfd", 
 ``tfd_ref`` = the straightforward reference losses (``fuse=false`` and :func:`reference_tfd_losses`)."""
 
 
-def make_trainer(args, root, batch, method, out, teacher_ckpt, name):
+def make_group(args, root, batch, method, out, teacher_ckpt, name):
+    """A group of one run, built as ``tfdistill.train`` builds it."""
     from tfdistill.config import load_config
-    from tfdistill.engine import Trainer
+    from tfdistill.engine import build_group
 
     method, extra = VARIANTS.get(method, (method, []))
     cfg = load_config(None, [*engine_overrides(args, root, batch, method, out, teacher_ckpt, 1), *extra,
                              f"name={name}"])
-    return Trainer(cfg, overwrite=True, echo=lambda s: None)
+    return build_group([cfg], overwrite=True, echo=lambda s: None)
 
 
 class EngineRunner:
-    """The engine: ``run(n)`` is ``Trainer.train_epoch`` over n steps (device loader, step, on-device metrics)."""
+    """The engine: ``run(n)`` is the group's ``train_epoch`` over n steps (device loader, step, on-device metrics)."""
 
     def __init__(self, args, root, batch, method, out, teacher_ckpt) -> None:
         self.method, self.batch = method, batch
-        self.tr = make_trainer(args, root, batch, method, out, teacher_ckpt, f"{method}_b{batch}")
+        self.group = make_group(args, root, batch, method, out, teacher_ckpt, f"{method}_b{batch}")
+        self.tr = self.group.runs[0]
         self.epoch = 0
 
     @property
@@ -326,12 +328,15 @@ class EngineRunner:
         self.tr.steps_per_epoch = n
         ctx = reference_tfd_losses() if self.method == "tfd_ref" else contextlib.nullcontext()
         with ctx:
-            res = self.tr.train_epoch(self.epoch)
+            res = self.group.train_epoch(self.epoch).get(0)
+        if res is None:
+            raise self.group.results[0]  # the loss became NaN/inf
         self.epoch += 1
         return n * self.batch / res["images_per_sec"]  # an epoch may hold fewer than n batches: per-step rate
 
     def close(self) -> None:
-        del self.tr
+        self.tr.close()
+        del self.tr, self.group
 
 
 class PackedRunner:
@@ -368,14 +373,14 @@ class PackedRunner:
 
 
 class FixedBatchRunner:
-    """One Trainer's step on a fixed batch (no loader), stepped as the engine steps it (a GraphRunner of one run:
+    """One run's step on a fixed batch (no loader), stepped as the engine steps it (a GraphRunner of one run:
     replayed from a CUDA graph where the engine would): ``run(n)`` = n steps."""
 
     def __init__(self, args, root, batch, method, out, teacher_ckpt, batch_from=None) -> None:
         from tfdistill.engine import GraphRunner
 
         self.method, self.batch = method, batch
-        self.tr = make_trainer(args, root, batch, method, out, teacher_ckpt, f"step_{method}_b{batch}")
+        self.tr = make_group(args, root, batch, method, out, teacher_ckpt, f"step_{method}_b{batch}").runs[0]
         src = batch_from.tr if batch_from is not None else self.tr
         self.xyi = next(iter(src.data.train))
         self.device = self.tr.device

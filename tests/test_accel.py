@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tfdistill.config import load_config
-from tfdistill.engine import Trainer, load_checkpoint, train
+from tfdistill.engine import build_group, load_checkpoint, train
 from tfdistill.engine.step import TrainStep
 from tfdistill.errors import ConfigError
 
@@ -22,13 +22,26 @@ def final_state(tmp_path, name):
     return load_checkpoint(tmp_path / "runs" / name / "last.pt")["model"]
 
 
+def one_run(cfg, echo=lambda s: None):
+    """A group of one run, built as :func:`train` builds it (to look inside it, or to step it by hand)."""
+    return build_group([cfg], echo=echo).runs[0]
+
+
+def fit(cfg, echo=lambda s: None):
+    """Train ``cfg`` as :func:`train` does; return the run, to look inside it."""
+    group = build_group([cfg], echo=echo)
+    (result,) = group.fit()
+    if isinstance(result, BaseException):
+        raise result
+    return group.runs[0]
+
+
 def run_recording_warnings(cfg):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         lines: list[str] = []
-        trainer = Trainer(cfg, echo=lines.append)
-        trainer.fit()
-    return trainer, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)], lines
+        run = fit(cfg, echo=lines.append)
+    return run, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)], lines
 
 
 def test_cuda_graphs_on_cpu_warns_once_and_runs_eagerly(tiny, tmp_path):
@@ -81,9 +94,10 @@ def test_compile_trains_and_matches_eager(tiny, tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
 
     counters.clear()
-    eager = Trainer(load_config(None, [*tiny, *SHORT, "name=eager"]), echo=lambda s: None)
+    eager = one_run(load_config(None, [*tiny, *SHORT, "name=eager"]))
     x, y, idx = next(iter(eager.data.train))
-    first_eager = {k: float(v.detach()) for k, v in eager.step(x, y, idx)[2].items()}
+    first_eager = {k: float(v.detach()) for k, v in eager.train_step.step(x, y, idx)[2].items()}
+    eager.close()
     shutil.rmtree(tmp_path / "runs" / "eager")
     train(load_config(None, [*tiny, *SHORT, "name=eager"]), echo=lambda s: None)
 
@@ -92,8 +106,8 @@ def test_compile_trains_and_matches_eager(tiny, tmp_path, monkeypatch):
     assert trainer.train_step.mode == "compiled"
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
     # the first step's loss terms (same weights, same batch) agree closely
-    comp = Trainer(load_config(None, [*tiny, *SHORT, "name=comp2", "engine.compile=true"]), echo=lambda s: None)
-    first_comp = {k: float(v.detach()) for k, v in comp.step(x, y, idx)[2].items()}
+    comp = one_run(load_config(None, [*tiny, *SHORT, "name=comp2", "engine.compile=true"]))
+    first_comp = {k: float(v.detach()) for k, v in comp.train_step.step(x, y, idx)[2].items()}
     assert first_comp.keys() == first_eager.keys()
     for k in first_eager:
         assert first_comp[k] == pytest.approx(first_eager[k], rel=1e-4, abs=1e-6), k
@@ -116,12 +130,12 @@ def test_compiled_step_gives_tfd_its_gradients(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("TFDISTILL_COMPILE_BACKEND", "aot_eager")
     heavy = [*tiny, "method.name=tfd", "method.tfd.alpha=50", "method.tfd.beta=5", "epochs=1",
              "engine.tensorboard=false", "optim.weight_decay=0", "optim.momentum=0"]
-    eager = Trainer(load_config(None, [*heavy, "name=e"]), echo=lambda s: None)
-    comp = Trainer(load_config(None, [*heavy, "name=c", "engine.compile=true"]), echo=lambda s: None)
+    eager = one_run(load_config(None, [*heavy, "name=e"]))
+    comp = one_run(load_config(None, [*heavy, "name=c", "engine.compile=true"]))
     x, y, idx = next(iter(eager.data.train))
     before = {k: v.detach().clone() for k, v in eager.student.state_dict().items()}
-    _, _, te = eager.step(x, y, idx)
-    _, _, tc = comp.step(x, y, idx)
+    _, _, te = eager.train_step.step(x, y, idx)
+    _, _, tc = comp.train_step.step(x, y, idx)
     assert comp.train_step.mode == "compiled"
     for k in te:
         torch.testing.assert_close(tc[k], te[k], rtol=1e-4, atol=1e-7)
@@ -229,10 +243,8 @@ cuda = pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 def test_trainer_and_packed_seeds_with_cuda_graphs_on_gpu(tiny, tmp_path):
     common = [*tiny, "method.name=tfd", "epochs=2", "engine.device=cuda", "engine.precision=bf16",
               "engine.channels_last=true", "engine.tensorboard=false"]
-    eager = Trainer(load_config(None, [*common, "name=e"]), echo=lambda s: None)
-    eager.fit()
-    graph = Trainer(load_config(None, [*common, "name=g", "engine.cuda_graphs=true"]), echo=lambda s: None)
-    graph.fit()
+    fit(load_config(None, [*common, "name=e"]))
+    graph = fit(load_config(None, [*common, "name=g", "engine.cuda_graphs=true"]))
     assert graph.train_step.mode == "cuda_graph"
     re = [json.loads(x) for x in (tmp_path / "runs" / "e" / "metrics.jsonl").read_text().splitlines()]
     rg = [json.loads(x) for x in (tmp_path / "runs" / "g" / "metrics.jsonl").read_text().splitlines()]

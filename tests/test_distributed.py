@@ -256,7 +256,7 @@ def _worker(argv: list[str]) -> int:
     sys.path.insert(0, str(REPO / "src"))
     from tfdistill.config import load_config
     from tfdistill.engine.distributed import cleanup_distributed, gather_rows
-    from tfdistill.engine import Trainer
+    from tfdistill.engine import build_group
     from tfdistill.errors import ConfigError
 
     register_plain_cnn()
@@ -266,7 +266,8 @@ def _worker(argv: list[str]) -> int:
     stop = int(opts[opts.index("--stop-after") + 1]) if "--stop-after" in opts else 0
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None, overrides)
-    trainer = Trainer(cfg, resume="--resume" in opts, echo=lambda s: None)
+    group = build_group([cfg], resume="--resume" in opts, echo=lambda s: None)
+    trainer = group.runs[0]
     rank = trainer.info.rank
     if stop:
         save = trainer.save
@@ -279,7 +280,9 @@ def _worker(argv: list[str]) -> int:
 
         trainer.save = save_then_crash
     try:
-        trainer.fit()
+        result = group.fit()[0]
+        if isinstance(result, BaseException):
+            raise result
         info = {"rank": rank, "world_size": trainer.info.world_size, "wrapped": type(trainer.model).__name__,
                 "batch": trainer.data.train.batch_size, "steps": len(trainer.data.train)}
         if trainer.teacher is not None:
@@ -291,7 +294,7 @@ def _worker(argv: list[str]) -> int:
         if "--crd-check" in opts:
             info["crd_update_equal"] = _crd_update_check(trainer, gather_rows)
             try:  # SyncBatchNorm on the CPU is refused with a clear message
-                Trainer(load_config(None, [*overrides, "engine.sync_bn=true", "name=syncbn"]), echo=lambda s: None)
+                build_group([load_config(None, [*overrides, "engine.sync_bn=true", "name=syncbn"])], echo=lambda s: None)
                 info["sync_bn_cpu_error"] = ""
             except ConfigError as exc:
                 info["sync_bn_cpu_error"] = str(exc)

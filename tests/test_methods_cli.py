@@ -72,13 +72,14 @@ def test_pre_stage_runs_then_main_stage(preset, override, teacher_ckpt, tmp_path
 
 
 def test_teacher_is_frozen_and_not_in_optimizer(teacher_ckpt, tmp_path):
-    from tfdistill.engine import Trainer
+    from tfdistill.engine import build_group
 
     cfg = load_config(None, [*SMALL, "method.name=tfd+kd", "teacher.model=resnet14",
                              f"teacher.checkpoint={teacher_ckpt}", f"out_dir={tmp_path}", "name=r"])
-    tr = Trainer(cfg, echo=lambda s: None)
+    group = build_group([cfg], echo=lambda s: None)
+    tr = group.runs[0]
     before = {k: v.clone() for k, v in tr.teacher.state_dict().items()}
-    tr.fit()
+    group.fit()
     assert not tr.teacher.training
     assert all(not p.requires_grad for p in tr.teacher.parameters())
     in_opt = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}

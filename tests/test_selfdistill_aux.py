@@ -20,7 +20,7 @@ from torch import nn
 
 from conftest import TINY, interrupt_in_epoch
 from tfdistill.config import load_config
-from tfdistill.engine import Trainer, load_checkpoint, train
+from tfdistill.engine import load_checkpoint, train
 from tfdistill.errors import ConfigError
 from tfdistill.losses.at import attention_map
 from tfdistill.losses.byot import AuxClassifier, feature_hint_loss, soft_cross_entropy

@@ -326,10 +326,9 @@ def test_other_distances_are_not_fused_and_say_so():
 
 def test_summary_records_the_fuse_mode(tiny, tmp_path):
     from tfdistill.config import load_config
-    from tfdistill.engine import Trainer
+    from tfdistill.engine import train
 
-    tr = Trainer(load_config(None, [*tiny, "method.name=tfd", "epochs=1", "name=f"]), echo=lambda s: None)
-    tr.fit()
+    train(load_config(None, [*tiny, "method.name=tfd", "epochs=1", "name=f"]), echo=lambda s: None)
     summary = json.loads((tmp_path / "runs" / "f" / "summary.json").read_text())
     assert summary["method_info"]["tfd"]["fuse"] == "eager"
 

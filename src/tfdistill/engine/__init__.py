@@ -10,8 +10,8 @@ from .graphs import GraphRunner
 from .group import Group
 from .run import Run, RunResult
 from .step import TrainStep
-from .trainer import Trainer, build_group, train
+from .trainer import build_group, train
 from ..rundir import RunDir
 
-__all__ = ["train", "RunResult", "Run", "Group", "Trainer", "RunDir", "evaluate", "build_group", "resolve_device",
+__all__ = ["train", "RunResult", "Run", "Group", "RunDir", "evaluate", "build_group", "resolve_device",
            "load_checkpoint", "load_model_weights", "save_atomic", "TrainStep", "GraphRunner"]

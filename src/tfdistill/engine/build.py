@@ -17,8 +17,9 @@ from ..errors import CheckpointError, ConfigError
 from ..methods import Method
 from ..models import create_model
 from .checkpoint import load_model_weights
+from .auto import apply_engine_settings
+from .distributed import DistInfo, all_reduce_sum, broadcast_tensors, gather_rows, setup_distributed
 from .step import TrainStep
-from .distributed import DistInfo, all_reduce_sum, broadcast_tensors, gather_rows
 
 
 def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
@@ -47,6 +48,16 @@ def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
         # the current device: CUDA-graph capture streams and tensors created without a device land on it
         torch.cuda.set_device(device)
     return device
+
+
+def settle(cfg: Any) -> tuple[DistInfo, torch.device]:
+    """A run's process (DDP rank or none), its device, and ``engine.*`` = ``auto`` resolved for them and written into
+    ``cfg`` (:func:`~.auto.apply_engine_settings`): once per run, by :func:`~.trainer.build_group`, before the runs
+    of a group are compared and built."""
+    info = setup_distributed(cfg.engine.device)
+    device = resolve_device(cfg.engine.device, info)
+    apply_engine_settings(cfg, device, distributed=info.enabled)
+    return info, device
 
 
 TORCHVISION_WEIGHTS = "torchvision:"

@@ -1,6 +1,6 @@
 """``tfdistill train RECIPE --dry-run``: build everything a run needs, print its header, train and write nothing.
 
-The run is built by the real :class:`~tfdistill.engine.run.Run` (data, student, teacher, method with its
+The run is built as a real start builds it (:func:`~.trainer.build_group`) (data, student, teacher, method with its
 feature taps, optimizer, schedule), so every error a real start would raise is raised here; it writes into a
 temporary folder that is deleted afterwards, after the real run directory was checked the way a real start checks
 it (exists without --resume/--overwrite, nothing to resume). Caches outside the run directory (the decoded-dataset
@@ -24,7 +24,7 @@ from ..runs import run_path
 def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
             echo: Callable[[str], None] = print) -> dict:
     """Build the run of ``cfg`` (its first seed's, with ``seeds``) and describe it; returns the facts printed."""
-    from .run import Run
+    from .trainer import build_group
 
     dirs = ([run_path(cfg, int(s)) for s in cfg.seeds] if getattr(cfg, "seeds", None) else [run_path(cfg)])
     for d in dirs:
@@ -34,7 +34,7 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
         one = OmegaConf.merge(cfg, {"out_dir": str(tmp), "name": "dry", "engine": {"tensorboard": False}})
         if getattr(cfg, "seeds", None):
             one = OmegaConf.merge(one, {"seed": int(cfg.seeds[0]), "seeds": None})
-        t = Run(one, echo=lambda s: None)
+        t = build_group([one], echo=lambda s: None).runs[0]
         params = sum(p.numel() for p in t.student.parameters())
         extra = sum(p.numel() for p in t.method.extra_parameters())
         facts = {
@@ -45,8 +45,7 @@ def dry_run(cfg: Any, *, resume: bool = False, overwrite: bool = False,
             "device": device_name(t.device), "describe": t.method.describe(),
             "header": [*t.data.notes, *t.method.describe_taps()],  # resolution decided, layers tapped
         }
-        if t.tb is not None:
-            t.tb.close()
+        t.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     runs = ", ".join(facts["run_dirs"])

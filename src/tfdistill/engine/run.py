@@ -32,10 +32,8 @@ from ..methods.base import PreStage
 from ..rundir import RunDir
 from ..runs import run_name
 from . import build, records
-from .auto import apply_engine_settings
-from .build import resolve_device
 from .checkpoint import CheckpointSaver, rng_state, set_rng_state
-from .distributed import barrier, broadcast_object, broadcast_or_raise, broadcast_tensors, setup_distributed
+from .distributed import DistInfo, barrier, broadcast_object, broadcast_or_raise, broadcast_tensors
 from .evaluation import evaluate
 from .progress import epoch_line
 from .schedule import LRSchedule
@@ -53,23 +51,20 @@ class Run:
     streams (:attr:`rng`), data order, run directory (prepare / commit / rollback), checkpoints and resume, metrics
     rows and summary. The epochs are driven by :class:`~.group.Group` (K >= 1 runs; K = 1 is a plain run)."""
 
-    def __init__(self, cfg: Any, *, resume: bool = False, overwrite: bool = False,
-                 echo: Callable[[str], None] | None = None, data: Any = None, teacher: nn.Module | None = None,
-                 defer_open: bool = False) -> None:
-        """``data``: a prebuilt data bundle and ``teacher``: a prebuilt frozen teacher for ``cfg.teacher`` (both
-        shared by the runs of a packed group); built from ``cfg`` when None. ``defer_open``: the run directory is
-        created only by :meth:`open` (a group builds all its runs first)."""
+    def __init__(self, cfg: Any, *, settled: tuple[DistInfo, torch.device], resume: bool = False,
+                 overwrite: bool = False, echo: Callable[[str], None] | None = None, data: Any = None,
+                 teacher: nn.Module | None = None) -> None:
+        """Built by :func:`~.trainer.build_group`, which has ``settled`` the run (:func:`~.build.settle`: its
+        process, device and resolved ``engine.*`` settings) and creates its directory with :meth:`open` once every
+        run of the group was built. ``data``: a prebuilt data bundle and ``teacher``: a prebuilt frozen teacher for
+        ``cfg.teacher`` (both shared by the runs of a packed group); built from ``cfg`` when None."""
         self.cfg = cfg
         self._warn_mark = records.warnings_mark()
         self._logged_warnings: set[str] = set()
-        self.info = setup_distributed(cfg.engine.device)
+        self.info, self.device = settled
         self.echo = echo if echo is not None else (lambda s: tqdm.write(s, file=sys.stdout))
         # Progress bars on an interactive terminal; in logs and CI the per-epoch lines carry the progress.
         self.show_bars = bool(cfg.engine.progress) and sys.stdout.isatty()
-        self.device = resolve_device(cfg.engine.device, self.info)
-        # engine.precision / channels_last / cuda_graphs = auto -> their values on this device, written into cfg
-        # (config.yaml, checkpoints and summary.json record what was computed)
-        apply_engine_settings(cfg, self.device, distributed=self.info.enabled)
         self.name = run_name(cfg)
         self.run = RunDir(Path(cfg.out_dir) / self.name)
         # Checked now, created (or, with --overwrite, replaced) only once the whole run has been built: bad input
@@ -154,8 +149,6 @@ class Run:
         """This run's random streams while another run of its group steps (see :meth:`own_rng`)."""
         self.tb = None
         self._opening = (do_resume, resume, overwrite)
-        if not defer_open:
-            self.open()
 
     def open(self) -> None:
         """Create (or, with ``--overwrite``, replace) the run directory of a new run, write the notes issued while

@@ -2,7 +2,8 @@
 configs, trained as one packed group of K >= 1 runs (:class:`~.group.Group`).
 
 :func:`build_group` is the step under it, for callers that drive a group themselves: the sweep's executors (a start
-mode per run, a callback when a run diverges) and the benchmarks. Building checks every run directory before any is
+mode per run, a callback when a run diverges), the dry run, the benchmarks and tests (``group.fit()``, or
+``group.train_epoch(e)`` and ``group.runs[i].train_step.step(x, y, idx)`` step by step). Building checks every run directory before any is
 created or replaced, builds the data once and one frozen teacher per distinct ``teacher`` section, then each
 :class:`~.run.Run`.
 """
@@ -13,8 +14,6 @@ import dataclasses
 import json
 from typing import Any, Callable, Sequence
 
-from torch import Tensor
-
 from ..data import build_data
 from ..errors import ConfigError, DivergenceError
 from ..interrupts import graceful_stop, note_interrupt
@@ -22,13 +21,12 @@ from ..methods import method_uses
 from ..rundir import RunDir, flat_keys
 from ..runs import pack_key, run_path, seed_configs
 from . import records
-from .auto import apply_engine_settings
-from .build import resolve_device
+from .build import settle
 from .distributed import cleanup_distributed, setup_distributed
 from .group import Group
 from .run import Run, RunResult
 
-__all__ = ["train", "build_group", "Trainer"]
+__all__ = ["train", "build_group"]
 
 
 def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
@@ -68,7 +66,6 @@ def _train_group(cfgs: list[Any], *, resume: bool, overwrite: bool,
     return [r for r in out if isinstance(r, RunResult)]
 
 
-# ----------------------------------------------------------------------------------------------- building
 def _teacher_key(cfg: Any) -> str:
     from omegaconf import OmegaConf
 
@@ -91,10 +88,11 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
     cfgs = list(cfgs)
     modes = list(modes) if modes is not None else [(resume, overwrite)] * len(cfgs)
     data = None
+    # each run's process, device and engine.* = auto resolved once, before the sections are compared and anything
+    # is built (config.yaml, checkpoints and summary.json record the resolved values)
+    settled = [settle(c) for c in cfgs]
     if len(cfgs) > 1:
-        device = resolve_device(cfgs[0].engine.device)
-        for c in cfgs:  # engine.* = auto resolved before the sections are compared and the data is built
-            apply_engine_settings(c, device)
+        info, device = settled[0]
         keys = [pack_key(c) for c in cfgs]
         if len(set(keys)) != 1:
             a, b = json.loads(keys[0]), json.loads(next(k for k in keys if k != keys[0]))
@@ -105,7 +103,7 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
         dirs = [run_path(c) for c in cfgs]
         if len(set(dirs)) != len(dirs):
             raise ConfigError(f"runs packed into one group need distinct run directories: {[str(d) for d in dirs]}")
-        if setup_distributed(cfgs[0].engine.device).enabled:
+        if info.enabled:
             raise ConfigError("a packed group of several runs needs one process; under torchrun train one run per "
                               "command (or leave seeds/--pack out)")
         for c, (res, ovr) in zip(cfgs, modes):
@@ -123,8 +121,8 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
         for i, (c, (res, ovr)) in enumerate(zip(cfgs, modes)):
             own = None if data is None else data if i == 0 else dataclasses.replace(
                 data, train=data.train_loader_for(int(c.seed)))
-            run = Run(c, resume=res, overwrite=ovr, echo=echo, data=own, teacher=teachers.get(_teacher_key(c)),
-                      defer_open=True)
+            run = Run(c, settled=settled[i], resume=res, overwrite=ovr, echo=echo, data=own,
+                      teacher=teachers.get(_teacher_key(c)))
             if run.teacher is not None:
                 teachers.setdefault(_teacher_key(c), run.teacher)  # one frozen teacher per distinct teacher section
             runs.append(run)
@@ -142,30 +140,3 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
                        "nothing was changed; --resume continues")
         raise
     return Group(runs, echo=echo, on_drop=on_drop)
-
-
-# ----------------------------------------------------------------------------------------------- one run, by hand
-class Trainer(Run):
-    """One run built by hand, for tests and benchmarks that drive it step by step: :meth:`train_epoch` (one epoch,
-    no evaluation or checkpoint) and :meth:`step` (one optimizer step); :meth:`fit` trains it to the end. Scripts
-    train with :func:`train`."""
-
-    def fit(self) -> RunResult:
-        res = Group([self], echo=self.echo).fit()[0]
-        if isinstance(res, BaseException):
-            raise res
-        return res
-
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        group = self.__dict__.get("_group")
-        if group is None:
-            group = self.__dict__["_group"] = Group([self], echo=self.echo)
-        res = group.train_epoch(epoch)
-        if 0 in group.results:
-            raise group.results[0]
-        return res[0]
-
-    def step(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """One optimizer step, eager or compiled (CUDA graphs are captured by the group's runner, in :meth:`fit` and
-        :meth:`train_epoch`); returns (loss, logits, terms) without synchronising with the host."""
-        return self.train_step.step(x, y, idx)
