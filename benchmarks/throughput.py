@@ -356,8 +356,7 @@ class PackedRunner:
 
     @property
     def mode(self) -> str:
-        runner = self.group._main.runner if self.group._main is not None else None
-        return f"{self.group.runs[0].precision}, K={self.K}, {runner.mode if runner else '?'}"
+        return f"{self.group.runs[0].precision}, K={self.K}, {self.group.step_mode}"
 
     def run(self, n: int) -> float:
         for r in self.group.runs:

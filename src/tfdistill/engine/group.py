@@ -128,6 +128,12 @@ class Group:
     def names(self) -> list[str]:
         return [r.run.path.name for r in self.runs]
 
+    @property
+    def step_mode(self) -> str:
+        """How the main epochs step (the :class:`~.graphs.GraphRunner`'s mode, e.g. ``packed_cuda_graph``); ``-``
+        before the first main epoch."""
+        return self._main.runner.mode if self._main is not None else "-"
+
     def _scope(self, run: Run, team: _Team | None = None):
         if not self.packed:
             return contextlib.nullcontext()
@@ -240,8 +246,7 @@ class Group:
             if not ev:  # killed after the last checkpoint, before the summary was written
                 with self._scope(run):
                     ev = run.evaluate()
-            extra = {"pack": {"size": self.K, "runs": self.names, "step": self._main.runner.mode
-                              if self._main is not None else "-"}} if self.packed else None
+            extra = {"pack": {"size": self.K, "runs": self.names, "step": self.step_mode}} if self.packed else None
             self.results[i] = run.finish(ev, extra)
         return [self.results[i] for i in range(self.K)]
 
