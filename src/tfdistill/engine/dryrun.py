@@ -1,6 +1,6 @@
 """``tfdistill train RECIPE --dry-run``: build everything a run needs, print its header, train and write nothing.
 
-The run is built as a real start builds it (:func:`~.trainer.build_group`) (data, student, teacher, method with its
+The run is built as a real start builds it (:func:`~.trainer.build_group`: data, student, teacher, method with its
 feature taps, optimizer, schedule), so every error a real start would raise is raised here; it writes into a
 temporary folder that is deleted afterwards, after the real run directory was checked the way a real start checks
 it (exists without --resume/--overwrite, nothing to resume). Caches outside the run directory (the decoded-dataset

@@ -3,9 +3,9 @@ configs, trained as one packed group of K >= 1 runs (:class:`~.group.Group`).
 
 :func:`build_group` is the step under it, for callers that drive a group themselves: the sweep's executors (a start
 mode per run, a callback when a run diverges), the dry run, the benchmarks and tests (``group.fit()``, or
-``group.train_epoch(e)`` and ``group.runs[i].train_step.step(x, y, idx)`` step by step). Building checks every run directory before any is
-created or replaced, builds the data once and one frozen teacher per distinct ``teacher`` section, then each
-:class:`~.run.Run`.
+``group.train_epoch(e)`` and ``group.runs[i].train_step.step(x, y, idx)`` step by step). Building checks every run
+directory before any is created or replaced, builds the data once and one frozen teacher per distinct ``teacher``
+section, then each :class:`~.run.Run`.
 """
 
 from __future__ import annotations
