@@ -6,9 +6,9 @@
   ``Normalize``), a ``DataLoader`` with worker processes, fp32, eager, ``cudnn.benchmark``. Its TFD uses the
   straightforward loss code (per-pair crop/upcast/pool, ``F.normalize`` + permuted copies: the "before" losses);
   ``tfd_released`` additionally runs a ResNet110 teacher every step, as the released script does.
-* **engine** -- a group of one run (:func:`tfdistill.engine.build_group`) on the same images: device-resident uint8 data with batched
-  augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in a CUDA graph
-  (``--compile`` adds torch.compile). Images/s come from the group's ``train_epoch`` (loader, step, on-device metrics).
+* **engine** -- a group of one run (:func:`tfdistill.engine.build_group`) on the same images: device-resident uint8
+  data with batched augmentation, the fast TFD losses, and on CUDA bf16 autocast + channels_last + the whole step in a
+  CUDA graph (``--compile`` adds torch.compile). Images/s come from the group's ``train_epoch`` (loader, step, on-device metrics).
 * **step-time ratios** -- TFD/CE, TFD-with-the-eager-losses/CE (``tfd_eager``, ``method.tfd.fuse=false``; CUDA
   only, where TFD's default compiles its losses), TFD-with-the-reference-losses/CE ("before"), FitNets/TFD: the
   engine's steps on one fixed batch, interleaved (CE, TFD, ...) round after round; the median of the per-round

@@ -294,7 +294,8 @@ def _worker(argv: list[str]) -> int:
         if "--crd-check" in opts:
             info["crd_update_equal"] = _crd_update_check(trainer, gather_rows)
             try:  # SyncBatchNorm on the CPU is refused with a clear message
-                build_group([load_config(None, [*overrides, "engine.sync_bn=true", "name=syncbn"])], echo=lambda s: None)
+                syncbn = load_config(None, [*overrides, "engine.sync_bn=true", "name=syncbn"])
+                build_group([syncbn], echo=lambda s: None)
                 info["sync_bn_cpu_error"] = ""
             except ConfigError as exc:
                 info["sync_bn_cpu_error"] = str(exc)
