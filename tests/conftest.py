@@ -58,6 +58,25 @@ def tiny(tmp_path):
     return [*TINY, f"out_dir={tmp_path / 'runs'}"]
 
 
+def one_run(cfg, echo=lambda s: None):
+    """The run of ``cfg``, built as ``tfdistill.train`` builds it (a group of one), to look inside or step by hand."""
+    from tfdistill.engine import build_group
+
+    return build_group([cfg], echo=echo).runs[0]
+
+
+def fit(cfg, echo=lambda s: None):
+    """Train ``cfg`` as ``tfdistill.train`` does (its error raised, if it diverged) and return the run, to look inside
+    it after training."""
+    from tfdistill.engine import build_group
+
+    group = build_group([cfg], echo=echo)
+    (result,) = group.fit()
+    if isinstance(result, BaseException):
+        raise result
+    return group.runs[0]
+
+
 def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
     """Run `python -m tfdistill ARGS` in a subprocess; returns CompletedProcess (text)."""
     e = dict(os.environ)

@@ -10,8 +10,9 @@ import warnings
 import pytest
 import torch
 
+from conftest import fit, one_run
 from tfdistill.config import load_config
-from tfdistill.engine import build_group, load_checkpoint, train
+from tfdistill.engine import load_checkpoint, train
 from tfdistill.engine.step import TrainStep
 from tfdistill.errors import ConfigError
 
@@ -20,20 +21,6 @@ SHORT = ["method.name=tfd", "epochs=1", "engine.max_steps_per_epoch=2", "engine.
 
 def final_state(tmp_path, name):
     return load_checkpoint(tmp_path / "runs" / name / "last.pt")["model"]
-
-
-def one_run(cfg, echo=lambda s: None):
-    """A group of one run, built as :func:`train` builds it (to look inside it, or to step it by hand)."""
-    return build_group([cfg], echo=echo).runs[0]
-
-
-def fit(cfg, echo=lambda s: None):
-    """Train ``cfg`` as :func:`train` does; return the run, to look inside it."""
-    group = build_group([cfg], echo=echo)
-    (result,) = group.fit()
-    if isinstance(result, BaseException):
-        raise result
-    return group.runs[0]
 
 
 def run_recording_warnings(cfg):

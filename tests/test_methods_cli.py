@@ -79,7 +79,8 @@ def test_teacher_is_frozen_and_not_in_optimizer(teacher_ckpt, tmp_path):
     group = build_group([cfg], echo=lambda s: None)
     tr = group.runs[0]
     before = {k: v.clone() for k, v in tr.teacher.state_dict().items()}
-    group.fit()
+    (result,) = group.fit()
+    assert not isinstance(result, BaseException), result
     assert not tr.teacher.training
     assert all(not p.requires_grad for p in tr.teacher.parameters())
     in_opt = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
