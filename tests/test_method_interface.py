@@ -170,3 +170,17 @@ def test_an_untyped_method_section_gets_the_schema_defaults():
     with pytest.raises(ConfigError, match="bad method config: Key 'alpah' not in 'TFDParams'"):
         build_method(TinyNet(), OmegaConf.create({"name": "tfd", "tfd": {"alpah": 0.1}}), example=batch()[0],
                      num_classes=5, num_train=40, epochs=1)
+
+
+def test_every_component_declares_its_coupling_and_methods_combine_them():
+    """Each registered component says whether its terms are per-sample or batch-coupled (what gradient accumulation
+    keeps exact); a method is batch-coupled when any of its components is."""
+    from tfdistill.methods.registry import DISTILLERS, list_methods, method_coupling
+
+    for name in DISTILLERS.names():
+        assert DISTILLERS.get(name).coupling in ("per-sample", "batch-coupled"), name
+    assert method_coupling("ce") == "per-sample"
+    assert method_coupling("kd") == "per-sample"
+    assert method_coupling("tfd") == "batch-coupled"
+    assert method_coupling("tfd+kd") == "batch-coupled"
+    assert {method_coupling(m) for m in list_methods()} <= {"per-sample", "batch-coupled"}

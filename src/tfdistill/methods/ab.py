@@ -56,6 +56,7 @@ class ABParams:
 @register_distiller("ab")
 class AB(Distiller):
     """Activation-boundary distillation: connectors map student stages onto the teacher's; squared-hinge loss."""
+    coupling = "per-sample"
 
     Params = ABParams
     uses = FEATURE_USES

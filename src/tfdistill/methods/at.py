@@ -32,6 +32,7 @@ class ATParams:
 @register_distiller("at")
 class AT(Distiller):
     """Attention transfer between paired stage outputs, summed over stages."""
+    coupling = "per-sample"
 
     Params = ATParams
     uses = FEATURE_USES

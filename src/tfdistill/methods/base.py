@@ -14,6 +14,7 @@ Writing a new method:
 ...     class Params:
 ...         weight: float = 1.0
 ...     uses = Uses(student_feats=True)
+...     coupling = "per-sample"
 ...     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
 ...         return {"mine": self.params.weight * my_loss(out.feats_s)}
 >>> register_preset("mine", ["mine"])
@@ -122,6 +123,12 @@ class Distiller(nn.Module):
 
     Params: ClassVar[type] = object
     uses: ClassVar[Uses] = Uses()
+    coupling: ClassVar[str] = ""
+    """``"per-sample"``: every term is a mean over per-sample terms, so under gradient accumulation the sub-batches'
+    update equals the full batch's (BatchNorm aside); ``"batch-coupled"``: a term ranks, normalises or relates
+    samples across the batch (TFD's width term ranks channels over the whole batch; RKD, SP, CC relate samples),
+    so it depends on how the batch is split. Every component declares it (a test checks); :func:`.registry.method_coupling`
+    combines them for a method."""
     needs_gather: ClassVar[bool] = False
     """True for components whose buffers must stay identical across data-parallel ranks (CRD's memory bank). The
     engine then sets :attr:`gather` and keeps those buffers out of DDP's per-step broadcast; the component applies

@@ -55,6 +55,7 @@ def branch_channels(shapes: list[tuple[int, int, int]], i: int) -> list[int]:
 @register_distiller("byot")
 class BYOT(Distiller):
     """Be Your Own Teacher: auxiliary classifiers on the shallow stages, distilled from the deepest one."""
+    coupling = "per-sample"
 
     Params = BYOTParams
     uses = Uses(student_feats=True, embedding=True)

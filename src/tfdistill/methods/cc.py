@@ -46,6 +46,7 @@ class CCParams:
 @register_distiller("cc")
 class CC(Distiller):
     """Correlation congruence between linear embeddings of the student's and teacher's penultimate features."""
+    coupling = "batch-coupled"  # correlation between samples of the batch
 
     Params = CCParams
     uses = EMBEDDING_USES

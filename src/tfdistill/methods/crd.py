@@ -59,6 +59,7 @@ class CRDParams:
 @register_distiller("crd")
 class CRD(Distiller):
     """Contrastive representation distillation; embeddings and memory banks are part of the method."""
+    coupling = "batch-coupled"  # memory bank updated once per step, negatives drawn per step
 
     Params = CRDParams
     uses = EMBEDDING_USES

@@ -39,6 +39,7 @@ class CSKDParams:
 @register_distiller("cskd")
 class CSKD(Distiller):
     """KL from the (detached) prediction on a same-class partner to the prediction on the sample."""
+    coupling = "per-sample"
 
     Params = CSKDParams
     uses = Uses(paired_batches=True)

@@ -53,6 +53,7 @@ class FitNetParams:
 @register_distiller("fitnet")
 class FitNet(Distiller):
     """FitNets hint loss: ``MSE(regressor(f_s[hint]), f_t[hint])``; the regressor is a method extra."""
+    coupling = "per-sample"
 
     Params = FitNetParams
     uses = FEATURE_USES

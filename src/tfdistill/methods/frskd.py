@@ -43,6 +43,7 @@ class FRSKDParams:
 @register_distiller("frskd")
 class FRSKD(Distiller):
     """Feature refinement via self-knowledge distillation: a BiFPN self-teacher on the student's stage maps."""
+    coupling = "per-sample"
 
     Params = FRSKDParams
     uses = Uses(student_feats=True)

@@ -48,6 +48,7 @@ class FSPParams:
 @register_distiller("fsp")
 class FSP(Distiller):
     """FSP-matrix distillation between consecutive stages (equal channel counts required)."""
+    coupling = "per-sample"
 
     Params = FSPParams
     uses = FEATURE_USES

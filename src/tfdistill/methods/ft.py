@@ -49,6 +49,7 @@ class FTParams:
 @register_distiller("ft")
 class FT(Distiller):
     """Factor transfer: the translated student factor mimics the frozen paraphraser's teacher factor."""
+    coupling = "per-sample"
 
     Params = FTParams
     uses = FEATURE_USES

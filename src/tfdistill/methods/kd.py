@@ -32,6 +32,7 @@ class KDParams:
 @register_distiller("kd")
 class KD(Distiller):
     """Hinton et al.'s knowledge distillation on logits; needs only the teacher's logits."""
+    coupling = "per-sample"
 
     Params = KDParams
     uses = Uses(teacher=True)

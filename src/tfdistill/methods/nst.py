@@ -33,6 +33,7 @@ class NSTParams:
 @register_distiller("nst")
 class NST(Distiller):
     """Neuron selectivity transfer, summed over paired stages."""
+    coupling = "per-sample"
 
     Params = NSTParams
     uses = FEATURE_USES

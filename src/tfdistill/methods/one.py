@@ -142,6 +142,7 @@ def _after(model: nn.Module, stage: str, example: Tensor) -> tuple[list[str], Te
 @register_distiller("one")
 class ONE(Distiller):
     """On-the-fly native ensemble: extra branches of the last stage + head, a gate, KL from the ensemble."""
+    coupling = "per-sample"
 
     Params = ONEParams
     uses = Uses(student_feats=True)

@@ -26,6 +26,7 @@ class PKTParams:
 @register_distiller("pkt")
 class PKT(Distiller):
     """Match the batch's cosine-similarity probability distributions of student and teacher embeddings."""
+    coupling = "batch-coupled"  # probability distribution over the batch's samples
 
     Params = PKTParams
     uses = EMBEDDING_USES

@@ -48,6 +48,7 @@ class PSKDParams:
 @register_distiller("pskd")
 class PSKD(Distiller):
     """Progressive self-knowledge distillation with a per-sample memory of the last epoch's predictions."""
+    coupling = "per-sample"
 
     Params = PSKDParams
     uses = Uses()

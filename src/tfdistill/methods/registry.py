@@ -21,7 +21,8 @@ from ..registry import Registry
 from .base import Distiller, Uses
 
 __all__ = ["DISTILLERS", "PRESETS", "Preset", "FAMILIES", "MethodParams", "register_distiller", "register_preset",
-           "merge_defaults", "resolve_preset", "method_schema", "preset_family", "method_uses", "list_methods"]
+           "merge_defaults", "resolve_preset", "method_schema", "preset_family", "method_uses", "method_coupling",
+           "list_methods"]
 
 DISTILLERS: Registry[type[Distiller]] = Registry("distiller")
 
@@ -34,6 +35,10 @@ class Preset:
     summary: str = ""
     family: str = ""
     """One of :data:`FAMILIES` (how ``tfdistill methods`` groups it); empty: derived by :func:`preset_family`."""
+    paper: str = ""
+    """The paper that defines the method (authors, venue, year), for ``tfdistill methods`` and the docs."""
+    reference: str = ""
+    """The authors' public code its tests check it against (``owner/repo``), or what else it is checked against."""
 
 
 FAMILIES = ("baseline", "teacher-based", "self-distillation", "teacher-free")
@@ -49,10 +54,10 @@ def register_distiller(name: str):
 
 
 def register_preset(name: str, components: list[str] | tuple[str, ...], defaults: dict | None = None,
-                    summary: str = "", family: str = "") -> Preset:
+                    summary: str = "", family: str = "", *, paper: str = "", reference: str = "") -> Preset:
     if family and family not in FAMILIES:
         raise ValueError(f"unknown method family {family!r} for {name!r}; valid: {', '.join(FAMILIES)}")
-    preset = Preset(tuple(components), dict(defaults or {}), summary, family)
+    preset = Preset(tuple(components), dict(defaults or {}), summary, family, paper, reference)
     PRESETS.register(name)(preset)
     return preset
 
@@ -140,6 +145,15 @@ def preset_family(name: str) -> str:
     if method_uses(name).teacher:
         return "teacher-based"
     return "teacher-free" if resolve_preset(name).components else "baseline"
+
+
+def method_coupling(name: str) -> str:
+    """``"per-sample"`` when every term of method ``name`` is a sum of per-sample terms (so gradient accumulation
+    over sub-batches gives exactly the full batch's update, BatchNorm aside), else ``"batch-coupled"`` (a term ranks,
+    normalises or relates samples across the batch, e.g. TFD's width term). From the components' declared
+    :attr:`~.base.Distiller.coupling`; CE alone is per-sample."""
+    couplings = [DISTILLERS.get(c).coupling for c in resolve_preset(name).components]
+    return "batch-coupled" if "batch-coupled" in couplings else "per-sample"
 
 
 def method_uses(name: str) -> Uses:

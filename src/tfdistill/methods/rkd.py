@@ -31,6 +31,7 @@ class RKDParams:
 @register_distiller("rkd")
 class RKD(Distiller):
     """Relational KD: match normalised pairwise distances and triplet angles of the batch's embeddings."""
+    coupling = "batch-coupled"  # distances and angles between samples of the batch
 
     Params = RKDParams
     uses = EMBEDDING_USES

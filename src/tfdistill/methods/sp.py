@@ -27,6 +27,7 @@ class SPParams:
 @register_distiller("sp")
 class SP(Distiller):
     """Similarity-preserving distillation: match the batch similarity matrices of one stage."""
+    coupling = "batch-coupled"  # similarity of every pair of samples in the batch
 
     Params = SPParams
     uses = FEATURE_USES

@@ -44,6 +44,7 @@ class TFDParams:
 @register_distiller("tfd")
 class TFD(Distiller):
     """Teacher-free Feature Distillation on the student's tapped stages (see :mod:`tfdistill.losses.tfd`)."""
+    coupling = "batch-coupled"  # TFD's width term ranks channels over the whole batch
 
     Params = TFDParams
     uses = Uses(student_feats=True)

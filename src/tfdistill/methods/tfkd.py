@@ -47,6 +47,7 @@ class TfKDRegParams:
 @register_distiller("tfkd_reg")
 class TfKDReg(Distiller):
     """KL from a manually designed virtual teacher (no teacher network)."""
+    coupling = "per-sample"
 
     Params = TfKDRegParams
     uses = Uses()
@@ -71,6 +72,7 @@ def _architecture(model: nn.Module) -> tuple:
 @register_distiller("tfkd_self")
 class TfKDSelf(KD):
     """KD whose teacher is a pretrained copy of the student's architecture (Tf-KD_self)."""
+    coupling = "per-sample"
 
     def __init__(self, params, ctx: BuildContext) -> None:
         super().__init__(params, ctx)

@@ -34,6 +34,7 @@ class VIDParams:
 @register_distiller("vid")
 class VID(Distiller):
     """Variational information distillation: Gaussian NLL of teacher maps given regressed student maps."""
+    coupling = "per-sample"
 
     Params = VIDParams
     uses = FEATURE_USES
