@@ -12,6 +12,9 @@ weights are *not* the automatic merge, or to document the paper's settings:
 * ``crd+kd`` -- the CRD benchmark's CRD+KD: CE 1, KD 1, CRD 0.8 (the automatic merge would take KD's CE 0.1 /
   KD 0.9).
 
+* ``tfd+dkd`` -- TFD with DKD under DKD's CIFAR-100 settings (CE 1, alpha 1, beta 8, T 4, 20-epoch warm-up of the
+  DKD term), TFD's alpha/beta unchanged (#31).
+
 * ``at+kd`` -- our reading of the paper's "ATKD" column (ImageNet table), which the paper never defines:
   attention transfer (Zagoruyko & Komodakis; the ``at`` component, weight 1000 as the CRD benchmark) plus KD with
   KD's settings (CE 0.1, KD 0.9, T 4) -- an interpretation, not the paper's definition.
@@ -22,7 +25,7 @@ method.label_smoothing=0.1``), or by appending ``+ls``.
 
 from __future__ import annotations
 
-from . import at, crd, kd, tfd  # noqa: F401  (components first)
+from . import at, crd, dkd, kd, tfd  # noqa: F401  (components first)
 from .registry import merge_defaults, register_preset, resolve_preset
 
 
@@ -46,3 +49,5 @@ register_combination("crd+kd", {"ce_weight": 1.0, "kd": {"weight": 1.0, "T": 4.0
 register_combination("at+kd", {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}, "at": {"weight": 1000.0}},
                      "ATKD as we read it: attention transfer + KD (CE 0.1, KD 0.9, T 4, AT 1000); the TFD paper "
                      "never defines ATKD")
+register_combination("tfd+dkd", {"ce_weight": 1.0, "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20}},
+                     "TFD + DKD with DKD's CIFAR-100 settings (CE 1, alpha 1, beta 8, T 4, 20-epoch warm-up)")

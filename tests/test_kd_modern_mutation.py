@@ -1,0 +1,79 @@
+"""Mutation test of the golden checks in ``tests/test_kd_modern.py``: each term of DKD, DIST, logit standardization
+and ReviewKD is changed in turn (a weight scaled by 1.01, a term dropped, a constant, a normalisation or an
+interpolation changed, by monkeypatching the implementation), and the golden comparison must then fail on every
+golden case the change applies to. A check that still passed would not be checking that term."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+import tfdistill.losses.dkd as L_dkd
+import tfdistill.methods.dkd as M_dkd
+from test_kd_modern import DKD_CASES, check_dkd
+
+Mutation = tuple[str, Callable[[pytest.MonkeyPatch], None], Callable[[dict], bool]]
+
+
+def wrap_terms(mp: pytest.MonkeyPatch, modules, name: str, change: Callable) -> None:
+    """Replace function ``name`` in every module of ``modules`` by ``change(original(*a, **k))``."""
+    original = getattr(modules[0], name)
+    for m in modules:
+        mp.setattr(m, name, lambda *a, **k: change(original(*a, **k)))
+
+
+def dkd_terms_changed(change):
+    return lambda mp: wrap_terms(mp, [L_dkd, M_dkd], "dkd_terms", change)
+
+
+def always(case: dict) -> bool:
+    return True
+
+
+DKD_MUTATIONS: list[Mutation] = [
+    ("tckd-weight", dkd_terms_changed(lambda t: (1.01 * t[0], t[1])), always),
+    ("nckd-weight", dkd_terms_changed(lambda t: (t[0], 1.01 * t[1])), always),
+    ("tckd-dropped", dkd_terms_changed(lambda t: (0 * t[0], t[1])), always),
+    ("nckd-dropped", dkd_terms_changed(lambda t: (t[0], 0 * t[1])), always),
+    ("target-class-kept-in-nckd", lambda mp: mp.setattr(L_dkd, "_SHIFT", 0.0), always),
+    ("no-T-squared", lambda mp: mp.setattr(L_dkd, "dkd_terms", _dkd_without_t2(L_dkd.dkd_terms)) or
+     mp.setattr(M_dkd, "dkd_terms", _dkd_without_t2(L_dkd.dkd_terms)), lambda c: c["T"] != 1),
+    ("no-logit-standardization", lambda mp: mp.setattr(M_dkd, "standardize_logits", lambda z, std: z),
+     lambda c: c["logit_stand"]),
+    ("population-std", lambda mp: mp.setattr(M_dkd, "standardize_logits", _population(M_dkd.standardize_logits)),
+     lambda c: c["logit_stand"]),
+]
+
+
+def _dkd_without_t2(fn):
+    return lambda zs, zt, y, T=4.0: tuple(x / (T * T) for x in fn(zs, zt, y, T))
+
+
+def _population(fn):
+    return lambda z, std="sample": fn(z, "population")
+
+
+CHECKS = {"dkd": (check_dkd, DKD_CASES, DKD_MUTATIONS)}
+PARAMS = [(method, m) for method, (_, _, muts) in CHECKS.items() for m in muts]
+
+
+@pytest.mark.parametrize("method, mutation", PARAMS, ids=[f"{m}-{mut[0]}" for m, mut in PARAMS])
+def test_golden_check_fails_when_a_term_changes(method, mutation, monkeypatch):
+    check, cases, _ = CHECKS[method]
+    name, patch, applies = mutation
+    applicable = [c for c in cases if applies(c)]
+    assert applicable, f"mutation {name} applies to no golden case of {method}"
+    with monkeypatch.context() as mp:
+        patch(mp)
+        for i, case in enumerate(applicable):
+            with pytest.raises(AssertionError):
+                check(case)
+    check(applicable[0])  # and passes again once the implementation is restored
+
+
+def test_checks_pass_unmutated():
+    for check, cases, _ in CHECKS.values():
+        for case in cases:
+            check(case)
