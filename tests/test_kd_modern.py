@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tfdistill.losses.dist import dist_loss
 from tfdistill.losses.dkd import dkd_loss
 from tfdistill.methods import BuildContext, StepOutputs, method_schema
+from tfdistill.methods.dist import DIST
 from tfdistill.methods.dkd import DKD
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -93,3 +95,43 @@ def test_dkd_float32_and_warmup():
     imagenet = DKD(method_schema("dkd_imagenet")().dkd, ctx(zs.shape[1]))
     imagenet.on_epoch_start(0)
     assert float(imagenet.ramp) == 1.0
+
+
+# =========================================================================== DIST
+DIST_CASES = golden("dist")["cases"]
+
+
+def check_dist(case: dict) -> None:
+    zs, zt = t64(case["logits_s"]), t64(case["logits_t"])
+    beta, gamma, tau = case["beta"], case["gamma"], case["tau"]
+    v, (g,) = value_and_grad(lambda z: dist_loss(z, zt, beta, gamma, tau), zs)
+    close(v, case["value"], "dist_loss value")
+    close(g, case["grad_s"], "dist_loss gradient")
+    params = method_schema("dist")().dist
+    params.weight, params.beta, params.gamma, params.tau = 1.0, beta, gamma, tau
+    comp = DIST(params, ctx(zs.shape[1]))
+    v, (g,) = value_and_grad(lambda z: sum(comp.terms(outputs(z, zt)).values()), zs)
+    close(v, case["value"], "dist component value")
+    close(g, case["grad_s"], "dist component gradient")
+
+
+@pytest.mark.parametrize("case", DIST_CASES, ids=[f"B{len(c['logits_s'])}-K{len(c['logits_s'][0])}-b{c['beta']}"
+                                                   f"-g{c['gamma']}-tau{c['tau']}" for c in DIST_CASES])
+def test_dist_equals_authors_code(case):
+    check_dist(case)
+
+
+def test_dist_preset_weight_and_batch_coupling():
+    case = DIST_CASES[1]  # tau 4, as the CIFAR preset
+    zs, zt = t64(case["logits_s"]), t64(case["logits_t"])
+    comp = DIST(method_schema("dist")().dist, ctx(zs.shape[1]))
+    terms = comp.terms(outputs(zs, zt))
+    assert set(terms) == {"dist_inter", "dist_intra"}
+    assert sum(terms.values()).item() == pytest.approx(2 * case["value"], rel=1e-12)  # kd_loss_weight 2
+    assert method_schema("dist_imagenet")().dist.tau == 1.0
+    # the inter-class term is a mean over samples; the intra-class term is not (it relates the batch's samples)
+    half = [comp.terms(outputs(zs[i:i + 4], zt[i:i + 4])) for i in (0, 4)]
+    assert (half[0]["dist_inter"] + half[1]["dist_inter"]).item() / 2 == pytest.approx(terms["dist_inter"].item(),
+                                                                                       rel=1e-12)
+    assert (half[0]["dist_intra"] + half[1]["dist_intra"]).item() / 2 != pytest.approx(terms["dist_intra"].item(),
+                                                                                       rel=1e-3)

@@ -19,9 +19,12 @@ CASES = {
     "dkd": {"ce", "dkd_tckd", "dkd_nckd"},
     "dkd_logit_stand": {"ce", "dkd_tckd", "dkd_nckd"},
     "tfd+dkd": {"ce", "dkd_tckd", "dkd_nckd", "tfd_depth", "tfd_width"},
+    "dist": {"ce", "dist_inter", "dist_intra"},
+    "tfd+dist": {"ce", "dist_inter", "dist_intra", "tfd_depth", "tfd_width"},
 }
 COUPLING = {"dkd": "per-sample", "dkd_imagenet": "per-sample", "dkd_logit_stand": "per-sample",
-            "tfd+dkd": "batch-coupled"}
+            "tfd+dkd": "batch-coupled", "dist": "batch-coupled", "dist_imagenet": "batch-coupled",
+            "tfd+dist": "batch-coupled"}
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ from typing import Callable
 import pytest
 import torch
 
+import tfdistill.losses.dist as L_dist
 import tfdistill.losses.dkd as L_dkd
+import tfdistill.methods.dist as M_dist
 import tfdistill.methods.dkd as M_dkd
-from test_kd_modern import DKD_CASES, check_dkd
+from test_kd_modern import DIST_CASES, DKD_CASES, check_dist, check_dkd
 
 Mutation = tuple[str, Callable[[pytest.MonkeyPatch], None], Callable[[dict], bool]]
 
@@ -28,6 +30,13 @@ def dkd_terms_changed(change):
     return lambda mp: wrap_terms(mp, [L_dkd, M_dkd], "dkd_terms", change)
 
 
+def without_t2(mp: pytest.MonkeyPatch, modules, name: str) -> None:
+    """``name(..., T)`` (its last positional argument is the temperature) with its terms divided by ``T^2``."""
+    original = getattr(modules[0], name)
+    for m in modules:
+        mp.setattr(m, name, lambda *a: tuple(x / (a[-1] * a[-1]) for x in original(*a)))
+
+
 def always(case: dict) -> bool:
     return True
 
@@ -38,8 +47,7 @@ DKD_MUTATIONS: list[Mutation] = [
     ("tckd-dropped", dkd_terms_changed(lambda t: (0 * t[0], t[1])), always),
     ("nckd-dropped", dkd_terms_changed(lambda t: (t[0], 0 * t[1])), always),
     ("target-class-kept-in-nckd", lambda mp: mp.setattr(L_dkd, "_SHIFT", 0.0), always),
-    ("no-T-squared", lambda mp: mp.setattr(L_dkd, "dkd_terms", _dkd_without_t2(L_dkd.dkd_terms)) or
-     mp.setattr(M_dkd, "dkd_terms", _dkd_without_t2(L_dkd.dkd_terms)), lambda c: c["T"] != 1),
+    ("no-T-squared", lambda mp: without_t2(mp, [L_dkd, M_dkd], "dkd_terms"), lambda c: c["T"] != 1),
     ("no-logit-standardization", lambda mp: mp.setattr(M_dkd, "standardize_logits", lambda z, std: z),
      lambda c: c["logit_stand"]),
     ("population-std", lambda mp: mp.setattr(M_dkd, "standardize_logits", _population(M_dkd.standardize_logits)),
@@ -47,15 +55,30 @@ DKD_MUTATIONS: list[Mutation] = [
 ]
 
 
-def _dkd_without_t2(fn):
-    return lambda zs, zt, y, T=4.0: tuple(x / (T * T) for x in fn(zs, zt, y, T))
-
-
 def _population(fn):
     return lambda z, std="sample": fn(z, "population")
 
 
-CHECKS = {"dkd": (check_dkd, DKD_CASES, DKD_MUTATIONS)}
+def dist_terms_changed(change):
+    return lambda mp: wrap_terms(mp, [L_dist, M_dist], "dist_terms", change)
+
+
+def _cosine(a, b, eps=L_dist.EPS):
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+DIST_MUTATIONS: list[Mutation] = [
+    ("inter-weight", dist_terms_changed(lambda t: (1.01 * t[0], t[1])), always),
+    ("intra-weight", dist_terms_changed(lambda t: (t[0], 1.01 * t[1])), always),
+    ("inter-dropped", dist_terms_changed(lambda t: (0 * t[0], t[1])), always),
+    ("intra-dropped", dist_terms_changed(lambda t: (t[0], 0 * t[1])), always),
+    ("intra-over-classes-not-batch", lambda mp: mp.setattr(L_dist, "intra_class_relation", L_dist.inter_class_relation),
+     always),
+    ("cosine-not-pearson", lambda mp: mp.setattr(L_dist, "pearson_correlation", _cosine), always),
+    ("no-tau-squared", lambda mp: without_t2(mp, [L_dist, M_dist], "dist_terms"), lambda c: c["tau"] != 1),
+]
+
+CHECKS = {"dkd": (check_dkd, DKD_CASES, DKD_MUTATIONS), "dist": (check_dist, DIST_CASES, DIST_MUTATIONS)}
 PARAMS = [(method, m) for method, (_, _, muts) in CHECKS.items() for m in muts]
 
 

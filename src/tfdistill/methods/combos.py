@@ -14,6 +14,8 @@ weights are *not* the automatic merge, or to document the paper's settings:
 
 * ``tfd+dkd`` -- TFD with DKD under DKD's CIFAR-100 settings (CE 1, alpha 1, beta 8, T 4, 20-epoch warm-up of the
   DKD term), TFD's alpha/beta unchanged (#31).
+* ``tfd+dist`` -- TFD with DIST under DIST's CIFAR-100 settings (CE 1, DIST weight 2, beta = gamma = 1, tau 4),
+  TFD's alpha/beta unchanged (#31).
 
 * ``at+kd`` -- our reading of the paper's "ATKD" column (ImageNet table), which the paper never defines:
   attention transfer (Zagoruyko & Komodakis; the ``at`` component, weight 1000 as the CRD benchmark) plus KD with
@@ -25,7 +27,7 @@ method.label_smoothing=0.1``), or by appending ``+ls``.
 
 from __future__ import annotations
 
-from . import at, crd, dkd, kd, tfd  # noqa: F401  (components first)
+from . import at, crd, dist, dkd, kd, tfd  # noqa: F401  (components first)
 from .registry import merge_defaults, register_preset, resolve_preset
 
 
@@ -51,3 +53,5 @@ register_combination("at+kd", {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}
                      "never defines ATKD")
 register_combination("tfd+dkd", {"ce_weight": 1.0, "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20}},
                      "TFD + DKD with DKD's CIFAR-100 settings (CE 1, alpha 1, beta 8, T 4, 20-epoch warm-up)")
+register_combination("tfd+dist", {"ce_weight": 1.0, "dist": {"weight": 2.0, "beta": 1.0, "gamma": 1.0, "tau": 4.0}},
+                     "TFD + DIST with DIST's CIFAR-100 settings (CE 1, DIST weight 2, beta = gamma = 1, tau 4)")
