@@ -17,9 +17,11 @@ import torch
 
 from tfdistill.losses.dist import dist_loss
 from tfdistill.losses.dkd import dkd_loss
+from tfdistill.losses.logit_stand import logit_stand_kd_loss, standardize_logits
 from tfdistill.methods import BuildContext, StepOutputs, method_schema
 from tfdistill.methods.dist import DIST
 from tfdistill.methods.dkd import DKD
+from tfdistill.methods.logit_stand import LogitStand
 
 GOLDEN = Path(__file__).parent / "golden"
 RTOL, ATOL = 1e-9, 1e-12
@@ -135,3 +137,43 @@ def test_dist_preset_weight_and_batch_coupling():
                                                                                        rel=1e-12)
     assert (half[0]["dist_intra"] + half[1]["dist_intra"]).item() / 2 != pytest.approx(terms["dist_intra"].item(),
                                                                                        rel=1e-3)
+
+
+# =========================================================================== logit standardization
+STAND_CASES = golden("logit_stand")["cases"]
+
+
+def check_logit_stand(case: dict) -> None:
+    zs, zt, T = t64(case["logits_s"]), t64(case["logits_t"]), case["T"]
+    v, (g,) = value_and_grad(lambda z: logit_stand_kd_loss(z, zt, T), zs)
+    close(v, case["value"], "logit_stand_kd_loss value")
+    close(g, case["grad_s"], "logit_stand_kd_loss gradient")
+    params = method_schema("logit_stand")().logit_stand
+    params.weight, params.T = 1.0, T
+    comp = LogitStand(params, ctx(zs.shape[1]))
+    v, (g,) = value_and_grad(lambda z: sum(comp.terms(outputs(z, zt)).values()), zs)
+    close(v, case["value"], "logit_stand component value")
+    close(g, case["grad_s"], "logit_stand component gradient")
+
+
+@pytest.mark.parametrize("case", STAND_CASES, ids=[f"N{len(c['logits_s'])}-K{len(c['logits_s'][0])}-T{c['T']}"
+                                                    for c in STAND_CASES])
+def test_logit_stand_equals_authors_code(case):
+    check_logit_stand(case)
+
+
+def test_logit_stand_paper_std_option_and_invariance():
+    z = t64(STAND_CASES[1]["logits_s"])
+    k = z.shape[1]
+    s, pop = standardize_logits(z, "sample", eps=0.0), standardize_logits(z, "population", eps=0.0)
+    torch.testing.assert_close(s, pop * ((k - 1) / k) ** 0.5)  # the code's sigma divides by K - 1
+    torch.testing.assert_close(pop.pow(2).mean(1), torch.ones(z.shape[0], dtype=z.dtype))
+    zt = t64(STAND_CASES[1]["logits_t"])
+    # the point of the method: invariant to a shift and a positive scale of either network's logits
+    a = logit_stand_kd_loss(z, zt, 2.0)
+    assert logit_stand_kd_loss(3 * z + 1, 0.5 * zt - 2, 2.0).item() == pytest.approx(a.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="valid: sample, population"):
+        standardize_logits(z, "biased")
+    p = method_schema("logit_stand_imagenet")()
+    assert (p.ce_weight, p.logit_stand.weight, p.logit_stand.T) == (1.0, 9.0, 2.0)
+    assert method_schema("logit_stand")().ce_weight == 0.1

@@ -20,11 +20,12 @@ CASES = {
     "dkd_logit_stand": {"ce", "dkd_tckd", "dkd_nckd"},
     "tfd+dkd": {"ce", "dkd_tckd", "dkd_nckd", "tfd_depth", "tfd_width"},
     "dist": {"ce", "dist_inter", "dist_intra"},
+    "logit_stand": {"ce", "logit_stand"},
     "tfd+dist": {"ce", "dist_inter", "dist_intra", "tfd_depth", "tfd_width"},
 }
 COUPLING = {"dkd": "per-sample", "dkd_imagenet": "per-sample", "dkd_logit_stand": "per-sample",
             "tfd+dkd": "batch-coupled", "dist": "batch-coupled", "dist_imagenet": "batch-coupled",
-            "tfd+dist": "batch-coupled"}
+            "tfd+dist": "batch-coupled", "logit_stand": "per-sample", "logit_stand_imagenet": "per-sample"}
 
 
 @pytest.fixture(scope="module")

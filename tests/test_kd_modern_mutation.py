@@ -12,9 +12,11 @@ import torch
 
 import tfdistill.losses.dist as L_dist
 import tfdistill.losses.dkd as L_dkd
+import tfdistill.losses.logit_stand as L_stand
 import tfdistill.methods.dist as M_dist
 import tfdistill.methods.dkd as M_dkd
-from test_kd_modern import DIST_CASES, DKD_CASES, check_dist, check_dkd
+import tfdistill.methods.logit_stand as M_stand
+from test_kd_modern import DIST_CASES, DKD_CASES, STAND_CASES, check_dist, check_dkd, check_logit_stand
 
 Mutation = tuple[str, Callable[[pytest.MonkeyPatch], None], Callable[[dict], bool]]
 
@@ -78,7 +80,28 @@ DIST_MUTATIONS: list[Mutation] = [
     ("no-tau-squared", lambda mp: without_t2(mp, [L_dist, M_dist], "dist_terms"), lambda c: c["tau"] != 1),
 ]
 
-CHECKS = {"dkd": (check_dkd, DKD_CASES, DKD_MUTATIONS), "dist": (check_dist, DIST_CASES, DIST_MUTATIONS)}
+def _standardize_with(**changed):
+    original = L_stand.standardize_logits
+    return lambda mp: mp.setattr(L_stand, "standardize_logits",
+                                 lambda z, std="sample", eps=1e-7: original(z, **{"std": std, "eps": eps, **changed}))
+
+
+def _scaled_loss(factor):
+    original = L_stand.logit_stand_kd_loss
+    return lambda mp: (mp.setattr(L_stand, "logit_stand_kd_loss", lambda *a, **k: factor(a) * original(*a, **k)),
+                       mp.setattr(M_stand, "logit_stand_kd_loss", lambda *a, **k: factor(a) * original(*a, **k)))
+
+
+STAND_MUTATIONS: list[Mutation] = [
+    ("population-std", _standardize_with(std="population"), always),
+    ("no-standardization", lambda mp: mp.setattr(L_stand, "standardize_logits", lambda z, std="sample": z), always),
+    ("no-eps", _standardize_with(eps=0.0), always),
+    ("weight", _scaled_loss(lambda a: 1.01), always),
+    ("no-T-squared", _scaled_loss(lambda a: 1 / a[2] ** 2), lambda c: c["T"] != 1),
+]
+
+CHECKS = {"dkd": (check_dkd, DKD_CASES, DKD_MUTATIONS), "dist": (check_dist, DIST_CASES, DIST_MUTATIONS),
+          "logit_stand": (check_logit_stand, STAND_CASES, STAND_MUTATIONS)}
 PARAMS = [(method, m) for method, (_, _, muts) in CHECKS.items() for m in muts]
 
 
