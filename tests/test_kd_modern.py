@@ -17,11 +17,13 @@ import torch
 
 from tfdistill.losses.dist import dist_loss
 from tfdistill.losses.dkd import dkd_loss
+from tfdistill.losses.reviewkd import ReviewFusion, hcl_loss
 from tfdistill.losses.logit_stand import logit_stand_kd_loss, standardize_logits
-from tfdistill.methods import BuildContext, StepOutputs, method_schema
+from tfdistill.methods import BuildContext, FeatureInfo, StepOutputs, method_schema
 from tfdistill.methods.dist import DIST
 from tfdistill.methods.dkd import DKD
 from tfdistill.methods.logit_stand import LogitStand
+from tfdistill.methods.reviewkd import ReviewKD
 
 GOLDEN = Path(__file__).parent / "golden"
 RTOL, ATOL = 1e-9, 1e-12
@@ -177,3 +179,85 @@ def test_logit_stand_paper_std_option_and_invariance():
     p = method_schema("logit_stand_imagenet")()
     assert (p.ce_weight, p.logit_stand.weight, p.logit_stand.T) == (1.0, 9.0, 2.0)
     assert method_schema("logit_stand")().ce_weight == 0.1
+
+
+# =========================================================================== ReviewKD
+_RK = golden("reviewkd")
+REVIEW_CASES = _RK["cases"] + _RK["hcl_cases"]  # full (ABF fusion + HCL) cases, then HCL alone on single maps
+
+
+def _levels(stages, n):
+    return [(c, h, h) for c, h in stages] + [(stages[-1][0], 1, 1)]
+
+
+def _load(fusion: ReviewFusion, params: dict) -> None:
+    state = fusion.state_dict()
+    for k, v in params.items():
+        state[f"abfs.{k}"] = t64(v)
+    fusion.load_state_dict(state)
+
+
+def check_reviewkd(case: dict) -> None:
+    if "fs" in case:  # the hierarchical context loss alone
+        v, (g,) = value_and_grad(lambda a: hcl_loss([a], [t64(case["ft"])]), t64(case["fs"]))
+        close(v, case["value"], "hcl_loss value")
+        close(g, case["grad"], "hcl_loss gradient")
+        return
+    feats_s = [t64(f) for f in case["feats_s"]] + [t64(case["emb_s"])]
+    feats_t = [t64(f) for f in case["feats_t"]]
+    emb_t = t64(case["emb_t"])
+    n = feats_s[0].shape[0]
+    s_lv, t_lv = _levels(case["student_stages"], n), _levels(case["teacher_stages"], n)
+    info_s = FeatureInfo([f"s{i}" for i in range(len(s_lv) - 1)], s_lv[:-1], s_lv[-1][0])
+    info_t = FeatureInfo([f"t{i}" for i in range(len(t_lv) - 1)], t_lv[:-1], t_lv[-1][0])
+    params = method_schema("reviewkd")().reviewkd
+    params.weight = 1.0
+    comp = ReviewKD(params, ctx(10, student=info_s, teacher=info_t)).double().train()
+    _load(comp.fusion, case["params"])
+    comp.on_epoch_start(params.warmup)  # past the warm-up
+    leaves = [f.clone().requires_grad_(True) for f in feats_s]
+    out = StepOutputs(torch.zeros(n, 3, 4, 4), torch.zeros(n, dtype=torch.long), None, torch.zeros(n, 10),
+                      feats_s=leaves[:-1], emb_s=leaves[-1], logits_t=torch.zeros(n, 10), feats_t=feats_t, emb_t=emb_t)
+    v = comp.terms(out)["reviewkd"]
+    names = [k for k, _ in comp.fusion.named_parameters()]
+    grads = torch.autograd.grad(v, leaves + list(comp.fusion.parameters()))
+    close(v, case["value"], "reviewkd value")
+    results = comp.fusion([f.detach() for f in feats_s[:-1]] + [feats_s[-1][:, :, None, None]])
+    close(torch.stack([r.sum() for r in results]), case["results_sum"], "ABF outputs (sums)")
+    for i, (g, want) in enumerate(zip(grads, case["grad_feats_s"] + [case["grad_emb_s"]])):
+        close(g, want, f"gradient of student level {i}")
+    compared = 0
+    for name, g in zip(names, grads[len(leaves):]):
+        key = name[len("abfs."):]
+        if key in case["grad_params"]:
+            close(g, case["grad_params"][key], f"gradient of ABF parameter {key}")
+            compared += 1
+    assert compared == len(case["grad_params"]), "an ABF parameter of the golden file has no counterpart"
+
+
+@pytest.mark.parametrize("case", REVIEW_CASES, ids=[
+    (f"abf-N{len(c['feats_s'][0])}-s{'x'.join(str(h) for _, h in c['student_stages'])}"
+     f"-t{'x'.join(str(h) for _, h in c['teacher_stages'])}") if "feats_s" in c else
+    f"hcl-{len(c['fs'])}x{len(c['fs'][0])}x{len(c['fs'][0][0])}" for c in REVIEW_CASES])
+def test_reviewkd_equals_authors_code(case):
+    check_reviewkd(case)
+
+
+def test_reviewkd_warmup_and_presets():
+    info = FeatureInfo(["a", "b"], [(4, 8, 8), (8, 4, 4)], 8)
+    comp = ReviewKD(method_schema("reviewkd")().reviewkd, ctx(10, student=info, teacher=info))
+    seen = []
+    for e in (0, 1, 10, 20, 30):
+        comp.on_epoch_start(e)
+        seen.append(float(comp.ramp))
+    assert seen == pytest.approx([0.0, 1 / 20, 10 / 20, 1.0, 1.0])  # the authors' CIFAR-100 script: min(1, epoch / 20), 0-based
+    p = method_schema("reviewkd")().reviewkd
+    p.warmup_offset = 1  # mdistiller's count from 1
+    comp = ReviewKD(p, ctx(10, student=info, teacher=info))
+    comp.on_epoch_start(0)
+    assert float(comp.ramp) == pytest.approx(1 / 20)
+    im = method_schema("reviewkd_imagenet")()
+    assert (im.ce_weight, im.reviewkd.weight, im.reviewkd.warmup) == (1.0, 1.0, 0)
+    # the ABFs are the component's trainable parameters, sized from the tapped shapes
+    assert [tuple(a.conv2[0].weight.shape[:2]) for a in comp.fusion.abfs] == [(4, 8), (8, 8), (8, 8)]
+    assert comp.fusion.abfs[-1].att_conv is None and comp.fusion.abfs[0].att_conv is not None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import TINY
 from tfdistill.cli import main
@@ -21,11 +22,14 @@ CASES = {
     "tfd+dkd": {"ce", "dkd_tckd", "dkd_nckd", "tfd_depth", "tfd_width"},
     "dist": {"ce", "dist_inter", "dist_intra"},
     "logit_stand": {"ce", "logit_stand"},
+    "reviewkd": {"ce", "reviewkd"},
+    "reviewkd_imagenet": {"ce", "reviewkd"},
     "tfd+dist": {"ce", "dist_inter", "dist_intra", "tfd_depth", "tfd_width"},
 }
 COUPLING = {"dkd": "per-sample", "dkd_imagenet": "per-sample", "dkd_logit_stand": "per-sample",
             "tfd+dkd": "batch-coupled", "dist": "batch-coupled", "dist_imagenet": "batch-coupled",
-            "tfd+dist": "batch-coupled", "logit_stand": "per-sample", "logit_stand_imagenet": "per-sample"}
+            "tfd+dist": "batch-coupled", "logit_stand": "per-sample", "logit_stand_imagenet": "per-sample",
+            "reviewkd": "per-sample", "reviewkd_imagenet": "per-sample"}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +52,19 @@ def test_one_epoch(preset, teacher_ckpt, tmp_path, capsys):
     assert [r["epoch"] for r in rows] == [1]
     assert set(rows[0]["terms"]) == CASES[preset]
     assert all(v == v and abs(v) < 1e6 for v in rows[0]["terms"].values())
+    if preset == "reviewkd_imagenet":  # no warm-up: the ABFs are trained and checkpointed with the student
+        assert rows[0]["terms"]["reviewkd"] > 0
+        ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+        flat = json.dumps(sorted(_keys(ck)))
+        assert "fusion.abfs.0.conv1.0.weight" in flat and "fusion.abfs.3.conv2.0.weight" in flat
+
+
+def _keys(obj, prefix=""):
+    """Every key path of nested dicts (a checkpoint's)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield f"{prefix}{k}"
+            yield from _keys(v, f"{prefix}{k}.")
 
 
 def test_registered_with_family_paper_reference_and_coupling(capsys):

@@ -8,15 +8,16 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
-import torch
 
 import tfdistill.losses.dist as L_dist
 import tfdistill.losses.dkd as L_dkd
 import tfdistill.losses.logit_stand as L_stand
+import tfdistill.losses.reviewkd as L_rk
 import tfdistill.methods.dist as M_dist
 import tfdistill.methods.dkd as M_dkd
 import tfdistill.methods.logit_stand as M_stand
-from test_kd_modern import DIST_CASES, DKD_CASES, STAND_CASES, check_dist, check_dkd, check_logit_stand
+from test_kd_modern import (DIST_CASES, DKD_CASES, REVIEW_CASES, STAND_CASES, check_dist, check_dkd,
+                            check_logit_stand, check_reviewkd)
 
 Mutation = tuple[str, Callable[[pytest.MonkeyPatch], None], Callable[[dict], bool]]
 
@@ -100,8 +101,44 @@ STAND_MUTATIONS: list[Mutation] = [
     ("no-T-squared", _scaled_loss(lambda a: 1 / a[2] ** 2), lambda c: c["T"] != 1),
 ]
 
+def full(case: dict) -> bool:
+    """A ReviewKD case with the ABF fusion (not the HCL alone)."""
+    return "feats_s" in case
+
+
+def pyramid(case: dict) -> bool:
+    """Some map of the case is larger than 1x1, so the HCL uses a pyramid level."""
+    return full(case) or len(case["fs"][0][0]) > 1
+
+
+def _hcl_map_scaled(mp):
+    original = L_rk.hcl_map_loss
+    mp.setattr(L_rk, "hcl_map_loss", lambda fs, ft: 1.01 * original(fs, ft))
+
+
+def _fuse_swapped(mp):
+    original = L_rk.fuse
+    mp.setattr(L_rk, "fuse", lambda x, y, att: original(x, y, att.flip(1)))
+
+
+def _no_fusion(mp):
+    mp.setattr(L_rk, "fuse", lambda x, y, att: x + 0 * (y * att[:, 1:2]))  # the residual's weight is 0
+
+
+REVIEW_MUTATIONS: list[Mutation] = [
+    ("hcl-weight", _hcl_map_scaled, always),
+    ("pyramid-decay", lambda mp: mp.setattr(L_rk, "HCL_DECAY", 0.6), pyramid),
+    ("pyramid-1x1-dropped", lambda mp: mp.setattr(L_rk, "HCL_LEVELS", (4, 2)), pyramid),
+    ("pyramid-4x4-added-2x2-dropped", lambda mp: mp.setattr(L_rk, "HCL_LEVELS", (4, 1)),
+     lambda c: full(c) or len(c["fs"][0][0]) > 2),
+    ("attention-swapped", _fuse_swapped, full),
+    ("no-residual-fusion", _no_fusion, full),
+    ("bilinear-resize", lambda mp: mp.setattr(L_rk, "UPSAMPLE_MODE", "bilinear"), full),
+]
+
 CHECKS = {"dkd": (check_dkd, DKD_CASES, DKD_MUTATIONS), "dist": (check_dist, DIST_CASES, DIST_MUTATIONS),
-          "logit_stand": (check_logit_stand, STAND_CASES, STAND_MUTATIONS)}
+          "logit_stand": (check_logit_stand, STAND_CASES, STAND_MUTATIONS),
+          "reviewkd": (check_reviewkd, REVIEW_CASES, REVIEW_MUTATIONS)}
 PARAMS = [(method, m) for method, (_, _, muts) in CHECKS.items() for m in muts]
 
 
