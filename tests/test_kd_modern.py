@@ -261,3 +261,19 @@ def test_reviewkd_warmup_and_presets():
     # the ABFs are the component's trainable parameters, sized from the tapped shapes
     assert [tuple(a.conv2[0].weight.shape[:2]) for a in comp.fusion.abfs] == [(4, 8), (8, 8), (8, 8)]
     assert comp.fusion.abfs[-1].att_conv is None and comp.fusion.abfs[0].att_conv is not None
+
+
+# =========================================================================== coupling, as declared
+def test_per_sample_methods_split_exactly():
+    """DKD and logit standardization are declared per-sample: the mean of two half-batches' terms is the full batch's
+    (what makes gradient accumulation exact); DIST's intra-class term is not (test above)."""
+    case = DKD_CASES[1]
+    zs, zt, y = t64(case["logits_s"]), t64(case["logits_t"]), torch.tensor(case["targets"])
+    for comp in (DKD(method_schema("dkd_logit_stand")().dkd, ctx(zs.shape[1])),
+                 LogitStand(method_schema("logit_stand")().logit_stand, ctx(zs.shape[1]))):
+        comp.on_epoch_start(100)
+        full = sum(comp.terms(outputs(zs, zt, y)).values())
+        halves = [sum(comp.terms(outputs(zs[i:i + 4], zt[i:i + 4], y[i:i + 4])).values()) for i in (0, 4)]
+        assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(full.item(), rel=1e-6), type(comp).__name__
+        assert comp.coupling == "per-sample"
+    assert DIST.coupling == "batch-coupled" and ReviewKD.coupling == "per-sample"

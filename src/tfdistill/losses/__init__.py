@@ -18,6 +18,10 @@ from .vid import VIDHead, vid_nll
 from .tfd_distance import depth_loss_with, width_loss_with
 from .tfkd import tfkd_reg_loss, virtual_teacher
 from .pskd import pskd_alpha, pskd_targets, soft_cross_entropy
+from .dkd import dkd_loss, dkd_terms
+from .dist import dist_loss, dist_terms
+from .logit_stand import logit_stand_kd_loss, standardize_logits
+from .reviewkd import ABF, ReviewFusion, hcl_loss
 
 __all__ = [
     "TFDLoss", "channel_importance", "depth_loss", "width_loss",
@@ -28,4 +32,6 @@ __all__ = [
     "pairwise_distances", "rkd_angle_loss", "rkd_distance_loss", "similarity_matrix", "sp_loss", "sp_pair_loss",
     "VIDHead", "vid_nll", "depth_loss_with", "width_loss_with", "tfkd_reg_loss", "virtual_teacher", "pskd_alpha",
     "pskd_targets", "soft_cross_entropy",
+    "dkd_loss", "dkd_terms", "dist_loss", "dist_terms", "logit_stand_kd_loss", "standardize_logits", "ABF",
+    "ReviewFusion", "hcl_loss",
 ]

@@ -24,7 +24,7 @@ Departures of our pipeline (not of the loss): the authors distil into the teache
 (``preact=True``) and on ImageNet from the student's too; our feature taps give the stages' outputs
 (post-activation, see :mod:`tfdistill.features`). The loss and the fusion are the same functions of the features.
 
-Per-sample (MSEs are means over samples; the ABFs' BatchNorm couples the batch as the student's own BatchNorm
+The loss is computed in float32 (float64 stays float64) with autocast off. Per-sample (MSEs are means over samples; the ABFs' BatchNorm couples the batch as the student's own BatchNorm
 does). Checked against the authors' ``ReviewKD``/``ABF`` and ``hcl`` on fixed inputs and parameters
 (``tests/golden/reviewkd.json``).
 """
@@ -36,6 +36,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..precision import autocast, f32
 
 __all__ = ["ABF", "ReviewFusion", "hcl_loss", "hcl_map_loss", "HCL_LEVELS"]
 
@@ -119,16 +121,18 @@ def hcl_map_loss(fs: Tensor, ft: Tensor) -> Tensor:
     if fs.shape != ft.shape:
         raise ValueError(f"hcl compares maps of one shape, got {tuple(fs.shape)} and {tuple(ft.shape)}")
     h = fs.shape[2]
-    loss = F.mse_loss(fs, ft, reduction="mean")
-    cnt, tot = 1.0, 1.0
-    for size in HCL_LEVELS:
-        if size >= h:
-            continue
-        cnt *= HCL_DECAY
-        loss = loss + F.mse_loss(F.adaptive_avg_pool2d(fs, (size, size)), F.adaptive_avg_pool2d(ft, (size, size)),
-                                 reduction="mean") * cnt
-        tot += cnt
-    return loss / tot
+    with autocast("off", fs.device):  # float32 (float64 stays float64): mixed-dtype mse has no backward on some torches
+        fs, ft = f32(fs), f32(ft)
+        loss = F.mse_loss(fs, ft, reduction="mean")
+        cnt, tot = 1.0, 1.0
+        for size in HCL_LEVELS:
+            if size >= h:
+                continue
+            cnt *= HCL_DECAY
+            loss = loss + F.mse_loss(F.adaptive_avg_pool2d(fs, (size, size)),
+                                     F.adaptive_avg_pool2d(ft, (size, size)), reduction="mean") * cnt
+            tot += cnt
+        return loss / tot
 
 
 def hcl_loss(fstudent: Sequence[Tensor], fteacher: Sequence[Tensor]) -> Tensor:
