@@ -78,3 +78,18 @@ def test_registered_with_family_paper_reference_and_coupling(capsys):
     listed = capsys.readouterr().out
     for name in COUPLING:
         assert f"  {name} " in listed, name
+
+
+@pytest.mark.parametrize("bad, valid", [
+    ("method.dkd.T=0", "must be > 0"), ("method.dkd.stand_std=biased", "valid: sample, population"),
+    ("method.dist.tau=-1", "must be > 0"), ("method.logit_stand.std=biased", "valid: sample, population"),
+    ("method.reviewkd.warmup_offset=2", "warmup_offset 0 or 1"),
+])
+def test_bad_settings_are_one_clear_line(bad, valid, teacher_ckpt, tmp_path, capsys):
+    method = bad.split(".")[1]
+    args = ["train", *SMALL, f"method.name={method}", bad, f"out_dir={tmp_path}", "name=r",
+            "teacher.model=resnet14", f"teacher.checkpoint={teacher_ckpt}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and valid in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "r" / "last.pt").exists()
