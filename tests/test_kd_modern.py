@@ -277,3 +277,22 @@ def test_per_sample_methods_split_exactly():
         assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(full.item(), rel=1e-6), type(comp).__name__
         assert comp.coupling == "per-sample"
     assert DIST.coupling == "batch-coupled" and ReviewKD.coupling == "per-sample"
+
+
+def test_reviewkd_fusion_is_trained_with_the_student():
+    """The ABFs are the component's parameters: in the main stage's trainable parameters, with gradients after a
+    step's backward, and in the component state the engine checkpoints."""
+    from test_baselines import batch, build
+
+    m, student, _ = build("reviewkd_imagenet")
+    m.train()
+    m.on_epoch_start(0)
+    fusion = m.distillers["reviewkd"].fusion
+    ids = {id(p) for p in m.trainable_parameters("main")}
+    assert all(id(p) in ids for p in fusion.parameters())
+    x, y, idx = batch()
+    _, terms = m(x, y, idx)
+    assert set(terms) == {"ce", "reviewkd"}
+    sum(terms.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fusion.parameters())
+    assert any(k.startswith("reviewkd.fusion.abfs.") for k in m.component_state_dict())
