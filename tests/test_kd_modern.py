@@ -250,7 +250,8 @@ def test_reviewkd_warmup_and_presets():
     for e in (0, 1, 10, 20, 30):
         comp.on_epoch_start(e)
         seen.append(float(comp.ramp))
-    assert seen == pytest.approx([0.0, 1 / 20, 10 / 20, 1.0, 1.0])  # the authors' CIFAR-100 script: min(1, epoch / 20), 0-based
+    # the authors' CIFAR-100 script: min(1, epoch / 20) with 0-based epochs
+    assert seen == pytest.approx([0.0, 1 / 20, 10 / 20, 1.0, 1.0])
     p = method_schema("reviewkd")().reviewkd
     p.warmup_offset = 1  # mdistiller's count from 1
     comp = ReviewKD(p, ctx(10, student=info, teacher=info))

@@ -16,6 +16,7 @@ import tfdistill.losses.reviewkd as L_rk
 import tfdistill.methods.dist as M_dist
 import tfdistill.methods.dkd as M_dkd
 import tfdistill.methods.logit_stand as M_stand
+import tfdistill.methods.reviewkd as M_rk
 from test_kd_modern import (DIST_CASES, DKD_CASES, REVIEW_CASES, STAND_CASES, check_dist, check_dkd,
                             check_logit_stand, check_reviewkd)
 
@@ -81,6 +82,7 @@ DIST_MUTATIONS: list[Mutation] = [
     ("no-tau-squared", lambda mp: without_t2(mp, [L_dist, M_dist], "dist_terms"), lambda c: c["tau"] != 1),
 ]
 
+
 def _standardize_with(**changed):
     original = L_stand.standardize_logits
     return lambda mp: mp.setattr(L_stand, "standardize_logits",
@@ -100,6 +102,7 @@ STAND_MUTATIONS: list[Mutation] = [
     ("weight", _scaled_loss(lambda a: 1.01), always),
     ("no-T-squared", _scaled_loss(lambda a: 1 / a[2] ** 2), lambda c: c["T"] != 1),
 ]
+
 
 def full(case: dict) -> bool:
     """A ReviewKD case with the ABF fusion (not the HCL alone)."""
@@ -121,6 +124,11 @@ def _fuse_swapped(mp):
     mp.setattr(L_rk, "fuse", lambda x, y, att: original(x, y, att.flip(1)))
 
 
+def _embedding_dropped(mp):
+    original = M_rk.hcl_loss
+    mp.setattr(M_rk, "hcl_loss", lambda fs, ft: original(fs[:-1], ft[:-1]) + 0 * fs[-1].sum())
+
+
 def _no_fusion(mp):
     mp.setattr(L_rk, "fuse", lambda x, y, att: x + 0 * (y * att[:, 1:2]))  # the residual's weight is 0
 
@@ -129,8 +137,9 @@ REVIEW_MUTATIONS: list[Mutation] = [
     ("hcl-weight", _hcl_map_scaled, always),
     ("pyramid-decay", lambda mp: mp.setattr(L_rk, "HCL_DECAY", 0.6), pyramid),
     ("pyramid-1x1-dropped", lambda mp: mp.setattr(L_rk, "HCL_LEVELS", (4, 2)), pyramid),
-    ("pyramid-4x4-added-2x2-dropped", lambda mp: mp.setattr(L_rk, "HCL_LEVELS", (4, 1)),
+    ("pyramid-2x2-dropped", lambda mp: mp.setattr(L_rk, "HCL_LEVELS", (4, 1)),
      lambda c: full(c) or len(c["fs"][0][0]) > 2),
+    ("embedding-level-dropped", _embedding_dropped, full),
     ("attention-swapped", _fuse_swapped, full),
     ("no-residual-fusion", _no_fusion, full),
     ("bilinear-resize", lambda mp: mp.setattr(L_rk, "UPSAMPLE_MODE", "bilinear"), full),
@@ -150,7 +159,7 @@ def test_golden_check_fails_when_a_term_changes(method, mutation, monkeypatch):
     assert applicable, f"mutation {name} applies to no golden case of {method}"
     with monkeypatch.context() as mp:
         patch(mp)
-        for i, case in enumerate(applicable):
+        for case in applicable:
             with pytest.raises(AssertionError):
                 check(case)
     check(applicable[0])  # and passes again once the implementation is restored

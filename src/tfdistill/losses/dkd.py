@@ -19,7 +19,9 @@ As the authors' code (``mdistiller/distillers/DKD.py``), which we reproduce exac
   ``log`` of that sum (not a ``log_softmax``);
 * the non-target softmax is taken over all classes with the target logit shifted by ``-1000`` (after the division
   by ``T``), which gives it a probability of 0 in float32 and float64 for any logits of a trained network;
-* the KL divergences use ``kl_div``'s convention ``0 * log 0 = 0``.
+* the KL divergences use ``kl_div``'s convention ``0 * log 0 = 0``;
+* nothing is clamped: a student whose non-target (or target) probability underflows to 0 gives an infinite TCKD,
+  as in the code (the engine stops such a run with its NaN/inf check).
 
 The paper's form and the code's agree (the ``-1000`` shift is the code's way of dropping the target class), so
 there is no paper option. The training-time settings -- ``alpha``, ``beta``, ``T`` per dataset and the linear

@@ -24,8 +24,8 @@ Departures of our pipeline (not of the loss): the authors distil into the teache
 (``preact=True``) and on ImageNet from the student's too; our feature taps give the stages' outputs
 (post-activation, see :mod:`tfdistill.features`). The loss and the fusion are the same functions of the features.
 
-The loss is computed in float32 (float64 stays float64) with autocast off. Per-sample (MSEs are means over samples; the ABFs' BatchNorm couples the batch as the student's own BatchNorm
-does). Checked against the authors' ``ReviewKD``/``ABF`` and ``hcl`` on fixed inputs and parameters
+The loss is computed in float32 (float64 stays float64) with autocast off. Per-sample (MSEs are means over samples;
+the ABFs' BatchNorm couples the batch as the student's own BatchNorm does). Checked against the authors' ``ReviewKD``/``ABF`` and ``hcl`` on fixed inputs and parameters
 (``tests/golden/reviewkd.json``).
 """
 
@@ -121,7 +121,7 @@ def hcl_map_loss(fs: Tensor, ft: Tensor) -> Tensor:
     if fs.shape != ft.shape:
         raise ValueError(f"hcl compares maps of one shape, got {tuple(fs.shape)} and {tuple(ft.shape)}")
     h = fs.shape[2]
-    with autocast("off", fs.device):  # float32 (float64 stays float64): mixed-dtype mse has no backward on some torches
+    with autocast("off", fs.device):  # float32 (float64 stays): a mixed-dtype mse has no backward on some torches
         fs, ft = f32(fs), f32(ft)
         loss = F.mse_loss(fs, ft, reduction="mean")
         cnt, tot = 1.0, 1.0
