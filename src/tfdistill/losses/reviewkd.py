@@ -25,8 +25,8 @@ Departures of our pipeline (not of the loss): the authors distil into the teache
 (post-activation, see :mod:`tfdistill.features`). The loss and the fusion are the same functions of the features.
 
 The loss is computed in float32 (float64 stays float64) with autocast off. Per-sample (MSEs are means over samples;
-the ABFs' BatchNorm couples the batch as the student's own BatchNorm does). Checked against the authors' ``ReviewKD``/``ABF`` and ``hcl`` on fixed inputs and parameters
-(``tests/golden/reviewkd.json``).
+the ABFs' BatchNorm couples the batch as the student's own BatchNorm does). Checked against the authors'
+``ReviewKD``/``ABF`` and ``hcl`` on fixed inputs and parameters (``tests/golden/reviewkd.json``).
 """
 
 from __future__ import annotations
