@@ -1,11 +1,12 @@
 """The docs example runner: every example in README.md and docs/**/*.md runs, or says why it cannot.
 
-The convention (BRIEF, docs/contributing-docs.md):
+The convention (also in docs/development.md, "The docs"):
 
 * A fenced ```python block is executed. The python blocks of one page run in order, in one namespace, in a fresh
   working folder where ``configs/``, ``results/`` and ``benchmarks/`` of the checkout are visible.
-* In a fenced ```bash block, every line that starts with ``tfdistill `` is run (``python -m tfdistill ...``, the
-  same working folder, exit code 0 expected), with the flag that keeps it tiny added when it is missing
+* In a fenced ```bash block, every line that starts with ``tfdistill `` is run (``tfdistill.cli.main`` in the
+  test's process -- the CLI's parsing, errors and exit codes without a torch import per line --, the same working
+  folder, exit code 0 expected), with the flag that keeps it tiny added when it is missing
   (:data:`TINY_FLAGS`: ``train`` -> ``--print-config``, ``sweep`` -> ``--dry-run``, ``demo`` -> ``--epochs 1``,
   ``results`` -> ``--check``); other lines (``pip ...``, ``OMP_NUM_THREADS=2 tfdistill ...``) are shown, not run.
 * The line ``<!-- docs-test: skip "reason" -->`` right before a fence skips that block; the reason is required and
@@ -14,6 +15,7 @@ The convention (BRIEF, docs/contributing-docs.md):
   epochs=1`` to make a run that the next lines evaluate).
 * A line with a placeholder (``runs/<run>``) cannot run: the block must be skipped with a reason.
 
+A command repeated on one page (a generated results block names `tfdistill results` once per result) runs once.
 Each page with runnable blocks is one test; each skipped block is one skipped test; ``test_docs_summary`` prints
 how many blocks were run and skipped, with the reasons. README's old sections are checked to live on in docs/
 (:data:`MOVED`), and README's size stays that of a landing page.
@@ -24,8 +26,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,6 @@ DIRECTIVE = re.compile(r"^\s*<!--\s*docs-test:\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 PLACEHOLDER = re.compile(r"<[A-Za-z][^<>]*>")
 SHELL_SYNTAX = re.compile(r"[|<>`$]|(?<!&)&(?!&)")
-TIMEOUT = 300
 
 
 @dataclass
@@ -178,13 +177,21 @@ def _workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    env["TFDISTILL_CACHE"] = env.get("TFDISTILL_CACHE", str(Path.home() / ".cache" / "tfdistill"))
-    return env
+def _run_cli(args: list[str]) -> tuple[int, str]:
+    """``tfdistill ARGS`` in this process (the CLI's own ``main``: its parsing, error handling and exit codes; no
+    torch import per line), in the current folder; returns the exit code and what it printed."""
+    import contextlib
+    import io
+
+    from tfdistill.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    return int(code or 0), buf.getvalue()
 
 
 def test_docs_directives_are_well_formed():
@@ -192,7 +199,7 @@ def test_docs_directives_are_well_formed():
     assert not ERRORS, "\n".join(ERRORS)
 
 
-@pytest.mark.slow  # every CLI line is a subprocess that imports torch: about two minutes for all pages
+@pytest.mark.slow  # trains two 1-epoch demos and a run, builds timm models, rebuilds the results: > 30 s in all
 @pytest.mark.parametrize("page", list(RUN), ids=lambda p: str(p.relative_to(REPO)))
 def test_docs_page_examples_run(page: Path, tmp_path: Path, monkeypatch, capsys):
     """The page's python blocks in order in one namespace, and its tfdistill lines with tiny flags, all succeed."""
@@ -201,6 +208,7 @@ def test_docs_page_examples_run(page: Path, tmp_path: Path, monkeypatch, capsys)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     namespace: dict = {"__name__": "__docs__"}
     n_py = n_cli = 0
+    done: set[tuple[str, ...]] = set()
     for block in RUN[page]:
         if block.lang == "python":
             try:
@@ -211,10 +219,11 @@ def test_docs_page_examples_run(page: Path, tmp_path: Path, monkeypatch, capsys)
             continue
         for line in cli_lines(block):
             for args in commands(line, block.as_is, block.where):
-                r = subprocess.run([sys.executable, "-m", "tfdistill", *args], cwd=work, capture_output=True,
-                                   text=True, timeout=TIMEOUT, env=_env())
-                assert r.returncode == 0, (f"{block.where}: `tfdistill {shlex.join(args)}` exited {r.returncode}:\n"
-                                           f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+                if tuple(args) in done:
+                    continue
+                done.add(tuple(args))
+                code, out = _run_cli(args)
+                assert code == 0, f"{block.where}: `tfdistill {shlex.join(args)}` exited {code}:\n{out[-4000:]}"
                 n_cli += 1
     with capsys.disabled():
         print(f"\n[docs] {page.relative_to(REPO)}: {n_py} python block(s) and {n_cli} tfdistill command(s) ran")

@@ -78,8 +78,11 @@ def methods_markdown(family: str) -> str:
     for name in names:
         f = method_facts(name)
         comps = "; ".join(f"`{c}`: {doc}" for c, doc in f["components"]) or "none (cross-entropy only)"
-        coupling = ("per-sample: exact under gradient accumulation" if f["coupling"] == "per-sample" else
-                    "batch-coupled: a term relates samples of the batch, so it depends on how a batch is split")
+        coupling = ("per-sample: every term is a mean of per-sample terms, so gradient accumulation gives the full "
+                    "batch's update (BatchNorm aside)" if f["coupling"] == "per-sample" else
+                    "batch-coupled: a term ranks, normalises or relates samples across the batch, so it depends on "
+                    "how a batch is split (gradient accumulation is not exact)")
+        ref = re.sub(r"^([\w.-]+/[\w.-]+)", r"[\1](https://github.com/\1)", f["reference"])
         defaults = ", ".join(f"`{k}={v!r}`" for k, v in f["defaults"])
         out += [f"### `{name}`", "", (f["summary"][:1].upper() + f["summary"][1:]) if f["summary"] else "", "",
                 "| | |", "|---|---|",
@@ -88,7 +91,7 @@ def methods_markdown(family: str) -> str:
                 f"| needs a teacher | {'yes' if f['teacher'] else 'no'} |",
                 f"| terms | {coupling} |",
                 f"| defaults | {defaults} |",
-                f"| checked against | {f['reference']} |",
+                f"| checked against | {ref} |",
                 "", f"`tfdistill train RECIPE method.name={name}`", ""]
     return "\n".join(out)
 
