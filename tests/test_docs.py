@@ -13,6 +13,9 @@ The convention (also in docs/development.md, "The docs"):
   is reported as the skip reason of its own test item (``-ra`` lists them). ``<!-- docs-test: as-is -->`` runs a
   bash block's lines exactly as written (the author vouches that they are tiny, e.g. ``tfdistill train demo
   epochs=1`` to make a run that the next lines evaluate).
+* ``<!-- docs-test: requires lightning, transformers -->`` before a block: where one of these modules cannot be
+  imported (an optional extra not installed, e.g. on an older torch leg of CI), the whole page is skipped with that
+  reason; where they are installed it runs.
 * A line with a placeholder (``runs/<run>``) cannot run: the block must be skipped with a reason.
 
 A command repeated on one page (a generated results block names `tfdistill results` once per result) runs once.
@@ -58,6 +61,7 @@ class Block:
     code: str
     skip: str | None = None
     as_is: bool = False
+    requires: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
@@ -87,7 +91,7 @@ def parse(page: Path) -> list[Block]:
                 i += 1
             block = Block(page, i - len(body), lang.lower(), "\n".join(body) + "\n")
             if pending is not None:
-                block.skip, block.as_is = _directive(page, *pending)
+                block.skip, block.as_is, block.requires = _directive(page, *pending)
                 pending = None
             blocks.append(block)
         elif line.strip() and pending is not None:
@@ -99,16 +103,19 @@ def parse(page: Path) -> list[Block]:
     return blocks
 
 
-def _directive(page: Path, line: int, text: str) -> tuple[str | None, bool]:
+def _directive(page: Path, line: int, text: str) -> tuple[str | None, bool, tuple[str, ...]]:
     m = re.fullmatch(r'skip\s+"([^"]*)"', text)
     if m:
         if not m.group(1).strip():
             raise ValueError(f"{page.relative_to(REPO)}:{line}: docs-test: skip needs a reason: skip \"why\"")
-        return m.group(1).strip(), False
+        return m.group(1).strip(), False, ()
     if text == "as-is":
-        return None, True
+        return None, True, ()
+    m = re.fullmatch(r"requires\s+([\w.]+(?:\s*,\s*[\w.]+)*)", text)
+    if m:
+        return None, False, tuple(x.strip() for x in m.group(1).split(","))
     raise ValueError(f"{page.relative_to(REPO)}:{line}: unknown docs-test directive {text!r}; valid: "
-                     "skip \"reason\", as-is")
+                     "skip \"reason\", as-is, requires MODULE[, MODULE]")
 
 
 def runnable(block: Block) -> bool:
@@ -203,6 +210,11 @@ def test_docs_directives_are_well_formed():
 @pytest.mark.parametrize("page", list(RUN), ids=lambda p: str(p.relative_to(REPO)))
 def test_docs_page_examples_run(page: Path, tmp_path: Path, monkeypatch, capsys):
     """The page's python blocks in order in one namespace, and its tfdistill lines with tiny flags, all succeed."""
+    import importlib.util
+
+    missing = sorted({m for b in RUN[page] for m in b.requires if importlib.util.find_spec(m) is None})
+    if missing:  # an optional extra that this environment lacks: the page is skipped whole (its blocks share names)
+        pytest.skip(f"{page.relative_to(REPO)} needs {', '.join(missing)}, not installed here")
     work = _workdir(tmp_path)
     monkeypatch.chdir(work)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
@@ -270,6 +282,8 @@ def test_runner_adds_the_tiny_flags_and_refuses_what_it_cannot_run(tmp_path):
         blocks = parse(page)
         assert [(b.lang, b.skip, runnable(b)) for b in blocks] == \
             [("bash", "needs CIFAR-100", True), ("python", None, True), ("bash", None, False)]
+        page.write_text("<!-- docs-test: requires torch, no_such_module_x -->\n```python\nimport torch\n```\n")
+        assert parse(page)[0].requires == ("torch", "no_such_module_x")
         for bad, msg in [('<!-- docs-test: skip "" -->\n```bash\nx\n```\n', "needs a reason"),
                          ("<!-- docs-test: skipp -->\n```bash\nx\n```\n", "unknown docs-test directive"),
                          ('<!-- docs-test: skip "r" -->\ntext\n```bash\nx\n```\n', "right before"),
