@@ -318,7 +318,8 @@ MOVED: dict[str, tuple[str, str, str]] = {
                                                  "720,433 / 3,440,273"),
     "Teacher-free and self-distillation family": ("docs/methods/self-distillation.md",
                                                   "## Without auxiliary modules", "*paired batches*"),
-    "TFD's mimicking loss": ("docs/methods/teacher-free.md", "## TFD's options", "`method.tfd.distance=l2|sp|at|nst|ab`"),
+    "TFD's mimicking loss": ("docs/methods/teacher-free.md", "## TFD's options",
+                             "`method.tfd.distance=l2|sp|at|nst|ab`"),
     "Model zoo": ("docs/models.md", "## Model zoo", "identical parameter counts"),
     "Any model: three sources, declared taps": ("docs/models.md", "## Any model: three sources, declared taps",
                                                 "3-D tensors never read as maps"),
@@ -369,7 +370,8 @@ def test_results_page_holds_the_generated_block():
 def _hooks():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tfdistill_docs_hooks", REPO / "docs" / "_hooks" / "tfdistill_docs.py")
+    path = REPO / "docs" / "_hooks" / "tfdistill_docs.py"
+    spec = importlib.util.spec_from_file_location("tfdistill_docs_hooks", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
