@@ -103,6 +103,12 @@ class AB(Distiller):
 
 
 register_preset("ab", ["ab"], {"ab": {"weight": 1.0, "init_epochs": 30}},
-                summary="activation boundaries (Heo et al. 2019): 30-epoch init pre-stage + AB term weight 1")
+                summary="activation boundaries (Heo et al. 2019): 30-epoch init pre-stage + AB term weight 1",
+                paper='Heo et al.: Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden '
+                      'Neurons (AAAI 2019)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')
 register_preset("ab_crd", ["ab"], {"ab": {"weight": 0.0, "init_epochs": 30}},
-                summary="AB exactly as the CRD benchmark: 30-epoch AB initialisation, then cross-entropy only")
+                summary="AB exactly as the CRD benchmark: 30-epoch AB initialisation, then cross-entropy only",
+                paper='Heo et al.: Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden '
+                      'Neurons (AAAI 2019), as run by the CRD benchmark',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

@@ -50,4 +50,6 @@ class AT(Distiller):
 
 
 register_preset("at", ["at"], {"at": {"weight": 1000.0}},
-                summary="attention transfer (Zagoruyko & Komodakis 2017), p=2, weight 1000 as the CRD benchmark")
+                summary="attention transfer (Zagoruyko & Komodakis 2017), p=2, weight 1000 as the CRD benchmark",
+                paper='Zagoruyko & Komodakis: Paying More Attention to Attention (ICLR 2017)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

@@ -104,4 +104,8 @@ class BYOT(Distiller):
 
 register_preset("byot", ["byot"], family="self-distillation",
                 summary="BYOT, be your own teacher (Zhang et al. 2019), "
-                "auxiliary classifiers, a 0.3, T 3, feature 0.03 as the authors' code")
+                "auxiliary classifiers, a 0.3, T 3, feature 0.03 as the authors' code",
+                paper='Zhang et al.: Be Your Own Teacher: Improve the Performance of Convolutional Neural Networks '
+                      'via Self Distillation (ICCV 2019)',
+                reference='ArchipLab-LinfengZhang/pytorch-self-distillation-final (tests/test_selfdistill_aux.py; '
+                          'tests/golden/selfdistill_authors.py)')

@@ -72,6 +72,11 @@ class CC(Distiller):
 
 
 register_preset("cc", ["cc"], {"cc": {"weight": 0.02, "kernel": "rbf"}},
-                summary="correlation congruence (Peng et al. 2019), Gaussian RBF (2nd-order Taylor), weight 0.02")
+                summary="correlation congruence (Peng et al. 2019), Gaussian RBF (2nd-order Taylor), weight 0.02",
+                paper='Peng et al.: Correlation Congruence for Knowledge Distillation (ICCV 2019)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')
 register_preset("cc_crd", ["cc"], {"cc": {"weight": 0.02, "kernel": "crd"}},
-                summary="CC exactly as the CRD benchmark's code (its correlation formula), weight 0.02")
+                summary="CC exactly as the CRD benchmark's code (its correlation formula), weight 0.02",
+                paper='Peng et al.: Correlation Congruence for Knowledge Distillation (ICCV 2019), as run by the '
+                      'CRD benchmark',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

@@ -115,4 +115,6 @@ class CRD(Distiller):
 
 
 register_preset("crd", ["crd"], {"crd": {"weight": 0.8}},
-                summary="contrastive representation distillation (Tian et al. 2020), weight 0.8 as CRD")
+                summary="contrastive representation distillation (Tian et al. 2020), weight 0.8 as CRD",
+                paper='Tian, Krishnan & Isola: Contrastive Representation Distillation (ICLR 2020)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

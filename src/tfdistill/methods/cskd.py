@@ -60,4 +60,6 @@ class CSKD(Distiller):
 
 register_preset("cskd", ["cskd"], {"cskd": {"weight": 1.0, "T": 4.0}},
                 summary="class-wise self-KD (Yun 2020): KL to a same-class sample's prediction, T 4, lambda 1",
-                family="self-distillation")
+                family="self-distillation",
+                paper='Yun et al.: Regularizing Class-wise Predictions via Self-knowledge Distillation (CVPR 2020)',
+                reference='alinlab/cs-kd (tests/test_selfkd.py)')

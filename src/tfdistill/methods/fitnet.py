@@ -86,4 +86,6 @@ class FitNet(Distiller):
 
 
 register_preset("fitnet", ["fitnet"], {"fitnet": {"weight": 100.0}},
-                summary="FitNets hints (Romero et al. 2015) on CRD's hint layer, weight 100 as the CRD benchmark")
+                summary="FitNets hints (Romero et al. 2015) on CRD's hint layer, weight 100 as the CRD benchmark",
+                paper='Romero et al.: FitNets: Hints for Thin Deep Nets (ICLR 2015)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

@@ -81,4 +81,7 @@ class FRSKD(Distiller):
 
 register_preset("frskd", ["frskd"], family="self-distillation",
                 summary="FRSKD, BiFPN self-teacher (Ji et al. 2021), "
-                "alpha 2, beta 100, T 4 as the authors' CIFAR-100 command")
+                "alpha 2, beta 100, T 4 as the authors' CIFAR-100 command",
+                paper='Ji et al.: Refine Myself by Teaching Myself: Feature Refinement via Self-Knowledge '
+                      'Distillation (CVPR 2021)',
+                reference='MingiJi/FRSKD (tests/test_selfdistill_aux.py; tests/golden/selfdistill_authors.py)')

@@ -82,6 +82,12 @@ class FSP(Distiller):
 
 
 register_preset("fsp", ["fsp"], {"fsp": {"weight": 50.0}},
-                summary="FSP matrices (Yim et al. 2017) between consecutive stages, weight 50")
+                summary="FSP matrices (Yim et al. 2017) between consecutive stages, weight 50",
+                paper='Yim et al.: A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and '
+                      'Transfer Learning (CVPR 2017)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')
 register_preset("fsp_crd", ["fsp"], {"fsp": {"weight": 0.0, "init_epochs": 30}},
-                summary="FSP exactly as the CRD benchmark: 30-epoch FSP initialisation, then cross-entropy only")
+                summary="FSP exactly as the CRD benchmark: 30-epoch FSP initialisation, then cross-entropy only",
+                paper='Yim et al.: A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and '
+                      'Transfer Learning (CVPR 2017), as run by the CRD benchmark',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

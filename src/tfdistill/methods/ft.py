@@ -87,4 +87,7 @@ class FT(Distiller):
 
 
 register_preset("ft", ["ft"], {"ft": {"weight": 200.0}},
-                summary="factor transfer (Kim et al. 2018): paraphraser pre-training + translator, weight 200 as CRD")
+                summary="factor transfer (Kim et al. 2018): paraphraser pre-training + translator, weight 200 as CRD",
+                paper='Kim, Park & Kwak: Paraphrasing Complex Network: Network Compression via Factor Transfer '
+                      '(NeurIPS 2018)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

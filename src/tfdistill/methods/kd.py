@@ -57,7 +57,11 @@ class KD(Distiller):
 
 
 register_preset("kd", ["kd"], {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
-                summary="knowledge distillation (Hinton 2015), T=4, CE 0.1 / KD 0.9 as the CRD benchmark")
+                summary="knowledge distillation (Hinton 2015), T=4, CE 0.1 / KD 0.9 as the CRD benchmark",
+                paper='Hinton, Vinyals & Dean: Distilling the Knowledge in a Neural Network (arXiv:1503.02531, 2015)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')
 register_preset("eskd", ["kd"], {"ce_weight": 0.1, "kd": {"weight": 0.9, "T": 4.0}},
                 summary="ESKD (Cho & Hariharan 2019): KD from an early-stopped teacher checkpoint (the recipe "
-                        "picks it: train the teacher with engine.save_epochs=[E])")
+                        "picks it: train the teacher with engine.save_epochs=[E])",
+                paper='Cho & Hariharan: On the Efficacy of Knowledge Distillation (ICCV 2019)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py) (the kd component)')

@@ -52,4 +52,7 @@ class NST(Distiller):
 
 
 register_preset("nst", ["nst"], {"nst": {"weight": 50.0}},
-                summary="neuron selectivity transfer (Huang & Wang 2017), polynomial kernel, weight 50 as CRD")
+                summary="neuron selectivity transfer (Huang & Wang 2017), polynomial kernel, weight 50 as CRD",
+                paper='Huang & Wang: Like What You Like: Knowledge Distill via Neuron Selectivity Transfer '
+                      '(arXiv:1707.01219, 2017)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

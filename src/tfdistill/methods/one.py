@@ -216,4 +216,7 @@ class ONE(Distiller):
 
 register_preset("one", ["one"], family="self-distillation",
                 summary="ONE, on-the-fly native ensemble (Lan et al. 2018), "
-                "3 branches, T 3, KL ramp 80 epochs as the authors' code")
+                "3 branches, T 3, KL ramp 80 epochs as the authors' code",
+                paper='Lan, Zhu & Gong: Knowledge Distillation by On-the-Fly Native Ensemble (NeurIPS 2018)',
+                reference='Lan1991Xu/ONE_NeurIPS2018 (tests/test_selfdistill_aux.py; '
+                          'tests/golden/selfdistill_authors.py)')

@@ -39,4 +39,7 @@ class PKT(Distiller):
 
 
 register_preset("pkt", ["pkt"], {"pkt": {"weight": 30000.0}},
-                summary="probabilistic knowledge transfer (Passalis & Tefas 2018), weight 30000 as CRD")
+                summary="probabilistic knowledge transfer (Passalis & Tefas 2018), weight 30000 as CRD",
+                paper='Passalis & Tefas: Learning Deep Representations with Probabilistic Knowledge Transfer (ECCV '
+                      '2018)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

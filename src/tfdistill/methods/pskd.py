@@ -96,4 +96,6 @@ class PSKD(Distiller):
 
 register_preset("pskd", ["pskd"], {"ce_weight": 0.0, "pskd": {"alpha_T": 0.8}},
                 summary="progressive self-KD (Kim 2021): soft targets from the previous epoch, alpha_T 0.8",
-                family="self-distillation")
+                family="self-distillation",
+                paper='Kim et al.: Self-Knowledge Distillation with Progressive Refinement of Targets (ICCV 2021)',
+                reference='lgcnsai/PS-KD-Pytorch (tests/test_selfkd.py)')

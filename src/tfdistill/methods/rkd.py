@@ -50,4 +50,6 @@ class RKD(Distiller):
 
 
 register_preset("rkd", ["rkd"], {"rkd": {"weight": 1.0}},
-                summary="relational KD (Park et al. 2019), distance 25 + angle 50, weight 1 as CRD")
+                summary="relational KD (Park et al. 2019), distance 25 + angle 50, weight 1 as CRD",
+                paper='Park et al.: Relational Knowledge Distillation (CVPR 2019)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

@@ -41,4 +41,6 @@ class SP(Distiller):
 
 
 register_preset("sp", ["sp"], {"sp": {"weight": 3000.0}},
-                summary="similarity-preserving KD (Tung & Mori 2019) on the last stage, weight 3000 as CRD")
+                summary="similarity-preserving KD (Tung & Mori 2019) on the last stage, weight 3000 as CRD",
+                paper='Tung & Mori: Similarity-Preserving Knowledge Distillation (ICCV 2019)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')

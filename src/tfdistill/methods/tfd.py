@@ -109,5 +109,9 @@ class TFD(Distiller):
         return terms
 
 
-register_preset("tfd", ["tfd"], summary="Teacher-free Feature Distillation (depth-wise + width-wise)")
-register_preset("tfd_ls", ["tfd"], {"label_smoothing": 0.1}, summary="TFD-dagger: TFD + label smoothing 0.1")
+register_preset("tfd", ["tfd"], summary="Teacher-free Feature Distillation (depth-wise + width-wise)",
+                paper='Li: Self-Regulated Feature Learning via Teacher-free Feature Distillation (ECCV 2022)',
+                reference='none: independent pure-Python formulas (tests/test_tfd_losses.py)')
+register_preset("tfd_ls", ["tfd"], {"label_smoothing": 0.1}, summary="TFD-dagger: TFD + label smoothing 0.1",
+                paper='Li: Self-Regulated Feature Learning via Teacher-free Feature Distillation (ECCV 2022)',
+                reference='none: independent pure-Python formulas (tests/test_tfd_losses.py)')

@@ -86,7 +86,11 @@ class TfKDSelf(KD):
 register_preset("tfkd_reg", ["tfkd_reg"],
                 {"ce_weight": 0.9, "tfkd_reg": {"weight": 0.1, "T": 20.0, "correct_prob": 0.99, "multiplier": 100.0}},
                 summary="Tf-KD_reg (Yuan 2020): virtual teacher, alpha 0.1, T 20, a 0.99 (authors' code)",
-                family="teacher-free")
+                family="teacher-free",
+                paper='Yuan et al.: Revisiting Knowledge Distillation via Label Smoothing Regularization (CVPR 2020)',
+                reference='yuanli2333/Teacher-free-Knowledge-Distillation (tests/test_selfkd.py)')
 register_preset("tfkd_self", ["tfkd_self"], {"ce_weight": 0.05, "tfkd_self": {"weight": 0.475, "T": 6.0}},
                 summary="Tf-KD_self (Yuan 2020): KD from a pretrained copy of the student, T 6 (authors' code)",
-                family="self-distillation")
+                family="self-distillation",
+                paper='Yuan et al.: Revisiting Knowledge Distillation via Label Smoothing Regularization (CVPR 2020)',
+                reference='yuanli2333/Teacher-free-Knowledge-Distillation (tests/test_selfkd.py)')

@@ -55,4 +55,6 @@ class VID(Distiller):
 
 
 register_preset("vid", ["vid"], {"vid": {"weight": 1.0}},
-                summary="variational information distillation (Ahn et al. 2019) on every stage, weight 1 as CRD")
+                summary="variational information distillation (Ahn et al. 2019) on every stage, weight 1 as CRD",
+                paper='Ahn et al.: Variational Information Distillation for Knowledge Transfer (CVPR 2019)',
+                reference='none: independent numpy/loop formulas (tests/test_baselines.py)')
