@@ -114,6 +114,45 @@ def test_zipf_ranks_share_the_smallest_rank_and_count_the_target():
     torch.testing.assert_close(q, (want / want.sum())[None])
 
 
+# =========================================================================================== MixSKD
+from tfdistill.losses import mixskd as M  # noqa: E402
+
+
+def mixskd_check(case: dict, mixup_ce: bool | None = None) -> list[str]:
+    """Our terms (plus the last classifier's CE, the method's ``ce``) against the authors' total and gradients;
+    ``mixup_ce`` defaults to the case's script (CIFAR: not added; ImageNet: added)."""
+    logits = [t.clone().requires_grad_() for t in case["logits"]]
+    feats = [t.clone().requires_grad_() for t in case["feats"]]
+    ens, ens_mix = case["ens"].clone().requires_grad_(), case["ens_mix"].clone().requires_grad_()
+    discs = []
+    for s in range(len(feats)):
+        d = M.Discriminator(feats[0].shape[1])
+        with torch.no_grad():
+            for k, p in enumerate(d.parameters()):
+                p.copy_(case[f"disc_{k}"][s])
+        discs.append(d)
+    y, n = case["targets"], case["targets"].shape[0]
+    terms = M.mixskd_terms(logits, feats, ens, ens_mix, y, case["perm"], torch.tensor(case["lam"]), discs, case["T"],
+                           case["mixup_ce"] if mixup_ce is None else mixup_ce)
+    value = F.cross_entropy(logits[-1][:n], y) + torch.stack(list(terms.values())).sum()
+    value.backward()
+    grad = lambda t: torch.zeros_like(t) if t.grad is None else t.grad  # noqa: E731
+    pairs = {"value": (value.item(), case["value"]), "grad_logits": (torch.stack([grad(t) for t in logits]),
+                                                                      case["grad_logits"]),
+             "grad_feats": (torch.stack([grad(t) for t in feats]), case["grad_feats"]),
+             "grad_ens": (grad(ens), case["grad_ens"]), "grad_ens_mix": (grad(ens_mix), case["grad_ens_mix"])}
+    if case["script"] == "cifar":  # the mixup CE their CIFAR script computes (and leaves out): ours, computed alone
+        alone = M.mixskd_terms(case["logits"], case["feats"], case["ens"], case["ens_mix"], y, case["perm"],
+                               torch.tensor(case["lam"]), discs, case["T"], True)["mix_ce"]
+        pairs["mix_ce"] = (alone.item(), case["value_mixcls"])
+    return mismatches(pairs)
+
+
+@pytest.mark.parametrize("case", GOLDEN["mixskd"], ids=lambda c: f"seed{c['seed']}-{c['script']}-S{len(c['logits'])}")
+def test_mixskd_equals_the_authors_code(case):
+    assert mixskd_check(case) == []
+
+
 # =========================================================================================== mutations
 def _uskd_target_without_batch_mean(logits, targets):
     s_t = F.softmax(logits, 1).gather(1, targets[:, None])
@@ -161,7 +200,39 @@ def _zipf_power_ignored(votes, targets, power=1.0):
 
 _REAL_ZIPF_TARGETS = Z.zipf_targets
 
+def _mixskd_kd_without_ensemble(*a, **k):
+    terms = _REAL_MIXSKD_TERMS(*a, **k)
+    logits, ens_mix, perm, lam = a[0], a[3], a[5], a[6]
+    n = a[4].shape[0]
+    terms["kd"] = terms["kd"] - kd_loss(M.interpolate(logits[-1][:n].float(), lam, perm), ens_mix.float(), a[8])
+    return terms
+
+
+def _mixskd_feat_summed(*a, **k):
+    terms = _REAL_MIXSKD_TERMS(*a, **k)
+    n = a[4].shape[0]
+    terms["feat"] = sum(F.mse_loss(M.interpolate(f[:n], a[6], a[5]), f[n:], reduction="sum") for f in a[1])
+    return terms
+
+
+def _mixskd_adv_swapped(discriminators, first, second):
+    return _REAL_ADV(discriminators, second, first)
+
+
+def _mixskd_unmixed_partner(t, lam, perm):
+    return lam * t + (1 - lam) * t
+
+
+_REAL_MIXSKD_TERMS, _REAL_ADV = M.mixskd_terms, M.adversarial_loss
+from tfdistill.losses.kd import kd_loss  # noqa: E402
+
 MUTATIONS = {
+    "mixskd: KD without the self-teacher term": ("mixskd", M, "mixskd_terms", _mixskd_kd_without_ensemble),
+    "mixskd: feature MSE summed, not averaged": ("mixskd", M, "mixskd_terms", _mixskd_feat_summed),
+    "mixskd: discriminator targets swapped": ("mixskd", M, "adversarial_loss", _mixskd_adv_swapped),
+    "mixskd: interpolation without the partner": ("mixskd", M, "interpolate", _mixskd_unmixed_partner),
+    "mixskd: mixup CE added to the CIFAR script": ("mixskd", None, "mixup_ce", True),
+    "mixskd: mixup CE left out of the ImageNet script": ("mixskd", None, "mixup_ce", False),
     "uskd: soft target without the batch mean": ("uskd", U, "uskd_target_loss", _uskd_target_without_batch_mean),
     "uskd: weak labels not smoothed": ("uskd", U, "uskd_weak_loss", _uskd_weak_unsmoothed),
     "uskd: Zipf weights 1/(m+2)": ("uskd", U, "uskd_nontarget_targets", _uskd_zipf_shifted),
@@ -178,11 +249,15 @@ MUTATIONS = {
 @pytest.mark.parametrize("name", list(MUTATIONS))
 def test_every_golden_check_fails_when_a_term_is_changed(name, monkeypatch):
     method, module, attr, change = MUTATIONS[name]
-    check = {"uskd": uskd_check, "zipf_ls": zipf_check}[method]
+    check = {"uskd": uskd_check, "zipf_ls": zipf_check, "mixskd": mixskd_check}[method]
     cases = GOLDEN[method]
     assert all(check(c) == [] for c in cases)  # unmutated: every case passes
     if module is None:  # a setting changed rather than a function
-        failed = [check(c, change) for c in cases if attr != "upsample" or c["upsample"] != "none"]
+        if attr == "upsample":
+            cases = [c for c in cases if c["upsample"] != "none"]
+        if attr == "mixup_ce":
+            cases = [c for c in cases if c["mixup_ce"] != change]
+        failed = [check(c, change) for c in cases]
     else:
         monkeypatch.setattr(module, attr, change)
         failed = [check(c) for c in cases]
@@ -195,7 +270,8 @@ def test_presets_families_papers_and_coupling():
     from tfdistill.methods.registry import method_coupling, preset_family
 
     for name, coupling in (("zipf_ls", "per-sample"), ("zipf_ls_imagenet", "per-sample"), ("uskd", "batch-coupled"),
-                           ("uskd_imagenet", "batch-coupled"), ("tfd+uskd", "batch-coupled")):
+                           ("uskd_imagenet", "batch-coupled"), ("tfd+uskd", "batch-coupled"),
+                           ("mixskd", "batch-coupled"), ("mixskd_imagenet", "batch-coupled")):
         p = resolve_preset(name)
         assert preset_family(name) == "self-distillation" and p.paper and "/" in p.reference, name
         assert method_coupling(name) == coupling, name
@@ -204,6 +280,8 @@ def test_presets_families_papers_and_coupling():
     assert resolve_preset("zipf_ls").defaults["zipf_ls"]["upsample"] == "bilinear"
     assert resolve_preset("zipf_ls_imagenet").defaults["zipf_ls"]["upsample"] == "none"
     assert resolve_preset("tfd+uskd").components == ("tfd", "uskd")
+    assert resolve_preset("mixskd").defaults["mixskd"] == {"alpha": 0.4, "T": 3.0, "mixup_ce": False}
+    assert resolve_preset("mixskd_imagenet").defaults["mixskd"] == {"alpha": 0.2, "T": 3.0, "mixup_ce": True}
 
 
 def test_zipf_ls_refuses_a_classifier_that_does_not_read_the_pooled_last_tap():
@@ -233,6 +311,7 @@ def test_zipf_ls_refuses_a_classifier_that_does_not_read_the_pooled_last_tap():
 @pytest.mark.parametrize("preset, terms", [
     ("zipf_ls", {"ce", "zipf_ls"}),
     ("uskd", {"ce", "uskd_target", "uskd_nontarget", "uskd_weak"}),
+    ("mixskd", {"ce", "mixskd_aux_ce", "mixskd_kd", "mixskd_feat", "mixskd_adv"}),
 ])
 def test_one_epoch_through_the_cli(preset, terms, tmp_path):
     from conftest import TINY
@@ -246,3 +325,103 @@ def test_one_epoch_through_the_cli(preset, terms, tmp_path):
     assert all(v == v and v > 0 for v in rows[0]["terms"].values())
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "finished"
+
+
+# =========================================================================================== MixSKD in the engine
+def test_mixskd_draws_come_from_the_seed_and_epoch():
+    from tfdistill.methods import build_method, method_schema
+    from test_baselines import NUM_CLASSES, NUM_TRAIN, TinyNet, batch
+
+    def method(seed):
+        torch.manual_seed(0)
+        return build_method(TinyNet(), method_schema("mixskd")(), example=batch()[0], num_classes=NUM_CLASSES,
+                            num_train=NUM_TRAIN, epochs=2, seed=seed).distillers["mixskd"]
+
+    a, b, other = method(3), method(3), method(4)
+    draws = {}
+    for name, comp in (("a", a), ("b", b), ("other", other)):
+        comp.on_epoch_start(1)
+        draws[name] = [comp.draw_mix(8, torch.device("cpu")) for _ in range(3)]
+    for (la, pa), (lb, pb) in zip(draws["a"], draws["b"]):
+        assert torch.equal(la, lb) and torch.equal(pa, pb)
+    assert not all(torch.equal(x[1], y[1]) for x, y in zip(draws["a"], draws["other"]))
+    assert all(0 <= float(lam) <= 1 and sorted(p.tolist()) == list(range(8)) for lam, p in draws["a"])
+    a.on_epoch_start(2)
+    assert not torch.equal(a.draw_mix(8, torch.device("cpu"))[1], draws["a"][0][1])
+    assert type(a).host_draws and method_schema("mixskd")().mixskd.mixup_ce is False
+
+
+def test_mixskd_method_trains_on_both_halves_and_is_never_captured():
+    from tfdistill.methods import build_method, method_schema
+    from test_baselines import NUM_CLASSES, NUM_TRAIN, TinyNet, batch
+
+    torch.manual_seed(0)
+    net = TinyNet()
+    m = build_method(net, method_schema("mixskd")(), example=batch()[0], num_classes=NUM_CLASSES, num_train=NUM_TRAIN,
+                     epochs=2, seed=0)
+    assert not m.capturable()
+    m.train()
+    m.on_epoch_start(0)
+    x, y, idx = batch()
+    seen = []
+    h = net.register_forward_hook(lambda mod, a, o: seen.append(a[0].shape[0]))
+    logits, terms = m(x, y, idx)
+    h.remove()
+    assert seen == [2 * x.shape[0]] and logits.shape[0] == x.shape[0]  # one forward pass over [x; x_mix]
+    assert set(terms) == {"ce", "mixskd_aux_ce", "mixskd_kd", "mixskd_feat", "mixskd_adv"}
+    frozen = set(m.frozen_in_main())
+    assert any(".teacher." in n for n in frozen) and any(".discriminators." in n for n in frozen)
+    m.eval()
+    assert set(m(x, y, idx)[1]) == {"ce"}  # no mixing outside training
+
+
+RUN = ["epochs=2", "data.synthetic_train=64", "data.synthetic_test=32", "engine.max_steps_per_epoch=2",
+       "engine.device=cpu", "method.name=mixskd"]
+
+
+def test_mixskd_packed_equals_alone(tmp_path):
+    from conftest import TINY
+    from test_pack import assert_same_run
+    from tfdistill.config import load_config
+    from tfdistill.engine import train
+
+    over = [*TINY, *RUN, f"out_dir={tmp_path}"]
+    train(load_config(None, [*over, "seeds=[0,1]", "name=g"]), echo=lambda s: None)
+    for seed in (0, 1):
+        train(load_config(None, [*over, f"seed={seed}", f"name=alone{seed}"]), echo=lambda s: None)
+        assert_same_run(tmp_path / f"g_s{seed}", tmp_path / f"alone{seed}")
+
+
+@pytest.mark.slow
+def test_mixskd_resume_after_sigkill_is_bit_identical(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, TINY
+    from test_pack import assert_same_run
+
+    def cmd(out):
+        return [sys.executable, "-m", "tfdistill", "train", *TINY, f"out_dir={out}", "name=k", "epochs=4",
+                "data.synthetic_train=128", "method.name=mixskd", "engine.device=cpu"]
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    ref = subprocess.run(cmd(tmp_path / "a"), env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen(cmd(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "b" / "k" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: " + (proc.stderr.read() or "")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "k" / "summary.json").exists()
+    res = subprocess.run([*cmd(tmp_path / "b"), "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert_same_run(tmp_path / "a" / "k", tmp_path / "b" / "k")
+    assert json.loads((tmp_path / "b" / "k" / "summary.json").read_text())["resumed_from_epoch"] >= 1

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 OUT = Path(__file__).with_name("modern_selfkd.npz")
 
@@ -132,15 +133,103 @@ def zipf_cases(zipfls: Path) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------- MixSKD
+MIXSKD_CASES = [  # (seed, script, S stages, B, K, C, h, T, mixup alpha)
+    (0, "cifar", 4, 4, 10, 4, 2, 3.0, 0.4),
+    (1, "cifar", 3, 6, 7, 4, 3, 3.0, 0.4),
+    (2, "cifar", 2, 5, 20, 4, 1, 4.0, 0.4),
+    (3, "imagenet", 4, 4, 10, 4, 2, 3.0, 0.2),
+    (4, "imagenet", 3, 6, 12, 3, 2, 3.0, 0.2),
+]
+
+
+def _block(src: str, name: str) -> str:
+    """The source of ``def name`` (top level or nested, dedented) up to the next ``def`` at its indentation."""
+    import textwrap
+
+    m = re.search(rf"^( *)def {name}\(.*?(?=^\1def |\Z)", src, flags=re.S | re.M)
+    return textwrap.dedent(m.group(0))
+
+
+class _Meter:
+    """Stands in for their AverageMeter: records the last value of every named meter."""
+    seen: dict = {}
+
+    def __init__(self, name, fmt=":f"):
+        self.name, self.avg = name, 0.0
+
+    def update(self, val, n=1):
+        self.avg = val
+        _Meter.seen[self.name] = float(val)
+
+
+def mixskd_cases(selfkdlib: Path) -> list[dict]:
+    import numpy as np
+
+    adv = load(selfkdlib / "methods" / "adversarial.py", "authors_mixskd_adv")
+    utils_src = (selfkdlib / "utils.py").read_text()  # only their DistillKL (utils.py imports more)
+    ns_utils: dict = {}
+    exec("import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+         + re.search(r"^class DistillKL\(.*?(?=^\S)", utils_src, flags=re.S | re.M).group(0), ns_utils)
+    out = []
+    for seed, script, S, B, K, C, h, T, alpha in MIXSKD_CASES:
+        src = no_cuda((selfkdlib / f"main_mixskd_{script}.py").read_text())
+        src = re.sub(r"\.cuda\([^)]*\)", "", src)
+        g = torch.Generator().manual_seed(3000 + seed)
+        logits = [(torch.randn(2 * B, K, generator=g) * 2).requires_grad_() for _ in range(S)]
+        feats = [torch.randn(2 * B, C, h, h, generator=g).requires_grad_() for _ in range(S)]
+        ens = (torch.randn(B, K, generator=g) * 2).requires_grad_()
+        ens_mix = (torch.randn(B, K, generator=g) * 2).requires_grad_()
+        targets = torch.randint(0, K, (B,), generator=g)
+
+        class Net(nn.Module):
+            def forward(self, x, lam, index):
+                return logits, feats, ens, ens_mix
+
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        crit_gan = adv.discriminatorLoss([C] * S)
+        drawn: dict = {}
+        glb = {"np": np, "torch": torch, "nn": nn, "F": F, "time": __import__("time"), "print": lambda *a, **k: None,
+               "AverageMeter": _Meter, "num_stage": S, "net": Net(), "trainloader": [(torch.zeros(B, 1), targets)],
+               "args": types.SimpleNamespace(warmup_epoch=0, mixup_alpha=alpha, rank=1, log_txt="/dev/null"),
+               "adjust_lr": lambda *a, **k: 0.1, "log_txt": "/dev/null",
+               "correct_num": lambda out, target, topk=(1,): [torch.zeros(()) for _ in topk]}
+        exec(_block(src, "mixup_data") + "\n" + _block(src, "mixup_criterion") + "\n" + _block(src, "train"), glb)
+        real_mix = glb["mixup_data"]
+
+        def mixup_data(*a, **k):
+            res = real_mix(*a, **k)
+            drawn["lam"], drawn["index"] = res[3], res[4]
+            return res
+
+        glb["mixup_data"] = mixup_data
+        _Meter.seen = {}
+        opt = types.SimpleNamespace(zero_grad=lambda: None, step=lambda: None, param_groups=[{"lr": 0.1}])
+        glb["train"](0, [nn.CrossEntropyLoss(), ns_utils["DistillKL"](T), crit_gan], opt)
+        seen = _Meter.seen
+        total = seen["train_loss_cls"] + seen["train_loss_div"] + seen["train_loss_fea"] + seen["train_loss_gan"]
+        disc = [[p.detach().clone() for p in d.parameters()] for d in crit_gan.classifier]
+        zeros = lambda t: torch.zeros_like(t) if t.grad is None else t.grad
+        out.append({"seed": seed, "script": script, "mixup_ce": script == "imagenet", "T": T,
+                    "lam": float(drawn["lam"]), "perm": drawn["index"], "targets": targets,
+                    "logits": torch.stack([t.detach() for t in logits]), "feats": torch.stack([t.detach() for t in feats]),
+                    "ens": ens.detach(), "ens_mix": ens_mix.detach(),
+                    **{f"disc_{k}": torch.stack([d[k] for d in disc]) for k in range(4)},
+                    "value": total, "value_mixcls": seen.get("train_loss_mixcls", float("nan")),
+                    "grad_logits": torch.stack([zeros(t) for t in logits]),
+                    "grad_feats": torch.stack([zeros(t) for t in feats]),
+                    "grad_ens": zeros(ens), "grad_ens_mix": zeros(ens_mix)})
+    return out
+
+
 def main(cls_kd: Path, zipfls: Path, selfkdlib: Path | None = None) -> dict:
     data = {"uskd": uskd_cases(cls_kd), "zipf_ls": zipf_cases(zipfls), "torch": str(torch.__version__),
             "commits": {"yzd-v/cls_KD": "1e5d48f36957ee460d39d7ebc592c6cc7f8f3d66",
                         "megvii-research/zipfls": "108e27aaf81aee0dc6dcd965ed6389f2ea06ba10",
                         "winycg/Self-KD-Lib": "ede3062d1193626da2bc8a1ceba535d84fb0a08c"}}
     if selfkdlib is not None:
-        from_mixskd = globals().get("mixskd_cases")
-        if from_mixskd is not None:
-            data["mixskd"] = from_mixskd(selfkdlib)
+        data["mixskd"] = mixskd_cases(selfkdlib)
     return data
 
 
