@@ -81,7 +81,8 @@ def test_uskd_equals_the_authors_code(case):
 def test_uskd_code_ranks_by_log_probabilities_the_paper_by_probabilities():
     """The departure: the authors' code ranks by the reassigned log-softmax; ``rank_from="paper"`` by softmax."""
     g = torch.Generator().manual_seed(0)
-    z, zw, y = torch.randn(6, 9, generator=g) * 3, torch.randn(6, 9, generator=g), torch.randint(0, 9, (6,), generator=g)
+    z, zw = torch.randn(6, 9, generator=g) * 3, torch.randn(6, 9, generator=g)
+    y = torch.randint(0, 9, (6,), generator=g)
     w = zw.softmax(1)
     w_t = w.gather(1, y[:, None])
     for form, r in (("code", z.log_softmax(1)), ("paper", z.softmax(1))):
@@ -166,12 +167,12 @@ def _uskd_weak_unsmoothed(weak_logits, targets):
 def _uskd_zipf_shifted(scores, targets):
     n, k = scores.shape
     place = torch.argsort(torch.sort(scores, dim=1, descending=True)[1], dim=1)
-    z = U._drop_target((1.0 / torch.arange(2, k + 2, dtype=scores.dtype)).expand(n, k).gather(1, place), targets)
+    z = U.drop_target((1.0 / torch.arange(2, k + 2, dtype=scores.dtype)).expand(n, k).gather(1, place), targets)
     return z / z.sum(1, keepdim=True)
 
 
 def _uskd_nontarget_all_classes(logits, targets, q):
-    return -(q * U._drop_target(F.log_softmax(logits, 1), targets)).sum(1).mean()
+    return -(q * U.drop_target(F.log_softmax(logits, 1), targets)).sum(1).mean()
 
 
 def _zipf_ordinal_ranks(votes, targets, power=1.0):
@@ -190,7 +191,7 @@ def _zipf_target_unranked(votes, targets, power=1.0):
 
 
 def _zipf_kl_over_all_classes(logits, targets, q):
-    log_p = U._drop_target(F.log_softmax(logits.float(), 1), targets)
+    log_p = U.drop_target(F.log_softmax(logits.float(), 1), targets)
     return F.kl_div(log_p, q, reduction="none").sum(1).mean()
 
 

@@ -213,7 +213,8 @@ def mixskd_cases(selfkdlib: Path) -> list[dict]:
         zeros = lambda t: torch.zeros_like(t) if t.grad is None else t.grad
         out.append({"seed": seed, "script": script, "mixup_ce": script == "imagenet", "T": T,
                     "lam": float(drawn["lam"]), "perm": drawn["index"], "targets": targets,
-                    "logits": torch.stack([t.detach() for t in logits]), "feats": torch.stack([t.detach() for t in feats]),
+                    "logits": torch.stack([t.detach() for t in logits]),
+                    "feats": torch.stack([t.detach() for t in feats]),
                     "ens": ens.detach(), "ens_mix": ens_mix.detach(),
                     **{f"disc_{k}": torch.stack([d[k] for d in disc]) for k in range(4)},
                     "value": total, "value_mixcls": seen.get("train_loss_mixcls", float("nan")),

@@ -102,7 +102,8 @@ def adversarial_loss(discriminators: Sequence[Callable[[Tensor], Tensor]], first
 
 
 def mixskd_terms(logits: Sequence[Tensor], feats: Sequence[Tensor], ens_logits: Tensor, ens_mix_logits: Tensor,
-                 targets: Tensor, perm: Tensor, lam: Tensor | float, discriminators: Sequence[Callable[[Tensor], Tensor]],
+                 targets: Tensor, perm: Tensor, lam: Tensor | float,
+                 discriminators: Sequence[Callable[[Tensor], Tensor]],
                  T: float = 3.0, mixup_ce: bool = False) -> dict[str, Tensor]:
     """MixSKD's terms (unweighted; see the module docs) from ``logits`` / ``feats``: per classifier, shallow to deep
     (the network's own last), ``2B`` rows each (originals, then mixed images); ``ens_logits`` / ``ens_mix_logits``:

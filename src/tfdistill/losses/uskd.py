@@ -35,15 +35,18 @@ from torch import Tensor
 
 from ..precision import autocast, f32
 
-__all__ = ["RANK_FROM", "uskd_target_loss", "uskd_rank_scores", "uskd_nontarget_targets", "uskd_nontarget_loss",
-           "uskd_weak_loss", "uskd_loss"]
+__all__ = ["RANK_FROM", "drop_target", "uskd_target_loss", "uskd_rank_scores", "uskd_nontarget_targets",
+           "uskd_nontarget_loss", "uskd_weak_loss", "uskd_loss"]
 
 RANK_FROM = ("code", "paper")
 
 
-def _drop_target(x: Tensor, targets: Tensor) -> Tensor:
-    keep = torch.ones_like(x, dtype=torch.bool).scatter_(1, targets.view(-1, 1), False)
-    return x[keep].view(x.shape[0], x.shape[1] - 1)
+def drop_target(x: Tensor, targets: Tensor) -> Tensor:
+    """``(N, K) -> (N, K - 1)``: every row without its target column, the others in order (a gather, so the shape
+    does not depend on the data: no host synchronisation, CUDA-graph safe)."""
+    k = x.shape[1]
+    cols = torch.arange(k - 1, device=x.device).expand(x.shape[0], k - 1)
+    return x.gather(1, cols + (cols >= targets.view(-1, 1)).long())
 
 
 def uskd_target_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -77,13 +80,13 @@ def uskd_nontarget_targets(scores: Tensor, targets: Tensor) -> Tensor:
     place = torch.argsort(order, dim=1)
     zipf = 1.0 / torch.arange(1, k + 1, device=scores.device, dtype=scores.dtype)
     z = zipf.expand(n, k).gather(1, place)
-    z = _drop_target(z, targets)
+    z = drop_target(z, targets)
     return z / z.sum(dim=1, keepdim=True)
 
 
 def uskd_nontarget_loss(logits: Tensor, targets: Tensor, q: Tensor) -> Tensor:
     """``-mean_n sum_j q[n, j] log softmax(z_n without its target)[j]`` (``q`` a constant)."""
-    log_p = F.log_softmax(_drop_target(logits, targets), dim=1)
+    log_p = F.log_softmax(drop_target(logits, targets), dim=1)
     return -(q.detach() * log_p).sum(dim=1).mean()
 
 

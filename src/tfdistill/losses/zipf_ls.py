@@ -17,7 +17,8 @@ log-softmax taken over the non-target logits only, summed over classes and avera
 
 Every term is a mean over per-sample terms (per-sample; the authors' optional ``--mask``, which averages over the
 correctly classified samples of the batch only, is not offered). No Python loop over samples; the ranking is a
-sort and a ``searchsorted`` on the device, where the authors' code ranks on the host with scipy.
+sort and a ``searchsorted`` on the device (fixed shapes, no host synchronisation), where the authors' code
+ranks on the host with scipy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..precision import autocast, f32
+from .uskd import drop_target
 
 __all__ = ["UPSAMPLE_MODES", "dense_votes", "zipf_targets", "nontarget_kl", "zipf_ls_loss"]
 
@@ -61,8 +63,7 @@ def zipf_targets(votes: Tensor, targets: Tensor, power: float = 1.0) -> Tensor:
     ordered, _ = torch.sort(scores, dim=1)
     rank = torch.searchsorted(ordered, scores.contiguous(), right=False) + 1  # 1 + number of strictly better classes
     dist = rank.to(torch.float64).reciprocal() ** power
-    keep = torch.ones_like(dist, dtype=torch.bool).scatter_(1, targets.view(-1, 1), False)
-    dist = dist[keep].view(dist.shape[0], -1)
+    dist = drop_target(dist, targets)
     return (dist / dist.sum(dim=1, keepdim=True)).float()
 
 
@@ -71,8 +72,7 @@ def nontarget_kl(logits: Tensor, targets: Tensor, q: Tensor) -> Tensor:
     non-target distribution ``q`` ``(N, K - 1)`` to the prediction over the non-target classes, in float32."""
     with autocast("off", logits.device):
         z = f32(logits)
-        keep = torch.ones_like(z, dtype=torch.bool).scatter_(1, targets.view(-1, 1), False)
-        log_p = F.log_softmax(z[keep].view(z.shape[0], z.shape[1] - 1), dim=1)
+        log_p = F.log_softmax(drop_target(z, targets), dim=1)
         return F.kl_div(log_p, q.to(log_p.dtype).detach(), reduction="none").sum(dim=1).mean()
 
 
