@@ -426,3 +426,23 @@ def test_mixskd_resume_after_sigkill_is_bit_identical(tmp_path):
     assert res.returncode == 0, res.stderr
     assert_same_run(tmp_path / "a" / "k", tmp_path / "b" / "k")
     assert json.loads((tmp_path / "b" / "k" / "summary.json").read_text())["resumed_from_epoch"] >= 1
+
+
+def test_mixskd_refuses_stages_that_do_not_feed_each_other():
+    from tfdistill.errors import ConfigError
+    from tfdistill.methods import build_method, method_schema
+
+    class Net(torch.nn.Module):
+        stage_names = ("a", "b")
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 3, 1, 1), torch.nn.Conv2d(4, 6, 3, 1, 1)
+            self.fc = torch.nn.Linear(6, 5)
+
+        def forward(self, x):  # functional work between the stages: a copy of b cannot take a's output on
+            return self.fc(self.b(F.max_pool2d(self.a(x), 2)).mean((2, 3)))
+
+    with pytest.raises(ConfigError, match="do not run one after the other"):
+        build_method(Net(), method_schema("mixskd")(), example=torch.randn(4, 3, 16, 16), num_classes=5,
+                     num_train=8, epochs=1)
