@@ -22,7 +22,8 @@ Departures of the authors' CIFAR script from the paper, reproduced by default an
 * ``mix_ce`` is computed (``loss_mixcls``) but never added to the loss (``loss = loss_cls + loss_div + loss_fea +
   loss_gan``); their ImageNet script adds it (into ``loss_cls``). So on CIFAR the self-teacher (its logits are used
   only as detached KD targets and in ``mix_ce``) receives no gradient and stays at its initialisation.
-  ``mixup_ce=True`` adds it, as the paper and their ImageNet script.
+  ``mixup_ce=True`` adds it, as their ImageNet script (the paper's full text was not available where this was
+  written to check its equation).
 * The discriminators are kept in a plain Python list (``discriminatorLoss.classifier = []``), so their parameters are
   not registered, never reach the optimizer and stay at their initialisation; the network *minimises* the
   discriminators' classification loss (there is no adversarial update). ``train_discriminators=True`` trains them

@@ -15,10 +15,11 @@ pooled features of the stage before the last), the loss is ``alpha * L_t + beta 
 
 ``rank_from`` -- what ``r_j`` is. ``"code"`` (default, the authors' code): their ``USKDLoss.forward`` reassigns
 ``s_i = log_softmax(z)`` and ``s_t = gather(s_i, y)`` for ``L_t`` before it builds the ranking score, so the score
-it ranks by is ``w_j / (1 - w_t + 1e-6) + log s_j / (1 - log s_t + 1e-6)`` -- log-probabilities, not the
-probabilities the paper's normalised non-target prediction ``s_j / (1 - s_t)`` describes. ``"paper"``: the
-probabilities, ``w_j / (1 - w_t + 1e-6) + s_j / (1 - s_t + 1e-6)``. Both rank the non-target classes; they can
-order them differently.
+it ranks by is ``w_j / (1 - w_t + 1e-6) + log s_j / (1 - log s_t + 1e-6)`` -- log-probabilities, where the
+names (and the weak half of the same line, ``w_j / (1 - w_t)``) mean the normalised non-target probabilities
+``s_j / (1 - s_t)``. ``"paper"``: the probabilities, ``w_j / (1 - w_t + 1e-6) + s_j / (1 - s_t + 1e-6)`` (the
+paper's full text was not available where this was written; the option follows the code's evident intent and the
+paper's normalised non-target prediction). Both rank the non-target classes; they can order them differently.
 
 * :func:`uskd_target_loss`, :func:`uskd_nontarget_targets`, :func:`uskd_nontarget_loss`, :func:`uskd_weak_loss`
   -- the parts; :func:`uskd_loss` -- the weighted sum, as a dict of the three weighted terms.
