@@ -17,8 +17,14 @@ Patches to the authors' code, all of them (device and registry only):
   their ``CIFAR_ResNet.forward`` (``cifar_models/resnet.py``) called on an object whose stem and stages are
   identities, so that the given feature map reaches their vote code as ``layer4``'s output; their ``linear`` and
   ``gap`` are a ``nn.Linear`` with the case's weights and a global average pool.
-* Self-KD-Lib ``main_mixskd_cifar.py``: only its loss functions are taken (``exec`` of the ``def`` blocks named
-  below); ``utils.DistillKL`` is imported from their ``utils.py``.
+* Self-KD-Lib: ``mixup_data``, ``mixup_criterion`` and ``train`` are taken from ``main_mixskd_cifar.py`` and
+  (nested there, dedented) ``main_mixskd_imagenet.py`` and their ``train`` runs one batch, unchanged but for
+  ``.cuda(...)``, among stand-ins for the harness around the loss: ``net`` returns the case's classifier logits,
+  final-stage maps and self-teacher logits as leaf tensors; ``AverageMeter`` records each meter's value;
+  ``adjust_lr``, ``correct_num``, the optimizer's ``zero_grad``/``step`` and ``print`` do nothing. ``DistillKL`` is
+  their ``utils.py``'s class, ``discriminatorLoss`` their ``methods/adversarial.py``. The value is the sum of the four
+  meters their backpropagated loss is made of (``loss_cls + loss_div + loss_fea + loss_gan``), the gradients what
+  that ``loss.backward()`` left on the leaves; the CIFAR script's unused ``loss_mixcls`` is kept too.
 
 Inputs come from seeded generators (the seed of every case is stored with it); values and gradients are float32
 from the authors' code on the CPU.
