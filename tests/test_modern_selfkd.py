@@ -313,6 +313,8 @@ def test_zipf_ls_refuses_a_classifier_that_does_not_read_the_pooled_last_tap():
     ("zipf_ls", {"ce", "zipf_ls"}),
     ("uskd", {"ce", "uskd_target", "uskd_nontarget", "uskd_weak"}),
     ("mixskd", {"ce", "mixskd_aux_ce", "mixskd_kd", "mixskd_feat", "mixskd_adv"}),
+    ("mixskd_imagenet", {"ce", "mixskd_aux_ce", "mixskd_kd", "mixskd_feat", "mixskd_adv", "mixskd_mix_ce"}),
+    ("tfd+uskd", {"ce", "tfd_depth", "tfd_width", "uskd_target", "uskd_nontarget", "uskd_weak"}),
 ])
 def test_one_epoch_through_the_cli(preset, terms, tmp_path):
     from conftest import TINY
@@ -446,3 +448,16 @@ def test_mixskd_refuses_stages_that_do_not_feed_each_other():
     with pytest.raises(ConfigError, match="do not run one after the other"):
         build_method(Net(), method_schema("mixskd")(), example=torch.randn(4, 3, 16, 16), num_classes=5,
                      num_train=8, epochs=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["mixskd", "mixskd_imagenet"])
+def test_mixskd_trains_under_ddp(preset, tmp_path):
+    """Two gloo ranks: the frozen modules (discriminators; the self-teacher of the CIFAR script) are left out of the
+    DDP wrapper and the run finishes with every term finite."""
+    from test_distributed import BASE, _ok, torchrun
+
+    over = [*BASE, "model.name=resnet8", "epochs=1", "name=m", f"out_dir={tmp_path}", f"method.name={preset}"]
+    _ok(torchrun(["train", *over], module=True))
+    rows = [json.loads(x) for x in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 1 and all(v == v for v in rows[-1]["terms"].values())
