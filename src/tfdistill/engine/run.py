@@ -110,7 +110,7 @@ class Run:
             self.student, cfg.method, example=example, num_classes=num_classes, num_train=self.data.num_train,
             epochs=int(cfg.epochs), teacher=self.teacher, student_taps=build.taps(cfg.model.taps),
             teacher_taps=build.taps(cfg.teacher.taps), student_name=cfg.model.name,
-            teacher_name=cfg.teacher.model or None)
+            teacher_name=cfg.teacher.model or None, seed=seed)
         self.dropblock = build.attach_dropblock(cfg, self.student, example)
 
         self.params = self.method.trainable_parameters("main")
@@ -126,8 +126,8 @@ class Run:
         self.model, self._self_synced = build.wrap_ddp(self.method, self.device, self.info)
         self.train_step = TrainStep(self.model, self.optimizer, self.scaler, device=self.device,
                                     precision=self.precision, compile=bool(cfg.engine.compile),
-                                    cuda_graphs=bool(cfg.engine.cuda_graphs), distributed=self.info.enabled,
-                                    log=self.log)
+                                    cuda_graphs=bool(cfg.engine.cuda_graphs) and self._capturable(),
+                                    distributed=self.info.enabled, log=self.log)
         if self.info.enabled:
             # Replicas are built from the same seed; from here on each rank draws its own random numbers (dropout
             # masks, CRD negatives), otherwise samples at positions r and r+1 of a global batch would share them.
@@ -232,6 +232,13 @@ class Run:
             yield
         finally:
             self.rng = {**self.rng, **rng_state(dev)}
+
+    def _capturable(self) -> bool:
+        if not self.method.capturable():  # host-side draws every step (Distiller.host_draws)
+            self.log(f"note: engine.cuda_graphs=true: method {self.cfg.method.name!r} draws on the host every step; "
+                     "the train step runs without CUDA graphs")
+            return False
+        return True
 
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()

@@ -42,12 +42,19 @@ class Uses:
     """Training batches in which every sample comes with a partner of the same class (CS-KD): the engine asks the
     data layer for them, and :class:`Method` runs the student on the partners too, without gradient
     (``StepOutputs.logits_pair``); everything else in the step sees only the first half."""
+    mixed_pairs: bool = False
+    """In training, every sample also comes mixed with a partner of the same batch, ``lam x + (1 - lam) x[perm]``
+    (MixSKD): the component draws ``lam`` and ``perm`` (:meth:`Distiller.draw_mix`, from a stream seeded by the
+    run's seed and the epoch), :class:`Method` runs the student once on ``[x; x_mix]`` (BatchNorm sees both halves,
+    as MixSKD's code) and hands the second half's outputs and the draws to the components (``StepOutputs.logits_mix``,
+    ``feats_mix``, ``mix_lam``, ``mix_perm``); everything else in the step sees only the first half."""
 
     def __or__(self, other: "Uses") -> "Uses":
         return Uses(*(a or b for a, b in zip(self.astuple(), other.astuple())))
 
     def astuple(self) -> tuple[bool, ...]:
-        return (self.teacher, self.student_feats, self.teacher_feats, self.embedding, self.paired_batches)
+        return (self.teacher, self.student_feats, self.teacher_feats, self.embedding, self.paired_batches,
+                self.mixed_pairs)
 
 
 @dataclass
@@ -78,6 +85,9 @@ class BuildContext:
     example: Optional[Tensor] = None
     """One input batch on the device (for components that watch a forward pass of the student while they build
     themselves, e.g. ONE's branches; run it in eval mode without gradients)."""
+    seed: int = 0
+    """The run's seed (``cfg.seed``): components that draw random numbers during training seed their streams from it
+    and the epoch (:meth:`Distiller.on_epoch_start`), so a resumed or packed run draws what it would alone."""
 
 
 @dataclass
@@ -96,6 +106,15 @@ class StepOutputs:
     logits_pair: Optional[Tensor] = None
     """With ``Uses.paired_batches`` in training: the student's logits (no gradient) on each sample's same-class
     partner, row for row."""
+    logits_mix: Optional[Tensor] = None
+    """With ``Uses.mixed_pairs`` in training: the student's logits on the mixed images (with gradient), row for
+    row; ``feats_mix`` / ``emb_mix`` likewise."""
+    feats_mix: list[Tensor] = field(default_factory=list)
+    emb_mix: Optional[Tensor] = None
+    mix_lam: Optional[Tensor] = None
+    """The mixing coefficient of this batch (a 0-d float32 tensor on the device)."""
+    mix_perm: Optional[Tensor] = None
+    """Row ``i`` of the mixed half is ``lam x[i] + (1 - lam) x[mix_perm[i]]`` (int64, on the device)."""
 
 
 @dataclass
@@ -137,9 +156,18 @@ class Distiller(nn.Module):
     """Set by a data-parallel engine when :attr:`needs_gather`: concatenates a tensor's rows over the ranks in rank
     order. None on a single process."""
 
+    host_draws: ClassVar[bool] = False
+    """True for components that draw random numbers on the host in every training step (MixSKD's mixing): a CUDA
+    graph would replay the captured draws, so a method with such a component is never captured
+    (:meth:`Method.capturable`)."""
+
     def __init__(self, params: Any, ctx: BuildContext) -> None:
         super().__init__()
         self.params = params
+
+    def draw_mix(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """For ``Uses(mixed_pairs=True)``: this step's ``(lam, perm)`` for a batch of ``n`` (see :class:`Uses`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares Uses(mixed_pairs=True) but no draw_mix")
 
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError

@@ -76,12 +76,35 @@ class Method(nn.Module):
             # a paired batch (see tfdistill.data.base.Batch): the second half holds the same-class partners
             images, pair = images[: targets.shape[0]], images[targets.shape[0]:]
         logits_t, feats_t, emb_t = self.run_teacher(images)
-        logits, feats, emb = self.run_student(images)
+        mix = self._mixer() if self.uses.mixed_pairs and self.training else None
+        if mix is None:
+            logits, feats, emb = self.run_student(images)
+        else:  # one forward pass over [x; lam x + (1 - lam) x[perm]] (Uses.mixed_pairs)
+            n = images.shape[0]
+            lam, perm = mix.draw_mix(n, images.device)
+            lam_x = lam.to(images.dtype)
+            both = torch.cat([images, lam_x * images + (1 - lam_x) * images.index_select(0, perm)])
+            logits, feats, emb = self.run_student(both)
+            mixed = (logits[n:], [f[n:] for f in feats], None if emb is None else emb[n:])
+            logits, feats, emb = logits[:n], [f[:n] for f in feats], None if emb is None else emb[:n]
         logits_pair = None
         if pair is not None:
             with torch.no_grad():  # after the main forward, as CS-KD's code (BatchNorm sees both, in this order)
                 logits_pair = self.student(pair)
-        return StepOutputs(images, targets, index, logits, feats, emb, logits_t, feats_t, emb_t, logits_pair)
+        out = StepOutputs(images, targets, index, logits, feats, emb, logits_t, feats_t, emb_t, logits_pair)
+        if mix is not None:
+            out.logits_mix, out.feats_mix, out.emb_mix = mixed
+            out.mix_lam, out.mix_perm = lam, perm
+        return out
+
+    def _mixer(self) -> Distiller:
+        """The component that draws the mixing of ``Uses(mixed_pairs=True)`` (the first that declares it)."""
+        return next(c for c in self.distillers.values() if type(c).uses.mixed_pairs)
+
+    def capturable(self) -> bool:
+        """Whether a CUDA graph may capture this method's training step: not when a component draws random numbers
+        on the host in every step (:attr:`~.base.Distiller.host_draws`; the graph would replay one draw)."""
+        return not any(c.host_draws for c in self.distillers.values())
 
     def forward(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.outputs(images, targets, index)
@@ -241,6 +264,7 @@ def build_method(
     teacher_taps: str | Sequence[str] = "auto",
     student_name: str | None = None,
     teacher_name: str | None = None,
+    seed: int = 0,
 ) -> Method:
     """Assemble the method named ``params.name`` for ``student`` (and ``teacher``).
 
@@ -249,7 +273,8 @@ def build_method(
     hold plain objects only.
 
     ``example`` is one input batch on the right device; it is used (in eval mode, without gradients) to discover
-    feature taps and the shapes components size their modules by.
+    feature taps and the shapes components size their modules by. ``seed``: the run's seed, for components that draw
+    random numbers while training (:attr:`~.base.BuildContext.seed`).
     """
     # cfg.method -> its dataclass, once (an untyped node gets the schema's defaults first)
     params = plain_section(params, method_schema(str(params.name)) if _untyped(params) else None)
@@ -273,7 +298,7 @@ def build_method(
         t_info = _feature_info(t_tap, example)
     ctx = BuildContext(num_classes=num_classes, num_train=num_train, epochs=epochs, student=s_info,
                        teacher=t_info, device=example.device, student_model=student, teacher_model=teacher,
-                       example=example)
+                       example=example, seed=int(seed))
     comps = {c: DISTILLERS.get(c)(plain_section(getattr(params, c), DISTILLERS.get(c).Params), ctx)
              for c in preset.components}  # (sections of a params object that is not itself a config node)
     for c in comps.values():
