@@ -101,3 +101,25 @@ def test_clear_errors(ckpts, tmp_path, monkeypatch, capsys):
     assert main(["cam", "--checkpoint", str(ce), "--images", "test", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grad-cam" in err[0] and "tfdistill[cam]" in err[0]
+
+
+@pytest.mark.parametrize("name", ["grid.txt", "best.pt"])
+def test_an_output_that_is_no_image_format_is_refused_before_any_work(tmp_path, capsys, name):
+    """#29: `--out grid.txt` (or a checkpoint's name) was a raw traceback after the whole computation."""
+    out = tmp_path / name
+    out.write_text("precious")
+    rc = main(["cam", "--checkpoint", str(tmp_path / "missing.pt"), "--images", "test", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    suffix = name[name.index("."):]
+    assert err[0].startswith(f"tfdistill: error: --out {out}: '{suffix}' is not an image format; give a file ending in")
+    assert ".png" in err[0] and ".pdf" in err[0] and "missing.pt" not in err[0]  # checked first
+    assert out.read_text() == "precious"
+
+
+def test_an_output_without_extension_gets_png_and_says_so(ckpts, tmp_path, capsys):
+    ce, _, _ = ckpts
+    rc = main(["cam", "--checkpoint", str(ce), "--images", "test", "--num", "2", "--out", str(tmp_path / "name"),
+               "--device", "cpu"])
+    assert rc == 0 and (tmp_path / "name.png").is_file() and not (tmp_path / "name").exists()
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'name.png'}: Grad-CAM++ of layer3")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "tfdistill"
+import tfdistill
+
+SRC = Path(tfdistill.__file__).resolve().parent  # the checkout's src/tfdistill, or an installed wheel's package
 
 LAYERS = [
     {"errors", "registry", "compiling", "precision", "_version"},     # shared leaves

@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError, DataError, TfdError
 
-__all__ = ["CamGrid", "cam_grid", "load_checkpoint_model", "last_stage"]
+__all__ = ["CamGrid", "cam_grid", "load_checkpoint_model", "last_stage", "output_path"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("test", "train")
@@ -209,7 +209,9 @@ def _class_name(c: int, names: Sequence[str]) -> str:
 
 def cam_grid(checkpoints: Sequence[str | Path], images: str, *, num: int = 8, out: str | Path = "grid.png",
              labels: Sequence[str] | None = None, target: str = "pred", device: str = "auto") -> CamGrid:
-    """Grad-CAM++ maps of each checkpoint's last stage over the same ``num`` images, written as a grid PNG."""
+    """Grad-CAM++ maps of each checkpoint's last stage over the same ``num`` images, written as a grid PNG (or
+    another image format matplotlib writes, by ``out``'s extension; none: ``.png`` is added)."""
+    out = output_path(out)  # before any work
     GradCAMPlusPlus, ClassifierOutputTarget = _require_grad_cam()
     from .engine.build import resolve_device
 
@@ -257,6 +259,21 @@ def cam_grid(checkpoints: Sequence[str | Path], images: str, *, num: int = 8, ou
         result.maps.append(np.asarray(maps, dtype=np.float32))
     _draw(result, display, picked, target)
     return result
+
+
+def output_path(out: str | Path) -> Path:
+    """The grid's file: ``out`` if matplotlib writes its format, ``out.png`` if it has no extension; anything else
+    (``grid.txt``, ``best.pt``) is a :class:`ConfigError` naming the formats."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(out)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.suffix[1:].lower() not in formats:
+        raise ConfigError(f"--out {out}: {path.suffix!r} is not an image format; give a file ending in one of "
+                          f"{', '.join('.' + f for f in formats)} (e.g. grid.png)")
+    return path
 
 
 def _short(path: str, width: int = 24) -> str:

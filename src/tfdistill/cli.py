@@ -204,6 +204,9 @@ def cmd_models(ns: argparse.Namespace) -> int:
             print(f"{name:<16} {n:>12,}")
         else:
             print(name)
+    print("# beyond the zoo: any torchvision classification model as torchvision.<name> (e.g. torchvision.resnet18; "
+          "--torchvision lists them) and any timm model as timm.<name> (e.g. timm.convnext_atto; "
+          "pip install 'tfdistill[timm]')")
     return 0
 
 
@@ -365,11 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slurm: at most N jobs of the sweep at once (default: no limit)")
     sw.set_defaults(func=cmd_sweep)
 
-    ch = sub.add_parser("_child")  # hidden (no help): a sweep's training subprocess
-    ch.add_argument("configs", nargs="+", metavar="CONFIG.yaml")
-    ch.add_argument("--modes", required=True, help="one of new, resume, overwrite per config, comma-separated")
-    ch.set_defaults(func=cmd_child)
-
     rp = sub.add_parser("report", help="tables (mean +- std over seeds), gains over CE and plots from run directories",
                         description="Scan RUNS_DIR recursively for run directories and write report.md, report.csv, "
                                     "report.json and PNG plots.")
@@ -414,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     c.set_defaults(func=cmd_cam)
 
-    m = sub.add_parser("models", help="list the model zoo")
+    m = sub.add_parser("models", help="list the model zoo (torchvision.<name> and timm.<name> work too)")
     m.add_argument("--params", action="store_true", help="also print parameter counts")
     m.add_argument("--num-classes", type=int, default=100)
     m.add_argument("--torchvision", action="store_true", help="also list torchvision classification models")
@@ -443,11 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _child_parser() -> argparse.ArgumentParser:
+    """The hidden ``tfdistill _child`` (a sweep's training subprocess), parsed apart from the commands a user
+    sees, so that it is not listed among them."""
+    ch = argparse.ArgumentParser(prog="tfdistill _child")
+    ch.add_argument("configs", nargs="+", metavar="CONFIG.yaml")
+    ch.add_argument("--modes", required=True, help="one of new, resume, overwrite per config, comma-separated")
+    ch.set_defaults(func=cmd_child, command="_child", debug=False)
+    return ch
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach logs and pipes as they happen
-    parser = build_parser()
-    ns, extras = parser.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    child = argv[:1] == ["_child"]
+    parser = _child_parser() if child else build_parser()
+    ns, extras = parser.parse_known_args(argv[1:] if child else argv)
     # key=value overrides may also follow the options (`sweep SPEC --jobs 2 epochs=30`), which argparse alone
     # refuses once an option has ended the positional list
     late = [a for a in extras if "=" in a and not a.startswith("-")]

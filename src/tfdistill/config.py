@@ -179,7 +179,7 @@ def _fail(exc: Exception, where: str = "", schema: Any = None) -> ConfigError:
 
 def unknown_key_hint(key: str, schema: Any) -> str:
     """``"; did you mean 'optim.lr'? valid keys in optim: ..."`` for an unknown ``key`` of ``schema``."""
-    import difflib
+    from .registry import closest
 
     if schema is None or not key:
         return ""
@@ -188,12 +188,12 @@ def unknown_key_hint(key: str, schema: Any) -> str:
     every = sorted(_flat_schema_keys(schema))
     hint = ""
     if isinstance(node, DictConfig):
-        near = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+        near = closest(leaf, [str(k) for k in node.keys()])
         if near:
             hint = f"; did you mean {(section + '.' if section else '') + near[0]!r}?"
     if not hint:  # the right name in the wrong section (lr= for optim.lr=), or a typo in the section's name
         by_leaf = [k for k in every if k.rsplit(".", 1)[-1] == leaf]
-        near = by_leaf or difflib.get_close_matches(key, every, n=1)
+        near = by_leaf or closest(key, every)
         if near:
             hint = f"; did you mean {near[0]!r}?"
     if isinstance(node, DictConfig):

@@ -1,21 +1,39 @@
-"""The recipes in ``configs/`` (shipped inside the package as ``tfdistill.configs``)."""
+"""The recipes in ``configs/``: shipped inside the wheel as ``tfdistill/configs/``, read in place from a checkout."""
 
 from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def recipes_dir() -> Path:
-    """The folder holding the YAML recipes: the installed ``tfdistill.configs`` package, or in a development
-    checkout installed in editable mode, the repository's ``configs/``."""
+    """The folder holding the YAML recipes: ``tfdistill/configs/`` inside an installed wheel (``setup.py`` copies
+    them there), or in a checkout (an editable install, ``PYTHONPATH=src``) the repository's ``configs/``."""
+    packaged = _as_dir(importlib.resources.files("tfdistill").joinpath("configs"))
+    if packaged is not None:
+        return packaged
+    dev = Path(__file__).resolve().parents[2] / "configs"
+    if dev.is_dir() and (Path(__file__).resolve().parents[1].name == "src"):
+        return dev
+    raise ConfigError(f"the recipes are missing from this install of tfdistill ({Path(__file__).parent}): "
+                      f"reinstall it (pip install --force-reinstall tfdistill)")
+
+
+def _as_dir(res) -> Path | None:
+    """A folder on disk from an ``importlib.resources`` traversable: a ``pathlib.Path``, or a ``MultiplexedPath`` (a
+    namespace package, Python 3.10+) whose first folder holding files is taken; ``None`` when it has none."""
+    if isinstance(res, Path):
+        return res if res.is_dir() else None
     try:
-        return Path(str(importlib.resources.files("tfdistill.configs")))
-    except ModuleNotFoundError:
-        dev = Path(__file__).resolve().parents[2] / "configs"
-        if dev.is_dir():
-            return dev
-        raise
+        children = list(res.iterdir())  # MultiplexedPath: the entries of all its folders, each a real Path
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return None
+    for child in children:
+        if isinstance(child, Path):
+            return child.parent
+    return None
 
 
 SWEEPS = "reproduce"

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from .errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions turning ``a`` into ``b``."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def closest(name: str, choices: Iterable[str], n: int = 1) -> list[str]:
+    """Did-you-mean: up to ``n`` of ``choices`` close to ``name`` (those ``difflib`` finds close), nearest first by
+    edit distance, then by ``difflib``'s similarity: ``resnet2O`` gives ``resnet20`` (one substitution) before
+    ``resnet32`` (two), which ``difflib`` alone ranks equal and so puts first."""
+    name = str(name)
+    near = difflib.get_close_matches(name, list(choices), n=max(n, 20))
+    score = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in near}
+    return sorted(near, key=lambda c: (edit_distance(name, c), -score[c], c))[:n]
 
 
 class Registry(Generic[T]):
@@ -40,7 +61,7 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        hint = difflib.get_close_matches(str(name), list(self._items), n=1)
+        hint = closest(str(name), self._items)
         did = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"unknown {self.kind} {name!r}{did}; valid: {', '.join(self.names())}"
 

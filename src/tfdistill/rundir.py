@@ -13,6 +13,7 @@ and atomic writes. The engine, ``tfdistill.sweep`` and ``tfdistill.report`` impo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -170,6 +171,7 @@ class RunDir:
         if exists and resume:
             if self.last.is_file():
                 return True
+            self.check_not_in_use()  # a run in its first epoch has no last.pt yet
             if self.is_run_dir():
                 raise RunDirError(f"nothing to resume in {p}: it has no last.pt; use --overwrite to start over")
             raise RunDirError(f"{p} is not a tfdistill run directory; choose another run name")
@@ -213,16 +215,34 @@ class RunDir:
         key = _lock_key(self.path)
         if key in _HELD:
             return
-        fd = hold_flock(self.path / LOCK_FILE,
-                        f"run directory {self.path} is in use by another tfdistill process (pid {{pid}}); wait for it "
-                        "to end or stop it (SIGTERM stops it gracefully), then --resume")
+        fd = hold_flock(self.path / LOCK_FILE, self._in_use("{pid}"))
         if fd is None:
             return
         _HELD[key] = fd
 
+    def _in_use(self, pid: str) -> str:
+        return (f"run directory {self.path} is in use by another tfdistill process (pid {pid}); wait for it to end "
+                "or stop it (SIGTERM stops it gracefully), then --resume")
+
+    def check_not_in_use(self) -> None:
+        """RunDirError (the message of :meth:`lock`) if another process holds this run directory now; takes nothing."""
+        if _lock_key(self.path) in _HELD or not (self.path / LOCK_FILE).is_file():
+            return
+        try:
+            fd = hold_flock(self.path / LOCK_FILE, self._in_use("{pid}"))
+        except OSError:  # unreadable: lock() will say so if it matters
+            return
+        if fd is not None:
+            os.close(fd)
+
     def unlock(self) -> None:
+        """Release this process's hold. A finished run's lock file is removed too (its ``summary.json`` exists:
+        nothing will resume it); an unfinished one keeps it, empty of meaning once released."""
         fd = _HELD.pop(_lock_key(self.path), None)
         if fd is not None:
+            if self.finished():
+                with contextlib.suppress(OSError):
+                    (self.path / LOCK_FILE).unlink()
             os.close(fd)
 
     # --------------------------------------------------------------- writing

@@ -243,13 +243,17 @@ class CheckpointSaver:
         if diff:
             raise CheckpointError(f"cannot resume {self.run_dir.path}: the config differs from the checkpoint's at "
                                   f"{', '.join(diff[:8])}")
+        trained, now = (ckpt.get("meta") or {}).get("num_classes"), self.meta().get("num_classes")
+        if trained is not None and now is not None and int(trained) != int(now):  # data.root: other data
+            raise CheckpointError(f"cannot resume {self.run_dir.path}: it was trained on {trained} classes, but the "
+                                  f"data given now has {now}; resume it with the data it was trained on")
         try:
             self.student.load_state_dict(ckpt["model"])
             self.method.load_component_state_dict(ckpt["method"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {last} does not match this run: "
-                                  f"{str(exc).splitlines()[0][:200]}") from None
+        except (RuntimeError, ValueError, KeyError) as exc:  # "Error(s) in loading state_dict for X:" + the first
+            detail = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())  # of its reasons
+            raise CheckpointError(f"checkpoint {last} does not match this run: {detail[:300]}") from None
         self.sched.load_state_dict(ckpt["sched"])
         self.scaler.load_state_dict(ckpt["scaler"])
         ranks = ckpt.get("rng_ranks")

@@ -47,6 +47,7 @@ def run_dir_of(target: str | Path) -> RunDir:
     if not rd.config.is_file():
         raise RunDirError(f"nothing to resume: {p} is not a tfdistill run directory (no config.yaml)")
     if not rd.last.is_file():
+        rd.check_not_in_use()  # another process in the run's first epoch: "in use", not "nothing to resume"
         raise RunDirError(f"nothing to resume in {p}: it has no last.pt (it stopped before its first checkpoint; "
                           f"see {rd.log.name}); start it again with `tfdistill train {rd.config} --overwrite`")
     return rd

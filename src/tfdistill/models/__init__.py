@@ -33,7 +33,6 @@ Architectures and parameter counts match HobbitLong/RepDistiller's ``models/`` e
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, UnknownNameError
+from ..registry import closest
 from ._zoo import MODELS, register_model
 # Importing the family modules registers their models.
 from . import (  # noqa: F401
@@ -135,7 +135,7 @@ def _create_torchvision(tv_name: str, num_classes: int, kwargs: dict[str, Any]) 
 
     valid = list_torchvision_models()
     if tv_name not in valid:
-        hint = difflib.get_close_matches(tv_name, valid, n=1)
+        hint = closest(tv_name, valid)
         did = f" (did you mean '{TORCHVISION_PREFIX}{hint[0]}'?)" if hint else ""
         raise UnknownNameError(
             f"unknown torchvision model {TORCHVISION_PREFIX + tv_name!r}{did}; valid: "
@@ -164,7 +164,7 @@ def _create_timm(timm_name: str, num_classes: int, kwargs: dict[str, Any]) -> nn
         raise ConfigError(f"{TIMM_PREFIX}{timm_name}: pretrained and allow_download must be true or false, got "
                           f"{pretrained!r}, {allow_download!r}")
     if not timm.is_model(timm_name):
-        hint = difflib.get_close_matches(timm_name, timm.list_models(), n=3)
+        hint = closest(timm_name, timm.list_models(), n=3)
         did = f" (did you mean {', '.join(TIMM_PREFIX + h for h in hint)}?)" if hint else ""
         raise UnknownNameError(f"unknown timm model {TIMM_PREFIX + timm_name!r}{did}; timm.list_models() lists "
                                f"the valid names")

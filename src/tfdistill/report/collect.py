@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from ..rundir import AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir, flat_keys
+from ..rundir import (AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, METRICS_FILE, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir,
+                      flat_keys)
 from ..errors import RunDirError
 from ..sweep.folder import SPEC_FILE
 from ..sweep.spec import paper_entry
@@ -55,6 +56,8 @@ class RunRecord:
     """The sweep's label for this run, or the method name."""
     partial: bool = False
     """The config is unknown (only model, method and seed, from sweep.yaml)."""
+    torn: str = ""
+    """Where ``metrics.jsonl`` stops being JSON (a write cut off by a kill): its curve ends there."""
 
     @property
     def flat(self) -> dict[str, Any]:
@@ -108,12 +111,31 @@ def _load_yaml(path: Path) -> dict:
         return {}
 
 
+def _torn_metrics(path: Path) -> str:
+    """``""`` if every line of ``metrics.jsonl`` is JSON, else the first line that is not (``RunDir.read_metrics``
+    stops there) and how many lines follow it."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except ValueError:
+            rest = sum(1 for ln in lines[i:] if ln.strip())
+            return f"{path.name} line {i} is torn" + (f" ({rest} more line{'s' if rest > 1 else ''} unread)"
+                                                       if rest else "")
+    return ""
+
+
 def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
     """One run directory -> :class:`RunRecord` (status, config, summary)."""
     cfg_file = path / CONFIG_FILE
     config = _load_yaml(cfg_file) if cfg_file.is_file() else (
         _load_yaml(fallback_config) if fallback_config and fallback_config.is_file() else {})
-    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=RunDir(path).epochs_done())
+    rec = RunRecord(path, path.name, "unfinished", config, epochs_done=RunDir(path).epochs_done(),
+                    torn=_torn_metrics(path / METRICS_FILE))
     summary_file, failed = path / SUMMARY_FILE, path / FAILED_MARKER
     if summary_file.is_file():
         try:
@@ -247,6 +269,10 @@ class ResultGroup:
             if bad:
                 out.append(f"{len(bad)} {what} run{'s' if len(bad) > 1 else ''} excluded: "
                            + "; ".join(r.describe_problem() for r in bad))
+        torn = [r for r in self.runs if r.torn]
+        if torn:
+            out.append(f"{len(torn)} run{'s' if len(torn) > 1 else ''} with a torn metrics file, curves end at the "
+                       "tear: " + "; ".join(f"{r.name}: {r.torn}" for r in torn))
         n = len(self.finished)
         if n == 1:
             out.append("n=1: a single finished run, no standard deviation")
