@@ -72,6 +72,9 @@ def build_data(
         raise ConfigError(f"data.cutout_size must be >= 1 with cutout, got {cfg.cutout_size}")
 
     src = load_source(cfg)
+    if src.train.labels.dim() > 1 and set(augment) - {"flip"}:
+        raise ConfigError(f"data.augment={list(augment)}: {src.name} has masks (one label per pixel), which only "
+                          f"'flip' transforms with its images here; use data.augment=[flip] or []")
     size = int(cfg.image_size or 0) or src.image_size
     kind = loader_kind if loader_kind != "auto" else ("device" if src.small else "dataloader")
     n_train, n_test = len(src.train), len(src.test)
@@ -119,5 +122,6 @@ def build_data(
         loader=kind,
         num_test=n_test,
         notes=list(src.notes), skipped=dict(getattr(src, "skipped", {}) or {}),
+        task=getattr(src, "task", "classification"),
         _make_train=make_train,
     )
