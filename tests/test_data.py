@@ -70,8 +70,8 @@ def _cache_dir(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- datasets
 def test_registry():
-    assert set(DATASETS.names()) == {"cifar10", "cifar100", "imagefolder", "digits", "synthetic"}
-    with pytest.raises(UnknownNameError, match="valid: cifar10, cifar100, digits, imagefolder, synthetic"):
+    assert set(DATASETS.names()) == {"cifar10", "cifar100", "imagefolder", "digits", "synthetic", "cifar10_seg"}
+    with pytest.raises(UnknownNameError, match="valid: cifar10, cifar100, cifar10_seg, digits, imagefolder, synthetic"):
         build_data(cfg(name="cifar11"))
 
 

@@ -49,6 +49,17 @@ class DataConfig:
     synthetic_test: int = 256
     synthetic_classes: int = 10
     synthetic_size: int = 32
+    proxy_seed: int = 0
+    """The CIFAR-10 segmentation proxy (``cifar10_seg``, :mod:`tfdistill.data.segproxy`): the seed its canvases are
+    composed from -- fixed data, not the run's training seed (``seed``), and recorded with the run's config."""
+    proxy_canvas: int = 64
+    """Its canvas side (pixels)."""
+    proxy_train: int = 1000
+    """Its training canvases (composed from CIFAR-10 training images)."""
+    proxy_test: int = 500
+    """Its test canvases (composed from CIFAR-10 test images only)."""
+    proxy_objects: int = 3
+    """At most this many CIFAR images per canvas (1 to this many, uniformly)."""
 
 
 @dataclass

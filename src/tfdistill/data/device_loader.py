@@ -46,7 +46,7 @@ class DeviceData:
         self.device = device
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return int(self.labels.shape[0])
 
 
 class DeviceLoader(Loader):
@@ -171,7 +171,10 @@ class DeviceLoader(Loader):
                 x = torch.cat([x, x2])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, labels.index_select(0, idx), idx
+            y = labels.index_select(0, idx)
+            if y.dim() == 3 and "flips" in p:  # masks (segmentation) flip with their images
+                y = torch.where(p["flips"][sl].view(-1, 1, 1), y.flip(-1), y)
+            yield x, y, idx
 
     def _iter_eval(self) -> Iterator[Batch]:
         n, gbs, r, ws = self.dataset_size, self._gbs, self.rank, self.world_size
