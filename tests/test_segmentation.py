@@ -283,3 +283,48 @@ def test_train_and_eval_a_segmentation_run_end_to_end(cifar_folder, tmp_path):
     bad = run_cli([*args[:-1], "method.name=crd", f"out_dir={tmp_path / 'bad'}"])
     assert bad.returncode != 0 and "does not apply to segmentation" in bad.stderr
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def _seg_cfg(root, out, *extra):
+    from tfdistill.config import load_config
+
+    return load_config(None, ["data.name=cifar10_seg", f"data.root={root}", "data.proxy_train=16", "data.proxy_test=8",
+                              "data.proxy_canvas=32", "data.augment=[flip]", "data.batch_size=8",
+                              "data.eval_batch_size=8", "model.name=lraspp_mobilenet_v3_large", "method.name=tfd",
+                              "epochs=2", "engine.progress=false", "engine.tensorboard=false", "engine.device=cpu",
+                              "optim.lr=0.01", "schedule.name=cosine", f"out_dir={out}", *extra])
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def _rows(run_dir):
+    drop = ("time", "epoch_seconds", "images_per_sec", "group_images_per_sec", "packed")
+    return [{k: v for k, v in json.loads(r).items() if k not in drop}
+            for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_segmentation_packed_seeds_equal_runs_alone_and_resume_is_bit_exact(cifar_folder, tmp_path, monkeypatch):
+    from tfdistill import train
+
+    from conftest import interrupt_in_epoch
+
+    packed = train(_seg_cfg(cifar_folder, tmp_path / "packed", "seeds=[0,1]"), echo=lambda s: None)
+    alone = [train(_seg_cfg(cifar_folder, tmp_path / f"alone{s}", f"seed={s}"), echo=lambda s: None) for s in (0, 1)]
+    for p, a in zip(packed, alone):
+        assert _rows(p.run_dir) == _rows(a.run_dir)
+        wp, wa = _weights(p.run_dir), _weights(a.run_dir)
+        assert all(torch.equal(wp[k], wa[k]) for k in wa)
+        assert p.summary["best_miou"] == a.summary["best_miou"]
+    # interrupted after epoch 1, resumed: the same bits as the run that went through
+    restore = interrupt_in_epoch(monkeypatch, 1)
+    cfg = _seg_cfg(cifar_folder, tmp_path / "resumed", "seed=0")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, echo=lambda s: None)
+    restore()
+    res = train(cfg, resume=True, echo=lambda s: None)
+    assert _rows(res.run_dir) == _rows(alone[0].run_dir)
+    w, w0 = _weights(res.run_dir), _weights(alone[0].run_dir)
+    assert all(torch.equal(w[k], w0[k]) for k in w0)
