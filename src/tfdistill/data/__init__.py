@@ -18,7 +18,7 @@ Augmentations (`data.augment`), always applied in this order: autoaugment (uint8
 normalisation, cutout (the hole is exactly 0 = the mean after normalisation).
 """
 
-from . import cifar, imagefolder, segproxy, toy  # noqa: F401  (register the datasets)
+from . import cifar, imagefolder, segfolders, segproxy, toy  # noqa: F401  (register the datasets)
 from .base import AUGMENTS, Batch, DataBundle, Loader, mix_seed
 from .build import build_data, load_source
 from .device_loader import DeviceLoader

@@ -72,11 +72,15 @@ def build_data(
         raise ConfigError(f"data.cutout_size must be >= 1 with cutout, got {cfg.cutout_size}")
 
     src = load_source(cfg)
-    if src.train.labels.dim() > 1 and set(augment) - {"flip"}:
+    dense = src.train.labels.dim() > 1  # masks: the source sized them with their images (tfdistill.data.segfolders)
+    if dense and set(augment) - {"flip"}:
         raise ConfigError(f"data.augment={list(augment)}: {src.name} has masks (one label per pixel), which only "
                           f"'flip' transforms with its images here; use data.augment=[flip] or []")
     size = int(cfg.image_size or 0) or src.image_size
     kind = loader_kind if loader_kind != "auto" else ("device" if src.small else "dataloader")
+    if dense and kind != "device":
+        raise ConfigError(f"data.loader={loader_kind}: {src.name} (masks) is read by the device loader only; use "
+                          f"data.loader=auto or device")
     n_train, n_test = len(src.train), len(src.test)
     if n_train < bs:
         raise DataError(
@@ -88,7 +92,8 @@ def build_data(
     common = dict(mean=src.mean, std=src.std, rank=rank, world_size=world_size, channels_last=channels_last)
 
     if kind == "device":
-        train_split, test_split = src.train.decoded(size), src.test.decoded(size)
+        train_split, test_split = ((src.train, src.test) if dense else
+                                   (src.train.decoded(size), src.test.decoded(size)))
         train_data = DeviceData(train_split.images, train_split.labels, device)  # type: ignore[arg-type]
         test_data = DeviceData(test_split.images, test_split.labels, device)  # type: ignore[arg-type]
 

@@ -11,6 +11,12 @@ torchvision's ``{"out": ...}`` dict), randomly initialised (no pretrained backbo
 * ``smp.<Arch>`` (``smp.Unet``, ``smp.FPN``, ``smp.DeepLabV3Plus``, ...): segmentation-models-pytorch
   (``pip install 'tfdistill[seg]'``), ``encoder_name`` (default ``resnet18``) in the kwargs, ``encoder_weights=None``.
 
+``bn_momentum`` (torchvision models and ``deeplabv3_resnet18``; None: as built): every BatchNorm's running-statistics
+momentum. torchvision's MobileNetV3 builds its BatchNorms with momentum 0.01, set for ImageNet-length training; in a
+run of a few hundred steps from scratch its evaluation-mode statistics lag far behind the weights (the CIFAR-10 proxy
+evaluated as all background after 185 steps while training accuracy rose), so short CPU recipes set 0.1, PyTorch's
+default.
+
 Taps: the encoder's stages, declared in :mod:`tfdistill.features.segmentation_table` (never the head).
 """
 
@@ -45,6 +51,17 @@ def _tensor_out(model: nn.Module) -> nn.Module:
     return model
 
 
+def _bn_momentum(model: nn.Module, momentum: float | None) -> nn.Module:
+    if momentum is None:
+        return model
+    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 < float(momentum) <= 1:
+        raise ConfigError(f"bn_momentum must be a number in (0, 1], got {momentum!r}")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = float(momentum)
+    return model
+
+
 def _dilate(layer: nn.Module, dilation: int) -> None:
     """A ResNet stage at stride 1 with dilated 3x3 convolutions (as torchvision's ``replace_stride_with_dilation``
     does for bottleneck ResNets; its BasicBlock refuses dilation, so it is set here)."""
@@ -57,7 +74,7 @@ def _dilate(layer: nn.Module, dilation: int) -> None:
 
 
 @register_model("deeplabv3_resnet18")
-def deeplabv3_resnet18(num_classes: int = 21, output_stride: int = 8) -> nn.Module:
+def deeplabv3_resnet18(num_classes: int = 21, output_stride: int = 8, bn_momentum: float | None = None) -> nn.Module:
     from torchvision.models import resnet18
     from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
@@ -69,11 +86,11 @@ def deeplabv3_resnet18(num_classes: int = 21, output_stride: int = 8) -> nn.Modu
         _dilate(backbone.layer3, 2)
     _dilate(backbone.layer4, 2 if output_stride == 16 else 4)
     body = IntermediateLayerGetter(backbone, return_layers={"layer4": "out"})
-    return _tensor_out(DeepLabV3(body, DeepLabHead(512, num_classes)))
+    return _bn_momentum(_tensor_out(DeepLabV3(body, DeepLabHead(512, num_classes))), bn_momentum)
 
 
 def _torchvision_segmentation(name: str):
-    def factory(num_classes: int = 21, **kwargs: Any) -> nn.Module:
+    def factory(num_classes: int = 21, bn_momentum: float | None = None, **kwargs: Any) -> nn.Module:
         import torchvision.models as tvm
 
         if "weights" in kwargs or "weights_backbone" in kwargs:
@@ -84,7 +101,7 @@ def _torchvision_segmentation(name: str):
                                   **extra, **kwargs)
         except TypeError as e:
             raise ConfigError(f"cannot build {name} with {kwargs}: {e}") from None
-        return _tensor_out(model)
+        return _bn_momentum(_tensor_out(model), bn_momentum)
 
     factory.__name__ = name
     factory.__doc__ = f"torchvision's {name} (random init, no auxiliary head), returning its logits tensor."
