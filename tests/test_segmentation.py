@@ -328,3 +328,16 @@ def test_segmentation_packed_seeds_equal_runs_alone_and_resume_is_bit_exact(cifa
     assert _rows(res.run_dir) == _rows(alone[0].run_dir)
     w, w0 = _weights(res.run_dir), _weights(alone[0].run_dir)
     assert all(torch.equal(w[k], w0[k]) for k in w0)
+
+
+def test_bn_momentum_of_the_segmentation_models():
+    from tfdistill.models import create_model
+
+    bns = lambda m: {x.momentum for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)}  # noqa: E731
+    assert bns(create_model("lraspp_mobilenet_v3_large", num_classes=3)) == {0.1, 0.01}  # torchvision's own
+    assert bns(create_model("lraspp_mobilenet_v3_large", num_classes=3, bn_momentum=0.1)) == {0.1}
+    assert bns(create_model("deeplabv3_resnet18", num_classes=3, bn_momentum=0.05)) == {0.05}
+    with pytest.raises(ConfigError, match="bn_momentum must be a number in"):
+        create_model("fcn_resnet50", num_classes=3, bn_momentum=2)
+    with pytest.raises(ConfigError, match="output_stride must be 8 or 16"):
+        create_model("deeplabv3_resnet18", num_classes=3, output_stride=4)
