@@ -341,3 +341,32 @@ def test_bn_momentum_of_the_segmentation_models():
         create_model("fcn_resnet50", num_classes=3, bn_momentum=2)
     with pytest.raises(ConfigError, match="output_stride must be 8 or 16"):
         create_model("deeplabv3_resnet18", num_classes=3, output_stride=4)
+
+
+def test_a_run_written_before_the_proxy_keys_existed_still_resumes():
+    import copy
+
+    from tfdistill.config import load_config, to_dict
+    from tfdistill.runs import resume_changes
+
+    new = to_dict(load_config(None, ["data.name=synthetic"]))
+    old = copy.deepcopy(new)
+    for k in [k for k in old["data"] if k.startswith("proxy_")]:
+        del old["data"][k]  # its config.yaml predates data.proxy_*
+    assert resume_changes(old, new) == []  # their defaults: trained as they say
+    new["data"]["proxy_seed"] = 3
+    assert resume_changes(old, new) == ["data.proxy_seed"]
+
+
+def test_poly_schedule():
+    from types import SimpleNamespace
+
+    from tfdistill.config import load_config
+    from tfdistill.engine.schedule import lr_factor
+
+    s = SimpleNamespace(name="poly", power=0.9, warmup_epochs=0, warmup_factor=0.1)
+    f = [lr_factor(k, epochs=2, steps_per_epoch=5, schedule=s) for k in (0, 5, 10)]
+    assert f == [1.0, 0.5 ** 0.9, 0.0]
+    assert load_config(None, ["schedule.name=poly", "schedule.power=1.0"]).schedule.power == 1.0
+    with pytest.raises(ConfigError, match="poly"):
+        load_config(None, ["schedule.name=polly"])

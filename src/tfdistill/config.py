@@ -108,7 +108,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "multistep"
-    """multistep | cosine | constant."""
+    """multistep | cosine | poly | constant."""
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -116,6 +116,8 @@ class ScheduleConfig:
     warmup_factor: float = 0.1
     min_lr: float = 0.0
     """Floor of the cosine schedule."""
+    power: float = 0.9
+    """Exponent of the poly schedule (segmentation's "poly" learning-rate policy)."""
 
 
 @dataclass
@@ -364,7 +366,7 @@ def _absolute_paths(cfg: Any) -> None:
 def _check(cfg: Any) -> None:
     choices = {
         "engine.precision": (cfg.engine.precision, ("auto", "fp32", "bf16", "fp16")),
-        "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "constant")),
+        "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "poly", "constant")),
         "optim.name": (cfg.optim.name, ("sgd",)),
         "data.loader": (cfg.data.loader, ("auto", "device", "dataloader")),
         "data.on_bad_file": (cfg.data.on_bad_file, ("error", "skip")),
