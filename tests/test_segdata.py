@@ -123,3 +123,41 @@ def test_a_colour_mask_is_refused(tmp_path):
         _img(tmp_path / split / "masks" / "a.png", 1)  # an RGB picture where a mask should be
     with pytest.raises(DataError, match="one class index per pixel"):
         _load("segfolder", tmp_path)
+
+
+def test_scale_crop_moves_image_and_mask_together():
+    from tfdistill.data.device_loader import scale_crop
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (2, 8, 10), generator=g)
+    x = (y * 40).to(torch.uint8)[:, None].expand(-1, 3, -1, -1).contiguous()  # the image spells its mask
+    same = scale_crop(x, y, torch.ones(2), torch.zeros(2, 2), (8, 10))
+    assert torch.equal(same[0], x) and torch.equal(same[1], y)  # scale 1, full crop: unchanged
+    xs, ys = scale_crop(x, y, torch.full((2,), 2.0), torch.tensor([[0.5, 1.0], [0.0, 0.0]]), (6, 6))
+    up = y.repeat_interleave(2, 1).repeat_interleave(2, 2)  # nearest x2
+    top, left = int(0.5 * (16 - 6)), int(1.0 * (20 - 6))
+    assert torch.equal(ys[0], up[0, top : top + 6, left : left + 6]) and torch.equal(ys[1], up[1, :6, :6])
+    assert set(ys.unique().tolist()) <= set(range(5))  # labels never blend
+    xs, ys = scale_crop(x, y, torch.full((2,), 0.5), torch.zeros(2, 2), (6, 8))  # 4x5 scaled, padded to 6x8
+    assert (ys[:, 4:, :] == 255).all() and (ys[:, :, 5:] == 255).all() and (xs[:, :, 4:, :] == 0).all()
+    assert (ys[:, :4, :5] != 255).all()
+
+
+def test_the_loader_scales_and_crops_masks_with_their_images(tmp_path):
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            _img(tmp_path / split / "images" / f"im{i}.png", i)
+            _mask(tmp_path / split / "masks" / f"im{i}.png", _pattern([0, 1, 2, 255]))
+    over = ["data.name=segfolder", f"data.root={tmp_path}", "data.batch_size=4", "data.augment=[scale_crop,flip]",
+            "data.crop_size=[4,5]", "data.scale_range=[0.75,1.5]"]
+    a = build_data(load_config(None, over).data, "cpu", seed=0)
+    b = build_data(load_config(None, over).data, "cpu", seed=0)
+    (xa, ya, _), (xb, yb, _) = next(iter(a.train)), next(iter(b.train))
+    assert xa.shape == (4, 3, 4, 5) and ya.shape == (4, 4, 5)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)  # a function of (seed, epoch)
+    a.train.set_epoch(1)
+    assert not torch.equal(next(iter(a.train))[1], ya)
+    xt, yt, _ = next(iter(a.test))
+    assert yt.shape == (2, H, W)  # evaluation: whole images at their resident size
+    with pytest.raises(Exception, match="scale_crop' is for segmentation masks"):
+        build_data(load_config(None, ["data.name=synthetic", "data.augment=[scale_crop]"]).data, "cpu")

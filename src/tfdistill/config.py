@@ -49,6 +49,10 @@ class DataConfig:
     synthetic_test: int = 256
     synthetic_classes: int = 10
     synthetic_size: int = 32
+    crop_size: list[int] = field(default_factory=list)
+    """Segmentation ``scale_crop``: the training crop ``[h, w]`` (or ``[s]``); empty: the resident image size."""
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    """Segmentation ``scale_crop``: the random scale is drawn uniformly from this range."""
     proxy_seed: int = 0
     """The CIFAR-10 segmentation proxy (``cifar10_seg``, :mod:`tfdistill.data.segproxy`): the seed its canvases are
     composed from -- fixed data, not the run's training seed (``seed``), and recorded with the run's config."""

@@ -73,9 +73,18 @@ def build_data(
 
     src = load_source(cfg)
     dense = src.train.labels.dim() > 1  # masks: the source sized them with their images (tfdistill.data.segfolders)
-    if dense and set(augment) - {"flip"}:
+    if dense and set(augment) - {"flip", "scale_crop"}:
         raise ConfigError(f"data.augment={list(augment)}: {src.name} has masks (one label per pixel), which only "
-                          f"'flip' transforms with its images here; use data.augment=[flip] or []")
+                          f"'scale_crop' and 'flip' transform with its images; use those or []")
+    if not dense and "scale_crop" in augment:
+        raise ConfigError(f"data.augment: 'scale_crop' is for segmentation masks; {src.name} has one label per "
+                          f"image (use crop or rrc)")
+    crop_hw = [int(v) for v in (getattr(cfg, "crop_size", None) or [])]
+    scales = [float(v) for v in (getattr(cfg, "scale_range", None) or [1.0, 1.0])]
+    if (len(crop_hw) not in (0, 1, 2) or any(v < 1 for v in crop_hw) or len(scales) != 2
+            or not 0 < scales[0] <= scales[1]):
+        raise ConfigError(f"data.crop_size={crop_hw} (empty, [s] or [h, w], >= 1) / data.scale_range={scales} "
+                          f"([low, high], 0 < low <= high) are not valid")
     size = int(cfg.image_size or 0) or src.image_size
     kind = loader_kind if loader_kind != "auto" else ("device" if src.small else "dataloader")
     if dense and kind != "device":
@@ -99,7 +108,9 @@ def build_data(
 
         def make_train(s: int) -> Loader:
             return DeviceLoader(train_data, batch_size=bs, train=True, seed=s, augment=augment,
-                                cutout_size=int(cfg.cutout_size), out_size=size, paired=paired, **common)
+                                cutout_size=int(cfg.cutout_size), out_size=size, paired=paired,
+                                crop_size=tuple(crop_hw * 2 if len(crop_hw) == 1 else crop_hw) or None,
+                                scale_range=tuple(scales), **common)
 
         test = DeviceLoader(test_data, batch_size=ebs, train=False, seed=seed, out_size=size, **common)
     else:
