@@ -253,7 +253,7 @@ def test_flip_moves_masks_with_their_images(cifar_folder):
         same = torch.equal(x[i], x0[i])
         assert torch.equal(y[i], y0[i] if same else y0[i].flip(-1))
         assert same or torch.equal(x[i], x0[i].flip(-1))
-    with pytest.raises(ConfigError, match="only 'flip'"):
+    with pytest.raises(ConfigError, match="only 'scale_crop' and 'flip'"):
         build_data(load_config(None, ["data.name=cifar10_seg", f"data.root={cifar_folder}", "data.proxy_train=8",
                                       "data.proxy_canvas=32", "data.augment=[crop,flip]"]).data, "cpu")
 
@@ -370,3 +370,42 @@ def test_poly_schedule():
     assert load_config(None, ["schedule.name=poly", "schedule.power=1.0"]).schedule.power == 1.0
     with pytest.raises(ConfigError, match="poly"):
         load_config(None, ["schedule.name=polly"])
+
+
+def test_sliding_window_evaluation():
+    from tfdistill.tasks.segmentation import sliding_logits
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 11, 14, generator=g)
+    pointwise = torch.nn.Conv2d(3, 4, 1)  # per pixel: any tiling gives the whole image's logits
+    with torch.no_grad():
+        whole = pointwise(x)
+        for window, stride in (((5, 6), (3, 4)), ((11, 14), (1, 1)), ((4, 20), (4, 7)), ((3, 3), (3, 3))):
+            assert torch.allclose(sliding_logits(pointwise, x, window, stride), whole, atol=1e-6)
+
+    class Mean(torch.nn.Module):  # the window's mean: shows which windows covered each pixel
+        def forward(self, t):
+            return t[:, :1].mean((2, 3), keepdim=True).expand(-1, -1, *t.shape[-2:])
+
+    ones = torch.ones(1, 3, 4, 6)
+    ones[..., 3:] = 3.0
+    out = sliding_logits(Mean(), ones, (4, 3), (4, 3))  # two windows side by side: 1 and 3
+    assert torch.equal(out[0, 0, :, :3], torch.ones(4, 3)) and torch.equal(out[0, 0, :, 3:], torch.full((4, 3), 3.0))
+    seg = get_task("segmentation", window=(5, 6))
+    assert seg.stride == (3, 4)
+    with torch.no_grad():
+        assert torch.allclose(seg.predict(pointwise, x), whole, atol=1e-6)
+    assert get_task("segmentation").predict(pointwise, x) is not None
+    with pytest.raises(TypeError):
+        get_task("classification", window=(3, 3))
+
+
+def test_eval_window_reaches_the_task(cifar_folder):
+    from tfdistill.config import load_config
+    from tfdistill.data import build_data
+
+    over = ["data.name=cifar10_seg", f"data.root={cifar_folder}", "data.proxy_train=8", "data.proxy_test=4",
+            "data.proxy_canvas=32", "data.batch_size=4", "data.augment=[flip]"]
+    assert build_data(load_config(None, over).data, "cpu").task_options == {}
+    b = build_data(load_config(None, [*over, "data.eval_window=[16]", "data.eval_stride=[8,12]"]).data, "cpu")
+    assert b.task_options == {"window": (16, 16), "stride": (8, 12)}

@@ -53,6 +53,10 @@ class DataConfig:
     """Segmentation ``scale_crop``: the training crop ``[h, w]`` (or ``[s]``); empty: the resident image size."""
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     """Segmentation ``scale_crop``: the random scale is drawn uniformly from this range."""
+    eval_window: list[int] = field(default_factory=list)
+    """Segmentation: evaluate by sliding windows of this ``[h, w]`` (or ``[s]``); empty: whole images."""
+    eval_stride: list[int] = field(default_factory=list)
+    """Segmentation: the sliding windows' stride (empty: 2/3 of the window)."""
     proxy_seed: int = 0
     """The CIFAR-10 segmentation proxy (``cifar10_seg``, :mod:`tfdistill.data.segproxy`): the seed its canvases are
     composed from -- fixed data, not the run's training seed (``seed``), and recorded with the run's config."""

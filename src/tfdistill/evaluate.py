@@ -41,7 +41,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, de
     model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
     load_model_weights(model, path)
     model.to(dev)
-    task = get_task(data.task)
+    task = get_task(data.task, **data.task_options)
     res = evaluate(model, data.test, precision=cfg.engine.precision, device=dev, task=task, num_classes=num_classes)
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.name,
             "epoch": ckpt.get("epoch"), "primary_metric": task.primary_metric, "text": task.text(res), **res}

@@ -223,6 +223,8 @@ class DataBundle:
     images)."""
     task: str = "classification"
     """What the labels are (the source's ``task``, see :mod:`tfdistill.tasks`)."""
+    task_options: dict = field(default_factory=dict)
+    """The task's evaluation options the data decides (segmentation: ``window``/``stride`` of sliding windows)."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:

@@ -139,5 +139,18 @@ def build_data(
         num_test=n_test,
         notes=list(src.notes), skipped=dict(getattr(src, "skipped", {}) or {}),
         task=getattr(src, "task", "classification"),
+        task_options=_eval_window(cfg) if dense else {},
         _make_train=make_train,
     )
+
+
+def _eval_window(cfg: Any) -> dict:
+    """Segmentation's sliding-window evaluation (``data.eval_window`` [h, w] or [s], ``data.eval_stride``), or {}."""
+    win = [int(v) for v in (getattr(cfg, "eval_window", None) or [])]
+    stride = [int(v) for v in (getattr(cfg, "eval_stride", None) or [])]
+    if not win:
+        return {}
+    if len(win) not in (1, 2) or len(stride) not in (0, 1, 2) or min(win + stride) < 1:
+        raise ConfigError(f"data.eval_window={win} / data.eval_stride={stride}: give [s] or [h, w] of positive sizes")
+    win = win * 2 if len(win) == 1 else win
+    return {"window": tuple(win), "stride": tuple(stride * 2 if len(stride) == 1 else stride) or None}

@@ -20,8 +20,8 @@ Images are decoded once and kept resident (the device loader): every image is re
 ``data.image_size`` (0: the first training image's height) and the width that keeps the first training image's
 aspect ratio -- images bilinearly, masks by nearest neighbour (labels never blend). Training augmentation:
 ``scale_crop`` (random scale ``data.scale_range`` and crop ``data.crop_size``, image and mask together) and flip.
-Evaluation: whole images at the resident size. Not yet here (#30): sliding-window evaluation at full resolution --
-results at a reduced size are not comparable with published full-resolution mIoU.
+Evaluation: whole images at the resident size, or sliding windows (``data.eval_window``, ``data.eval_stride``).
+Results at a reduced resident size are not comparable with published full-resolution mIoU.
 """
 
 from __future__ import annotations

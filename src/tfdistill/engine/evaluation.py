@@ -29,7 +29,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, precision: str = "fp32", dev
         if max_batches and b >= max_batches:
             break
         with autocast(precision, device):
-            logits = model(x)
+            logits = task.predict(model, x)  # one pass, or the task's sliding windows
         acc.update(logits.float(), y)
     stats = acc.state()
     all_reduce_sum(stats, info)

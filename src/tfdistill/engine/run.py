@@ -100,7 +100,7 @@ class Run:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
                               f"{self.data.num_classes} classes; leave model.num_classes=0 to follow the data")
         self.num_classes = num_classes
-        self.task: Task = get_task(self.data.task)
+        self.task: Task = get_task(self.data.task, **self.data.task_options)
         """What the labels are: the loss on the logits, the metrics, the records' figures (:mod:`tfdistill.tasks`)."""
 
         self.student = build.build_student(cfg, num_classes, self.device, self.info)

@@ -78,12 +78,51 @@ class SegmentationEvaluator(Evaluator):
         return {**scores(state[:k2].view(self.k, self.k)), "loss": loss / max(pixels, 1.0), "count": int(images)}
 
 
+def sliding_logits(model: Any, images: Tensor, window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """Logits of ``images`` (N, 3, H, W) from windows of ``window`` = (h, w) moved by ``stride``, averaged where they
+    overlap (mmsegmentation's "slide" inference); an image smaller than the window is one window of its own size."""
+    n, _, h, w = images.shape
+    wh, ww = min(window[0], h), min(window[1], w)
+    sh, sw = max(1, stride[0]), max(1, stride[1])
+    rows = list(range(0, max(h - wh, 0) + 1, sh))
+    cols = list(range(0, max(w - ww, 0) + 1, sw))
+    if rows[-1] + wh < h:
+        rows.append(h - wh)
+    if cols[-1] + ww < w:
+        cols.append(w - ww)
+    total: Tensor | None = None
+    count = torch.zeros(1, 1, h, w, device=images.device)
+    for r in rows:
+        for c in cols:
+            out = model(images[:, :, r : r + wh, c : c + ww]).float()
+            out = F.interpolate(out, size=(wh, ww), mode="bilinear", align_corners=False) if out.shape[-2:] != (
+                wh, ww) else out
+            if total is None:
+                total = images.new_zeros(n, out.shape[1], h, w, dtype=torch.float32)
+            total[:, :, r : r + wh, c : c + ww] += out
+            count[:, :, r : r + wh, c : c + ww] += 1
+    assert total is not None
+    return total / count
+
+
 @TASKS.register("segmentation")
 class Segmentation(Task):
     name = "segmentation"
     primary_metric = "miou"
     test_keys = ("miou", "pixel_acc", "iou", "loss")
     dense = True
+
+    def __init__(self, window: tuple[int, int] | None = None, stride: tuple[int, int] | None = None) -> None:
+        """``window``: evaluate by sliding windows of this (h, w) with ``stride`` (default: 2/3 of the window);
+        None: whole images."""
+        self.window = tuple(int(v) for v in window) if window else None
+        self.stride = (tuple(int(v) for v in stride) if stride else
+                       tuple(max(1, 2 * v // 3) for v in self.window) if self.window else None)
+
+    def predict(self, model: Any, images: Tensor) -> Tensor:
+        if self.window is None:
+            return model(images)
+        return sliding_logits(model, images, self.window, self.stride)  # type: ignore[arg-type]
 
     def check(self, logits: Tensor) -> str | None:
         if logits.dim() != 4:

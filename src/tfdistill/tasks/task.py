@@ -50,6 +50,14 @@ class Task:
     """Targets per position ((N, H, W) labels for (N, C, H, W) logits): methods declare whether they apply
     (:attr:`tfdistill.methods.base.Distiller.dense`)."""
 
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise TypeError(f"task {self.name!r} takes no options, got {sorted(options)}")
+
+    def predict(self, model: Any, images: Tensor) -> Tensor:
+        """The model's evaluation logits for ``images`` (default: one forward pass)."""
+        return model(images)
+
     def check(self, logits: Tensor) -> str | None:
         """Why the model's ``logits`` (of an example batch) cannot be trained for this task (one line), or None."""
         return None
@@ -73,6 +81,6 @@ class Task:
         return f"{self.primary_metric} {evaluated[self.primary_metric]:.2f}%"
 
 
-def get_task(name: str) -> Task:
-    """The task named ``name`` (an instance)."""
-    return TASKS.get(name)()
+def get_task(name: str, **options: Any) -> Task:
+    """The task named ``name`` (an instance) with its ``options`` (the data set's, e.g. a sliding window)."""
+    return TASKS.get(name)(**options)
