@@ -70,8 +70,10 @@ def _cache_dir(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- datasets
 def test_registry():
-    assert set(DATASETS.names()) == {"cifar10", "cifar100", "imagefolder", "digits", "synthetic"}
-    with pytest.raises(UnknownNameError, match="valid: cifar10, cifar100, digits, imagefolder, synthetic"):
+    assert set(DATASETS.names()) == {"cifar10", "cifar100", "imagefolder", "digits", "synthetic", "cifar10_seg",
+                                     "cityscapes", "camvid", "voc2012", "ade20k", "segfolder"}
+    with pytest.raises(UnknownNameError, match="valid: ade20k, camvid, cifar10, cifar100, cifar10_seg, cityscapes, "
+                                               "digits, imagefolder, segfolder, synthetic, voc2012"):
         build_data(cfg(name="cifar11"))
 
 

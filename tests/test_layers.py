@@ -19,7 +19,7 @@ LAYERS = [
     {"errors", "registry", "compiling", "precision", "_version"},     # shared leaves
     {"interrupts"},
     {"losses"},
-    {"features", "regularizers"},
+    {"features", "regularizers", "tasks"},
     {"methods", "models", "data"},
     {"config", "recipes", "rundir", "runs"},
     {"engine", "evaluate"},

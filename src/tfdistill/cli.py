@@ -91,10 +91,11 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         overrides.append(f"data.name={ns.data}")
     res = evaluate_checkpoint(ns.checkpoint, overrides, device=ns.device)
     if ns.json:
+        res.pop("text", None)
         print(json.dumps(res))
     else:
         top5 = f"top-5 {res['top5']:.2f}%  " if res.get("top5") is not None else ""  # (more than 5 classes)
-        print(f"{res['model']} on {res['dataset']} ({res['count']} images): top-1 {res['top1']:.2f}%  "
+        print(f"{res['model']} on {res['dataset']} ({res['count']} images): {res.pop('text')}  "
               f"{top5}loss {res['loss']:.4f}"
               + (f"  ({res['checkpoint']})" if os.path.isdir(ns.checkpoint) else ""))
     return 0

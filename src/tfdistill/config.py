@@ -49,6 +49,25 @@ class DataConfig:
     synthetic_test: int = 256
     synthetic_classes: int = 10
     synthetic_size: int = 32
+    crop_size: list[int] = field(default_factory=list)
+    """Segmentation ``scale_crop``: the training crop ``[h, w]`` (or ``[s]``); empty: the resident image size."""
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    """Segmentation ``scale_crop``: the random scale is drawn uniformly from this range."""
+    eval_window: list[int] = field(default_factory=list)
+    """Segmentation: evaluate by sliding windows of this ``[h, w]`` (or ``[s]``); empty: whole images."""
+    eval_stride: list[int] = field(default_factory=list)
+    """Segmentation: the sliding windows' stride (empty: 2/3 of the window)."""
+    proxy_seed: int = 0
+    """The CIFAR-10 segmentation proxy (``cifar10_seg``, :mod:`tfdistill.data.segproxy`): the seed its canvases are
+    composed from -- fixed data, not the run's training seed (``seed``), and recorded with the run's config."""
+    proxy_canvas: int = 64
+    """Its canvas side (pixels)."""
+    proxy_train: int = 1000
+    """Its training canvases (composed from CIFAR-10 training images)."""
+    proxy_test: int = 500
+    """Its test canvases (composed from CIFAR-10 test images only)."""
+    proxy_objects: int = 3
+    """At most this many CIFAR images per canvas (1 to this many, uniformly)."""
 
 
 @dataclass
@@ -97,7 +116,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "multistep"
-    """multistep | cosine | constant."""
+    """multistep | cosine | poly | constant."""
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -105,6 +124,8 @@ class ScheduleConfig:
     warmup_factor: float = 0.1
     min_lr: float = 0.0
     """Floor of the cosine schedule."""
+    power: float = 0.9
+    """Exponent of the poly schedule (segmentation's "poly" learning-rate policy)."""
 
 
 @dataclass
@@ -353,7 +374,7 @@ def _absolute_paths(cfg: Any) -> None:
 def _check(cfg: Any) -> None:
     choices = {
         "engine.precision": (cfg.engine.precision, ("auto", "fp32", "bf16", "fp16")),
-        "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "constant")),
+        "schedule.name": (cfg.schedule.name, ("multistep", "cosine", "poly", "constant")),
         "optim.name": (cfg.optim.name, ("sgd",)),
         "data.loader": (cfg.data.loader, ("auto", "device", "dataloader")),
         "data.on_bad_file": (cfg.data.on_bad_file, ("error", "skip")),

@@ -15,6 +15,7 @@ from .engine.build import resolve_device
 from .engine.evaluation import evaluate
 from .errors import CheckpointError, ConfigError
 from .models import create_model
+from .tasks import get_task
 
 
 def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, device: str = "auto") -> dict[str, Any]:
@@ -40,6 +41,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, de
     model = create_model(cfg.model.name, num_classes=num_classes, **kwargs)
     load_model_weights(model, path)
     model.to(dev)
-    res = evaluate(model, data.test, precision=cfg.engine.precision, device=dev)
+    task = get_task(data.task, **data.task_options)
+    res = evaluate(model, data.test, precision=cfg.engine.precision, device=dev, task=task, num_classes=num_classes)
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.name,
-            "epoch": ckpt.get("epoch"), **res}
+            "epoch": ckpt.get("epoch"), "primary_metric": task.primary_metric, "text": task.text(res), **res}

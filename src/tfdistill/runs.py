@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .rundir import FAILED_MARKER, RESUME_FREE_KEYS, RunDir, config_diff, is_finished, is_resumable
+from .rundir import FAILED_MARKER, RESUME_FREE_KEYS, RunDir, config_diff, flat_keys, is_finished, is_resumable
 
 __all__ = ["run_name", "run_path", "grid_run_name", "seed_configs", "PACK_FREE_KEYS", "pack_key", "StartMode",
            "START_MODES", "start_mode", "run_status", "EXTENDABLE_SCHEDULES", "resume_changes", "extension_problem"]
@@ -135,10 +135,12 @@ def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[st
     """Keys in which ``new`` differs from ``stored`` that forbid resuming: anything outside
     :data:`~tfdistill.rundir.RESUME_FREE_KEYS`, except an allowed extension (see :func:`extension_problem`).
     ``planned``: ``new`` is a command's config before the engine resolved its ``engine.* = auto`` settings, which
-    then match any stored value (the engine compares the resolved values when it resumes)."""
+    then match any stored value (the engine compares the resolved values when it resumes). A key the stored config
+    lacks (a run written before the key existed) matches when ``new`` holds its default: such a run was trained as
+    the default says."""
     from omegaconf import OmegaConf
 
-    from .config import PATH_KEYS
+    from .config import PATH_KEYS, Config
 
     stored = OmegaConf.to_container(OmegaConf.create(stored))  # a copy; paths of runs from before they were
     for key in PATH_KEYS:                                      # stored absolute: relative to this folder
@@ -146,7 +148,10 @@ def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[st
         value = str((stored.get(section) or {}).get(leaf) or "")
         if value and not value.startswith("torchvision:"):
             stored[section][leaf] = os.path.abspath(os.path.expanduser(value))
-    diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS, auto_matches=planned)
+    fs, fn = flat_keys(stored), flat_keys(new)
+    defaults = flat_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    added = {k for k, v in fn.items() if k not in fs and k in defaults and v == defaults[k]}
+    diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS | added, auto_matches=planned)
     if "epochs" in diff and extension_problem(stored, new) is None:
         done = int(stored["epochs"])
         old_ms = [m for m in stored["schedule"].get("milestones") or [] if m <= done]

@@ -11,13 +11,14 @@ pure functions of (seed, epoch). `cfg.batch_size` is the global batch; rank r of
 r::world_size of each global batch. Training loaders drop the last partial batch; test loaders cover every
 sample exactly once over all ranks, in index order.
 
-Datasets (`DATASETS`): cifar10, cifar100, imagefolder, digits, synthetic. `loader: auto` uses the device loader
+Datasets (`DATASETS`): cifar10, cifar100, imagefolder, digits, synthetic; cifar10_seg (a segmentation proxy:
+targets are (N,H,W) int64 masks, 255 = ignored, and the only augmentation is a flip applied to image and mask). `loader: auto` uses the device loader
 for small data (CIFAR, digits, synthetic, image folders of images <= 64 px) and a torch DataLoader otherwise.
 Augmentations (`data.augment`), always applied in this order: autoaugment (uint8), rrc | crop, flip,
 normalisation, cutout (the hole is exactly 0 = the mean after normalisation).
 """
 
-from . import cifar, imagefolder, toy  # noqa: F401  (register the datasets)
+from . import cifar, imagefolder, segfolders, segproxy, toy  # noqa: F401  (register the datasets)
 from .base import AUGMENTS, Batch, DataBundle, Loader, mix_seed
 from .build import build_data, load_source
 from .device_loader import DeviceLoader

@@ -27,9 +27,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CIFAR_AUGMENTS = ("autoaugment", "crop", "flip", "cutout")
 IMAGENET_AUGMENTS = ("rrc",)
-AUGMENTS = ("autoaugment", "rrc", "crop", "flip", "cutout")
+AUGMENTS = ("autoaugment", "rrc", "crop", "flip", "cutout", "scale_crop")
 """Valid `data.augment` names, in the (fixed) order they are applied: autoaugment on uint8, then the geometric
-ones, then normalisation, then cutout (so the hole is exactly zero)."""
+ones, then normalisation, then cutout (so the hole is exactly zero). ``scale_crop`` is for masks (segmentation) only:
+a random scale (``data.scale_range``) and crop (``data.crop_size``) of image and mask together, before the flip."""
 
 _MASK64 = (1 << 64) - 1
 
@@ -53,6 +54,8 @@ def mix_seed(*parts: int) -> int:
 # shift the others (e.g. the order with and without cutout is identical).
 TAG_ORDER, TAG_CROP, TAG_FLIP, TAG_CUTOUT, TAG_AA, TAG_RRC, TAG_SAMPLE = range(1, 8)
 TAG_PAIR = 8
+TAG_SCALE_CROP = 9
+"""The random scale and crop offsets of segmentation samples (``scale_crop``)."""
 """The draw of every sample's same-class partner (paired batches)."""
 TAG_PAIR_AUG = 0x50A1
 """Added to an augmentation tag for the partners' own augmentation draws."""
@@ -218,6 +221,10 @@ class DataBundle:
     """Bad files of the data set left out (``data.on_bad_file=skip``): count and first names."""
     """Lines for the run header: how the dataset was read (e.g. an image folder's decided resolution, off-size
     images)."""
+    task: str = "classification"
+    """What the labels are (the source's ``task``, see :mod:`tfdistill.tasks`)."""
+    task_options: dict = field(default_factory=dict)
+    """The task's evaluation options the data decides (segmentation: ``window``/``stride`` of sliding windows)."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:

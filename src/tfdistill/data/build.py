@@ -72,8 +72,24 @@ def build_data(
         raise ConfigError(f"data.cutout_size must be >= 1 with cutout, got {cfg.cutout_size}")
 
     src = load_source(cfg)
+    dense = src.train.labels.dim() > 1  # masks: the source sized them with their images (tfdistill.data.segfolders)
+    if dense and set(augment) - {"flip", "scale_crop"}:
+        raise ConfigError(f"data.augment={list(augment)}: {src.name} has masks (one label per pixel), which only "
+                          f"'scale_crop' and 'flip' transform with its images; use those or []")
+    if not dense and "scale_crop" in augment:
+        raise ConfigError(f"data.augment: 'scale_crop' is for segmentation masks; {src.name} has one label per "
+                          f"image (use crop or rrc)")
+    crop_hw = [int(v) for v in (getattr(cfg, "crop_size", None) or [])]
+    scales = [float(v) for v in (getattr(cfg, "scale_range", None) or [1.0, 1.0])]
+    if (len(crop_hw) not in (0, 1, 2) or any(v < 1 for v in crop_hw) or len(scales) != 2
+            or not 0 < scales[0] <= scales[1]):
+        raise ConfigError(f"data.crop_size={crop_hw} (empty, [s] or [h, w], >= 1) / data.scale_range={scales} "
+                          f"([low, high], 0 < low <= high) are not valid")
     size = int(cfg.image_size or 0) or src.image_size
     kind = loader_kind if loader_kind != "auto" else ("device" if src.small else "dataloader")
+    if dense and kind != "device":
+        raise ConfigError(f"data.loader={loader_kind}: {src.name} (masks) is read by the device loader only; use "
+                          f"data.loader=auto or device")
     n_train, n_test = len(src.train), len(src.test)
     if n_train < bs:
         raise DataError(
@@ -85,13 +101,16 @@ def build_data(
     common = dict(mean=src.mean, std=src.std, rank=rank, world_size=world_size, channels_last=channels_last)
 
     if kind == "device":
-        train_split, test_split = src.train.decoded(size), src.test.decoded(size)
+        train_split, test_split = ((src.train, src.test) if dense else
+                                   (src.train.decoded(size), src.test.decoded(size)))
         train_data = DeviceData(train_split.images, train_split.labels, device)  # type: ignore[arg-type]
         test_data = DeviceData(test_split.images, test_split.labels, device)  # type: ignore[arg-type]
 
         def make_train(s: int) -> Loader:
             return DeviceLoader(train_data, batch_size=bs, train=True, seed=s, augment=augment,
-                                cutout_size=int(cfg.cutout_size), out_size=size, paired=paired, **common)
+                                cutout_size=int(cfg.cutout_size), out_size=size, paired=paired,
+                                crop_size=tuple(crop_hw * 2 if len(crop_hw) == 1 else crop_hw) or None,
+                                scale_range=tuple(scales), **common)
 
         test = DeviceLoader(test_data, batch_size=ebs, train=False, seed=seed, out_size=size, **common)
     else:
@@ -119,5 +138,19 @@ def build_data(
         loader=kind,
         num_test=n_test,
         notes=list(src.notes), skipped=dict(getattr(src, "skipped", {}) or {}),
+        task=getattr(src, "task", "classification"),
+        task_options=_eval_window(cfg) if dense else {},
         _make_train=make_train,
     )
+
+
+def _eval_window(cfg: Any) -> dict:
+    """Segmentation's sliding-window evaluation (``data.eval_window`` [h, w] or [s], ``data.eval_stride``), or {}."""
+    win = [int(v) for v in (getattr(cfg, "eval_window", None) or [])]
+    stride = [int(v) for v in (getattr(cfg, "eval_stride", None) or [])]
+    if not win:
+        return {}
+    if len(win) not in (1, 2) or len(stride) not in (0, 1, 2) or min(win + stride) < 1:
+        raise ConfigError(f"data.eval_window={win} / data.eval_stride={stride}: give [s] or [h, w] of positive sizes")
+    win = win * 2 if len(win) == 1 else win
+    return {"window": tuple(win), "stride": tuple(stride * 2 if len(stride) == 1 else stride) or None}

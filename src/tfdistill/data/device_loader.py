@@ -27,6 +27,7 @@ from .base import (
     TAG_PAIR,
     TAG_PAIR_AUG,
     TAG_RRC,
+    TAG_SCALE_CROP,
     Batch,
     ClassPartners,
     Loader,
@@ -35,6 +36,28 @@ from .base import (
     make_generator,
     mix_seed,
 )
+
+
+def scale_crop(x: torch.Tensor, y: torch.Tensor, scales: torch.Tensor, corners: torch.Tensor,
+               crop: tuple[int, int], ignore: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segmentation's joint augmentation: each uint8 image (B,3,H,W) and its mask (B,H,W) scaled by ``scales[i]``
+    (image bilinear, mask nearest), padded where smaller than ``crop`` (image 0, mask ``ignore``) and cropped to
+    ``crop`` = (h, w) at ``corners[i]`` (fractions of the free range)."""
+    ch, cw = crop
+    xs = torch.empty(x.shape[0], x.shape[1], ch, cw, dtype=x.dtype, device=x.device)
+    ys = torch.full((y.shape[0], ch, cw), ignore, dtype=y.dtype, device=y.device)
+    h, w = x.shape[-2:]
+    for i, (s, (u, v)) in enumerate(zip(scales.tolist(), corners.tolist())):
+        sh, sw = max(1, round(h * s)), max(1, round(w * s))
+        xi = torch.nn.functional.interpolate(x[i : i + 1].float(), size=(sh, sw), mode="bilinear",
+                                             align_corners=False).round().clamp(0, 255).to(x.dtype)[0]
+        yi = torch.nn.functional.interpolate(y[i : i + 1, None].float(), size=(sh, sw), mode="nearest")[0, 0]
+        top, left = int(u * max(0, sh - ch)), int(v * max(0, sw - cw))
+        xi, yi = xi[:, top : top + ch, left : left + cw], yi[top : top + ch, left : left + cw].to(y.dtype)
+        xs[i].zero_()
+        xs[i, :, : xi.shape[1], : xi.shape[2]] = xi
+        ys[i, : yi.shape[0], : yi.shape[1]] = yi
+    return xs, ys
 
 
 class DeviceData:
@@ -46,7 +69,7 @@ class DeviceData:
         self.device = device
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return int(self.labels.shape[0])
 
 
 class DeviceLoader(Loader):
@@ -66,8 +89,11 @@ class DeviceLoader(Loader):
         world_size: int = 1,
         channels_last: bool = False,
         paired: bool = False,
+        crop_size: Optional[tuple[int, int]] = None,
+        scale_range: tuple[float, float] = (1.0, 1.0),
     ) -> None:
         self.data = data
+        self.crop_size, self.scale_range = crop_size, (float(scale_range[0]), float(scale_range[1]))
         self.paired = bool(paired) and bool(train)
         self._partners = ClassPartners(data.labels) if self.paired else None
         self._init_common(dataset_size=len(data), device=data.device, batch_size=batch_size, train=train, seed=seed,
@@ -99,6 +125,11 @@ class DeviceLoader(Loader):
             p["offsets"] = torch.randint(0, 9, (n, 2), generator=g, device=g.device).to(dev)
         if "rrc" in self.augment:
             p["boxes"] = sample_rrc_boxes(n, self.h, self.w, gen(TAG_RRC), dev)
+        if "scale_crop" in self.augment:
+            g = gen(TAG_SCALE_CROP)
+            lo, hi = self.scale_range
+            p["scales"] = (lo + (hi - lo) * torch.rand(n, generator=g, device=g.device)).to(dev)
+            p["corners"] = torch.rand(n, 2, generator=g, device=g.device).to(dev)  # crop offsets, as fractions
         if "flip" in self.augment:
             g = gen(TAG_FLIP)
             p["flips"] = (torch.rand(n, generator=g, device=g.device) < 0.5).to(dev)
@@ -165,13 +196,18 @@ class DeviceLoader(Loader):
         for k in range(nb):
             sl = slice(k * gbs + r, (k + 1) * gbs, ws)
             idx = p["perm"][sl]
-            x = self._augment(images.index_select(0, idx), p, sl, aa, k)
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
+            if "scales" in p:  # segmentation: image and mask scaled and cropped together
+                x, y = scale_crop(x, y, p["scales"][sl], p["corners"][sl], self.crop_size or (self.h, self.w))
+            x = self._augment(x, p, sl, aa, k)
             if self._partners is not None:
                 x2 = self._augment(images.index_select(0, partners[sl]), p2, sl, aa2, k)
                 x = torch.cat([x, x2])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, labels.index_select(0, idx), idx
+            if y.dim() == 3 and "flips" in p:  # masks (segmentation) flip with their images
+                y = torch.where(p["flips"][sl].view(-1, 1, 1), y.flip(-1), y)
+            yield x, y, idx
 
     def _iter_eval(self) -> Iterator[Batch]:
         n, gbs, r, ws = self.dataset_size, self._gbs, self.rank, self.world_size

@@ -77,7 +77,7 @@ class Split:
     """Turns this encoded split into a decoded one at a given square size (set by the source; may cache)."""
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return int(self.labels.shape[0])
 
     @property
     def is_decoded(self) -> bool:
@@ -136,6 +136,9 @@ class DatasetSource:
     """Lines for the run header (how the resolution was decided, off-size images)."""
     skipped: dict = field(default_factory=dict)
     """Bad files left out (``data.on_bad_file=skip``): ``{"count": N, "files": [first names...]}``; summary.json."""
+    task: str = "classification"
+    """What the labels are (:mod:`tfdistill.tasks`): ``classification`` (one per image) or ``segmentation``
+    (``Split.labels`` (N, H, W) uint8 masks, one class per pixel, 255 = ignored)."""
 
     @property
     def num_classes(self) -> int:

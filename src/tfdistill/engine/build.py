@@ -252,3 +252,17 @@ class _StageStep(nn.Module):
     def forward(self, x: Tensor, y: Tensor, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.method.outputs(x, y, idx)
         return out.logits_s, self.stage.loss(out)
+
+
+def check_task(task: Any, model: nn.Module, example: torch.Tensor, name: str) -> None:
+    """Refuse (one line) a model whose output does not fit the data's task (a classifier on segmentation masks)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(example[:1])
+    finally:
+        model.train(was)
+    why = task.check(logits)
+    if why is not None:
+        raise ConfigError(f"model {name!r} does not fit the {task.name} data set: {why}")

@@ -47,14 +47,17 @@ class _Sums:
         self.device = device
         self.sums: dict[str, Tensor] = {}
         self.correct = torch.zeros((), device=device, dtype=torch.float64)
+        self.predicted = torch.zeros((), device=device, dtype=torch.float64)  # what train_acc divides by
         self.bad = torch.zeros((), device=device, dtype=torch.bool)
         self.seen = 0
 
     @torch.no_grad()
-    def add(self, loss: Tensor, logits: Tensor, terms: dict[str, Tensor], y: Tensor) -> None:
+    def add(self, loss: Tensor, logits: Tensor, terms: dict[str, Tensor], y: Tensor, task: Any) -> None:
         n = y.shape[0]
         self.bad |= ~torch.isfinite(loss)
-        self.correct += (logits.argmax(1) == y).sum()
+        hits, made = task.hits(logits, y)  # the task's training accuracy: per image, per pixel
+        self.correct += hits
+        self.predicted += made
         for k, v in (("loss", loss), *terms.items()):
             acc = self.sums.get(k)
             self.sums[k] = v.detach().double() * n if acc is None else acc + v.detach().double() * n
@@ -67,7 +70,8 @@ class _Sums:
         """The epoch's means (all-reduced over DDP ranks), or None if the loss became NaN/inf."""
         keys = list(self.sums)
         packed = torch.stack([self.sums[k] for k in keys] + [
-            self.correct, torch.tensor(float(self.seen), device=self.device, dtype=torch.float64), self.bad.double()])
+            self.correct, self.predicted, torch.tensor(float(self.seen), device=self.device, dtype=torch.float64),
+            self.bad.double()])
         all_reduce_sum(packed, run.info)
         vals = packed.tolist()
         count = max(vals[-2], 1.0)
@@ -75,7 +79,7 @@ class _Sums:
             self.sums = dict(zip(keys, packed))
             return None
         return {"loss": vals[0] / count, "terms": {k: v / count for k, v in zip(keys[1:], vals[1:len(keys)])},
-                "train_acc": 100.0 * vals[len(keys)] / count, "epoch_seconds": seconds,
+                "train_acc": 100.0 * vals[len(keys)] / max(vals[len(keys) + 1], 1.0), "epoch_seconds": seconds,
                 "images_per_sec": count / seconds if seconds > 0 else float("nan")}
 
 
@@ -176,7 +180,7 @@ class Group:
             for ln, (loss, logits, terms), (_, y, _) in zip(team.lanes, outs, batches):
                 if ln.sched is not None:
                     ln.sched.step()
-                sums[ln.i].add(loss, logits, terms, y)
+                sums[ln.i].add(loss, logits, terms, y, ln.run.task)
             bar.update(1)
             now = time.time()
             if now - shown > 0.5 or step == total - 1:
@@ -189,7 +193,7 @@ class Group:
                 if len(team.lanes) == 1:
                     s = sums[team.lanes[0].i]
                     bar.set_postfix(loss=f"{s.sums['loss'].item() / max(s.seen, 1):.3f}",
-                                    acc=f"{100 * s.correct.item() / max(s.seen, 1):.1f}")
+                                    acc=f"{100 * s.correct.item() / max(s.predicted.item(), 1):.1f}")
         bar.close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

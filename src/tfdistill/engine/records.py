@@ -84,6 +84,16 @@ def tb_write(tb: Any, row: dict) -> None:
             tb.add_scalar(k.replace(".", "/"), v, step)
 
 
+def _figures(run: Any, last_eval: dict) -> dict:
+    """The task's figures (:meth:`tfdistill.tasks.Task.summary`) with ``best_epoch`` after ``best_<primary>``."""
+    figures, out = run.task.summary(run.best_top1, last_eval), {}
+    for k, v in figures.items():
+        out[k] = v
+        if k == f"best_{run.task.primary_metric}":
+            out["best_epoch"] = run.best_epoch
+    return out
+
+
 def summary(run: Any, last_eval: dict, rows: list[dict]) -> dict:
     """``summary.json`` of ``run`` (a :class:`~.run.Run`): its figures and provenance. ``rows``: its metrics rows."""
     speeds = [r["images_per_sec"] for r in rows
@@ -98,11 +108,7 @@ def summary(run: Any, last_eval: dict, rows: list[dict]) -> dict:
         "data": run.data.describe(),  # the resolution as decided (data.image_size=0: by the dataset)
         "seed": int(cfg.seed),
         "epochs": int(cfg.epochs),
-        "best_top1": run.best_top1,
-        "best_epoch": run.best_epoch,
-        "last_top1": last_eval.get("top1"),
-        **({"last_top5": last_eval["top5"]} if "top5" in last_eval else {}),  # (more than 5 classes)
-        "last_test_loss": last_eval.get("loss"),
+        **_figures(run, last_eval),  # best_top1, best_epoch, last_top1, ... (the task's, tfdistill.tasks)
         "params": sum(p.numel() for p in run.student.parameters()),
         "wall_seconds": time.time() - run.started,
         "images_per_sec": sum(speeds) / len(speeds) if speeds else None,

@@ -31,6 +31,7 @@ from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
 from ..rundir import RunDir
 from ..runs import run_name
+from ..tasks import Task, get_task
 from . import build, records
 from .checkpoint import CheckpointSaver, rng_state, set_rng_state
 from .distributed import DistInfo, barrier, broadcast_object, broadcast_or_raise, broadcast_tensors
@@ -99,6 +100,8 @@ class Run:
             raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
                               f"{self.data.num_classes} classes; leave model.num_classes=0 to follow the data")
         self.num_classes = num_classes
+        self.task: Task = get_task(self.data.task, **self.data.task_options)
+        """What the labels are: the loss on the logits, the metrics, the records' figures (:mod:`tfdistill.tasks`)."""
 
         self.student = build.build_student(cfg, num_classes, self.device, self.info)
         self.teacher = teacher if teacher is not None else build.build_teacher(cfg, num_classes, self.device)
@@ -106,11 +109,12 @@ class Run:
             self.teacher.to(memory_format=build.memory_format(cfg))
 
         example = build.example_batch(self.data, cfg.data.name)
+        build.check_task(self.task, self.student, example, cfg.model.name)
         self.method: Method = build_method(
             self.student, cfg.method, example=example, num_classes=num_classes, num_train=self.data.num_train,
             epochs=int(cfg.epochs), teacher=self.teacher, student_taps=build.taps(cfg.model.taps),
             teacher_taps=build.taps(cfg.teacher.taps), student_name=cfg.model.name,
-            teacher_name=cfg.teacher.model or None, seed=seed)
+            teacher_name=cfg.teacher.model or None, seed=seed, task=self.task)
         self.dropblock = build.attach_dropblock(cfg, self.student, example)
 
         self.params = self.method.trainable_parameters("main")
@@ -136,6 +140,8 @@ class Run:
         self.epoch = 0  # epochs completed
         self.saved_epoch = 0  # ... and in last.pt
         self.best_top1 = -1.0
+        """The best value of the task's primary metric so far (top-1 for classification; the checkpoints keep it
+        under ``best_top1`` whatever the task)."""
         self.best_epoch = 0
         self.pre_done = False
         self.resumed_from = None
@@ -286,12 +292,13 @@ class Run:
         """After main epoch ``epoch`` (0-based): best top-1, metrics row, TensorBoard, checkpoints, the epoch line.
         ``evaluated``: this epoch's test figures, or {} when the epoch was not evaluated -- its metrics row then
         carries no test figures (never an earlier epoch's)."""
-        improved = bool(evaluated) and evaluated["top1"] > self.best_top1
+        primary = self.task.primary_metric
+        improved = bool(evaluated) and evaluated[primary] > self.best_top1
         if improved:
-            self.best_top1, self.best_epoch = evaluated["top1"], epoch + 1
+            self.best_top1, self.best_epoch = evaluated[primary], epoch + 1
         self.epoch = epoch + 1
-        tested = {f"test_{k}": evaluated.get(k) for k in ("top1", "top5", "loss") if k in evaluated}
-        row = {"epoch": epoch + 1, "lr": lr, **train, **tested, "best_top1": self.best_top1,
+        tested = {f"test_{k}": evaluated.get(k) for k in self.task.test_keys if k in evaluated}
+        row = {"epoch": epoch + 1, "lr": lr, **train, **tested, f"best_{primary}": self.best_top1,
                "time": time.time() - self.started}
         with deferred():  # a SIGINT/SIGTERM waits until the row and the checkpoints of this epoch are written
             if self.info.is_main:
@@ -300,7 +307,8 @@ class Run:
             self.save(best=improved)
         speed = f"{train['group_images_per_sec']:.0f} img/s ({train['packed']} runs)" if train.get("packed") else None
         line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, evaluated, self.best_top1,
-                                 self.best_epoch, eta, who=who, speed=speed)  # <= 100 columns (+ who)
+                                 self.best_epoch, eta, who=who, speed=speed,
+                                 metric=self.task.primary_metric)  # <= 100 columns (+ who)
         self.log(line)
         if terms and self.info.is_main:  # the terms that did not fit on the line
             self.run.log_line(terms)
@@ -311,8 +319,9 @@ class Run:
         if self.info.is_main:
             with deferred():
                 self.run.write_summary(summary)
-            self.log(f"finished: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
-                      f"last {summary['last_top1']:.2f}%  -> {self.run.path}")
+            m = self.task.primary_metric
+            self.log(f"finished: best {self.task.text({m: summary[f'best_{m}']})} (epoch {summary['best_epoch']}), "
+                      f"last {summary[f'last_{m}']:.2f}%  -> {self.run.path}")
         self.close()
         barrier(self.info)
         return RunResult(self.run.path, summary)
@@ -389,7 +398,8 @@ class Run:
             # the start of each step (every rank updates them from its own share of the batch): evaluate, and go
             # on from, what rank 0 checkpoints. Self-synchronised buffers (CRD's bank) are identical already.
             broadcast_tensors([b for n, b in self.method.named_buffers() if n not in self._self_synced], self.info)
-        return evaluate(self.student, self.data.test, precision=self.precision, device=self.device, info=self.info)
+        return evaluate(self.student, self.data.test, precision=self.precision, device=self.device, info=self.info,
+                        task=self.task, num_classes=self.num_classes)
 
     @property
     def step_mode(self) -> str:

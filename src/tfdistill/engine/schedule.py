@@ -14,6 +14,8 @@ def lr_factor(step: int, *, epochs: int, steps_per_epoch: int, schedule: Any, mi
     * ``multistep``: ``gamma ** (number of milestones <= epoch)`` -- the decay takes effect at the first step of
       the milestone epoch (PyTorch's MultiStepLR stepped once per epoch behaves the same).
     * ``cosine``: per-step cosine from 1 to ``min_ratio`` (``schedule.min_lr / lr``) over the whole run.
+    * ``poly``: per-step ``(1 - step / total) ** power`` (``schedule.power``, 0.9 in the segmentation codebases),
+      from 1 towards 0 over the whole run.
     * ``constant``.
     A linear warm-up from ``warmup_factor`` to 1 over ``warmup_epochs`` multiplies the result.
     """
@@ -24,6 +26,9 @@ def lr_factor(step: int, *, epochs: int, steps_per_epoch: int, schedule: Any, mi
     elif name == "cosine":
         total = max(1, epochs * steps_per_epoch)
         factor = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    elif name == "poly":
+        total = max(1, epochs * steps_per_epoch)
+        factor = (1 - min(step, total) / total) ** float(schedule.power)
     elif name == "constant":
         factor = 1.0
     else:  # validated by the config layer

@@ -31,6 +31,7 @@ from .declared import timm_declaration, token_layout, zoo_declaration
 from .layouts import NCHW, NHWC, Layout
 from .plan import Tap, TapPlan
 from .probe import _Watcher
+from .segmentation_table import segmentation_entry
 from .torchvision_table import torchvision_entry
 
 __all__ = ["resolve_plan", "select"]
@@ -56,10 +57,10 @@ def _shape(raw: tuple[int, ...] | None, layout: Layout, input_hw: tuple[int, int
     return (raw[2], *grid) if grid else None
 
 
-def select(entries: list[tuple[str, Layout]], watcher: _Watcher, input_hw: tuple[int, int] | None
-           ) -> tuple[list[tuple[str, Layout, tuple[int, ...]]], str]:
+def select(entries: list[tuple[str, Layout]], watcher: _Watcher, input_hw: tuple[int, int] | None,
+           keep_all: bool = False) -> tuple[list[tuple[str, Layout, tuple[int, ...]]], str]:
     """The selection rule for declared taps (module docs): (name, layout, (C, H, W)) kept, and a note saying which
-    selection applied."""
+    selection applied. ``keep_all``: every usable declared map (a segmentation encoder's, :mod:`.segmentation_table`)."""
     usable = []
     for name, layout in entries:
         if name not in watcher.order:
@@ -71,6 +72,8 @@ def select(entries: list[tuple[str, Layout]], watcher: _Watcher, input_hw: tuple
             continue
         usable.append((name, layout, shape))
     usable.sort(key=lambda e: watcher.order[e[0]])
+    if keep_all:
+        return usable, "every declared encoder stage (several at one resolution each their own tap)"
     if len(usable) > 1 and len({e[2][1:] for e in usable}) == 1:
         if len(usable) <= 4:
             return usable, "one size (isotropic): every declared block"
@@ -127,7 +130,11 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
     entries: list[tuple[str, Layout]] | None = None
     notes: list[str] = []
     zoo = zoo_declaration(model)
-    if zoo is not None and all(n in watcher.order for n, _ in zoo):
+    seg = segmentation_entry(model)  # segmentation encoders: every stage, never the head
+    if seg is not None:
+        chosen, how = select(seg[1], watcher, input_hw, keep_all=True)
+        result = plan(chosen, f"table ({seg[0]}); {how}", [], f"table ({seg[0]})")
+    elif zoo is not None and all(n in watcher.order for n, _ in zoo):
         entries, rule = zoo, "declared (stage_names)"
     else:
         timm = timm_declaration(model, watcher.raw, input_hw)
@@ -137,7 +144,9 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
             tv = torchvision_entry(model)
             if tv is not None:
                 entries, rule = tv[1], f"table (torchvision {tv[0]})"
-    if entries is not None:
+    if seg is not None:
+        pass
+    elif entries is not None:
         chosen, how = select(entries, watcher, input_hw)
         result = plan(chosen, f"{rule}; {how}", notes, rule)
     else:

@@ -14,9 +14,19 @@ Computed in float32 even under autocast; the teacher's logits are treated as con
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from ._common import SoftTarget
 
-__all__ = ["kd_loss"]
+__all__ = ["kd_loss", "per_position"]
+
+
+def per_position(logits: Tensor) -> Tensor:
+    """Logits of a dense prediction ``(N, K, H, W)`` as rows ``(N*H*W, K)``, one per position (so :func:`kd_loss`
+    is the per-pixel KD of structured-KD papers, averaged over pixels); ``(N, K)`` logits are returned as they are."""
+    if logits.dim() <= 2:
+        return logits
+    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
 
 
 kd_loss = SoftTarget("kd_loss", "KD", 4.0, kl=True, t_squared=True, doc="""\

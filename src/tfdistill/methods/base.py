@@ -148,6 +148,12 @@ class Distiller(nn.Module):
     samples across the batch (TFD's width term ranks channels over the whole batch; RKD, SP, CC relate samples),
     so it depends on how the batch is split. Every component declares it (a test checks); :func:`.registry.method_coupling`
     combines them for a method."""
+    dense: ClassVar[bool] = False
+    """Its terms are defined per position, so they apply to dense prediction (segmentation): on feature maps (TFD,
+    FitNets) or on logits per pixel (KD). Components that are not (they use one prediction per image: CRD's
+    embeddings, CS-KD's class partners, ...) say why in :attr:`dense_refusal`; ``build_method`` refuses them for a
+    dense task in one line."""
+    dense_refusal: ClassVar[str] = "its loss is defined on one prediction per image, not per pixel"
     needs_gather: ClassVar[bool] = False
     """True for components whose buffers must stay identical across data-parallel ranks (CRD's memory bank). The
     engine then sets :attr:`gather` and keeps those buffers out of DDP's per-step broadcast; the component applies

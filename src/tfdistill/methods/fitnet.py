@@ -54,6 +54,7 @@ class FitNetParams:
 class FitNet(Distiller):
     """FitNets hint loss: ``MSE(regressor(f_s[hint]), f_t[hint])``; the regressor is a method extra."""
     coupling = "per-sample"
+    dense = True  # a hint on feature maps: a segmentation teacher's encoder stage works as a classifier's
 
     Params = FitNetParams
     uses = FEATURE_USES

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..losses.kd import kd_loss
+from ..losses.kd import kd_loss, per_position
 from .registry import register_distiller, register_preset
 from .base import BuildContext, Distiller, StepOutputs, Uses
 
@@ -33,6 +33,7 @@ class KDParams:
 class KD(Distiller):
     """Hinton et al.'s knowledge distillation on logits; needs only the teacher's logits."""
     coupling = "per-sample"
+    dense = True  # per pixel on dense logits (:func:`~tfdistill.losses.kd.per_position`), averaged over pixels
 
     Params = KDParams
     uses = Uses(teacher=True)
@@ -52,7 +53,7 @@ class KD(Distiller):
     def terms(self, out: StepOutputs) -> dict[str, Tensor]:
         if out.logits_t is None:
             raise RuntimeError("kd needs the teacher's logits (no teacher output in this step)")
-        loss = self.params.weight * kd_loss(out.logits_s, out.logits_t, self.params.T)
+        loss = self.params.weight * kd_loss(per_position(out.logits_s), per_position(out.logits_t), self.params.T)
         return {"kd": loss * self.ramp if self.params.ramp_epochs > 0 else loss}
 
 

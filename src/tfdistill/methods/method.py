@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..features import FeatureTap
+from ..tasks import Task, get_task
 from .base import BuildContext, Distiller, FeatureInfo, PreStage, StepOutputs, Uses
 from .registry import DISTILLERS, method_schema, method_uses, resolve_preset
 
@@ -36,8 +37,11 @@ class Method(nn.Module):
         teacher: nn.Module | None = None,
         student_tap: FeatureTap | None = None,
         teacher_tap: FeatureTap | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__()
+        self.task = task if task is not None else get_task("classification")
+        """The supervised loss on the logits (``"ce"``: per image, per pixel) is the task's (:mod:`tfdistill.tasks`)."""
         self.student = student
         self.distillers = nn.ModuleDict(distillers)
         self.params = params
@@ -110,7 +114,7 @@ class Method(nn.Module):
         out = self.outputs(images, targets, index)
         terms: dict[str, Tensor] = {}
         if self.ce_weight:
-            ce = F.cross_entropy(out.logits_s.float(), targets, label_smoothing=self.label_smoothing)
+            ce = self.task.loss(out.logits_s, targets, label_smoothing=self.label_smoothing)
             terms["ce"] = self.ce_weight * ce
         for comp in self.distillers.values():
             for k, v in comp.terms(out).items():
@@ -265,6 +269,7 @@ def build_method(
     student_name: str | None = None,
     teacher_name: str | None = None,
     seed: int = 0,
+    task: Task | None = None,
 ) -> Method:
     """Assemble the method named ``params.name`` for ``student`` (and ``teacher``).
 
@@ -275,10 +280,19 @@ def build_method(
     ``example`` is one input batch on the right device; it is used (in eval mode, without gradients) to discover
     feature taps and the shapes components size their modules by. ``seed``: the run's seed, for components that draw
     random numbers while training (:attr:`~.base.BuildContext.seed`).
+
+    ``task`` (default: classification): what the labels are; the ``ce`` term is its loss, and a component that does
+    not apply to it (:attr:`~.base.Distiller.dense` for a dense task) is refused in one line naming why.
     """
+    task = task if task is not None else get_task("classification")
     # cfg.method -> its dataclass, once (an untyped node gets the schema's defaults first)
     params = plain_section(params, method_schema(str(params.name)) if _untyped(params) else None)
     preset = resolve_preset(params.name)
+    for c in preset.components:
+        comp = DISTILLERS.get(c)
+        if task.dense and not comp.dense:
+            raise ConfigError(f"method {params.name!r} does not apply to {task.name}: {comp.dense_refusal} "
+                              f"(methods for {task.name}: {', '.join(dense_methods())})")
     uses = method_uses(params.name)
     if uses.teacher and teacher is None:
         raise ConfigError(f"method {params.name!r} needs a teacher: set teacher.model and teacher.checkpoint")
@@ -303,4 +317,12 @@ def build_method(
              for c in preset.components}  # (sections of a params object that is not itself a config node)
     for c in comps.values():
         c.to(example.device)
-    return Method(student, params, comps, uses=uses, teacher=teacher, student_tap=s_tap, teacher_tap=t_tap)
+    return Method(student, params, comps, uses=uses, teacher=teacher, student_tap=s_tap, teacher_tap=t_tap,
+                  task=task)
+
+
+def dense_methods() -> list[str]:
+    """The registered methods whose components all apply to dense (per-pixel) prediction."""
+    from .registry import PRESETS
+
+    return sorted(n for n in PRESETS.names() if all(DISTILLERS.get(c).dense for c in resolve_preset(n).components))

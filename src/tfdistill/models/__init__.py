@@ -47,6 +47,7 @@ from . import (  # noqa: F401
     mobilenetv2,
     resnet,
     resnet_imagenet_style,
+    segmentation,
     shufflenetv1,
     shufflenetv2,
     vgg,
@@ -110,6 +111,8 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
         if kwargs.pop("pretrained"):
             raise ConfigError(f"model {name!r}: pretrained weights are built in for timm.<name> models only; "
                               "for a zoo or torchvision model start from a file with model.init_checkpoint")
+    if name.startswith(segmentation.SMP_PREFIX):
+        return segmentation.create_smp(name[len(segmentation.SMP_PREFIX):], num_classes, kwargs)
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(name[len(TORCHVISION_PREFIX):], num_classes, kwargs)
 

@@ -97,7 +97,9 @@ def sweep_status(plan: Plan, only: list[str] | None = None, echo: Callable[[str]
         where = f"job {job['id']} ({state.lower()})" if job else ""
         if is_finished(r):
             s = read_summary(r) or {}
-            rows.append((r.name, r.label, "done", f"last {pct(s.get('last_top1'))}  best {pct(s.get('best_top1'))}"))
+            m = s.get("primary_metric", "top1")  # the run's task's (summary.json; absent: top-1)
+            rows.append((r.name, r.label, "done", f"last {pct(s.get(f'last_{m}'))}  best {pct(s.get(f'best_{m}'))}"
+                         + ("" if m == "top1" else f" ({m})")))
         elif is_failed(r):
             why = (r.run_dir / FAILED_MARKER).read_text().splitlines()
             rows.append((r.name, r.label, "failed", (why[0] if why else "") + (f"  [{where}]" if where else "")))

@@ -304,10 +304,12 @@ class Sweep(Hooks):
                 self.progress.add_wall(wall)
                 self.result.finished.append(run.name)
                 self.result.trained.append(run.name)
+                m = s.get("primary_metric", "top1")  # the run's task's (summary.json; absent: top-1)
                 self.state.set(run, status="finished", ended=now, returncode=0, wall_seconds=wall,
-                               last_top1=s.get("last_top1"), best_top1=s.get("best_top1"))
-                self.echo(f"{self.progress.tag(run.name)} done   {run.name}  last {pct(s.get('last_top1'))}  best "
-                          f"{pct(s.get('best_top1'))}  in {hms(wall)}  | {self._progress()}")
+                               **{f"last_{m}": s.get(f"last_{m}"), f"best_{m}": s.get(f"best_{m}")})
+                self.echo(f"{self.progress.tag(run.name)} done   {run.name}  last {pct(s.get(f'last_{m}'))}  best "
+                          f"{pct(s.get(f'best_{m}'))}" + ("" if m == "top1" else f" ({m})")
+                          + f"  in {hms(wall)}  | {self._progress()}")
             elif outcome.status == "interrupted":
                 self.state.set(run, status="interrupted", ended=now)
             else:
