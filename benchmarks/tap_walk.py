@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "src"))
 from tfdistill.errors import ConfigError  # noqa: E402
 from tfdistill.features import FeatureTap  # noqa: E402
 from tfdistill.features.declared import timm_declaration  # noqa: E402
+from tfdistill.features.hf_table import hf_entry  # noqa: E402
 from tfdistill.features.probe import inside_attention_or_mlp  # noqa: E402
 from tfdistill.features.torchvision_table import torchvision_entry  # noqa: E402
 from tfdistill.losses import TFDLoss  # noqa: E402
@@ -70,6 +71,45 @@ TIMM_MODELS: list[tuple[str, int, dict]] = [
     ("davit_tiny", 64, {}), ("focalnet_tiny_srf", 64, {}), ("hiera_tiny_224", 64, {"img_size": (64, 64)}),
     ("crossvit_tiny_240", 240, {}), ("visformer_tiny", 64, {"img_size": 64}),
 ]
+
+
+# Hugging Face transformers: tiny configs (random weights, no download); (model_type, input side, config kwargs)
+_VIT = dict(hidden_size=32, num_hidden_layers=8, num_attention_heads=2, intermediate_size=64, image_size=64,
+            patch_size=8)
+_SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], image_size=64, patch_size=4, window_size=2)
+_STAGES = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1])
+HF_MODELS: list[tuple[str, int, dict]] = [
+    ("vit", 64, _VIT), ("vit_msn", 64, _VIT), ("deit", 64, dict(_VIT, encoder_stride=8)), ("beit", 64, _VIT),
+    ("data2vec-vision", 64, _VIT), ("dinov2", 64, _VIT), ("dinov2_with_registers", 64, dict(_VIT, num_register_tokens=4)),
+    ("ijepa", 64, _VIT),
+    ("swin", 64, _SWIN), ("swinv2", 64, _SWIN), ("donut-swin", 64, _SWIN),
+    ("focalnet", 64, dict(embed_dim=16, depths=[1, 1, 2, 1], image_size=64, patch_size=4)),
+    ("resnet", 64, dict(_STAGES, embedding_size=8)), ("convnext", 64, _STAGES), ("convnextv2", 64, _STAGES),
+    ("regnet", 64, dict(_STAGES, embedding_size=8, groups_width=8)),
+    ("bit", 64, dict(embedding_size=16, hidden_sizes=[32, 32, 64, 64], depths=[1, 1, 1, 1], num_groups=4)),
+    ("hgnet_v2", 64, {}), ("textnet", 64, {}),
+    ("segformer", 64, dict(_STAGES, num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16)),
+    ("mobilenet_v1", 64, dict(depth_multiplier=0.25, image_size=64)),
+    ("mobilenet_v2", 64, dict(depth_multiplier=0.25, image_size=64)),
+    ("efficientnet", 64, dict(width_coefficient=0.25, depth_coefficient=0.25, image_size=64, hidden_dim=320)),
+    ("mobilevit", 64, dict(image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], hidden_sizes=[16, 24, 32])),
+    ("mobilevitv2", 64, dict(image_size=64, width_multiplier=0.25)), ("swiftformer", 64, {}),
+    ("pvt_v2", 64, dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1])),
+    ("clip", 64, dict(vision_config=_VIT)), ("siglip", 64, dict(vision_config=_VIT)),
+    ("hiera", 64, dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=[64, 64])),
+]
+HF_CLASS = {"deit": "DeiTForImageClassification"}  # the Auto class maps deit to two classes
+
+
+def hf_model(model_type: str, num_classes: int = 10, **kwargs):
+    """A Hugging Face image classifier built from a tiny config (random weights)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    cfg = AutoConfig.for_model(model_type, num_labels=num_classes, **kwargs)
+    if model_type in HF_CLASS:
+        return getattr(transformers, HF_CLASS[model_type])(cfg)
+    return AutoModelForImageClassification.from_config(cfg)
 
 
 def timm_family(name: str) -> str:
@@ -116,6 +156,13 @@ def _check_plan(model, name: str, plan, feats) -> None:
                 assert int(t.stride) == d["reduction"], (name, t.name, t.stride, d)
     elif plan.rule.startswith("declared (stage_names"):
         assert set(plan.names) <= set(model.stage_names), (name, plan.names)
+    elif plan.rule.startswith("table (Hugging Face"):
+        entry = hf_entry(model)
+        assert entry is not None and set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
+        stem = ("embedder", "embeddings", "stem", "conv_stem")
+        assert not any(part in stem for t in plan.names for part in t.split(".")), (name, plan.names)
+        if entry[1] and entry[1][0][1].kind == "tokens":
+            assert len(feats) >= 3, f"{name}: a token model gives {len(feats)} grid maps"
     elif plan.rule.startswith("table"):
         entry = torchvision_entry(model)
         assert entry is not None and set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
@@ -128,7 +175,10 @@ def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2
     """Build ``name`` (random weights), plan its taps on a ``size`` px input and train one step (module docs)."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, **(kwargs or {}))
+    if name.startswith("hf."):
+        model = hf_model(name.removeprefix("hf."), num_classes=10, **(kwargs or {}))
+    else:
+        model = create_model(name, num_classes=10, **(kwargs or {}))
     model.train()
     x = torch.randn(batch, 3, size, size)
     tap = FeatureTap(model, "auto", model_name=name)
@@ -139,6 +189,7 @@ def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2
         assert name in msg and "name the taps" in msg, msg  # the one clear error
         return Result(name, size, False, refusal=msg.split(" (got:")[0], seconds=time.perf_counter() - t0)
     logits, feats = tap(x)
+    logits = getattr(logits, "logits", logits)  # a Hugging Face model returns an output object
     plan = tap.plan()
     _check_plan(model, name, plan, feats)
     tfd = TFDLoss(alpha=1.0, beta=1.0)(feats)
@@ -166,6 +217,10 @@ def torchvision_models() -> list[tuple[str, int, dict]]:
 
 def timm_models() -> list[tuple[str, int, dict]]:
     return [(f"timm.{n}", s, kw) for n, s, kw in TIMM_MODELS]
+
+
+def hf_models() -> list[tuple[str, int, dict]]:
+    return [(f"hf.{n}", s, kw) for n, s, kw in HF_MODELS]
 
 
 def _table(results: list[Result], title: str) -> list[str]:

@@ -254,7 +254,7 @@ def test_ddp_one_process_same_plan_and_capture_through_it(gloo):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("dynamo", [None, "aot_eager"])
+@pytest.mark.parametrize("dynamo", [None, pytest.param("aot_eager", marks=pytest.mark.slow)])
 def test_accelerate_prepared_model_same_plan_and_capture(dynamo):
     accelerate = pytest.importorskip("accelerate")
     from accelerate.state import AcceleratorState
@@ -276,3 +276,56 @@ def test_accelerate_prepared_model_same_plan_and_capture(dynamo):
         assert len(tap.features) == 3 and all(torch.isfinite(p.grad).all() for p in model.layer1.parameters())
     finally:
         AcceleratorState._reset_state(True)
+
+
+# ------------------------------------------------------------------------------------------------ done when (#28)
+def _tv():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10), 32
+
+
+def _timm():
+    timm = pytest.importorskip("timm")
+    return timm.create_model("resnet10t", num_classes=10), 32
+
+
+def _hf():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.AutoConfig.for_model("vit", hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                            intermediate_size=64, image_size=32, patch_size=8, num_labels=10)
+    return transformers.AutoModelForImageClassification.from_config(cfg), 32
+
+
+def _logits(out):
+    return getattr(out, "logits", out)
+
+
+@pytest.mark.parametrize("build", [_tv, _timm, pytest.param(_hf, marks=pytest.mark.slow)],
+                         ids=["torchvision", "timm", "hf"])
+def test_same_plan_for_plain_compiled_ddp_and_accelerate_forms_and_compiled_code_runs(build, gloo):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    model, size = build()
+    model.train()
+    x = torch.randn(2, 3, size, size)
+    plain = FeatureTap(model, "auto")
+    plain.discover(x)
+    want = _plan(plain)
+    assert len(want) >= 2 and not any(n.startswith(("module.", "_orig_mod.")) for n, _ in want)
+    backend = Counting()
+    compiled = torch.compile(model, backend=backend)
+    try:
+        prepared = Accelerator(cpu=True).prepare(model)
+    finally:
+        AcceleratorState._reset_state(True)
+    for wrapped in (compiled, DDP(model), prepared):
+        tap = FeatureTap(wrapped, "auto")
+        tap.discover(x)
+        assert _plan(tap) == want, type(wrapped).__name__
+        tap.remove()
+    out, feats = plain.bind(compiled)(x)                       # the plain tap, pointed at the compiled form
+    assert backend.runs == 1 and [tuple(f.shape[1:]) for f in feats] == [s for _, s in want]
+    (_logits(out).sum() + sum(f.float().pow(2).mean() for f in feats)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

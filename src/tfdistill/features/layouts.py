@@ -43,8 +43,13 @@ class Layout:
     """tokens: leading non-patch tokens dropped (class / register / distillation tokens)."""
     reduction: int = 0
     """tokens: input pixels per token along each side (the patch size)."""
+    item: int = -1
+    """>= 0: an output that is a tuple or list (a block returning ``(hidden_states, attentions)``) is read at this
+    item; a tensor output is read as it is."""
 
     def to_nchw(self, t: Tensor, input_hw: tuple[int, int] | None) -> Tensor:
+        if self.item >= 0 and isinstance(t, (tuple, list)):
+            t = t[self.item]
         if self.kind == "NCHW":
             return t
         if self.kind == "NHWC":

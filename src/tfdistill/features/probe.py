@@ -142,6 +142,7 @@ class _Watcher:
         self.shape: dict[str, tuple[int, ...] | None] = {}
         self.raw: dict[str, tuple[int, ...] | None] = {}
         self.kind: dict[str, str] = {}
+        self.items: dict[str, tuple[tuple[int, ...] | None, ...]] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.in_shape: dict[str, tuple[int, ...] | None] = {}
         self.in_from: dict[str, str | None] = {}
@@ -170,6 +171,8 @@ class _Watcher:
             self.shape[name] = tuple(output.shape) if ok else None
             self.raw[name] = tuple(output.shape) if isinstance(output, Tensor) else None
             self.kind[name] = _describe_output(output)
+            if isinstance(output, (tuple, list)):
+                self.items[name] = tuple(tuple(o.shape) if isinstance(o, Tensor) else None for o in output[:4])
             x = inputs[0] if inputs else None
             ok_in = isinstance(x, Tensor) and x.dim() == 4
             self.in_shape[name] = tuple(x.shape) if ok_in else None

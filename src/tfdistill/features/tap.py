@@ -291,10 +291,11 @@ class FeatureTap:
         if self._shapes is None and self._plan is not None:
             self._shapes = [t.shape for t in self._plan.taps]
 
-    def discover(self, example_input: Any, **kwargs: Any) -> list[str]:
+    def discover(self, example_input: Any = None, **kwargs: Any) -> list[str]:
         """Resolve the plan now with one eval-mode, no-grad forward pass of the inner model (no effect once
         resolved). ``example_input``: the input (or a tuple of positional inputs); ``kwargs``: keyword inputs."""
-        self._discover_on(example_input if isinstance(example_input, tuple) else (example_input,), kwargs)
+        args = () if example_input is None else example_input if isinstance(example_input, tuple) else (example_input,)
+        self._discover_on(args, kwargs)
         return self.names
 
     def plan(self) -> TapPlan | None:
