@@ -1,12 +1,14 @@
-"""The tap walk: every torchvision classification model and a broad timm set through FeatureTap("auto").
+"""The tap walk: every torchvision classifier, a broad timm set and Hugging Face families through FeatureTap("auto").
 
 Each model either yields >= 2 stage maps -- (N, C, H, W), non-increasing resolution, none inside an attention or
 MLP sub-block, matching the model's declaration where it has one (timm ``feature_info`` channels and stride, zoo
 ``stage_names``, the torchvision table's modules) -- and trains one step with a finite TFD loss and finite
 gradients, or refuses with the clear error (naming the model and how to name taps). Random weights, small inputs.
 
-    python benchmarks/tap_walk.py                 # writes docs/taps.md (torchvision + timm walks)
-    python benchmarks/tap_walk.py --only timm     # one source; --models a,b to walk a few
+    python benchmarks/tap_walk.py                 # writes docs/taps.md (torchvision, timm and HF walks)
+    python benchmarks/tap_walk.py --only hf       # one source; --models a,b to walk a few
+    python benchmarks/tap_walk.py --only hf --update       # rewrite only that section of docs/taps.md
+    python benchmarks/tap_walk.py --models a,b --update    # rewrite only those rows
 
 tests/test_tap_walk.py runs the same :func:`walk_one` (the full walks are ``slow``).
 """
@@ -225,16 +227,59 @@ def hf_models() -> list[tuple[str, int, dict]]:
 
 def _table(results: list[Result], title: str) -> list[str]:
     ok = sum(r.ok for r in results)
-    out = [f"## {title}", "", f"{len(results)} models: {ok} tapped, {len(results) - ok} refused.", "",
+    out = [f"### {title}", "", f"{len(results)} models: {ok} tapped, {len(results) - ok} refused.", "",
            "| model | input px | rule | taps (shallow to deep) / refusal |", "|---|---|---|---|"]
     out += [r.row() for r in results]
     return out + [""]
 
 
+WALKS = "## The walks"
+
+
+def _intro(path: Path) -> list[str]:
+    """What docs/taps.md says above its walks (written by hand; the walk rewrites only what follows)."""
+    text = path.read_text() if path.exists() else "# Feature taps\n"
+    head = text.split(WALKS)[0].rstrip("\n")
+    return head.split("\n") + [""]
+
+
+def _update(text: str, sections: list[tuple[str, list[Result]]], whole: bool) -> str:
+    """``text`` with the walked sections replaced (``whole``; a section not there yet is appended), or only the
+    rows of the walked models (and each section's count line) replaced."""
+    for title, results in sections:
+        head = f"### {title}"
+        if whole:
+            block = "\n".join(_table(results, title))
+            if head in text:
+                start = text.index(head)
+                nxt = text.find("\n### ", start + 1)
+                text = text[:start] + block.rstrip("\n") + ("\n" + text[nxt:] if nxt >= 0 else "\n")
+            else:
+                text = text.rstrip("\n") + "\n\n" + block
+            continue
+        for r in results:
+            lines = text.split("\n")
+            lines = [r.row() if ln.startswith(f"| `{r.model}` |") else ln for ln in lines]
+            text = "\n".join(lines)
+        if head in text:  # recount the section from its rows
+            start = text.index(head)
+            nxt = text.find("\n### ", start + 1)
+            body = text[start:nxt if nxt >= 0 else len(text)]
+            rows = [ln for ln in body.split("\n") if ln.startswith("| `")]
+            refused = sum("| **refused** |" in ln for ln in rows)
+            count = [ln for ln in body.split("\n") if ln.endswith(" refused.") and " models: " in ln]
+            if count:
+                text = text.replace(count[0], f"{len(rows)} models: {len(rows) - refused} tapped, {refused} refused.",
+                                    1)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=("torchvision", "timm"), default=None)
+    p.add_argument("--only", choices=("torchvision", "timm", "hf"), default=None)
     p.add_argument("--models", default=None, help="comma-separated names (with their prefix) to walk only those")
+    p.add_argument("--update", action="store_true",
+                   help="with --only or --models: rewrite only those sections or rows of the existing --out file")
     p.add_argument("--out", default=str(REPO / "docs" / "taps.md"))
     ns = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -244,20 +289,26 @@ def main(argv: list[str] | None = None) -> int:
                        torchvision_models()))
     if ns.only in (None, "timm"):
         groups.append(("timm (a broad set: CNNs, ViTs, hybrids, MLPs; tiniest variants)", timm_models()))
-    lines = ["# Tap plans across torchvision and timm", "",
-             "Written by `python benchmarks/tap_walk.py` (re-run it to refresh); checked by `tests/test_tap_walk.py`. "
-             "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
-             "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
-             "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
+    if ns.only in (None, "hf"):
+        groups.append(("Hugging Face transformers (image classifiers from tiny configs, `hf.<model_type>`)",
+                       hf_models()))
+    lines = _intro(Path(ns.out)) + [
+        WALKS, "",
+        "Written by `python benchmarks/tap_walk.py` (re-run it to refresh); checked by `tests/test_tap_walk.py`. "
+        "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
+        "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
+        "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
     import torchvision
 
-    try:
-        import timm
-
-        lines += [f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}.", ""]
-    except ImportError:
-        lines += [f"torch {torch.__version__}, torchvision {torchvision.__version__}.", ""]
+    versions = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
+    for mod in ("timm", "transformers"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    lines += [", ".join(versions) + ".", ""]
     failed = []
+    sections: list[tuple[str, list[Result]]] = []
     for title, models in groups:
         if ns.models:
             wanted = set(ns.models.split(","))
@@ -272,9 +323,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.seconds:6.1f}s {r.row()}", flush=True)
             results.append(r)
         lines += _table(results, title)
-    if not ns.models:
-        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.out).write_text("\n".join(lines))
+        sections.append((title, results))
+    out = Path(ns.out)
+    if ns.update and out.exists():
+        out.write_text(_update(out.read_text(), sections, whole=not ns.models))
+        print(f"updated {ns.out}")
+    elif not ns.models:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines))
         print(f"wrote {ns.out}")
     for f in failed:
         print("FAILED", f, file=sys.stderr)

@@ -53,7 +53,8 @@ def _vision_config(model: nn.Module) -> Any:
 
 def _lists(model: nn.Module, length: int) -> list[tuple[str, nn.ModuleList]]:
     """Outermost ModuleLists of ``length`` entries, in definition order, outside attention/MLP sub-blocks and
-    outside the classifier."""
+    the classifier, leaving out patch-embedding lists and lists of lists (SegFormer in transformers 5.0 keeps
+    ``patch_embeddings``, ``block`` and ``layer_norm`` lists per stage: the stage output is ``layer_norm.<k>``)."""
     modules = dict(model.named_modules())
     found: list[tuple[str, nn.ModuleList]] = []
     for name, m in model.named_modules():
@@ -61,6 +62,8 @@ def _lists(model: nn.Module, length: int) -> list[tuple[str, nn.ModuleList]]:
             continue
         if name.startswith("classifier") or inside_attention_or_mlp(name, modules):
             continue
+        if "embed" in name.rsplit(".", 1)[-1] or all(isinstance(c, nn.ModuleList) for c in m):
+            continue  # patch embeddings (the stem of each stage), or a list of lists that is never called
         if any(name.startswith(f + ".") for f, _ in found):
             continue
         found.append((name, m))

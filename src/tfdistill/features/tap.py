@@ -350,6 +350,16 @@ class FeatureTap:
         Each forward's maps replace the previous one's (:attr:`embedding` too). An ``"auto"`` plan not yet resolved
         is resolved on the first forward (an extra eval-mode, no-grad pass; eager models only).
         """
+        self._start()
+        ok = False
+        try:
+            yield self
+            ok = True
+        finally:
+            self._active = False
+            self._finish(ok)
+
+    def _start(self) -> None:
         if self._active:
             raise ConfigError(f"feature tap on {self._label()}: capture() is already active (no nesting)")
         self._features, self._error = None, None
@@ -358,13 +368,6 @@ class FeatureTap:
         self._forwards = 0
         self.embedding = None
         self._active = True
-        ok = False
-        try:
-            yield self
-            ok = True
-        finally:
-            self._active = False
-            self._finish(ok)
 
     def _finish(self, ok: bool) -> None:
         feats, self._outs = self._outs, [None] * len(self._outs)
@@ -405,8 +408,14 @@ class FeatureTap:
                 self._discover_on(args, kwargs)
             else:
                 return self._first_call(args, kwargs)
-        with self.capture():
+        self._start()  # what capture() does, without a generator context manager (plain code for torch.compile)
+        ok = False
+        try:
             out = self.call(*args, **kwargs)
+            ok = True
+        finally:
+            self._active = False
+            self._finish(ok)
         return out, self.features
 
     def _first_call(self, args: tuple, kwargs: dict) -> tuple[Any, list[Tensor]]:
