@@ -82,7 +82,8 @@ _SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], image_si
 _STAGES = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1])
 HF_MODELS: list[tuple[str, int, dict]] = [
     ("vit", 64, _VIT), ("vit_msn", 64, _VIT), ("deit", 64, dict(_VIT, encoder_stride=8)), ("beit", 64, _VIT),
-    ("data2vec-vision", 64, _VIT), ("dinov2", 64, _VIT), ("dinov2_with_registers", 64, dict(_VIT, num_register_tokens=4)),
+    ("data2vec-vision", 64, _VIT), ("dinov2", 64, _VIT),
+    ("dinov2_with_registers", 64, dict(_VIT, num_register_tokens=4)),
     ("ijepa", 64, _VIT),
     ("swin", 64, _SWIN), ("swinv2", 64, _SWIN), ("donut-swin", 64, _SWIN),
     ("focalnet", 64, dict(embed_dim=16, depths=[1, 1, 2, 1], image_size=64, patch_size=4)),
@@ -236,6 +237,18 @@ def _table(results: list[Result], title: str) -> list[str]:
 WALKS = "## The walks"
 
 
+def _versions() -> str:
+    import torchvision
+
+    versions = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
+    for mod in ("timm", "transformers"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    return ", ".join(versions) + "."
+
+
 def _intro(path: Path) -> list[str]:
     """What docs/taps.md says above its walks (written by hand; the walk rewrites only what follows)."""
     text = path.read_text() if path.exists() else "# Feature taps\n"
@@ -245,7 +258,13 @@ def _intro(path: Path) -> list[str]:
 
 def _update(text: str, sections: list[tuple[str, list[Result]]], whole: bool) -> str:
     """``text`` with the walked sections replaced (``whole``; a section not there yet is appended), or only the
-    rows of the walked models (and each section's count line) replaced."""
+    rows of the walked models (and each section's count line) replaced; the versions line is refreshed."""
+    lines = text.split("\n")
+    for k, ln in enumerate(lines):
+        if ln.startswith("torch ") and ln.endswith("."):
+            lines[k] = _versions()
+            break
+    text = "\n".join(lines)
     for title, results in sections:
         head = f"### {title}"
         if whole:
@@ -298,15 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
         "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
         "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
-    import torchvision
-
-    versions = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
-    for mod in ("timm", "transformers"):
-        try:
-            versions.append(f"{mod} {__import__(mod).__version__}")
-        except ImportError:
-            pass
-    lines += [", ".join(versions) + ".", ""]
+    lines += [_versions(), ""]
     failed = []
     sections: list[tuple[str, list[Result]]] = []
     for title, models in groups:

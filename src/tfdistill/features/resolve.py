@@ -5,7 +5,9 @@ Order (the first rule that applies chooses all the taps, and the plan records wh
 1. **named** -- the module paths the user gives (``FeatureTap(model, [...])``, ``model.taps=[...]``), as given.
 2. **declared** -- what the model declares (:mod:`.declared`): a zoo model's ``stage_names``, a timm model's
    ``feature_info``.
-3. **table** -- torchvision's classification families (:mod:`.torchvision_table`).
+3. **table** -- torchvision's classification families (:mod:`.torchvision_table`), then Hugging Face vision
+   classifiers by ``config.model_type`` (:mod:`.hf_table`; a first map at stride 1 or 2 is stem-level and left out
+   when two or more remain, as timm's).
 4. **probe (fallback)** -- stage outputs guessed from one forward pass, under hard rules (:mod:`.probe`).
 
 Selection (rules 2 and 3): declared maps of one position (1x1) are left out; then
@@ -17,7 +19,8 @@ Selection (rules 2 and 3): declared maps of one position (1x1) are left out; the
   before it is dropped.
 
 Layouts (:mod:`.layouts`): NHWC outputs are permuted and token outputs laid out as NCHW, for named taps too. A
-named tap with a 3-D output needs a model that declares its token grid; otherwise it is refused.
+named tap with a 3-D output needs a declared token grid (``FeatureTap(..., token_grid=...)`` first, then the model's
+``token_grid`` attribute, timm's, torchvision's or the HF table's declaration); otherwise it is refused.
 
 Fewer than two usable maps when choosing automatically is an error naming the model and how to name taps.
 """

@@ -11,9 +11,14 @@ probe fallback. The plan is logged once (logger ``tfdistill.features``, level IN
 Repeated calls. A module called several times in one forward pass (a shared block) yields its *last* output; the
 tap warns once (naming the module) the first time that happens.
 
-Hooks hold references only for the duration of one call's bookkeeping; each call clears the previous features,
-so nothing stale accumulates. Works under ``torch.no_grad``, autocast and channels_last (features keep the dtype
-and memory format the model produced). Remove the hooks with :meth:`FeatureTap.remove` or use a ``with`` block.
+Passive capture: ``with tap.capture(): out = model(x)`` records the maps of the forwards made inside the block
+(each replaces the previous one's) in :attr:`FeatureTap.features`; ``tap(x)`` is the same around one call. Each
+capture clears the previous features, so nothing stale accumulates (the last forward's maps are kept until the
+next capture or :meth:`FeatureTap.remove`). Wrapped models (``torch.compile``, DDP, Accelerate) are seen through:
+the plan is made on the inner module, calls go through the wrapper (:meth:`FeatureTap.bind`).
+
+Works under ``torch.no_grad``, autocast and channels_last (features keep the dtype and memory format the model
+produced). Remove the hooks with :meth:`FeatureTap.remove` or use a ``with`` block.
 """
 
 from __future__ import annotations
