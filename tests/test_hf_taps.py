@@ -106,3 +106,27 @@ def test_an_explicit_token_grid_comes_before_the_table():
     assert tuple(feats[0].shape) == (1, 32, 4, 4)
     with pytest.raises(ConfigError, match="does not hold the patch grid of a \\(32, 32\\) input at 16 px"):
         FeatureTap(model, [block], token_grid=token_grid(16, prefix=1))(x)
+
+
+def test_hf_stage_labels_mean_hf_stages_not_module_paths():
+    """``stage_names`` / ``out_features`` are labels: ``stage1`` is the first stage after the stem (Swin: before
+    its patch merging), for the classifier and for HF's own backbone class alike."""
+    kw = dict(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])
+    model = build("resnet", num_labels=10, **kw)
+    x = torch.randn(2, 3, 64, 64)
+    tap = FeatureTap(model, ["stage2", "stage4"])
+    _, feats = tap(x)
+    assert [n.rsplit(".", 2)[-2:] for n in tap.names] == [["stages", "1"], ["stages", "3"]]
+    hidden = model(x, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(feats[0], hidden[2])
+    with pytest.raises(ConfigError, match="valid labels are stage1..stage4 \\(the stem is not a stage\\)"):
+        FeatureTap(model, ["stem", "stage2"])
+    backbone = transformers.ResNetBackbone(transformers.ResNetConfig(**kw, out_features=["stage1", "stage3"]))
+    assert backbone.stage_names[0] == "stem"                    # labels, never read as module paths
+    auto = FeatureTap(backbone.eval(), "auto")
+    auto.discover(x)
+    assert auto.plan().rule.startswith("table (Hugging Face ResNet)") and len(auto.names) == 4
+    maps = backbone(x).feature_maps                             # HF's stage1 and stage3
+    _, mine = FeatureTap(backbone, ["stage1", "stage3"])(x)
+    for a, b in zip(mine, maps):
+        torch.testing.assert_close(a, b)

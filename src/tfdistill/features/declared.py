@@ -25,8 +25,8 @@ __all__ = ["zoo_declaration", "timm_declaration", "token_layout", "is_timm_model
 
 def zoo_declaration(model: nn.Module) -> list[tuple[str, Layout]] | None:
     names = getattr(model, "stage_names", None)
-    if not names:
-        return None
+    if not names or type(model).__module__.startswith("transformers."):
+        return None  # a Hugging Face backbone's stage_names are stage labels, not module paths (see hf_table)
     return [(str(n), NCHW) for n in names]
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from .layouts import NCHW, Layout, grid_for
 from .probe import inside_attention_or_mlp
 
-__all__ = ["hf_entry", "is_hf_model", "HF_FAMILIES"]
+__all__ = ["hf_entry", "is_hf_model", "HF_FAMILIES", "hf_stage_labels"]
 
 
 def is_hf_model(model: nn.Module) -> bool:
@@ -192,3 +192,34 @@ def measured_layout(layout: Layout, raw: tuple[int, ...] | None, input_hw: tuple
             if grid_for(input_hw, red, raw[1]) is not None:
                 return Layout("tokens", 0, red, item=layout.item)
     return None
+
+
+def hf_stage_labels(model: nn.Module, names: list[str]) -> list[str]:
+    """Named taps with HF stage labels (``stage1``, ``stage2``, ... as in ``config.stage_names`` and
+    ``out_features``) replaced by the module each label means in the table: the k-th stage (Swin-like: its last
+    block before patch merging; token models: block k - 1, as HF's backbones number them). Module paths and models
+    outside the table pass unchanged; ``stem`` is refused (the stem is not a stage)."""
+    import re
+
+    from ..errors import ConfigError
+
+    if not is_hf_model(model) or not any(re.fullmatch(r"stem|stage\d+", n) for n in names):
+        return names
+    modules = dict(model.named_modules())
+    entry = hf_entry(model)
+    kind = HF_FAMILIES.get(str(model.config.model_type), ("", ""))[1]
+    out = []
+    for n in names:
+        m = re.fullmatch(r"stem|stage(\d+)", n)
+        if m is None or n in modules:
+            out.append(n)
+            continue
+        if entry is None or kind == "blocks":
+            raise ConfigError(f"HF stage label {n!r}: {type(model).__name__} has no stage labels in tfdistill's "
+                              "Hugging Face table; name module paths from model.named_modules()")
+        stages = entry[1]
+        if m.group(1) is None or not 1 <= int(m.group(1)) <= len(stages):
+            raise ConfigError(f"HF stage label {n!r} of {type(model).__name__}: valid labels are stage1.."
+                              f"stage{len(stages)} (the stem is not a stage)")
+        out.append(stages[int(m.group(1)) - 1][0])
+    return out

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .hf_table import hf_stage_labels
 from .layouts import Layout, TokenGrid, as_token_grid
 from .plan import TapPlan
 from .probe import _resolve, _watch, _watch_eval, _Watcher, image_input
@@ -46,7 +47,7 @@ def plan_taps(model: nn.Module, example_input: Tensor, layers: str | Sequence[st
               model_name: str | None = None, min_maps: int = 2) -> TapPlan:
     """The tap plan for ``model`` on ``example_input`` (one eval-mode, no-grad forward pass), without hooks left."""
     model = unwrap(model)
-    names = None if isinstance(layers, str) else [str(n) for n in layers]
+    names = None if isinstance(layers, str) else hf_stage_labels(model, [str(n) for n in layers])
     if names is not None:
         _resolve(model, names)
     return resolve_plan(model, _watch_eval(model, example_input), names, model_name=model_name, min_maps=min_maps)
@@ -125,7 +126,8 @@ class FeatureTap:
             module (its names, no ``_orig_mod.``/``module.`` prefixes); calls go through the wrapper. Nothing is
             modified (hooks only).
         layers: ``"auto"`` or a list of module names (as in ``model.named_modules()`` of the inner module), shallow
-            to deep.
+            to deep. For a Hugging Face model of the family table, HF's stage labels (``"stage1"``, ...) name the
+            stage they label.
         embedding: also capture the input of the classifier (the last ``nn.Linear`` that runs, found on the first
             call) as :attr:`embedding` -- the penultimate, pooled features used by CRD, RKD, PKT, ...
         call: what to call instead of the model (default: ``model`` as given, wrapper included); the hooks stay on
@@ -185,7 +187,7 @@ class FeatureTap:
             if layers != "auto":
                 raise ConfigError(f"feature taps must be 'auto' or a list of module names, got {layers!r}")
         else:
-            names = [str(n) for n in layers]
+            names = hf_stage_labels(inner, [str(n) for n in layers])
             if not names:
                 raise ConfigError("feature taps: the list of module names is empty")
             _resolve(inner, names)
