@@ -342,3 +342,20 @@ def test_same_plan_for_plain_compiled_ddp_and_accelerate_forms_and_compiled_code
     assert backend.runs == 1 and [tuple(f.shape[1:]) for f in feats] == [s for _, s in want]
     (_logits(out).sum() + sum(f.float().pow(2).mean() for f in feats)).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.slow
+def test_capture_under_aot_eager_fullgraph_train_mode_backward_matches_eager():
+    """aot_eager traces the hooks' autograd too: fullgraph (any graph break is an error), train mode, backward."""
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for compiled in (False, True):
+        model = _resnet().train()
+        tap = FeatureTap(model, "auto")
+        tap.discover(x)
+        run = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        with tap.capture():
+            out = run(x)
+        (out.sum() + sum(f.pow(2).mean() for f in tap.features)).backward()
+        grads.append(model.layer1[0].conv1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
