@@ -1,12 +1,14 @@
-"""The tap walk: every torchvision classification model and a broad timm set through FeatureTap("auto").
+"""The tap walk: every torchvision classifier, a broad timm set and Hugging Face families through FeatureTap("auto").
 
 Each model either yields >= 2 stage maps -- (N, C, H, W), non-increasing resolution, none inside an attention or
 MLP sub-block, matching the model's declaration where it has one (timm ``feature_info`` channels and stride, zoo
 ``stage_names``, the torchvision table's modules) -- and trains one step with a finite TFD loss and finite
 gradients, or refuses with the clear error (naming the model and how to name taps). Random weights, small inputs.
 
-    python benchmarks/tap_walk.py                 # writes docs/taps.md (torchvision + timm walks)
-    python benchmarks/tap_walk.py --only timm     # one source; --models a,b to walk a few
+    python benchmarks/tap_walk.py                 # writes docs/taps.md (torchvision, timm and HF walks)
+    python benchmarks/tap_walk.py --only hf       # one source; --models a,b to walk a few
+    python benchmarks/tap_walk.py --only hf --update       # rewrite only that section of docs/taps.md
+    python benchmarks/tap_walk.py --models a,b --update    # rewrite only those rows
 
 tests/test_tap_walk.py runs the same :func:`walk_one` (the full walks are ``slow``).
 """
@@ -28,6 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 from tfdistill.errors import ConfigError  # noqa: E402
 from tfdistill.features import FeatureTap  # noqa: E402
 from tfdistill.features.declared import timm_declaration  # noqa: E402
+from tfdistill.features.hf_table import hf_entry  # noqa: E402
 from tfdistill.features.probe import inside_attention_or_mlp  # noqa: E402
 from tfdistill.features.torchvision_table import torchvision_entry  # noqa: E402
 from tfdistill.losses import TFDLoss  # noqa: E402
@@ -70,6 +73,46 @@ TIMM_MODELS: list[tuple[str, int, dict]] = [
     ("davit_tiny", 64, {}), ("focalnet_tiny_srf", 64, {}), ("hiera_tiny_224", 64, {"img_size": (64, 64)}),
     ("crossvit_tiny_240", 240, {}), ("visformer_tiny", 64, {"img_size": 64}),
 ]
+
+
+# Hugging Face transformers: tiny configs (random weights, no download); (model_type, input side, config kwargs)
+_VIT = dict(hidden_size=32, num_hidden_layers=8, num_attention_heads=2, intermediate_size=64, image_size=64,
+            patch_size=8)
+_SWIN = dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], image_size=64, patch_size=4, window_size=2)
+_STAGES = dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1])
+HF_MODELS: list[tuple[str, int, dict]] = [
+    ("vit", 64, _VIT), ("vit_msn", 64, _VIT), ("deit", 64, dict(_VIT, encoder_stride=8)), ("beit", 64, _VIT),
+    ("data2vec-vision", 64, _VIT), ("dinov2", 64, _VIT),
+    ("dinov2_with_registers", 64, dict(_VIT, num_register_tokens=4)),
+    ("ijepa", 64, _VIT),
+    ("swin", 64, _SWIN), ("swinv2", 64, _SWIN), ("donut-swin", 64, _SWIN),
+    ("focalnet", 64, dict(embed_dim=16, depths=[1, 1, 2, 1], image_size=64, patch_size=4)),
+    ("resnet", 64, dict(_STAGES, embedding_size=8)), ("convnext", 64, _STAGES), ("convnextv2", 64, _STAGES),
+    ("regnet", 64, dict(_STAGES, embedding_size=8, groups_width=8)),
+    ("bit", 64, dict(embedding_size=16, hidden_sizes=[32, 32, 64, 64], depths=[1, 1, 1, 1], num_groups=4)),
+    ("hgnet_v2", 64, {}), ("textnet", 64, {}),
+    ("segformer", 64, dict(_STAGES, num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16)),
+    ("mobilenet_v1", 64, dict(depth_multiplier=0.25, image_size=64)),
+    ("mobilenet_v2", 64, dict(depth_multiplier=0.25, image_size=64)),
+    ("efficientnet", 64, dict(width_coefficient=0.25, depth_coefficient=0.25, image_size=64, hidden_dim=320)),
+    ("mobilevit", 64, dict(image_size=64, neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], hidden_sizes=[16, 24, 32])),
+    ("mobilevitv2", 64, dict(image_size=64, width_multiplier=0.25)), ("swiftformer", 64, {}),
+    ("pvt_v2", 64, dict(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1])),
+    ("clip", 64, dict(vision_config=_VIT)), ("siglip", 64, dict(vision_config=_VIT)),
+    ("hiera", 64, dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=[64, 64])),
+]
+HF_CLASS = {"deit": "DeiTForImageClassification"}  # the Auto class maps deit to two classes
+
+
+def hf_model(model_type: str, num_classes: int = 10, **kwargs):
+    """A Hugging Face image classifier built from a tiny config (random weights)."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    cfg = AutoConfig.for_model(model_type, num_labels=num_classes, **kwargs)
+    if model_type in HF_CLASS:
+        return getattr(transformers, HF_CLASS[model_type])(cfg)
+    return AutoModelForImageClassification.from_config(cfg)
 
 
 def timm_family(name: str) -> str:
@@ -116,6 +159,13 @@ def _check_plan(model, name: str, plan, feats) -> None:
                 assert int(t.stride) == d["reduction"], (name, t.name, t.stride, d)
     elif plan.rule.startswith("declared (stage_names"):
         assert set(plan.names) <= set(model.stage_names), (name, plan.names)
+    elif plan.rule.startswith("table (Hugging Face"):
+        entry = hf_entry(model)
+        assert entry is not None and set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
+        stem = ("embedder", "embeddings", "stem", "conv_stem")
+        assert not any(part in stem for t in plan.names for part in t.split(".")), (name, plan.names)
+        if entry[1] and entry[1][0][1].kind == "tokens":
+            assert len(feats) >= 3, f"{name}: a token model gives {len(feats)} grid maps"
     elif plan.rule.startswith("table"):
         entry = torchvision_entry(model)
         assert entry is not None and set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
@@ -128,7 +178,10 @@ def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2
     """Build ``name`` (random weights), plan its taps on a ``size`` px input and train one step (module docs)."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = create_model(name, num_classes=10, **(kwargs or {}))
+    if name.startswith("hf."):
+        model = hf_model(name.removeprefix("hf."), num_classes=10, **(kwargs or {}))
+    else:
+        model = create_model(name, num_classes=10, **(kwargs or {}))
     model.train()
     x = torch.randn(batch, 3, size, size)
     tap = FeatureTap(model, "auto", model_name=name)
@@ -139,6 +192,7 @@ def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2
         assert name in msg and "name the taps" in msg, msg  # the one clear error
         return Result(name, size, False, refusal=msg.split(" (got:")[0], seconds=time.perf_counter() - t0)
     logits, feats = tap(x)
+    logits = getattr(logits, "logits", logits)  # a Hugging Face model returns an output object
     plan = tap.plan()
     _check_plan(model, name, plan, feats)
     tfd = TFDLoss(alpha=1.0, beta=1.0)(feats)
@@ -168,18 +222,83 @@ def timm_models() -> list[tuple[str, int, dict]]:
     return [(f"timm.{n}", s, kw) for n, s, kw in TIMM_MODELS]
 
 
+def hf_models() -> list[tuple[str, int, dict]]:
+    return [(f"hf.{n}", s, kw) for n, s, kw in HF_MODELS]
+
+
 def _table(results: list[Result], title: str) -> list[str]:
     ok = sum(r.ok for r in results)
-    out = [f"## {title}", "", f"{len(results)} models: {ok} tapped, {len(results) - ok} refused.", "",
+    out = [f"### {title}", "", f"{len(results)} models: {ok} tapped, {len(results) - ok} refused.", "",
            "| model | input px | rule | taps (shallow to deep) / refusal |", "|---|---|---|---|"]
     out += [r.row() for r in results]
     return out + [""]
 
 
+WALKS = "## The walks"
+
+
+def _versions() -> str:
+    import torchvision
+
+    versions = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
+    for mod in ("timm", "transformers"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    return ", ".join(versions) + "."
+
+
+def _intro(path: Path) -> list[str]:
+    """What docs/taps.md says above its walks (written by hand; the walk rewrites only what follows)."""
+    text = path.read_text() if path.exists() else "# Feature taps\n"
+    head = text.split(WALKS)[0].rstrip("\n")
+    return head.split("\n") + [""]
+
+
+def _update(text: str, sections: list[tuple[str, list[Result]]], whole: bool) -> str:
+    """``text`` with the walked sections replaced (``whole``; a section not there yet is appended), or only the
+    rows of the walked models (and each section's count line) replaced; the versions line is refreshed."""
+    lines = text.split("\n")
+    for k, ln in enumerate(lines):
+        if ln.startswith("torch ") and ln.endswith("."):
+            lines[k] = _versions()
+            break
+    text = "\n".join(lines)
+    for title, results in sections:
+        head = f"### {title}"
+        if whole:
+            block = "\n".join(_table(results, title))
+            if head in text:
+                start = text.index(head)
+                nxt = text.find("\n### ", start + 1)
+                text = text[:start] + block.rstrip("\n") + ("\n" + text[nxt:] if nxt >= 0 else "\n")
+            else:
+                text = text.rstrip("\n") + "\n\n" + block
+            continue
+        for r in results:
+            lines = text.split("\n")
+            lines = [r.row() if ln.startswith(f"| `{r.model}` |") else ln for ln in lines]
+            text = "\n".join(lines)
+        if head in text:  # recount the section from its rows
+            start = text.index(head)
+            nxt = text.find("\n### ", start + 1)
+            body = text[start:nxt if nxt >= 0 else len(text)]
+            rows = [ln for ln in body.split("\n") if ln.startswith("| `")]
+            refused = sum("| **refused** |" in ln for ln in rows)
+            count = [ln for ln in body.split("\n") if ln.endswith(" refused.") and " models: " in ln]
+            if count:
+                text = text.replace(count[0], f"{len(rows)} models: {len(rows) - refused} tapped, {refused} refused.",
+                                    1)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=("torchvision", "timm"), default=None)
+    p.add_argument("--only", choices=("torchvision", "timm", "hf"), default=None)
     p.add_argument("--models", default=None, help="comma-separated names (with their prefix) to walk only those")
+    p.add_argument("--update", action="store_true",
+                   help="with --only or --models: rewrite only those sections or rows of the existing --out file")
     p.add_argument("--out", default=str(REPO / "docs" / "taps.md"))
     ns = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -189,20 +308,18 @@ def main(argv: list[str] | None = None) -> int:
                        torchvision_models()))
     if ns.only in (None, "timm"):
         groups.append(("timm (a broad set: CNNs, ViTs, hybrids, MLPs; tiniest variants)", timm_models()))
-    lines = ["# Tap plans across torchvision and timm", "",
-             "Written by `python benchmarks/tap_walk.py` (re-run it to refresh); checked by `tests/test_tap_walk.py`. "
-             "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
-             "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
-             "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
-    import torchvision
-
-    try:
-        import timm
-
-        lines += [f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}.", ""]
-    except ImportError:
-        lines += [f"torch {torch.__version__}, torchvision {torchvision.__version__}.", ""]
+    if ns.only in (None, "hf"):
+        groups.append(("Hugging Face transformers (image classifiers from tiny configs, `hf.<model_type>`)",
+                       hf_models()))
+    lines = _intro(Path(ns.out)) + [
+        WALKS, "",
+        "Written by `python benchmarks/tap_walk.py` (re-run it to refresh); checked by `tests/test_tap_walk.py`. "
+        "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
+        "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
+        "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
+    lines += [_versions(), ""]
     failed = []
+    sections: list[tuple[str, list[Result]]] = []
     for title, models in groups:
         if ns.models:
             wanted = set(ns.models.split(","))
@@ -217,9 +334,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.seconds:6.1f}s {r.row()}", flush=True)
             results.append(r)
         lines += _table(results, title)
-    if not ns.models:
-        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.out).write_text("\n".join(lines))
+        sections.append((title, results))
+    out = Path(ns.out)
+    if ns.update and out.exists():
+        out.write_text(_update(out.read_text(), sections, whole=not ns.models))
+        print(f"updated {ns.out}")
+    elif not ns.models:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines))
         print(f"wrote {ns.out}")
     for f in failed:
         print("FAILED", f, file=sys.stderr)

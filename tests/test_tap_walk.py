@@ -1,5 +1,6 @@
-"""The tap walk (benchmarks/tap_walk.py): every torchvision classifier and a broad timm set either yield >= 2 correct
-stage maps and train one TFD step, or refuse with the clear error. The full walks are slow; a handful is not."""
+"""The tap walk (benchmarks/tap_walk.py): every torchvision classifier, a broad timm set and Hugging Face families
+either yield >= 2 correct stage maps and train one TFD step, or refuse with the clear error. The full walks are
+slow; a handful is not."""
 
 from __future__ import annotations
 
@@ -73,8 +74,32 @@ def test_walk_broad_timm_set():
     assert set(refused) == {"timm.hrnet_w18_small", "timm.crossvit_tiny_240"}, refused
 
 
+HF_FAST = [("hf.vit", 64), ("hf.deit", 64), ("hf.swin", 64), ("hf.resnet", 64), ("hf.mobilenet_v2", 64)]
+
+
+@pytest.mark.parametrize("name, size", HF_FAST, ids=[m[0] for m in HF_FAST])
+def test_hf_walk_fast_subset(name, size):
+    pytest.importorskip("transformers")
+    kwargs = {n: kw for n, _, kw in tap_walk.hf_models()}[name]
+    r = tap_walk.walk_one(name, size, kwargs)
+    assert r.ok and r.rule.startswith("table (Hugging Face") and len(r.taps) >= 2, r
+    assert not any("embedder" in t or "embeddings" in t for t in r.taps), r.taps
+
+
+@pytest.mark.slow
+def test_walk_hugging_face_families():
+    """At least 15 HF classification families tapped by the family table (token models >= 3 grid maps, checked in
+    walk_one), one TFD step each; hiera (tokens in an unrolled order) refuses with the one clear error."""
+    pytest.importorskip("transformers")
+    models = tap_walk.hf_models()
+    assert len({n for n, _, _ in models}) >= 15
+    refused = _walk(models)
+    assert refused == ["hf.hiera"], refused
+
+
 def test_docs_table_lists_every_walked_model():
-    """docs/taps.md (written by the walk) names every model of both walks."""
+    """docs/taps.md (written by the walk) names every model of the three walks."""
     text = (REPO / "docs" / "taps.md").read_text()
-    missing = [n for n, _, _ in tap_walk.torchvision_models() + tap_walk.timm_models() if f"`{n}`" not in text]
+    walked = tap_walk.torchvision_models() + tap_walk.timm_models() + tap_walk.hf_models()
+    missing = [n for n, _, _ in walked if f"`{n}`" not in text]
     assert not missing, missing

@@ -120,6 +120,16 @@ def test_torchvision_mobilenet_efficientnet_whole_blocks_at_32px(name):
     assert all(n.count(".") == 1 and n.startswith("features.") for n in plan.names), plan.names
     sizes = [t.shape[1] for t in plan.taps]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes) and sizes[-1] >= 2
+    assert "features.0" not in plan.names  # issue 29: the stem is not a stage (as in timm's plans)
+
+
+def test_torchvision_mobilenet_v3_stem_is_not_a_stage_as_in_timm():
+    """Issue 29: torchvision MobileNetV3-small tapped its stem ``features.0``; timm's plan of the same network
+    starts at its first block. Now both start at a block."""
+    tv = plan_taps(torchvision.models.mobilenet_v3_small(num_classes=10), torch.randn(2, 3, 64, 64))
+    tm = plan_taps(timm.create_model("mobilenetv3_small_050", num_classes=10), torch.randn(2, 3, 64, 64))
+    assert tv.names[0] == "features.1" and tm.names[0] == "blocks.0"
+    assert tv.taps[0].stride == tm.taps[0].stride == "4"
 
 
 def test_torchvision_swin_v2_taps_stage_outputs_not_attention_mlps():
@@ -224,11 +234,15 @@ def test_cli_taps_prints_plans(capsys):
     (["taps", "resnet2000"], "unknown model 'resnet2000'"),
     (["taps", "timm.vit_tiny_patch16_224", "--image-size", "64"], "img_size=64"),
     (["taps", "resnet20", "--image-size", "0"], "must be positive"),
+    # issue 29: the model runs at 8 px but gives too few maps -- say that, not "does not run"
+    (["taps", "torchvision.resnet18", "--image-size", "8"], "gives 1 usable feature map(s) on a 3x8x8 input"),
 ])
 def test_cli_taps_bad_input_one_line(capsys, argv, needle):
     assert main(argv) != 0
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("tfdistill: error: ") and needle in err, err
+    if "usable feature map" in needle:
+        assert "does not run" not in err
 
 
 # ------------------------------------------------------------------------------------------ timm in the factory

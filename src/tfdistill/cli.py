@@ -234,6 +234,8 @@ def cmd_taps(ns: argparse.Namespace) -> int:
     x = torch.randn(2, 3, ns.image_size, ns.image_size)
     try:
         plan = plan_taps(model, x, layers, model_name=ns.model)
+    except ConfigError:  # the model ran: too few usable maps, or a named tap that is no map -- say that
+        raise
     except (RuntimeError, AssertionError, ValueError) as exc:  # the model refuses this input size
         hint = f" (a timm model built for one size takes img_size={ns.image_size})" if ns.model.startswith("timm.") \
             and "img_size" not in kwargs else ""

@@ -9,7 +9,8 @@ family (class)                         taps
 ResNet / ResNeXt / Wide-ResNet         ``layer1 .. layer4``
 VGG, AlexNet, SqueezeNet               ``features.<k>``: the last layer at each resolution (VGG/AlexNet: the ReLU
                                        before each max-pool; SqueezeNet: the last Fire module at each size)
-MobileNetV2/V3, EfficientNet v1/v2     ``features.<k>``: the last block at each resolution (whole blocks only)
+MobileNetV2/V3, EfficientNet v1/v2     ``features.<k>``, k >= 1: the last block at each resolution (whole blocks
+                                       only); ``features.0`` is the stem, never a stage (as in timm's plans)
 MNASNet                                ``layers.<k>``: the last layer or stack at each resolution
 DenseNet                               ``features.denseblock1 .. 4``
 RegNet                                 ``trunk_output.block1 .. 4``
@@ -44,9 +45,14 @@ def _named(*names: str, layout: Layout = NCHW) -> Entry:
     return lambda model: [(n, layout) for n in names]
 
 
-def _children(container: str) -> Entry:
-    """Every direct child of ``container``; the selection keeps the last one at each resolution."""
-    return lambda model: [(f"{container}.{k}", NCHW) for k, _ in model.get_submodule(container).named_children()]
+def _children(container: str, skip_stem: bool = False) -> Entry:
+    """Every direct child of ``container`` (without the first, the stem, if ``skip_stem``); the selection keeps the
+    last one at each resolution."""
+    def entry(model: nn.Module) -> list[tuple[str, Layout]]:
+        kids = [k for k, _ in model.get_submodule(container).named_children()]
+        return [(f"{container}.{k}", NCHW) for k in kids[1 if skip_stem else 0:]]
+
+    return entry
 
 
 def _vit(model: nn.Module) -> list[tuple[str, Layout]]:
@@ -60,9 +66,9 @@ _TABLE: dict[str, tuple[str, Entry]] = {
     "VGG": ("VGG", _children("features")),
     "AlexNet": ("AlexNet", _children("features")),
     "SqueezeNet": ("SqueezeNet", _children("features")),
-    "MobileNetV2": ("MobileNetV2", _children("features")),
-    "MobileNetV3": ("MobileNetV3", _children("features")),
-    "EfficientNet": ("EfficientNet", _children("features")),
+    "MobileNetV2": ("MobileNetV2", _children("features", skip_stem=True)),
+    "MobileNetV3": ("MobileNetV3", _children("features", skip_stem=True)),
+    "EfficientNet": ("EfficientNet", _children("features", skip_stem=True)),
     "MNASNet": ("MNASNet", _children("layers")),
     "DenseNet": ("DenseNet", _named(*(f"features.denseblock{k}" for k in range(1, 5)))),
     "RegNet": ("RegNet", _named(*(f"trunk_output.block{k}" for k in range(1, 5)))),
