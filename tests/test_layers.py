@@ -19,7 +19,7 @@ LAYERS = [
     {"losses"},
     {"features", "regularizers"},
     {"methods", "models", "data"},
-    {"config", "recipes", "rundir", "runs"},
+    {"config", "recipes", "rundir", "runs", "fingerprint"},
     {"engine", "evaluate"},
     {"sweep"},
     {"report"},

@@ -1,7 +1,7 @@
 """Command line: argument parsing and error presentation only; every command calls into the library.
 
     tfdistill train RECIPE [key=value ...] [--resume | --overwrite]
-    tfdistill train --resume RUN_DIR|RUN_DIR/last.pt [key=value ...]
+    tfdistill train --resume RUN_DIR|RUN_DIR/last.pt [key=value ...] [--accept-data-change]
     tfdistill eval CHECKPOINT [--data NAME] [key=value ...]
     tfdistill demo
     tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
@@ -79,7 +79,11 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
         dry_run(cfg, resume=bool(resume), overwrite=ns.overwrite)
         return 0
-    train(cfg, resume=bool(resume), overwrite=ns.overwrite)  # its last line, "finished: ...", is the result
+    if ns.accept_data_change and not resume:
+        raise ConfigError("--accept-data-change goes with --resume: it lets a run continue on data other than those "
+                          "recorded in its fingerprint.json")
+    # its last line, "finished: ...", is the result
+    train(cfg, resume=bool(resume), overwrite=ns.overwrite, accept_data_change=ns.accept_data_change), "finished: ...", is the result
     return 0
 
 
@@ -302,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "extend a multistep run); or retype the run's recipe and overrides followed by --resume. "
                         "Never starts a new run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue on data other than those the run was trained on (by default "
+                        "refused: fingerprint.json records the data's file names and sizes, class names and subset); "
+                        "the change is recorded in fingerprint.json")
     t.add_argument("--out-dir", default=None, metavar="DIR", help="same as out_dir=DIR (parent of the run directory)")
     t.add_argument("--device", default=None, help="same as engine.device=... (auto | cpu | cuda | cuda:N | mps)")
     t.add_argument("--print-config", action="store_true",

@@ -218,6 +218,8 @@ class DataBundle:
     """Bad files of the data set left out (``data.on_bad_file=skip``): count and first names."""
     """Lines for the run header: how the dataset was read (e.g. an image folder's decided resolution, off-size
     images)."""
+    identity: dict = field(default_factory=dict)
+    """The data's identity (:mod:`tfdistill.data.identity`): name, class names, files, subset; fingerprint.json."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:

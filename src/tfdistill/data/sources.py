@@ -136,6 +136,9 @@ class DatasetSource:
     """Lines for the run header (how the resolution was decided, off-size images)."""
     skipped: dict = field(default_factory=dict)
     """Bad files left out (``data.on_bad_file=skip``): ``{"count": N, "files": [first names...]}``; summary.json."""
+    identity: dict = field(default_factory=dict)
+    """What the data is, from what moves with it (:mod:`tfdistill.data.identity`): recorded in the run's
+    fingerprint.json and checked when the run is resumed."""
 
     @property
     def num_classes(self) -> int:
