@@ -73,7 +73,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if resume:
         from .engine.resume import prepare_resume
 
-        prepare_resume(cfg, dry=ns.dry_run)  # something to resume, and cfg may resume it (or extend it)
+        prepare_resume(cfg, dry=ns.dry_run, accept_data_change=ns.accept_data_change)  # something to resume, and cfg may resume it (or extend it)
     if ns.dry_run:
         from .engine.dryrun import dry_run
 
@@ -83,7 +83,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise ConfigError("--accept-data-change goes with --resume: it lets a run continue on data other than those "
                           "recorded in its fingerprint.json")
     # its last line, "finished: ...", is the result
-    train(cfg, resume=bool(resume), overwrite=ns.overwrite, accept_data_change=ns.accept_data_change), "finished: ...", is the result
+    train(cfg, resume=bool(resume), overwrite=ns.overwrite, accept_data_change=ns.accept_data_change)
     return 0
 
 

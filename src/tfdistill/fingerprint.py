@@ -181,6 +181,23 @@ def pair_problem(a: Optional[dict], b: Optional[dict]) -> Optional[str]:
 ACCEPT_FLAG = "--accept-data-change"
 
 
+def check_data(run_dir: str | Path, identity: dict, accept: bool = False, stored: Optional[dict] = None
+               ) -> Optional[str]:
+    """Resuming the run in ``run_dir`` on the data of ``identity``: None when they are the data recorded in its
+    fingerprint (or it has none); their difference when ``accept``; otherwise a DataError with the difference."""
+    from .errors import DataError
+
+    stored = stored if stored is not None else read(run_dir)
+    if stored is None:
+        return None
+    why = data_difference(stored.get("data") or {}, identity)
+    if why and not accept:
+        raise DataError(f"cannot resume {run_dir}: its data differ from the data it was trained on: {why}; give "
+                        f"data.root=<the data it was trained on>, or pass {ACCEPT_FLAG} to continue on these data "
+                        f"(recorded in {FINGERPRINT_FILE})")
+    return why
+
+
 class Tracker:
     """A run's fingerprint while it trains: the engine's one object for it (:class:`tfdistill.engine.run.Run`).
 
@@ -193,8 +210,6 @@ class Tracker:
     def __init__(self, run_dir: Path, *, data: dict, student: torch.nn.Module, device: torch.device,
                  world_size: int = 1, resume: bool = False, accept_data_change: bool = False,
                  epoch: Optional[int] = None) -> None:
-        from .errors import DataError
-
         self.path = Path(run_dir)
         self.rec = record(data, weights_hash(student), environment(device, world_size))
         self.recorder: Optional[OrderRecorder] = None
@@ -208,11 +223,7 @@ class Tracker:
             self.rec["order"] = None
             self.rec["env"] = {**self.rec["env"], "note": "recorded on resume (the run started before fingerprints)"}
             return
-        why = data_difference(stored.get("data") or {}, self.rec["data"])
-        if why and not accept_data_change:
-            raise DataError(f"cannot resume {self.path}: its data differ from the data it was trained on: {why}; "
-                            f"give data.root=<the data it was trained on>, or pass {ACCEPT_FLAG} to continue on "
-                            f"these data (recorded in {FINGERPRINT_FILE})")
+        why = check_data(self.path, data, accept_data_change, stored)
         if why:
             change = {"after_epoch": epoch, "from": stored["data"].get("hash"), "to": self.rec["data"]["hash"],
                       "what": why}

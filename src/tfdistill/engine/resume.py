@@ -106,9 +106,11 @@ def resume_config(target: str | Path, overrides: list[str]) -> Any:
     return cfg
 
 
-def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
+def prepare_resume(cfg: Any, dry: bool = False, accept_data_change: bool = False) -> list[RunDir]:
     """Check that every run of ``cfg`` (one, or one per seed of ``cfg.seeds``) has something to resume and that
-    ``cfg`` may resume it; unless ``dry``, mark an extension (module docs). Returns the run directories."""
+    ``cfg`` may resume it; unless ``dry``, mark an extension (module docs) -- once its data are checked against its
+    fingerprint (the run checks them again when it is built; an extension is marked only on the right data, or
+    with ``accept_data_change``). Returns the run directories."""
     cfgs = seed_configs(cfg) if getattr(cfg, "seeds", None) else [cfg]  # one run directory per seed
     dirs = []
     for c in cfgs:
@@ -125,6 +127,13 @@ def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
                           f"exists (drop --resume to start them)")
     extended = [(rd, c, check_resume(rd, c)) for rd, c in dirs]
     if not dry and int(os.environ.get("RANK", "0")) == 0:
+        if any(old is not None for _, _, old in extended):
+            from ..data import load_source
+            from ..fingerprint import check_data
+
+            for rd, c, old in extended:
+                if old is not None:
+                    check_data(rd.path, load_source(c.data).identity, accept_data_change)
         for rd, c, old in extended:
             (rd.path / FAILED_MARKER).unlink(missing_ok=True)  # it is being continued: no longer stopped for good
             if old is not None:
