@@ -107,6 +107,7 @@ def test_pair_problem_names_what_differs():
     assert pair_problem(fp, {**fp, "data": {"hash": "e", "name": "x"}}).startswith("other data (")
 
 
+@pytest.mark.slow
 def test_trained_runs_are_paired_by_their_fingerprints_and_a_run_with_another_order_is_not(tmp_path, monkeypatch):
     """End to end: CE and TFD at seeds 0 and 1 pair by fingerprint.json (even when their summaries were made on
     other machines); TFD runs whose loader really drew another order (another data seed) are reported unpaired."""

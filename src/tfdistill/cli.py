@@ -8,7 +8,7 @@
     tfdistill sweep SPEC.yaml [key=value ...] [--jobs N] [--gpus 0,1] [--dry-run] [--only GLOB] [--status]
     tfdistill sweep SPEC.yaml --executor slurm [--partition P] [--time 4:00:00] [--gpus-per-job 1] ...
     tfdistill report RUNS_DIR [--out DIR] [--metric last|best]
-    tfdistill results [RESULTS_DIR] [--readme README.md] [--check]
+    tfdistill results [RESULTS_DIR] [--readme README.md] [--docs docs/results.md] [--check]
     tfdistill taps MODEL [--image-size S] [--num-classes N] [--taps a,b,c]
     tfdistill models | methods
 """
@@ -177,7 +177,8 @@ def cmd_results(ns: argparse.Namespace) -> int:
     from .report.results import build_results
 
     readme = None if ns.no_readme else ns.readme
-    files = build_results(ns.results_dir, readme, check=ns.check, plots=not ns.no_plots)
+    files = build_results(ns.results_dir, readme, check=ns.check, plots=not ns.no_plots,
+                          docs=None if ns.no_docs else ns.docs)
     if ns.check:
         if files:
             print(f"tfdistill: stale: {', '.join(str(f) for f in files)} differ from what `tfdistill results` "
@@ -393,10 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "committed runs (--check: verify instead)",
                         description="For every results/<name>/ with a result.yaml: rewrite report/ (tfdistill "
                                     "report of its sweep folder) and the generated block of its README.md, then the "
-                                    "block of the top-level README.md. Run it from the repository root.")
+                                    "full blocks in docs/results.md and the compact summary in the top-level "
+                                    "README.md. Run it from the repository root.")
     rs.add_argument("results_dir", metavar="RESULTS_DIR", nargs="?", default="results")
     rs.add_argument("--readme", default="README.md", help="the README whose results block is rewritten")
     rs.add_argument("--no-readme", action="store_true", help="leave the top-level README alone")
+    rs.add_argument("--docs", default="docs/results.md",
+                    help="the page of the full generated blocks, relative to the repository (the folder above "
+                         "RESULTS_DIR); created with a title and the markers when missing")
+    rs.add_argument("--no-docs", action="store_true", help="leave the docs page alone")
     rs.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 naming the files that differ from what would be written")
     rs.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
