@@ -139,3 +139,35 @@ def test_trained_runs_are_paired_by_their_fingerprints_and_a_run_with_another_or
     line = next(ln for ln in rep.markdown.splitlines() if "not paired with ce" in ln)
     assert "tfd_s0 / ce_s0: another data order (first epoch" in line and "(and 1 more pair)" in line, line
     assert "| resnet8 | last-epoch | unpaired |" in rep.markdown
+
+
+def test_the_report_tabulates_the_primary_metric_a_summary_names(tmp_path):
+    """The metric contract (rundir): summary.json's ``primary_metric`` m (absent: top1); the report reads
+    ``best_<m>``/``last_<m>`` from summary.json and plots ``test_<m>`` from metrics.jsonl."""
+    from test_report import write_run
+
+    base = ["data.name=synthetic", "model.name=resnet8", "epochs=3"]
+    for method, vals in (("ce", (40.0, 41.0, 43.0)), ("tfd", (42.0, 42.5, 45.0))):
+        for seed, v in enumerate(vals):
+            run = tmp_path / "seg" / f"{method}_{seed}"
+            write_run(run, load_config(None, [*base, f"method.name={method}", f"seed={seed}"]), (0.0, 0.0))
+            s = json.loads((run / "summary.json").read_text())
+            for k in ("best_top1", "last_top1", "last_top5"):
+                del s[k]
+            (run / "summary.json").write_text(json.dumps({**s, "primary_metric": "miou", "last_miou": v,
+                                                          "best_miou": v + 1}))
+            (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e, "test_miou": v - 3 + e})
+                                                       + "\n" for e in (1, 2, 3)))
+    rep = make_report(tmp_path / "seg", out_dir=tmp_path / "out")
+    g = rep.sections[0].group("synthetic", "resnet8", "tfd")
+    assert [r.status for r in g.runs] == ["finished"] * 3 and g.metric == "miou"
+    assert g.stat("last").mean == pytest.approx(43.1666666) and g.gain("best").value == pytest.approx(np.mean([43, 43.5, 46]) - np.mean([41, 42, 44]))
+    assert g.paired_gain("last").pairs == 3
+    assert "### synthetic: last-epoch miou, mean ± std (final model, recommended)" in rep.markdown
+    assert "top-1" not in rep.markdown.split("## ", 1)[1]  # (the legend above the sections is generic)
+    details = json.loads((tmp_path / "out" / "report.json").read_text())["sections"][0]["groups"][0]["run_details"]
+    assert details[0]["last_miou"] == 40.0 and "last_top1" not in details[0]
+    from tfdistill.report.plots import curves_figure
+
+    fig = curves_figure({"tfd": [r.metrics() for r in g.finished]}, metric="miou")
+    assert fig.axes[0].get_ylabel() == "test miou" and len(fig.axes[0].lines) == 1
