@@ -17,6 +17,11 @@ epochs is not the first 240 epochs of a 300-epoch run; the message names the alt
 ``model.init_checkpoint=RUN/last.pt`` to fine-tune from its weights). An extended run's previous ``summary.json`` is
 kept as ``summary.e<old epochs>.json`` (so sweeps and reports see the run as unfinished until the new end), its
 ``config.yaml`` is rewritten with the new ``epochs`` and ``train.log`` records the extension.
+
+**The data** are checked against the run's ``fingerprint.json`` (:mod:`tfdistill.fingerprint`): a copy of the run and
+of its data moved to another folder (or machine) resumes with ``data.root=<the copy>``; other data -- other images
+under the same class names, another subset -- are refused with the difference in one line and nothing changed, unless
+``--accept-data-change`` (``train(..., accept_data_change=True)``), which continues and records the change.
 """
 
 from __future__ import annotations
