@@ -209,7 +209,22 @@ class Tracker:
 
     def __init__(self, run_dir: Path, *, data: dict, student: torch.nn.Module, device: torch.device,
                  world_size: int = 1, resume: bool = False, accept_data_change: bool = False,
-                 epoch: Optional[int] = None) -> None:
+                 epoch: Optional[int] = None, main: bool = True, agree: Any = None) -> None:
+        """``main``: this process reads (and writes) the run directory -- rank 0 under DDP; ``agree(verdict)``: rank
+        0's verdict (None, or the refusal) on every rank, raised where it is an error (the engine's
+        ``broadcast_or_raise``; a run directory need not be visible to every node)."""
+        verdict: Any = None
+        try:
+            self._start(run_dir, data, student, device, world_size, resume and main, accept_data_change, epoch)
+        except Exception as exc:  # the refusal: on every rank, not on rank 0 alone
+            verdict = exc
+        if agree is not None:
+            agree(verdict)
+        elif verdict is not None:
+            raise verdict
+
+    def _start(self, run_dir: Path, data: dict, student: torch.nn.Module, device: torch.device, world_size: int,
+               resume: bool, accept_data_change: bool, epoch: Optional[int]) -> None:
         self.path = Path(run_dir)
         self.rec = record(data, weights_hash(student), environment(device, world_size))
         self.recorder: Optional[OrderRecorder] = None

@@ -105,7 +105,8 @@ class Run:
         self.student = build.build_student(cfg, num_classes, self.device, self.info)
         self.fingerprint = Tracker(self.run.path, data=self.data.identity, student=self.student, device=self.device,
                                    world_size=self.info.world_size, resume=do_resume,
-                                   accept_data_change=accept_data_change, epoch=self.run.epochs_done())
+                                   accept_data_change=accept_data_change, epoch=self.run.epochs_done(),
+                                   main=self.info.is_main, agree=lambda v: broadcast_or_raise(v, self.info))
         for note in self.fingerprint.notes:  # data, initial weights; the first epoch's order follows
             self.log(note)
         self.teacher = teacher if teacher is not None else build.build_teacher(cfg, num_classes, self.device)
