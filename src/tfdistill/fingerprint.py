@@ -10,6 +10,8 @@ keys they do not know; a change of meaning of an existing key bumps :data:`FORMA
     generator's settings (``digits``, ``synthetic``), the subset chosen (``data.train_subset``/``test_subset`` and
     the digest of the indices). Never an absolute path or a modification time. ``hash``: the digest of all of it.
     Checked on ``--resume`` (:func:`data_difference`); ``--accept-data-change`` records the change in ``changes``.
+    A dataset factory adds keys of its own through ``DatasetSource.identity`` (e.g. a generated proxy's seed):
+    they enter the hash and the check.
 ``init``
     ``hash``: the digest of the student's initial weights (its state dict as built, before any step).
 ``order``
