@@ -21,7 +21,7 @@ LAYERS = [
     {"losses"},
     {"features", "regularizers", "tasks"},
     {"methods", "models", "data"},
-    {"config", "recipes", "rundir", "runs"},
+    {"config", "recipes", "rundir", "runs", "fingerprint"},
     {"engine", "evaluate"},
     {"sweep"},
     {"report"},

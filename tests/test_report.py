@@ -47,7 +47,8 @@ def write_run(run_dir: Path, cfg, outcome, epochs: int = 3) -> None:
         (run_dir / "summary.json").write_text(json.dumps({
             "status": "finished", "name": run_dir.name, "model": cfg.model.name, "method": cfg.method.name,
             "dataset": cfg.data.name, "seed": cfg.seed, "epochs": epochs, "best_top1": best, "best_epoch": epochs,
-            "last_top1": last, "last_top5": 99.0, "wall_seconds": 10.0}))
+            "last_top1": last, "last_top5": 99.0, "wall_seconds": 10.0, "device": "NVIDIA H100 80GB HBM3",
+            "torch": "2.14.1", "git_commit": "0123456789abcdef", "world_size": 1}))
 
 
 def make_sweep(root: Path, results=RESULTS, paper=PAPER) -> Path:
@@ -73,7 +74,7 @@ Runs under `<ROOT>`: 12 (9 finished, 1 unfinished, 1 failed, 1 diverged).
 
 ## sweep `golden` (golden)
 
-Protocol: epochs 3; train subset all; test subset all; resolution the dataset's own; batch 64; precision bf16; evaluated every epoch; seeds 0, 1, 2.
+Protocol: epochs 3; train subset all; test subset all; resolution the dataset's own; batch 64; precision bf16; evaluated every epoch; seeds 0, 1, 2; device NVIDIA H100 80GB HBM3; torch 2.14.1; commit 0123456789.
 
 Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 
@@ -98,6 +99,15 @@ Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 | resnet8 | +1.20 ± 0.75 [-0.90, +3.30] |
 | resnet14 | +1.50 ± – |
 
+### cifar100: paired gain over ce (mean of the per-seed differences ± its std error [paired 95 % t-interval] (n pairs); see Pairing)
+
+| student | epoch | tfd |
+|---|---|---|
+| resnet8 | last-epoch | +1.20 ± 0.15 [+0.54, +1.86]* (n=3) |
+| resnet8 | best-epoch (optimistic: selected on the test set) | +1.13 ± 0.20 [+0.26, +2.01]* (n=3) |
+| resnet14 | last-epoch | +2.00 ± – (n=1) |
+| resnet14 | best-epoch (optimistic: selected on the test set) | +2.30 ± – (n=1) |
+
 ### cifar100: the paper's numbers, paper (best-of-3, best epoch)
 
 | student | ce | tfd |
@@ -107,12 +117,17 @@ Paper: Table X: best-of-3 over seeds, best-epoch top-1. made up.
 
 ### cifar100: all numbers (n = finished/all runs)
 
-| student | method | n | last epoch | best epoch | gain (last-epoch) | 95 % CI (Welch) | CI excludes 0 | paper | paper gain | ours as the paper (best-of-3, best) |
-|---|---|---|---|---|---|---|---|---|---|---|
-| resnet8 | ce | 3/3 | 71.00 ± 1.00 (n=3) | 71.50 ± 1.00 (n=3) | – | – | – | 69.06 | – | 72.50 |
-| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 ± 0.75 | [-0.90, +3.30] | no | 70.56 | +1.50 | 73.30 |
-| resnet14 | ce | 2/3 ⚠ | 74.50 ± 0.71 (n=2) | 74.80 ± 0.85 (n=2) | – | – | – | 71.14 | – | 75.40 |
-| resnet14 | tfd | 1/3 ⚠ | 76.00 (n=1) | 76.50 (n=1) | +1.50 ± – | – | – | 72.73 | +1.59 | 76.50 |
+| student | method | n | last epoch | best epoch | gain (last-epoch) | 95 % CI (Welch) | CI excludes 0 | paired gain | 95 % CI (paired) | pairs | paper | paper gain | ours as the paper (best-of-3, best) |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| resnet8 | ce | 3/3 | 71.00 ± 1.00 (n=3) | 71.50 ± 1.00 (n=3) | – | – | – | – | – | – | 69.06 | – | 72.50 |
+| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 ± 0.75 | [-0.90, +3.30] | no | +1.20 ± 0.15 | [+0.54, +1.86] | 3 | 70.56 | +1.50 | 73.30 |
+| resnet14 | ce | 2/3 ⚠ | 74.50 ± 0.71 (n=2) | 74.80 ± 0.85 (n=2) | – | – | – | – | – | – | 71.14 | – | 75.40 |
+| resnet14 | tfd | 1/3 ⚠ | 76.00 (n=1) | 76.50 (n=1) | +1.50 ± – | – | – | +2.00 ± – | – | 1 | 72.73 | +1.59 | 76.50 |
+
+### Pairing
+
+- cifar100 / resnet8 / tfd: paired with ce on seeds 0, 1, 2 (n=3): runs made before fingerprints; the same seed, model and data settings, commit 0123456789, device cuda, torch 2.14.1 give the same start and order
+- cifar100 / resnet14 / tfd: paired with ce on seeds 0 (n=1): runs made before fingerprints; the same seed, model and data settings, commit 0123456789, device cuda, torch 2.14.1 give the same start and order
 
 ### Flags
 
@@ -212,8 +227,9 @@ def test_loose_runs_labels_not_started_and_no_paper(tmp_path):
     g = sec.group("synthetic", "resnet8", "tfd [tfd.alpha=0.05]")
     assert g.stat("last").mean == 57.5 and g.gain("last").value == pytest.approx(-3.5)
     # n = 2 is flagged (fewer than 3 seeds); the interval: Welch with 1 + 1 degrees of freedom, t(0.975, 2) * 1.41
+    # paired by seed (their records prove the same start and order): both differences are +4, a point interval
     assert "| resnet8 | tfd [tfd.alpha=0.005] | 2/2 ⚠ | 65.00 ± 1.41 (n=2) | 66.00 ± 1.41 (n=2) | +4.00 ± 1.41 | " \
-        "[-2.08, +10.08] | no | – | – |" in rep.markdown
+        "[-2.08, +10.08] | no | +4.00 ± 0.00 | [+4.00, +4.00] | 2 | – | – |" in rep.markdown
     assert "tfd [tfd.alpha=0.005]: n=2: fewer than 3 finished seeds" in rep.markdown
     assert "paper's numbers" not in rep.markdown
     assert (tmp_path / "loose" / "report" / "report.md").is_file()

@@ -22,10 +22,11 @@ from tfdistill.report.results import BEGIN, END, REPORT_FILES, build_results, fi
 
 
 def _committed_copy(dest: Path) -> Path:
-    """The files git tracks under results/ plus README.md, copied into ``dest`` (a fresh clone's view)."""
+    """The files git tracks under results/ plus README.md and docs/results.md, copied into ``dest`` (a fresh clone's
+    view)."""
     try:
-        files = subprocess.run(["git", "ls-files", "results", "README.md"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.split()
+        files = subprocess.run(["git", "ls-files", "results", "README.md", "docs/results.md"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the committed files are unknown")
     for f in files:
@@ -67,18 +68,33 @@ def _result(tmp_path: Path, **info) -> Path:
 def test_build_writes_reports_and_blocks_and_check_finds_drift(tmp_path):
     results = _result(tmp_path, shows="It shows X.", does_not_show="It does not show Y.")
     readme = tmp_path / "README.md"
+    docs = tmp_path / "docs" / "results.md"
+    assert not docs.exists()
     written = build_results(results, readme, plots=False)
     res = results / "golden_result"
-    assert {p.name for p in written} == {*REPORT_FILES, "README.md"} and readme in written
+    assert {p.name for p in written} == {*REPORT_FILES, "README.md", "results.md"} and readme in written
+    # the README: a compact summary (a line per result: Welch's and the paired intervals), linking to the docs page
     text = readme.read_text()
     assert text.startswith("# Project\n\n## Results\n\n" + BEGIN) and text.endswith(END + "\n\n## More\n")
     assert "STALE TEXT" not in text
-    # the headline: n, last and best epoch, the gain with its Welch interval; flags for n < 3; links; commands
-    assert "| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 | [-0.90, +3.30] | no |" in text
+    assert "- **[A made-up result](results/golden_result/)** (incomplete: 9 of 12 runs finished). Gain over CE, " \
+        "last-epoch top-1 (%), with 95 % intervals (Welch | paired by seed): resnet8: tfd +1.20 [-0.90, +3.30] | " \
+        "+1.20 [+0.54, +1.86], n=3; resnet14: tfd +1.50 | +2.00, n=1." in text
+    assert "[results.md](docs/results.md)" in text and "|---|" not in text
+    # docs/results.md (created with a title and the markers): the full blocks
+    text = docs.read_text()
+    assert text.startswith("# Results\n\n" + BEGIN) and text.endswith(END + "\n")
+    # the headline: n, last and best epoch, the gain with its Welch interval, the paired gain; flags for n < 3;
+    # links; pairing; commands (skipped by the docs example runner)
+    assert "| resnet8 | tfd | 3/3 | 72.20 ± 0.82 (n=3) | 72.63 ± 0.65 (n=3) | +1.20 | [-0.90, +3.30] | no | +1.13 | " \
+        "+1.20 [+0.54, +1.86] (3) | yes | +1.13 [+0.26, +2.01] |" in text
     assert "| resnet14 | ce | 2/3 ⚠ |" in text
-    assert "](results/golden_result/report/report.md)" in text
+    assert "- tfd: paired with ce on seeds 0, 1, 2 (n=3): runs made before fingerprints;" in text
+    assert "](../results/golden_result/report/report.md)" in text
     assert "**Incomplete** ⚠: 9 of 12 planned runs finished (1 diverged, 1 failed, 1 not finished" in text
     assert "Continue with `tfdistill sweep spec.yaml`" in text
+    assert '<!-- docs-test: skip "the commands that produced this result: they train it in full" -->\n```bash\n' \
+        "tfdistill sweep spec.yaml\n```" in text
     assert "*What it shows:* It shows X. *What it does not show:* It does not show Y." in text
     assert (res / "README.md").read_text().startswith("# Golden\n\nhand-written\n\n" + BEGIN)
     assert "](./report/report.md)" in (res / "README.md").read_text()
@@ -93,7 +109,8 @@ def test_build_writes_reports_and_blocks_and_check_finds_drift(tmp_path):
     s["last_top1"] = 90.0
     summary.write_text(json.dumps(s))
     stale = build_results(results, readme, check=True)
-    assert {p.name for p in stale} == {*REPORT_FILES, "README.md"} and readme in stale
+    assert {p.name for p in stale} == {*REPORT_FILES, "README.md", "results.md"} and readme in stale
+    assert build_results(results, readme, check=True, docs=None, plots=False) != []
     r = run_cli(["results", str(results), "--readme", str(readme), "--check"], cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "stale:" in r.stderr and "report.md" in r.stderr
     r = run_cli(["results", str(results), "--readme", str(readme), "--no-plots"], cwd=tmp_path)

@@ -1,14 +1,14 @@
 """Command line: argument parsing and error presentation only; every command calls into the library.
 
     tfdistill train RECIPE [key=value ...] [--resume | --overwrite]
-    tfdistill train --resume RUN_DIR|RUN_DIR/last.pt [key=value ...]
+    tfdistill train --resume RUN_DIR|RUN_DIR/last.pt [key=value ...] [--accept-data-change]
     tfdistill eval CHECKPOINT [--data NAME] [key=value ...]
     tfdistill demo
     tfdistill cam --checkpoint A.pt [--checkpoint B.pt ...] --images DIR|SPLIT|DATASET [--num 8] [--out grid.png]
     tfdistill sweep SPEC.yaml [key=value ...] [--jobs N] [--gpus 0,1] [--dry-run] [--only GLOB] [--status]
     tfdistill sweep SPEC.yaml --executor slurm [--partition P] [--time 4:00:00] [--gpus-per-job 1] ...
     tfdistill report RUNS_DIR [--out DIR] [--metric last|best]
-    tfdistill results [RESULTS_DIR] [--readme README.md] [--check]
+    tfdistill results [RESULTS_DIR] [--readme README.md] [--docs docs/results.md] [--check]
     tfdistill taps MODEL [--image-size S] [--num-classes N] [--taps a,b,c]
     tfdistill models | methods
 """
@@ -73,13 +73,17 @@ def cmd_train(ns: argparse.Namespace) -> int:
     if resume:
         from .engine.resume import prepare_resume
 
-        prepare_resume(cfg, dry=ns.dry_run)  # something to resume, and cfg may resume it (or extend it)
+        prepare_resume(cfg, dry=ns.dry_run, accept_data_change=ns.accept_data_change)  # something to resume, and cfg may resume it (or extend it)
     if ns.dry_run:
         from .engine.dryrun import dry_run
 
         dry_run(cfg, resume=bool(resume), overwrite=ns.overwrite)
         return 0
-    train(cfg, resume=bool(resume), overwrite=ns.overwrite)  # its last line, "finished: ...", is the result
+    if ns.accept_data_change and not resume:
+        raise ConfigError("--accept-data-change goes with --resume: it lets a run continue on data other than those "
+                          "recorded in its fingerprint.json")
+    # its last line, "finished: ...", is the result
+    train(cfg, resume=bool(resume), overwrite=ns.overwrite, accept_data_change=ns.accept_data_change)
     return 0
 
 
@@ -174,7 +178,8 @@ def cmd_results(ns: argparse.Namespace) -> int:
     from .report.results import build_results
 
     readme = None if ns.no_readme else ns.readme
-    files = build_results(ns.results_dir, readme, check=ns.check, plots=not ns.no_plots)
+    files = build_results(ns.results_dir, readme, check=ns.check, plots=not ns.no_plots,
+                          docs=None if ns.no_docs else ns.docs)
     if ns.check:
         if files:
             print(f"tfdistill: stale: {', '.join(str(f) for f in files)} differ from what `tfdistill results` "
@@ -308,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "extend a multistep run); or retype the run's recipe and overrides followed by --resume. "
                         "Never starts a new run")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume: continue on data other than those the run was trained on (by default "
+                        "refused: fingerprint.json records the data's file names and sizes, class names and subset); "
+                        "the change is recorded in fingerprint.json")
     t.add_argument("--out-dir", default=None, metavar="DIR", help="same as out_dir=DIR (parent of the run directory)")
     t.add_argument("--device", default=None, help="same as engine.device=... (auto | cpu | cuda | cuda:N | mps)")
     t.add_argument("--print-config", action="store_true",
@@ -386,10 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "committed runs (--check: verify instead)",
                         description="For every results/<name>/ with a result.yaml: rewrite report/ (tfdistill "
                                     "report of its sweep folder) and the generated block of its README.md, then the "
-                                    "block of the top-level README.md. Run it from the repository root.")
+                                    "full blocks in docs/results.md and the compact summary in the top-level "
+                                    "README.md. Run it from the repository root.")
     rs.add_argument("results_dir", metavar="RESULTS_DIR", nargs="?", default="results")
     rs.add_argument("--readme", default="README.md", help="the README whose results block is rewritten")
     rs.add_argument("--no-readme", action="store_true", help="leave the top-level README alone")
+    rs.add_argument("--docs", default="docs/results.md",
+                    help="the page of the full generated blocks, relative to the repository (the folder above "
+                         "RESULTS_DIR); created with a title and the markers when missing")
+    rs.add_argument("--no-docs", action="store_true", help="leave the docs page alone")
     rs.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 naming the files that differ from what would be written")
     rs.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

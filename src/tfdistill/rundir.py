@@ -2,8 +2,14 @@
 
 ``<out_dir>/<name>/``: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON object per epoch),
 ``summary.json`` (final figures + provenance; its existence means "finished"), ``last.pt``, ``best.pt``,
-``train.log`` (the epoch lines), optional TensorBoard events under ``tb/``; a sweep adds a ``FAILED`` marker to a
-run that stopped with an error.
+``train.log`` (the epoch lines), ``fingerprint.json`` (what the run's data, initial weights, first-epoch order
+and environment were: :mod:`tfdistill.fingerprint`), optional TensorBoard events under ``tb/``; a sweep adds a
+``FAILED`` marker to a run that stopped with an error.
+
+The figures a report reads (the metric contract): ``summary.json`` may name the run's headline metric as
+``"primary_metric": "<m>"`` (absent: ``"top1"``, classification); it then holds ``best_<m>`` and ``last_<m>`` (the
+best evaluated and the last epoch's value, higher is better), and the rows of ``metrics.jsonl`` hold ``test_<m>``
+for every evaluated epoch. ``tfdistill report`` tabulates whatever ``<m>`` is.
 
 Everything the three layers must agree on lives here: the file names and markers, when a run is finished or
 resumable, which config keys may differ on resume (:data:`RESUME_FREE_KEYS`) and which do not define an experiment
@@ -37,6 +43,11 @@ LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 """Held (``flock``) by the process training the run: a second process started on the same run directory is refused
 (the kernel releases it when the holder dies, even by SIGKILL)."""
+FINGERPRINT_FILE = "fingerprint.json"
+"""The run's fingerprint record (data identity, initial weights, first-epoch order, environment), written and read
+by :mod:`tfdistill.fingerprint` only."""
+PRIMARY_METRIC = "top1"
+"""The headline metric of a run whose summary.json names none (``primary_metric``)."""
 FAILED_MARKER = "FAILED"
 """Written by a sweep into a run directory whose run stopped with an error (its text: the reason)."""
 MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, LAST_FILE)

@@ -225,6 +225,8 @@ class DataBundle:
     """What the labels are (the source's ``task``, see :mod:`tfdistill.tasks`)."""
     task_options: dict = field(default_factory=dict)
     """The task's evaluation options the data decides (segmentation: ``window``/``stride`` of sliding windows)."""
+    identity: dict = field(default_factory=dict)
+    """The data's identity (:mod:`tfdistill.data.identity`): name, class names, files, subset; fingerprint.json."""
     _make_train: Callable[[int], Loader] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:

@@ -11,6 +11,7 @@ from ..errors import ConfigError, DataError
 from .augment import eval_transform, train_transform
 from .base import DataBundle, Loader, check_augments
 from .device_loader import DeviceData, DeviceLoader
+from .identity import subset_identity
 from .sources import DATASETS, DatasetSource, balanced_subset
 from .torch_loader import SampleDataset, TorchLoader
 
@@ -26,11 +27,15 @@ def load_source(cfg: Any) -> DatasetSource:
         if int(getattr(cfg, key) or 0) > len(split):
             raise ConfigError(f"data.{key}={int(getattr(cfg, key))} but {cfg.name!r} has only {len(split)} "
                               f"{key.split('_')[0]} images; use at most {len(split)}, or 0 for all")
-    if int(cfg.train_subset or 0) > 0:
-        src = replace(src, train=src.train.subset(balanced_subset(src.train.labels, int(cfg.train_subset))))
-    if int(cfg.test_subset or 0) > 0:
-        src = replace(src, test=src.test.subset(balanced_subset(src.test.labels, int(cfg.test_subset))))
-    return src
+    identity = {**src.identity, "name": src.name, "classes": list(src.class_names)}
+    for key, which in (("train_subset", "train"), ("test_subset", "test")):
+        k = int(getattr(cfg, key) or 0)
+        if k > 0:
+            split = getattr(src, which)
+            idx = balanced_subset(split.labels, k)
+            src = replace(src, **{which: split.subset(idx)})
+            identity.setdefault("subset", {}).update(subset_identity(key, k, idx))
+    return replace(src, identity=identity)
 
 
 def build_data(
@@ -137,7 +142,7 @@ def build_data(
         name=src.name,
         loader=kind,
         num_test=n_test,
-        notes=list(src.notes), skipped=dict(getattr(src, "skipped", {}) or {}),
+        notes=list(src.notes), skipped=dict(getattr(src, "skipped", {}) or {}), identity=dict(src.identity),
         task=getattr(src, "task", "classification"),
         task_options=_eval_window(cfg) if dense else {},
         _make_train=make_train,

@@ -104,7 +104,8 @@ def load_cifar(name: str, root: str | Path, download: bool) -> DatasetSource:
         if len(split) and int(split.labels.max()) >= len(class_names):
             raise DataError(f"{pretty} in {folder}: label {int(split.labels.max())} >= {len(class_names)} classes")
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    return DatasetSource(name, train, test, class_names, mean, std, image_size=32, small=True)
+    identity = {"files": {f: (folder / f).stat().st_size for f in needed}}  # names and sizes of its pickles
+    return DatasetSource(name, train, test, class_names, mean, std, image_size=32, small=True, identity=identity)
 
 
 @DATASETS.register("cifar10")

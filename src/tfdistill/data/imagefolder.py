@@ -42,6 +42,7 @@ from PIL import Image
 
 from ..errors import DataError
 from . import cache
+from .identity import archive_identity, folder_identity
 from .sources import (
     DATASETS,
     IMAGENET_STATS,
@@ -319,6 +320,7 @@ class _SplitReader:
     def __init__(self, kind: str, path: Path) -> None:
         self.kind, self.path = kind, path
         self._raw: Optional[_RawSplit] = None
+        self._rows: Optional[list[tuple[str, int, int]]] = None
         self.bad_headers: list[str] = []
 
     def stamp(self) -> Any:
@@ -327,12 +329,25 @@ class _SplitReader:
             st = self.path.stat()
             return ["tar", str(self.path.resolve()), st.st_size, st.st_mtime_ns]
         raw = self.raw()
-        rows = []
-        for p in raw.items:
-            st = os.stat(p)
-            rows.append((os.path.relpath(str(p), self.path), st.st_size, st.st_mtime_ns))
-        h = cache.cache_key(*rows)
+        h = cache.cache_key(*self._file_rows())
         return ["dir", str(self.path.resolve()), len(raw), h]
+
+    def _file_rows(self) -> list[tuple[str, int, int]]:
+        """(path relative to the split folder, size, mtime_ns) of every image file (stat once)."""
+        if self._rows is None:
+            rows = []
+            for p in self.raw().items:
+                st = os.stat(p)
+                rows.append((os.path.relpath(str(p), self.path), st.st_size, st.st_mtime_ns))
+            self._rows = rows
+        return self._rows
+
+    def identity(self) -> dict:
+        """What this split is, from what moves with it (:mod:`.identity`): a folder's relative file names and sizes
+        (per class), an archive's name and size; never its absolute path or modification times."""
+        if self.kind == "tar":
+            return archive_identity(self.path.name, self.path.stat().st_size)
+        return folder_identity(self.path.name, ((rel, size) for rel, size, _ in self._file_rows()))
 
     def raw(self) -> _RawSplit:
         if self._raw is None:
@@ -535,7 +550,7 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
                 warnings.warn(msg, stacklevel=3)
                 notes.append(f"warning: {msg}")
         return DatasetSource("imagefolder", train, test, classes, mean, std, image_size=size, small=small,
-                             notes=notes, skipped=skipped)
+                             notes=notes, skipped=skipped, identity=_identity(train_r, test_r))
 
     # large + dataloader: encoded splits, decoded by workers; decodable on demand (e.g. for a subset on device)
     for r in (train_r, test_r):
@@ -569,7 +584,11 @@ def load_imagefolder(cfg: Any) -> DatasetSource:
         splits.append(split)
     mean, std = IMAGENET_STATS
     return DatasetSource("imagefolder", splits[0], splits[1], raw_tr.classes, mean, std, image_size=size,
-                         small=False, notes=notes, skipped=skipped)
+                         small=False, notes=notes, skipped=skipped, identity=_identity(train_r, test_r))
+
+
+def _identity(train: _SplitReader, test: _SplitReader) -> dict:
+    return {"train": train.identity(), "test": test.identity()}
 
 
 def _encoded_decoder(split: Split, size: int) -> Split:

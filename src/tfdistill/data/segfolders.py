@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from .identity import folder_identity
 from .sources import DATASETS, DatasetSource, Split, channel_stats
 
 IGNORE = 255
@@ -107,9 +108,19 @@ def _source(name: str, cfg: Any, pairs: dict[str, list[tuple[Path, Path]]], lut:
     mean, std = channel_stats(tx)
     note = (f"{name}: {len(tx)} train / {len(vx)} test images at {size[0]}x{size[1]} (resized once; masks nearest), "
             f"{len(classes)} classes, {IGNORE} ignored")
+    root = Path(cfg.root)
+    identity = {split: folder_identity(split, ((_rel(p, root), p.stat().st_size) for pair in found for p in pair))
+                for split, found in pairs.items()}  # fingerprint.json: relative names and sizes, never paths
     return DatasetSource(name, Split(labels=ty, images=tx, origin=f"{name} train"),
                          Split(labels=vy, images=vx, origin=f"{name} test"), list(classes), mean, std,
-                         image_size=size[0], small=True, notes=[note], task="segmentation")
+                         image_size=size[0], small=True, notes=[note], task="segmentation", identity=identity)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _root(cfg: Any) -> Path:

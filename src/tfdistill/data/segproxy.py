@@ -93,5 +93,8 @@ def cifar10_seg(cfg: Any) -> DatasetSource:
     mean, std = channel_stats(splits["train"].images)  # type: ignore[arg-type]
     note = (f"cifar10_seg: {n_train}/{n_test} canvases of {canvas}x{canvas}, 1-{k} CIFAR-10 images each, "
             f"proxy_seed {int(cfg.proxy_seed)} (a proxy, not real scenes)")
+    # the identity (fingerprint.json): the CIFAR-10 copy it composes from, and the proxy's generator settings
+    identity = {**src.identity, "proxy": {"seed": int(cfg.proxy_seed), "canvas": canvas, "train": n_train,
+                                          "test": n_test, "objects": k}}
     return DatasetSource("cifar10_seg", splits["train"], splits["test"], [BACKGROUND, *src.class_names], mean, std,
-                         image_size=canvas, small=True, notes=[note], task="segmentation")
+                         image_size=canvas, small=True, notes=[note], task="segmentation", identity=identity)

@@ -139,6 +139,9 @@ class DatasetSource:
     task: str = "classification"
     """What the labels are (:mod:`tfdistill.tasks`): ``classification`` (one per image) or ``segmentation``
     (``Split.labels`` (N, H, W) uint8 masks, one class per pixel, 255 = ignored)."""
+    identity: dict = field(default_factory=dict)
+    """What the data is, from what moves with it (:mod:`tfdistill.data.identity`): recorded in the run's
+    fingerprint.json and checked when the run is resumed."""
 
     @property
     def num_classes(self) -> int:

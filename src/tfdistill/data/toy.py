@@ -36,7 +36,9 @@ def digits(cfg: Any) -> DatasetSource:
     train = Split(labels=y[tr], images=x[tr].contiguous(), origin="sklearn digits (train)")
     test = Split(labels=y[te], images=x[te].contiguous(), origin="sklearn digits (test)")
     mean, std = channel_stats(train.images)  # type: ignore[arg-type]
-    return DatasetSource("digits", train, test, [str(i) for i in range(10)], mean, std, image_size=32, small=True)
+    gen = {"source": "sklearn.datasets.load_digits", "size": 32, "test": DIGITS_TEST, "random_state": 0}
+    return DatasetSource("digits", train, test, [str(i) for i in range(10)], mean, std, image_size=32, small=True,
+                         identity={"generator": gen})
 
 
 def _synthetic_split(n: int, num_classes: int, size: int, gen: torch.Generator, protos: torch.Tensor) -> Split:
@@ -72,4 +74,6 @@ def synthetic(cfg: Any) -> DatasetSource:
     train = _synthetic_split(n_train, c, s, gen, protos)
     test = _synthetic_split(n_test, c, s, gen, protos)
     mean, std = channel_stats(train.images)  # type: ignore[arg-type]
-    return DatasetSource("synthetic", train, test, [f"class{i}" for i in range(c)], mean, std, image_size=s, small=True)
+    gen = {"train": n_train, "test": n_test, "classes": c, "size": s}
+    return DatasetSource("synthetic", train, test, [f"class{i}" for i in range(c)], mean, std, image_size=s, small=True,
+                         identity={"generator": gen})

@@ -162,7 +162,7 @@ class Group:
         """One epoch of every run of ``team`` (main stage or a pre-stage): steps in lock-step, on-device sums, a
         NaN/inf check every half second (per run, a diverged run is dropped at once) and at the end."""
         lanes = list(team.lanes)
-        iters = {ln.i: iter(ln.run.data.train) for ln in lanes}
+        iters = {ln.i: ln.run.batches() for ln in lanes}
         sums = {ln.i: _Sums(self.device) for ln in lanes}
         total = min(ln.run.steps_per_epoch for ln in lanes)
         first = lanes[0].run

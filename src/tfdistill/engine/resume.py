@@ -17,6 +17,11 @@ epochs is not the first 240 epochs of a 300-epoch run; the message names the alt
 ``model.init_checkpoint=RUN/last.pt`` to fine-tune from its weights). An extended run's previous ``summary.json`` is
 kept as ``summary.e<old epochs>.json`` (so sweeps and reports see the run as unfinished until the new end), its
 ``config.yaml`` is rewritten with the new ``epochs`` and ``train.log`` records the extension.
+
+**The data** are checked against the run's ``fingerprint.json`` (:mod:`tfdistill.fingerprint`): a copy of the run and
+of its data moved to another folder (or machine) resumes with ``data.root=<the copy>``; other data -- other images
+under the same class names, another subset -- are refused with the difference in one line and nothing changed, unless
+``--accept-data-change`` (``train(..., accept_data_change=True)``), which continues and records the change.
 """
 
 from __future__ import annotations
@@ -107,9 +112,11 @@ def resume_config(target: str | Path, overrides: list[str]) -> Any:
     return cfg
 
 
-def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
+def prepare_resume(cfg: Any, dry: bool = False, accept_data_change: bool = False) -> list[RunDir]:
     """Check that every run of ``cfg`` (one, or one per seed of ``cfg.seeds``) has something to resume and that
-    ``cfg`` may resume it; unless ``dry``, mark an extension (module docs). Returns the run directories."""
+    ``cfg`` may resume it; unless ``dry``, mark an extension (module docs) -- once its data are checked against its
+    fingerprint (the run checks them again when it is built; an extension is marked only on the right data, or
+    with ``accept_data_change``). Returns the run directories."""
     cfgs = seed_configs(cfg) if getattr(cfg, "seeds", None) else [cfg]  # one run directory per seed
     dirs = []
     for c in cfgs:
@@ -126,6 +133,13 @@ def prepare_resume(cfg: Any, dry: bool = False) -> list[RunDir]:
                           f"exists (drop --resume to start them)")
     extended = [(rd, c, check_resume(rd, c)) for rd, c in dirs]
     if not dry and int(os.environ.get("RANK", "0")) == 0:
+        if any(old is not None for _, _, old in extended):
+            from ..data import load_source
+            from ..fingerprint import check_data
+
+            for rd, c, old in extended:
+                if old is not None:
+                    check_data(rd.path, load_source(c.data).identity, accept_data_change)
         for rd, c, old in extended:
             (rd.path / FAILED_MARKER).unlink(missing_ok=True)  # it is being continued: no longer stopped for good
             if old is not None:

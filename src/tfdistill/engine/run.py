@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..config import config_notes, to_dict, to_yaml
 from ..data import build_data
 from ..errors import ConfigError, DivergenceError, signal_name
+from ..fingerprint import Tracker
 from ..interrupts import deferred, note_interrupt
 from ..methods import Method, build_method, method_uses
 from ..methods.base import PreStage
@@ -54,11 +55,12 @@ class Run:
 
     def __init__(self, cfg: Any, *, settled: tuple[DistInfo, torch.device], resume: bool = False,
                  overwrite: bool = False, echo: Callable[[str], None] | None = None, data: Any = None,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, accept_data_change: bool = False) -> None:
         """Built by :func:`~.trainer.build_group`, which has ``settled`` the run (:func:`~.build.settle`: its
         process, device and resolved ``engine.*`` settings) and creates its directory with :meth:`open` once every
         run of the group was built. ``data``: a prebuilt data bundle and ``teacher``: a prebuilt frozen teacher for
-        ``cfg.teacher`` (both shared by the runs of a packed group); built from ``cfg`` when None."""
+        ``cfg.teacher`` (both shared by the runs of a packed group); built from ``cfg`` when None.
+        ``accept_data_change``: resume on data other than the run's (:class:`~tfdistill.fingerprint.Tracker`)."""
         self.cfg = cfg
         self._warn_mark = records.warnings_mark()
         self._logged_warnings: set[str] = set()
@@ -104,6 +106,12 @@ class Run:
         """What the labels are: the loss on the logits, the metrics, the records' figures (:mod:`tfdistill.tasks`)."""
 
         self.student = build.build_student(cfg, num_classes, self.device, self.info)
+        self.fingerprint = Tracker(self.run.path, data=self.data.identity, student=self.student, device=self.device,
+                                   world_size=self.info.world_size, resume=do_resume,
+                                   accept_data_change=accept_data_change, epoch=self.run.epochs_done(),
+                                   main=self.info.is_main, agree=lambda v: broadcast_or_raise(v, self.info))
+        for note in self.fingerprint.notes:  # data, initial weights; the first epoch's order follows
+            self.log(note)
         self.teacher = teacher if teacher is not None else build.build_teacher(cfg, num_classes, self.device)
         if self.teacher is not None:
             self.teacher.to(memory_format=build.memory_format(cfg))
@@ -165,6 +173,8 @@ class Run:
             if self.info.is_main:
                 self.run.lock()
                 self.run.config.write_text(to_yaml(self.cfg))
+        if self.info.is_main:
+            self.fingerprint.save()
         pending, self._pending_log = self._pending_log or [], None
         if self.info.is_main:
             for line in pending:
@@ -254,6 +264,11 @@ class Run:
         if self.dropblock is not None:
             self.dropblock.set_progress(epoch / max(1, self.cfg.epochs))
         self.data.train.set_epoch(epoch)
+        self.fingerprint.begin_epoch(epoch)
+
+    def batches(self):
+        """This epoch's training batches (the first main epoch's order goes into the run's fingerprint)."""
+        return self.fingerprint.wrap(iter(self.data.train))
 
     def stage_step(self, stage: PreStage) -> TrainStep:
         """The step of a pre-stage (FitNets hint, AB, FT): :func:`~.build.build_stage_step` with this run's settings."""
@@ -304,6 +319,7 @@ class Run:
             if self.info.is_main:
                 self.run.append_metrics(row)
                 records.tb_write(self.tb, row)
+            self.fingerprint.end_epoch(self.info.is_main)
             self.save(best=improved)
         speed = f"{train['group_images_per_sec']:.0f} img/s ({train['packed']} runs)" if train.get("packed") else None
         line, terms = epoch_line(epoch + 1, int(self.cfg.epochs), lr, train, evaluated, self.best_top1,

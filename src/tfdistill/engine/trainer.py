@@ -30,32 +30,38 @@ __all__ = ["train", "build_group"]
 
 
 def train(cfg: Any, *, resume: bool = False, overwrite: bool = False,
-          echo: Callable[[str], None] | None = None) -> Any:
+          echo: Callable[[str], None] | None = None, accept_data_change: bool = False) -> Any:
     """Train, and return the result(s): a :class:`~.run.RunResult` (run directory and summary) per run.
 
     ``cfg``: one config (see :mod:`tfdistill.config`) -> its result; a config with ``seeds`` -> one run per seed as
     one packed group, their results in the order of ``seeds`` (under torchrun the seeds run one after another); a
     list of configs -> one packed group (they must share the ``data`` and ``engine`` sections and ``epochs``, see
     :func:`tfdistill.runs.pack_key`), their results in order. ``resume``: continue each run from its last.pt;
-    ``overwrite``: replace existing run directories. A run whose loss becomes NaN/inf stops alone; once the others
+    ``overwrite``: replace existing run directories; ``accept_data_change``: resume on data other than those recorded
+    in the run's fingerprint.json (refused otherwise). A run whose loss becomes NaN/inf stops alone; once the others
     have finished, a :class:`~tfdistill.errors.DivergenceError` names the runs that stopped."""
     try:
         with graceful_stop(only_if_default=True):  # a script's SIGTERM/SIGINT: a graceful stop (the CLI's are already)
             if isinstance(cfg, (list, tuple)):
-                return _train_group(list(cfg), resume=resume, overwrite=overwrite, echo=echo)
+                return _train_group(list(cfg), resume=resume, overwrite=overwrite, echo=echo,
+                                    accept_data_change=accept_data_change)
             if getattr(cfg, "seeds", None):
                 cfgs = seed_configs(cfg)
                 if setup_distributed(cfg.engine.device).enabled:
-                    return [_train_group([c], resume=resume, overwrite=overwrite, echo=echo)[0] for c in cfgs]
-                return _train_group(cfgs, resume=resume, overwrite=overwrite, echo=echo)
-            return _train_group([cfg], resume=resume, overwrite=overwrite, echo=echo)[0]
+                    return [_train_group([c], resume=resume, overwrite=overwrite, echo=echo,
+                                    accept_data_change=accept_data_change)[0] for c in cfgs]
+                return _train_group(cfgs, resume=resume, overwrite=overwrite, echo=echo,
+                                    accept_data_change=accept_data_change)
+            return _train_group([cfg], resume=resume, overwrite=overwrite, echo=echo,
+                                    accept_data_change=accept_data_change)[0]
     finally:
         cleanup_distributed()  # only a process group that setup_distributed created (torchrun); no-op otherwise
 
 
-def _train_group(cfgs: list[Any], *, resume: bool, overwrite: bool,
-                 echo: Callable[[str], None] | None) -> list[RunResult]:
-    out = build_group(cfgs, resume=resume, overwrite=overwrite, echo=echo).fit()
+def _train_group(cfgs: list[Any], *, resume: bool, overwrite: bool, echo: Callable[[str], None] | None,
+                 accept_data_change: bool = False) -> list[RunResult]:
+    out = build_group(cfgs, resume=resume, overwrite=overwrite, echo=echo,
+                      accept_data_change=accept_data_change).fit()
     failed = [(c, r) for c, r in zip(cfgs, out) if isinstance(r, DivergenceError)]
     if failed:
         if len(cfgs) == 1:
@@ -75,16 +81,18 @@ def _teacher_key(cfg: Any) -> str:
 # ----------------------------------------------------------------------------------------------- building
 def build_group(cfgs: Sequence[Any], *, modes: Sequence[tuple[bool, bool]] | None = None, resume: bool = False,
                 overwrite: bool = False, echo: Callable[[str], None] | None = None,
-                on_drop: Callable[[int, DivergenceError], None] | None = None) -> "Group":
+                on_drop: Callable[[int, DivergenceError], None] | None = None,
+                accept_data_change: bool = False) -> "Group":
     """One :class:`~.run.Run` per config, sharing the data and equal teachers. ``modes``: per config
     ``(resume, overwrite)`` (default: ``resume`` / ``overwrite`` for all). Every run directory is checked before any
     is created or (``--overwrite``) replaced, and only once every run was built: a refused run or bad input in one
-    run costs no other run its directory."""
+    run costs no other run its directory. ``accept_data_change``: see :func:`train`."""
     with records.building_group():  # warnings shown from here on concern these runs
-        return _build_group(cfgs, modes=modes, resume=resume, overwrite=overwrite, echo=echo, on_drop=on_drop)
+        return _build_group(cfgs, modes=modes, resume=resume, overwrite=overwrite, echo=echo, on_drop=on_drop,
+                            accept=accept_data_change)
 
 
-def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
+def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop, accept=False) -> "Group":
     cfgs = list(cfgs)
     modes = list(modes) if modes is not None else [(resume, overwrite)] * len(cfgs)
     data = None
@@ -122,7 +130,7 @@ def _build_group(cfgs, *, modes, resume, overwrite, echo, on_drop) -> "Group":
             own = None if data is None else data if i == 0 else dataclasses.replace(
                 data, train=data.train_loader_for(int(c.seed)))
             run = Run(c, settled=settled[i], resume=res, overwrite=ovr, echo=echo, data=own,
-                      teacher=teachers.get(_teacher_key(c)))
+                      teacher=teachers.get(_teacher_key(c)), accept_data_change=accept)
             if run.teacher is not None:
                 teachers.setdefault(_teacher_key(c), run.teacher)  # one frozen teacher per distinct teacher section
             runs.append(run)

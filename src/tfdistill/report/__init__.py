@@ -66,6 +66,7 @@ def _plots(sections: list[Section], out: Path, metric: str) -> list[Path]:
     """Per section and dataset: test-accuracy curves per student (mean ± std band per label) and a gain bar chart.
     File names carry the section and dataset only when the report has several of them."""
     from .plots import plot_curves, plot_gains
+    from .render import metric_name, section_metric
 
     files = []
     for sec in sections:
@@ -75,22 +76,24 @@ def _plots(sections: list[Section], out: Path, metric: str) -> list[Path]:
             prefix = f"{prefix}_" if prefix else ""
             gains = []
             for student in sec.students(ds):
-                curves = {}
+                curves, metric_key = {}, "top1"
                 for label in sec.labels(ds):
                     g = sec.group(ds, student, label)
                     if g is None:
                         continue
                     if g.finished:
                         curves[label] = [r.metrics() for r in g.finished]
+                        metric_key = g.metric
                     d = g.gain(metric)
                     if label != BASELINE and (d is not None or g.paper_gain() is not None):
                         gains.append({"label": label, "student": student, "gain": d.value if d else None,
                                       "se": d.se if d else None, "paper": g.paper_gain()})
                 if curves:
                     files.append(plot_curves(curves, out / f"{prefix}curves_{_slug(student)}.png",
-                                             title=f"{sec.key} · {ds} · {student}: mean ± std over seeds"))
+                                             title=f"{sec.key} · {ds} · {student}: mean ± std over seeds",
+                                             metric=metric_key))
             if gains:
                 files.append(plot_gains(gains, out / f"{prefix}gains.png",
                                         title=f"{sec.key} · {ds}: gain over CE (± combined s.e.)",
-                                        ylabel=f"gain over CE, {metric}-epoch top-1 (%)"))
+                                        ylabel=f"gain over CE, {metric}-epoch {metric_name(section_metric(sec, ds))}"))
     return files

@@ -25,11 +25,13 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from ..rundir import (AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, METRICS_FILE, NON_EXPERIMENT_KEYS, SUMMARY_FILE, RunDir,
+from ..rundir import (AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, METRICS_FILE, NON_EXPERIMENT_KEYS, PRIMARY_METRIC,
+                      SUMMARY_FILE, RunDir,
                       flat_keys)
 from ..errors import RunDirError
 from ..sweep.folder import SPEC_FILE
 from ..sweep.spec import paper_entry
+from .pairing import Pairing, pair_runs
 from .stats import Diff, Stat, aggregate, describe, difference
 
 IGNORED_KEYS = NON_EXPERIMENT_KEYS
@@ -88,9 +90,18 @@ class RunRecord:
         root = self.get("data.root")
         return f"{name} ({Path(str(root)).name})" if name == "imagefolder" and root else name
 
-    def top1(self, which: str) -> Optional[float]:
-        v = (self.summary or {}).get(f"{which}_top1")
+    @property
+    def primary_metric(self) -> str:
+        """The run's headline metric: summary.json's ``primary_metric`` (absent: ``top1``; see :mod:`tfdistill.rundir`)."""
+        m = (self.summary or {}).get("primary_metric")
+        return str(m) if m else PRIMARY_METRIC
+
+    def value(self, which: str) -> Optional[float]:
+        """summary.json's ``<which>_<primary metric>`` (``which``: last | best), when finite."""
+        v = (self.summary or {}).get(f"{which}_{self.primary_metric}")
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    top1 = value  # the name from before summaries named their metric
 
     def metrics(self) -> list[dict]:
         return RunDir(self.path).read_metrics()
@@ -143,7 +154,7 @@ def read_run(path: Path, fallback_config: Optional[Path] = None) -> RunRecord:
         except (OSError, ValueError):
             rec.summary = None
         ok = (rec.summary is not None and rec.summary.get("status", "finished") == "finished"
-              and rec.top1("last") is not None and rec.top1("best") is not None)
+              and rec.value("last") is not None and rec.value("best") is not None)
         rec.status = "finished" if ok else "diverged"
         if not ok:
             rec.error = "summary.json holds non-finite or missing accuracies"
@@ -226,6 +237,7 @@ class ResultGroup:
     key: tuple
     runs: list[RunRecord] = field(default_factory=list)
     baseline: Optional["ResultGroup"] = None
+    _pairing: Optional[Pairing] = field(default=None, repr=False, compare=False)
 
     @property
     def finished(self) -> list[RunRecord]:
@@ -233,12 +245,30 @@ class ResultGroup:
 
     def stat(self, which: str) -> Stat:
         """``which``: last | best (epoch)."""
-        return describe(v for v in (r.top1(which) for r in self.finished) if v is not None)
+        return describe(v for v in (r.value(which) for r in self.finished) if v is not None)
 
     def gain(self, which: str) -> Optional[Diff]:
         if self.baseline is None or self.baseline is self:
             return None
         return difference(self.stat(which), self.baseline.stat(which))
+
+    def pairing(self) -> Optional[Pairing]:
+        """This group's runs paired with its baseline's (:mod:`.pairing`); None without a baseline."""
+        if self.baseline is None or self.baseline is self:
+            return None
+        if self._pairing is None:
+            self._pairing = pair_runs(self.finished, self.baseline.finished)
+        return self._pairing
+
+    def paired_gain(self, which: str) -> Optional[Diff]:
+        """The mean paired difference from the baseline with its t-interval, or None when the runs are not paired."""
+        p = self.pairing()
+        return p.difference(which) if p is not None else None
+
+    @property
+    def metric(self) -> str:
+        """The primary metric of the group's runs (``top1`` unless their summaries name another)."""
+        return next((r.primary_metric for r in self.runs if r.summary), PRIMARY_METRIC)
 
     @property
     def paper(self) -> dict:

@@ -25,23 +25,25 @@ MARKERS_UP_TO = 30
 """Curves with at most this many epochs get a marker at every point (a 1-epoch run is a single visible dot)."""
 
 
-def plot_curves(groups: dict[str, Sequence[list[dict]]], path: str | Path, *, title: str = "") -> Path:
-    """Test top-1 and training loss per epoch; each label maps to one or more runs' metrics rows.
+def plot_curves(groups: dict[str, Sequence[list[dict]]], path: str | Path, *, title: str = "",
+                metric: str = "top1") -> Path:
+    """Test ``metric`` (the rows' ``test_<metric>``: top-1 by default) and training loss per epoch; each label maps
+    to one or more runs' metrics rows.
 
     Several runs under one label are drawn as their mean with a +-1 std band (epochs common to all runs).
     """
-    fig = curves_figure(groups, title=title)
+    fig = curves_figure(groups, title=title, metric=metric)
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def curves_figure(groups: dict[str, Sequence[list[dict]]], *, title: str = "") -> "plt.Figure":
+def curves_figure(groups: dict[str, Sequence[list[dict]]], *, title: str = "", metric: str = "top1") -> "plt.Figure":
     """The figure :func:`plot_curves` saves (two axes: test top-1, training loss)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, runs in groups.items():
-        for ax, key in zip(axes, ("test_top1", "loss")):
+        for ax, key in zip(axes, (f"test_{metric}", "loss")):
             series = [_series(r, key) for r in runs]
             series = [s for s in series if len(s[0])]
             if not series:
@@ -59,7 +61,7 @@ def curves_figure(groups: dict[str, Sequence[list[dict]]], *, title: str = "") -
                     ax.errorbar(epochs, mean, yerr=std, fmt="none", ecolor=line.get_color(), capsize=3)
                 else:
                     ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    axes[0].set_ylabel("test top-1 (%)")
+    axes[0].set_ylabel("test top-1 (%)" if metric == "top1" else f"test {metric}")
     axes[1].set_ylabel("training loss (all terms)")
     for ax in axes:
         ax.set_xlabel("epoch")

@@ -21,8 +21,23 @@ LEGEND = (
     "± the combined standard error sqrt(s1²/n1 + s2²/n2), and in brackets its 95 % confidence interval (Welch's t "
     "interval, Welch-Satterthwaite degrees of freedom; the two groups' variances are not assumed equal); "
     "* = the interval excludes 0. " + WARN + " = see Flags: fewer than 3 seeds, and unfinished, failed or "
-    "diverged runs (listed there and never averaged in)."
+    "diverged runs (listed there and never averaged in). Paired gain: where a method's runs and the CE runs of the "
+    "same seeds started from the same weights and saw the same data in the same order (see Pairing: by their "
+    "fingerprint.json, or for runs made before fingerprints by their settings, commit, device and torch), the mean "
+    "of the per-seed differences ± its standard error, its 95 % t-interval (n pairs - 1 degrees of freedom) and n "
+    "pairs, beside Welch's interval (with few pairs it can be the wider one); where they did not, Welch's only."
 )
+METRIC_NAMES = {"top1": "top-1 (%)"}
+"""How a primary metric is named in a table's title (any other metric: by its own name)."""
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def section_metric(sec: Section, dataset: str) -> str:
+    """The primary metric of a dataset's groups in ``sec`` (summary.json's ``primary_metric``; ``top1`` by default)."""
+    return next((g.metric for g in sec.groups if g.dataset == dataset), "top1")
 def _num(x: Optional[float], signed: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return DASH
@@ -45,6 +60,18 @@ def fmt_gain(diff: Optional[Diff], interval: bool = False) -> str:
     if interval and diff.lo is not None:
         text += f" [{_num(diff.lo, signed=True)}, {_num(diff.hi, signed=True)}]" + ("*" if diff.excludes_zero else "")
     return text
+
+
+def fmt_paired(diff: Optional[Diff], pairing: Any = None) -> str:
+    """``+0.57 ± 0.45 [-0.68, +1.81] (n=5)``; ``unpaired`` when the runs are not pairs; – without a baseline."""
+    if diff is None:
+        return "unpaired" if pairing is not None and not pairing.paired else DASH
+    return f"{fmt_gain(diff, interval=True)} (n={diff.pairs})"
+
+
+def fmt_ci(diff: Optional[Diff]) -> str:
+    return f"[{_num(diff.lo, signed=True)}, {_num(diff.hi, signed=True)}]" if diff is not None and diff.lo is not None \
+        else DASH
 
 
 def fmt_excludes(diff: Optional[Diff]) -> str:
@@ -165,7 +192,7 @@ def _section_md(sec: Section, metric: str) -> list[str]:
             rows = [[m] + [_cell(g, fmt_stat(g.stat(which))) if (g := sec.group(ds, m, lab)) else DASH
                            for lab in labels] for m in students]
             title = "final model, recommended" if which == "last" else "max over epochs, optimistic"
-            out += [f"### {ds}: {which_name[which]} top-1 (%), mean ± std ({title})", ""]
+            out += [f"### {ds}: {which_name[which]} {metric_name(section_metric(sec, ds))}, mean ± std ({title})", ""]
             out += _table(["student", *labels], rows)
         gain_labels = [lab for lab in labels if lab != BASELINE]
         if any(g.baseline is not None for g in sec.groups if g.dataset == ds) and gain_labels:
@@ -174,6 +201,12 @@ def _section_md(sec: Section, metric: str) -> list[str]:
             out += [f"### {ds}: gain over ce, {which_name[metric]} (difference of means ± combined std error "
                     "[Welch 95 % CI]; * = excludes 0)", ""]
             out += _table(["student", *gain_labels], rows)
+            rows = [[m, which_name[w] + (" (optimistic: selected on the test set)" if w == "best" else "")]
+                    + [fmt_paired(g.paired_gain(w), g.pairing()) if (g := sec.group(ds, m, lab)) else DASH
+                       for lab in gain_labels] for m in students for w in (metric, "best" if metric == "last" else "last")]
+            out += [f"### {ds}: paired gain over ce (mean of the per-seed differences ± its std error [paired 95 % "
+                    "t-interval] (n pairs); see Pairing)", ""]
+            out += _table(["student", "epoch", *gain_labels], rows)
         elif gain_labels:
             out += [no_baseline_reason(sec, ds), ""]
         if sec.has_paper:
@@ -184,7 +217,8 @@ def _section_md(sec: Section, metric: str) -> list[str]:
         if sec.paper.get("columns"):
             out += _paper_layout(sec, ds, students)
         header = ["student", "method", "n", "last epoch", "best epoch", f"gain ({which_name[metric]})",
-                  "95 % CI (Welch)", "CI excludes 0", "paper", "paper gain"]
+                  "95 % CI (Welch)", "CI excludes 0", "paired gain", "95 % CI (paired)", "pairs", "paper",
+                  "paper gain"]
         if sec.has_paper:
             p = sec.paper
             header.append(f"ours as the paper ({p.get('statistic') or '?'}, {p.get('epoch') or 'best'})")
@@ -197,14 +231,21 @@ def _section_md(sec: Section, metric: str) -> list[str]:
                 d = g.gain(metric)
                 ci = f"[{_num(d.lo, signed=True)}, {_num(d.hi, signed=True)}]" if d is not None and d.lo is not None \
                     else DASH
+                pd = g.paired_gain(metric)
                 row = [m, lab, _cell(g, f"{len(g.finished)}/{len(g.runs)}"), fmt_stat(g.stat("last")),
-                       fmt_stat(g.stat("best")), fmt_gain(d), ci, fmt_excludes(d), _num(g.paper["top1"]),
+                       fmt_stat(g.stat("best")), fmt_gain(d), ci, fmt_excludes(d),
+                       fmt_gain(pd) if pd is not None else fmt_paired(pd, g.pairing()), fmt_ci(pd),
+                       str(pd.pairs) if pd is not None else DASH, _num(g.paper["top1"]),
                        _num(g.paper_gain(), signed=True)]
                 if sec.has_paper:
                     row.append(_num(g.ours_as_paper()) if g.paper["top1"] is not None else DASH)
                 rows.append(row)
         out += [f"### {ds}: all numbers (n = finished/all runs)", ""]
         out += _table(header, rows)
+    pairing = [f"- {g.dataset} / {g.model} / {g.label}: {p.line(BASELINE)}" for g in sec.groups
+               if (p := g.pairing()) is not None]
+    if pairing:
+        out += ["### Pairing", "", *pairing, ""]
     flags = [f"- {g.dataset} / {g.model} / {g.label}: {f}" for g in sec.groups for f in g.flags()]
     out += ["### Flags", "", *(flags or ["none"]), ""]
     return out
@@ -238,6 +279,9 @@ CSV_FIELDS = ["section", "sweep", "dataset", "student", "label", "method", "n", 
               "diverged", "not_started", "last_mean", "last_std", "last_min", "last_max", "best_mean", "best_std",
               "best_min", "best_max", "gain_last", "gain_last_se", "gain_last_lo", "gain_last_hi", "gain_last_df", "gain_last_excludes_zero",
               "gain_best", "gain_best_se", "gain_best_lo", "gain_best_hi", "gain_best_df", "gain_best_excludes_zero",
+              "paired_last", "paired_last_se", "paired_last_lo", "paired_last_hi", "paired_last_df",
+              "paired_last_excludes_zero", "paired_last_pairs", "paired_best", "paired_best_se", "paired_best_lo",
+              "paired_best_hi", "paired_best_df", "paired_best_excludes_zero", "paired_best_pairs", "pairing",
               "paper_top1",
               "paper_gain", "paper_statistic", "paper_epoch", "ours_as_paper", "flags", "run_names"]
 
@@ -255,6 +299,7 @@ def _gain_fields(prefix: str, d: Optional[Diff]) -> dict[str, Any]:
 def group_record(g: ResultGroup) -> dict[str, Any]:
     last, best = g.stat("last"), g.stat("best")
     gl, gb = g.gain("last"), g.gain("best")
+    pl, pb = g.paired_gain("last"), g.paired_gain("best")
     sec = g.section
     has_paper = sec.has_paper
     return {
@@ -265,6 +310,9 @@ def group_record(g: ResultGroup) -> dict[str, Any]:
         "last_mean": _r(last.mean), "last_std": _r(last.std), "last_min": _r(last.min), "last_max": _r(last.max),
         "best_mean": _r(best.mean), "best_std": _r(best.std), "best_min": _r(best.min), "best_max": _r(best.max),
         **_gain_fields("gain_last", gl), **_gain_fields("gain_best", gb),
+        **_gain_fields("paired_last", pl), "paired_last_pairs": pl.pairs if pl else None,
+        **_gain_fields("paired_best", pb), "paired_best_pairs": pb.pairs if pb else None,
+        "pairing": g.pairing().line(BASELINE) if g.pairing() is not None else None,
         "paper_top1": g.paper["top1"], "paper_gain": g.paper_gain(),
         "paper_statistic": sec.paper.get("statistic") if has_paper else None,
         "paper_epoch": sec.paper.get("epoch") if has_paper else None,
@@ -299,9 +347,12 @@ def report_json(root: str | Path, sections: list[Section], metric: str, scanned:
         groups = []
         for g in sec.groups:
             rec = group_record(g)
-            rec["run_details"] = [{"name": r.name, "seed": r.seed, "status": r.status, "last_top1": r.top1("last"),
-                                   "best_top1": r.top1("best"), "epochs_done": r.epochs_done, "error": r.error or None,
+            m = g.metric
+            rec["run_details"] = [{"name": r.name, "seed": r.seed, "status": r.status, f"last_{m}": r.value("last"),
+                                   f"best_{m}": r.value("best"), "epochs_done": r.epochs_done, "error": r.error or None,
                                    "path": _relative(r.path, base)} for r in g.runs]
+            if m != "top1":
+                rec["metric"] = m
             groups.append(rec)
         out["sections"].append({"key": sec.key, "path": _relative(sec.path, base), "protocol": protocol(sec),
                                 "sweep": ((sec.sweep or {}).get("spec") or {}).get("name"),

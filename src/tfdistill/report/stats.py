@@ -1,11 +1,13 @@
-"""The statistics of a report: mean and sample std over seeds, and the difference of two means with its error."""
+"""The statistics of a report -- its one statistics module: mean and sample std over seeds, the difference of two
+means with its Welch interval (:func:`difference`), and the mean of paired differences with its t-interval
+(:func:`paired_difference`: runs paired by seed, initial weights and data order, see :mod:`.pairing`)."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Diff:
     df: Optional[float] = None
     lo: Optional[float] = None
     hi: Optional[float] = None
+    pairs: Optional[int] = None
+    """For a paired difference (:func:`paired_difference`): the number of pairs; None for Welch's."""
 
     @property
     def excludes_zero(self) -> Optional[bool]:
@@ -88,6 +92,26 @@ def difference(a: Stat, b: Stat, level: float = CONFIDENCE) -> Optional[Diff]:
         return Diff(value, se, None, value, value)
     half = t_quantile(0.5 + level / 2, df) * se
     return Diff(value, se, df, value - half, value + half)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = CONFIDENCE) -> Optional[Diff]:
+    """The mean of the paired differences ``a[i] - b[i]``, its standard error ``sd(d) / sqrt(n)`` and the 95 %
+    t-interval with ``n - 1`` degrees of freedom (scipy's ``ttest_rel``'s interval); ``pairs`` = n. None without
+    pairs; no interval for one pair; with constant differences the interval is the point."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values of unequal length: {len(a)} and {len(b)}")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    n = len(d)
+    if n == 0:
+        return None
+    value = statistics.fmean(d)
+    if n < 2:
+        return Diff(value, None, pairs=n)
+    se = statistics.stdev(d) / math.sqrt(n)
+    if se == 0:
+        return Diff(value, 0.0, None, value, value, pairs=n)
+    half = t_quantile(0.5 + level / 2, n - 1) * se
+    return Diff(value, se, float(n - 1), value - half, value + half, pairs=n)
 
 
 def aggregate(stat: Stat, how: str) -> Optional[float]:
