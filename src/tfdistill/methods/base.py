@@ -129,6 +129,10 @@ class Distiller(nn.Module):
     samples across the batch (TFD's width term ranks channels over the whole batch; RKD, SP, CC relate samples),
     so it depends on how the batch is split. Every component declares it (a test checks); :func:`.registry.method_coupling`
     combines them for a method."""
+    needs: ClassVar[tuple[str, ...]] = ()
+    """What the component needs beyond one batch of images and labels: ``"num_train"`` (the training set size, e.g. a
+    memory row per sample), ``"epochs"`` (the run's length, e.g. a schedule over it), ``"index"`` (every sample's
+    dataset index in each batch). :func:`tfdistill.create_method` asks for what is declared here."""
     needs_gather: ClassVar[bool] = False
     """True for components whose buffers must stay identical across data-parallel ranks (CRD's memory bank). The
     engine then sets :attr:`gather` and keeps those buffers out of DDP's per-step broadcast; the component applies
