@@ -81,6 +81,9 @@ class Method(nn.Module):
         (needed when the method has one), ``index`` is each sample's dataset index (PS-KD, CRD)."""
         if self.uses.teacher and images is None:
             raise ConfigError(f"method {self.params.name!r} runs a teacher: pass the batch's images (images=...)")
+        if index is None and self.needs_index():
+            raise ConfigError(f"method {self.params.name!r} needs each sample's dataset index in every batch: "
+                              "pass index=")
         logits_t, feats_t, emb_t = self.run_teacher(images) if self.teacher is not None else (None, [], None)
         if self.student_tap is not None and not captured.features and self.uses.student_feats:
             raise ConfigError(f"method {self.params.name!r} saw no features of the student: the model's forward "
@@ -139,6 +142,10 @@ class Method(nn.Module):
                     raise RuntimeError(f"loss term {k!r} is produced twice")
                 terms[k] = v
         return terms
+
+    def needs_index(self) -> bool:
+        """Whether a component addresses per-sample state by each sample's dataset index (PS-KD, CRD)."""
+        return any("index" in comp.needs for comp in self.distillers.values())
 
     # ----------------------------------------------------------------- engine interface
     # Everything the engine needs from a method is asked here; the engine never looks inside ``distillers``.
