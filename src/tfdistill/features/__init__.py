@@ -15,8 +15,9 @@ Where each rule lives:
 * :mod:`.plan` -- the plan (:class:`TapPlan`) and what TFD does with the maps (also with maps of one size).
 """
 
-from .layouts import Layout
+from .layouts import Layout, TokenGrid, token_grid
 from .plan import Tap, TapPlan
-from .tap import FeatureTap, find_classifier, find_stages, plan_taps
+from .tap import FeatureTap, find_classifier, find_stages, is_compiled, plan_taps, unwrap
 
-__all__ = ["FeatureTap", "find_stages", "find_classifier", "plan_taps", "Layout", "Tap", "TapPlan"]
+__all__ = ["FeatureTap", "find_stages", "find_classifier", "plan_taps", "Layout", "Tap", "TapPlan", "TokenGrid",
+           "token_grid", "unwrap", "is_compiled"]

@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from .layouts import NCHW, Layout, infer_layout
+from .layouts import NCHW, Layout, TokenGrid, infer_layout
 
-__all__ = ["zoo_declaration", "timm_declaration", "token_layout", "is_timm_model"]
+__all__ = ["zoo_declaration", "timm_declaration", "token_layout", "is_timm_model", "declared_token_grid"]
 
 
 def zoo_declaration(model: nn.Module) -> list[tuple[str, Layout]] | None:
@@ -67,6 +67,12 @@ def timm_declaration(model: nn.Module, raw: dict[str, tuple[int, ...] | None],
             continue
         out.append((name, layout))
     return out, notes
+
+
+def declared_token_grid(model: nn.Module) -> TokenGrid | None:
+    """A token grid the user declared on the model itself (``model.token_grid = token_grid(patch, prefix)``)."""
+    grid = getattr(model, "token_grid", None)
+    return grid if isinstance(grid, TokenGrid) else None
 
 
 def token_layout(model: nn.Module, raw: tuple[int, ...] | None, input_hw: tuple[int, int] | None) -> Layout | None:

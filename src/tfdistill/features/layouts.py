@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["Layout", "NCHW", "NHWC", "infer_layout", "grid_for"]
+from ..errors import ConfigError
+
+__all__ = ["Layout", "NCHW", "NHWC", "infer_layout", "grid_for", "TokenGrid", "token_grid", "as_token_grid"]
 
 
 def grid_for(input_hw: tuple[int, int] | None, reduction: int, tokens: int) -> tuple[int, int] | None:
@@ -87,3 +89,42 @@ def infer_layout(raw: tuple[int, ...] | None, channels: int, reduction: int, inp
             if h > 0 and w > 0 and pre >= 0 and (prefix is None or pre <= max(prefix, 0) + 8):
                 return Layout("tokens", pre, reduction)
     return None
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """A declared token grid: a 3-D output (N, tokens, C) holds ``prefix`` leading non-patch tokens (class,
+    distillation, register tokens), then the patch tokens row-major, ``patch`` input pixels per token along each
+    side. Made by :func:`token_grid`."""
+
+    patch: int
+    prefix: int = 0
+
+    def layout(self) -> Layout:
+        return Layout("tokens", self.prefix, self.patch)
+
+
+def token_grid(patch: int, prefix: int = 0) -> TokenGrid:
+    """Declare a model's token grid, for any model whose blocks output (N, tokens, C) sequences:
+
+    >>> tap = FeatureTap(vit, ["blocks.3", "blocks.7", "blocks.11"], token_grid=token_grid(16, prefix=1))
+
+    (or set ``model.token_grid = token_grid(16, prefix=1)`` on the model, which the harness's taps read too).
+    Each 3-D output is then laid out as an (N, C, H / patch, W / patch) map after dropping ``prefix`` tokens; the
+    token count is checked against the input size on every call."""
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+        raise ConfigError(f"token_grid: patch must be a positive int (pixels per token), got {patch!r}")
+    if not isinstance(prefix, int) or isinstance(prefix, bool) or prefix < 0:
+        raise ConfigError(f"token_grid: prefix must be an int >= 0 (class/register tokens), got {prefix!r}")
+    return TokenGrid(patch, prefix)
+
+
+def as_token_grid(value: object) -> TokenGrid | None:
+    """``None``, a :class:`TokenGrid`, a patch size or a ``(patch, prefix)`` pair as a TokenGrid."""
+    if value is None or isinstance(value, TokenGrid):
+        return value
+    if isinstance(value, int):
+        return token_grid(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return token_grid(*value)
+    raise ConfigError(f"token_grid must be token_grid(patch, prefix), a patch size or (patch, prefix); got {value!r}")

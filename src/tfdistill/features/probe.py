@@ -46,6 +46,22 @@ from ..errors import ConfigError
 
 
 
+def image_input(args: Any, kwargs: Any = None) -> Tensor | None:
+    """The image batch of a forward call: the first 4-D tensor among the positional arguments, else among the
+    keyword arguments (``pixel_values=`` of a Hugging Face model first); None if there is none."""
+    for x in args or ():
+        if isinstance(x, Tensor) and x.dim() == 4:
+            return x
+    if kwargs:
+        x = kwargs.get("pixel_values")
+        if isinstance(x, Tensor) and x.dim() == 4:
+            return x
+        for x in kwargs.values():
+            if isinstance(x, Tensor) and x.dim() == 4:
+                return x
+    return None
+
+
 def _module_names(model: nn.Module, max_depth: int = 2) -> list[str]:
     return [n for n, _ in model.named_modules() if n and n.count(".") < max_depth]
 
@@ -105,6 +121,15 @@ def inside_attention_or_mlp(name: str, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+def _describe_output(output: Any) -> str:
+    """What a module returned, in a few words (for errors): ``a tensor``, ``a tuple of 3``, ``None``, ..."""
+    if isinstance(output, Tensor):
+        return "a tensor"
+    if isinstance(output, (tuple, list)):
+        return f"a {type(output).__name__} of {len(output)}"
+    return "None" if output is None else f"a {type(output).__name__}"
+
+
 class _Watcher:
     """Records, for one forward pass, when each module finished, its output shape and how often it ran."""
 
@@ -116,6 +141,7 @@ class _Watcher:
         self.calls: dict[str, int] = {}
         self.shape: dict[str, tuple[int, ...] | None] = {}
         self.raw: dict[str, tuple[int, ...] | None] = {}
+        self.kind: dict[str, str] = {}
         self.input_shape: tuple[int, ...] | None = None
         self.in_shape: dict[str, tuple[int, ...] | None] = {}
         self.in_from: dict[str, str | None] = {}
@@ -128,11 +154,11 @@ class _Watcher:
         for name, m in model.named_modules():
             if name:
                 self.handles.append(m.register_forward_hook(self._hook(name)))
-        self.handles.append(model.register_forward_pre_hook(self._root))
+        self.handles.append(model.register_forward_pre_hook(self._root, with_kwargs=True))
 
-    def _root(self, module: nn.Module, inputs: Any) -> None:
-        x = inputs[0] if inputs else None
-        if self.input_shape is None and isinstance(x, Tensor):
+    def _root(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        x = image_input(args, kwargs)
+        if self.input_shape is None and x is not None:
             self.input_shape = tuple(x.shape)
 
     def _hook(self, name: str) -> Callable:
@@ -143,6 +169,7 @@ class _Watcher:
             ok = isinstance(output, Tensor) and output.dim() == 4
             self.shape[name] = tuple(output.shape) if ok else None
             self.raw[name] = tuple(output.shape) if isinstance(output, Tensor) else None
+            self.kind[name] = _describe_output(output)
             x = inputs[0] if inputs else None
             ok_in = isinstance(x, Tensor) and x.dim() == 4
             self.in_shape[name] = tuple(x.shape) if ok_in else None
@@ -292,12 +319,15 @@ def _watch(model: nn.Module, call: Callable[[], Any], keep: bool = False) -> tup
     return out, watcher
 
 
-def _watch_eval(model: nn.Module, example_input: Tensor) -> _Watcher:
-    """One eval-mode, no-grad forward pass under watch (BatchNorm statistics untouched, mode restored)."""
+def _watch_eval(model: nn.Module, example_input: Any, kwargs: dict | None = None) -> _Watcher:
+    """One eval-mode, no-grad forward pass under watch (BatchNorm statistics untouched, mode restored).
+    ``example_input`` is the first positional argument, or a tuple of them (``kwargs``: keyword arguments, e.g.
+    a Hugging Face model's ``pixel_values=``)."""
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return _watch(model, lambda: model(example_input))[1]
+            return _watch(model, lambda: model(*args, **(kwargs or {})))[1]
     finally:
         model.train(was_training)

@@ -27,8 +27,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
-from .declared import timm_declaration, token_layout, zoo_declaration
-from .layouts import NCHW, NHWC, Layout
+from .declared import declared_token_grid, timm_declaration, token_layout, zoo_declaration
+from .layouts import NCHW, NHWC, Layout, TokenGrid
 from .plan import Tap, TapPlan
 from .probe import _Watcher
 from .torchvision_table import torchvision_entry
@@ -101,7 +101,7 @@ def how_to_name(model: nn.Module) -> str:
 
 
 def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *, model_name: str | None = None,
-                 min_maps: int = 2) -> TapPlan:
+                 min_maps: int = 2, token_grid: TokenGrid | None = None) -> TapPlan:
     """The tap plan for ``model`` from a watched pass (module docs). ``names``: user-named taps, or None."""
     label = model_name or type(model).__name__
     in_shape = watcher.input_shape
@@ -114,13 +114,10 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
     if names is not None:
         chosen = []
         for n in names:
-            layout = _named_layout(model, watcher, n, input_hw)
+            layout = _named_layout(model, watcher, n, input_hw, token_grid)
             shape = _shape(watcher.raw.get(n), layout, input_hw)
             if shape is None:
-                raw = watcher.raw.get(n)
-                raise ConfigError(f"feature tap {n!r} of {label}: its output {raw if raw else 'is not a tensor'} is "
-                                  f"no (N, C, H, W) map" + (" and the model declares no token grid to lay its "
-                                                            "tokens out" if raw and len(raw) == 3 else ""))
+                raise ConfigError(f"feature tap {n!r} of {label}: {_not_a_map(watcher, n, layout, input_hw)}")
             chosen.append((n, layout, shape))
         return plan(chosen, "named", [], "named")
 
@@ -155,9 +152,28 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
     return result
 
 
-def _named_layout(model: nn.Module, watcher: _Watcher, name: str, input_hw: tuple[int, int] | None) -> Layout:
+def _not_a_map(watcher: _Watcher, name: str, layout: Layout, input_hw: tuple[int, int] | None) -> str:
+    """Why ``name``'s output is no map, as one clause (the one wording for every rule)."""
+    if name not in watcher.order:
+        return "it did not run in the forward pass"
+    raw, kind = watcher.raw.get(name), watcher.kind.get(name, "not a tensor")
+    if raw is None:
+        return f"its output is {kind}, no (N, C, H, W) map (tap a module that returns one tensor)"
+    if len(raw) == 3 and layout.kind != "tokens":
+        return (f"its output {raw} is a token sequence, no (N, C, H, W) map while the model declares no token grid "
+                f"(declare one: "
+                f"FeatureTap(..., token_grid=token_grid(patch, prefix)))")
+    if len(raw) == 3:
+        return (f"its output {raw} does not hold the patch grid of a {input_hw} input at {layout.reduction} px per "
+                f"token after {layout.prefix} prefix token(s)")
+    return f"its output {raw} is no (N, C, H, W) map"
+
+
+def _named_layout(model: nn.Module, watcher: _Watcher, name: str, input_hw: tuple[int, int] | None,
+                  token_grid: TokenGrid | None = None) -> Layout:
     """A named tap's layout: as the model's declaration or the table says where they name the module, else as
-    measured (NHWC detection; tokens only with a declared grid)."""
+    measured (NHWC detection; tokens only with a declared grid: ``token_grid``, a model's ``token_grid``
+    attribute, timm's or torchvision's declaration)."""
     timm = timm_declaration(model, watcher.raw, input_hw)
     declared = dict(timm[0]) if timm is not None else {}
     tv = torchvision_entry(model)
@@ -167,5 +183,8 @@ def _named_layout(model: nn.Module, watcher: _Watcher, name: str, input_hw: tupl
         return declared[name]
     raw = watcher.raw.get(name)
     if raw is not None and len(raw) == 3:
+        grid = token_grid or declared_token_grid(model)
+        if grid is not None:
+            return grid.layout()
         return token_layout(model, raw, input_hw) or NCHW
     return NHWC if watcher.channels_last(name) else NCHW
