@@ -85,7 +85,12 @@ class Method(nn.Module):
             raise ConfigError(f"method {self.params.name!r} needs each sample's dataset index in every batch: "
                               "pass index=")
         logits_t, feats_t, emb_t = self.run_teacher(images) if self.teacher is not None else (None, [], None)
-        if self.student_tap is not None and not captured.features and self.uses.student_feats:
+        needs_maps = self.uses.student_feats or self.uses.embedding
+        if self.student_tap is not None and captured.error and needs_maps:
+            raise ConfigError(captured.error)
+        missing = (self.uses.student_feats and not captured.features) or (self.uses.embedding and
+                                                                             captured.embedding is None)
+        if self.student_tap is not None and missing:
             raise ConfigError(f"method {self.params.name!r} saw no features of the student: the model's forward "
                               "pass must run inside `with method.capture():`, on the module the method was made for")
         out = StepOutputs(images, targets, index, logits, captured.features, captured.embedding,  # type: ignore
@@ -254,30 +259,23 @@ class Captured:
 
     features: list[Tensor] = field(default_factory=list)
     embedding: Tensor | None = None
+    error: str | None = None
+    """Why nothing was recorded (the tap's one line), raised by :meth:`Method.terms_from` if features are needed."""
 
 
 # ----------------------------------------------------------------- the one adapter to FeatureTap's capture API
 @contextmanager
 def _tap_capture(tap: FeatureTap, cap: Captured) -> Iterator[None]:
     """Fill ``cap`` with the maps ``tap`` records during the block (``tap.capture()``, ``tap.features``)."""
-    if not hasattr(tap, "capture"):  # TEMPORARY (until the taps branch's capture API is merged)
-        tap._outs, tap.embedding, tap._active = [None] * len(tap._outs), None, True
-        try:
-            yield
-        finally:
-            tap._active = False
-        cap.features, cap.embedding = [f for f in tap._outs if f is not None], tap.embedding
-        tap._outs = [None] * len(tap._outs)
-        return
     with tap.capture():
         yield
-    cap.features, cap.embedding = list(tap.features), tap.embedding
+    try:
+        cap.features, cap.embedding = list(tap.features), tap.embedding
+    except ConfigError as exc:  # nothing recorded (e.g. compiled code that predates the tap): said when needed
+        cap.error = str(exc)
 
 
 def _bind_tap(tap: FeatureTap, wrapped: Callable[..., Any]) -> None:
-    if not hasattr(tap, "bind"):  # TEMPORARY (until the taps branch's bind API is merged)
-        tap.call = wrapped
-        return
     tap.bind(wrapped)
 
 
