@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..features import unwrap
 from .method import Method, build_method, logits_of
 from .registry import DISTILLERS, method_schema, method_uses, resolve_preset
 
@@ -123,6 +124,7 @@ def _params(name: str, settings: dict[str, Any]) -> Any:
 
 
 def _check_classes(model: nn.Module, example: Tensor, num_classes: int, who: str) -> None:
+    model = unwrap(model)  # never the compiled form: code compiled before the taps are made would not run them
     was = model.training
     model.eval()
     try:
