@@ -77,7 +77,7 @@ def test_trains_20_steps_with_finite_decreasing_loss(method):
 def test_zero_weights_give_the_plain_update(method, settings):
     teacher = TinyConv(8) if method == "kd" else None
     _, plain = fit(Module(), max_steps=3)
-    _, got = fit(Module(), [DistillCallback(method, teacher=teacher, student="net", **settings)], max_steps=3)
+    _, got = fit(Module(), [DistillCallback(method, teacher=teacher, student="net", method_settings=settings)], max_steps=3)
     assert_differs(params_of(Module()), got)
     assert_same(plain, got, atol=0, rtol=0)
 
@@ -87,7 +87,7 @@ def test_accumulate_grad_batches_over_half_batches_equals_one_full_batch(method,
     teacher = TinyConv(8) if method == "kd" else None
 
     def cb():
-        return [DistillCallback(method, teacher=teacher, student="net", **settings)]
+        return [DistillCallback(method, teacher=teacher, student="net", method_settings=settings)]
 
     _, full = fit(Module(), cb(), n=8, batch=8, max_steps=1)
     _, acc = fit(Module(), cb(), n=8, batch=4, max_steps=1, accumulate_grad_batches=2)
@@ -107,7 +107,7 @@ def test_checkpoint_resume_gives_the_same_steps(tmp_path, method):
     kw = dict(n=8, batch=4, index=index, max_epochs=3, max_steps=-1)
 
     def cb():
-        return DistillCallback(method, student="net", tfd=dict(ramp_epochs=3)) if method == "tfd" else \
+        return DistillCallback(method, student="net", method_settings=dict(tfd=dict(ramp_epochs=3))) if method == "tfd" else \
             DistillCallback(method, student="net", epochs=3)  # the interrupted run's schedule is the whole run's
 
     _, whole = fit(Module(), [cb()], **kw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
+import sys
 from typing import Any, Sequence
 
 from torch import Tensor, nn
@@ -34,9 +36,12 @@ def require(module: str, extra: str, minimum: str, dist: str | None = None) -> A
     ``minimum``)."""
     try:
         mod = importlib.import_module(module)
-    except ImportError:
+    except ImportError as exc:
+        installed = importlib.util.find_spec(module.split(".")[0]) is not None if module.split(".")[0] not in \
+            sys.modules or sys.modules[module.split(".")[0]] is not None else False
+        why = f" ({module} is installed but failed to import: {str(exc).strip().splitlines()[0]})" if installed else ""
         raise MissingExtraError(f"tfdistill.integrations.{extra} needs {dist or module}>={minimum}: "
-                                f"pip install 'tfdistill[{extra}]'") from None
+                                f"pip install 'tfdistill[{extra}]'{why}") from None
     try:
         version = importlib.metadata.version(dist or module)
     except importlib.metadata.PackageNotFoundError:

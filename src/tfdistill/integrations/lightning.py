@@ -52,14 +52,14 @@ class DistillCallback(Callback):
         example: a few input images: the method is then set up when fitting starts, before a resumed optimizer
             state is loaded -- needed to resume a method with parameters of its own (FitNets, CRD); without it,
             the method is set up on the first training batch.
-        settings: the method's settings (``ce_weight=1.0``, ``tfd=dict(alpha=5e-3, beta=0)``).
+        method_settings: the method's settings (``dict(ce_weight=1.0, tfd=dict(alpha=5e-3, beta=0))``).
     """
 
     def __init__(self, method: str | Method = "tfd", *, teacher: nn.Module | None = None, student: str | None = None,
                  num_classes: int | None = None, num_train: int = 0, epochs: int = 0,
                  inputs: Callable[[Any], Tensor] | None = None, targets: Callable[[Any], Tensor] | None = None,
                  index: Callable[[Any], Tensor] | None = None, taps: Any = "auto", teacher_taps: Any = "auto",
-                 example: Tensor | None = None, **settings: Any) -> None:
+                 example: Tensor | None = None, method_settings: dict | None = None) -> None:
         self.spec = method
         self.teacher = teacher
         self.student_path = student
@@ -68,7 +68,7 @@ class DistillCallback(Callback):
         self.targets = targets or (lambda b: b[1])
         self.index = index or (lambda b: b[2])
         self.taps, self.teacher_taps = taps, teacher_taps
-        self.settings = settings
+        self.settings = method_settings
         self.example = example
         self.method: Method | None = None
         self._pending_state: dict | None = None
