@@ -116,8 +116,26 @@ def test_accumulation_over_half_batches_equals_one_full_batch(tmp_path, method, 
 
 def test_compiled_equals_eager(tmp_path):
     _, eager = _trainer(tmp_path / "e", "tfd", max_steps=2)
-    _, comp = _trainer(tmp_path / "c", "tfd", max_steps=2, torch_compile=True, torch_compile_backend="aot_eager")
+    tr, comp = _trainer(tmp_path / "c", "tfd", max_steps=2, torch_compile=True, torch_compile_backend="aot_eager")
+    assert type(tr.model_wrapped).__name__ == "OptimizedModule"  # the Trainer's call ran compiled code, tapped
     assert_same(eager, comp)
+
+
+def test_a_hugging_face_vision_model_is_tapped_and_trained(tmp_path):
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    torch.manual_seed(0)
+    model = ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                                          num_labels=NUM_CLASSES))
+    x, y, _ = tiny_data(16)
+    x = nn.functional.interpolate(x, size=16)
+    data = [dict(pixel_values=x[i], labels=y[i]) for i in range(16)]
+    tr = DistillTrainer(model=model, args=args(tmp_path, max_steps=3, torch_compile=True,
+                                               torch_compile_backend="aot_eager"), train_dataset=data)
+    assert tr.method.student_tap.names == ["convnext.encoder.stages.0", "convnext.encoder.stages.1"]
+    tr.train()
+    rows = [r for r in tr.state.log_history if "tfd_depth" in r]
+    assert len(rows) == 3 and all(r["tfd_depth"] > 0 for r in rows)
 
 
 @pytest.mark.parametrize("method", ["tfd", "pskd"])
