@@ -77,7 +77,8 @@ def test_trains_20_steps_with_finite_decreasing_loss(method):
 def test_zero_weights_give_the_plain_update(method, settings):
     teacher = TinyConv(8) if method == "kd" else None
     _, plain = fit(Module(), max_steps=3)
-    _, got = fit(Module(), [DistillCallback(method, teacher=teacher, student="net", method_settings=settings)], max_steps=3)
+    cb = DistillCallback(method, teacher=teacher, student="net", method_settings=settings)
+    _, got = fit(Module(), [cb], max_steps=3)
     assert_differs(params_of(Module()), got)
     assert_same(plain, got, atol=0, rtol=0)
 
@@ -107,8 +108,9 @@ def test_checkpoint_resume_gives_the_same_steps(tmp_path, method):
     kw = dict(n=8, batch=4, index=index, max_epochs=3, max_steps=-1)
 
     def cb():
-        return DistillCallback(method, student="net", method_settings=dict(tfd=dict(ramp_epochs=3))) if method == "tfd" else \
-            DistillCallback(method, student="net", epochs=3)  # the interrupted run's schedule is the whole run's
+        if method == "tfd":
+            return DistillCallback(method, student="net", method_settings=dict(tfd=dict(ramp_epochs=3)))
+        return DistillCallback(method, student="net", epochs=3)  # the interrupted run's schedule is the whole run's
 
     _, whole = fit(Module(), [cb()], **kw)
     first = cb()

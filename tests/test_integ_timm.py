@@ -139,5 +139,5 @@ def test_wrong_use_is_one_line(monkeypatch):
         task.prepare_distributed()
     monkeypatch.setitem(sys.modules, "timm", None)
     monkeypatch.delitem(sys.modules, "tfdistill.integrations.timm")
-    with pytest.raises(ImportError, match=r"pip install 'tfdistill\[timm\]'"):
+    with pytest.raises(ImportError, match=r"needs timm>=1.0.31: pip install 'timm>=1.0.31'"):
         importlib.import_module("tfdistill.integrations.timm")

@@ -31,7 +31,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def require(module: str, extra: str, minimum: str, dist: str | None = None) -> Any:
+def require(module: str, extra: str, minimum: str, dist: str | None = None, pip: str | None = None) -> Any:
     """Import ``module`` or raise one line naming ``pip install 'tfdistill[extra]'`` (missing or older than
     ``minimum``)."""
     try:
@@ -41,14 +41,14 @@ def require(module: str, extra: str, minimum: str, dist: str | None = None) -> A
             sys.modules or sys.modules[module.split(".")[0]] is not None else False
         why = f" ({module} is installed but failed to import: {str(exc).strip().splitlines()[0]})" if installed else ""
         raise MissingExtraError(f"tfdistill.integrations.{extra} needs {dist or module}>={minimum}: "
-                                f"pip install 'tfdistill[{extra}]'{why}") from None
+                                f"pip install {pip or repr(f'tfdistill[{extra}]')}{why}") from None
     try:
         version = importlib.metadata.version(dist or module)
     except importlib.metadata.PackageNotFoundError:
         version = getattr(mod, "__version__", minimum)
     if _version_tuple(version) < _version_tuple(minimum):
         raise MissingExtraError(f"tfdistill.integrations.{extra} needs {dist or module}>={minimum}, found "
-                                f"{version}: pip install 'tfdistill[{extra}]'")
+                                f"{version}: pip install {pip or repr(f'tfdistill[{extra}]')}")
     return mod
 
 

@@ -1,5 +1,5 @@
 """``DistillTask``: a ``timm.task.TrainingTask`` that trains with any tfdistill method (``pip install
-'tfdistill[timm]'``; timm >= 1.0.20, the first with ``timm.task``).
+'tfdistill[integrations]'``; timm >= 1.0.31, the task API it is tested with).
 
 >>> task = DistillTask(model, "tfd")                         # or DistillTask(model, "kd", teacher="resnet50")
 >>> out = task(images, targets)                              # {"loss", "output", "ce", "tfd_depth", "tfd_width"}
@@ -26,8 +26,8 @@ from ..errors import ConfigError
 from ..methods import Method
 from ._common import extra_parameters, make_method, require, total_loss
 
-_timm = require("timm", "timm", "1.0.20")
-_task = require("timm.task", "timm", "1.0.20", dist="timm")
+_timm = require("timm", "timm", "1.0.31", pip="'timm>=1.0.31'")  # timm.task's TrainingTask API as tested (1.0.31)
+_task = require("timm.task", "timm", "1.0.31", dist="timm", pip="'timm>=1.0.31'")
 
 __all__ = ["DistillTask"]
 
