@@ -1,5 +1,6 @@
 """tfdistill.integrations.transformers.DistillTrainer on tiny models (issue #28): the method's terms added to the
-model's own loss, accumulation scaled once, zero weights = the plain Trainer, compiled = eager, resume = uninterrupted."""
+model's own loss, accumulation scaled once, zero weights = the plain Trainer, compiled = eager, resume =
+uninterrupted."""
 
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def method_needs(name: str) -> tuple[str, ...]:
 def create_method(name: str, student: nn.Module, *, teacher: nn.Module | None = None, example: Tensor,
                   num_classes: int, num_train: int = 0, epochs: int = 0, student_taps: str | Sequence[str] = "auto",
                   teacher_taps: str | Sequence[str] = "auto", **settings: Any) -> Method:
-    """The method ``name`` (``tfdistill methods`` lists them; ``a+b`` combines) for ``student``, as the engine trains it.
+    """The method ``name`` (``tfdistill methods`` lists them; ``a+b`` combines) for ``student``, as the engine
+    trains it.
 
     Args:
         name: a registered method or a ``+`` combination (``tfd``, ``kd``, ``tfd+kd``, ``pskd``, ...).
@@ -131,8 +132,9 @@ def _check_classes(model: nn.Module, example: Tensor, num_classes: int, who: str
         with torch.no_grad():
             out = model(example)
     except Exception as exc:  # a model that cannot run the example: one line, not the traceback from inside it
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(f"create_method: the {who} ({type(model).__name__}) cannot run the example batch of shape "
-                          f"{tuple(example.shape)}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+                          f"{tuple(example.shape)}: {type(exc).__name__}: {first}") from None
     finally:
         model.train(was)
     logits = logits_of(out)
