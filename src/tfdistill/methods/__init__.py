@@ -13,12 +13,14 @@ sub-section per component with that component's ``Params`` (``method.tfd.alpha``
 from __future__ import annotations
 
 from .base import BuildContext, Distiller, FeatureInfo, PreStage, StepOutputs, Uses
-from .method import Method, build_method
+from .create import create_method, method_needs
+from .method import Captured, Method, build_method, logits_of
 from .registry import (DISTILLERS, FAMILIES, PRESETS, MethodParams, Preset, list_methods, merge_defaults,
                        method_schema, method_uses, preset_family, register_distiller, register_preset, resolve_preset)
 
 __all__ = [
-    "DISTILLERS", "PRESETS", "Preset", "MethodParams", "Method", "build_method", "register_distiller",
+    "DISTILLERS", "PRESETS", "Preset", "MethodParams", "Method", "build_method", "create_method", "method_needs",
+    "Captured", "logits_of", "register_distiller",
     "register_preset", "resolve_preset", "preset_family", "FAMILIES", "method_schema", "method_uses",
     "list_methods", "merge_defaults", "Distiller",
     "BuildContext", "FeatureInfo", "PreStage", "StepOutputs", "Uses",

@@ -154,6 +154,10 @@ class Distiller(nn.Module):
     embeddings, CS-KD's class partners, ...) say why in :attr:`dense_refusal`; ``build_method`` refuses them for a
     dense task in one line."""
     dense_refusal: ClassVar[str] = "its loss is defined on one prediction per image, not per pixel"
+    needs: ClassVar[tuple[str, ...]] = ()
+    """What the component needs beyond one batch of images and labels: ``"num_train"`` (the training set size, e.g. a
+    memory row per sample), ``"epochs"`` (the run's length, e.g. a schedule over it), ``"index"`` (every sample's
+    dataset index in each batch). :func:`tfdistill.create_method` asks for what is declared here."""
     needs_gather: ClassVar[bool] = False
     """True for components whose buffers must stay identical across data-parallel ranks (CRD's memory bank). The
     engine then sets :attr:`gather` and keeps those buffers out of DDP's per-step broadcast; the component applies

@@ -63,6 +63,7 @@ class CRD(Distiller):
 
     Params = CRDParams
     uses = EMBEDDING_USES
+    needs = ("num_train", "index")
     needs_gather = True  # the memory bank must stay identical across ranks (see the module docs)
 
     def __init__(self, params: CRDParams, ctx: BuildContext) -> None:

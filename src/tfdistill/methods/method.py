@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +53,61 @@ class Method(nn.Module):
         self.__dict__["teacher"] = teacher  # not a submodule on purpose (see class docs)
         self.__dict__["student_tap"] = student_tap
         self.__dict__["teacher_tap"] = teacher_tap
+        self.__dict__["student_call"] = student  # what runs the student: itself, or a wrapper given to bind()
         if teacher is not None:
             freeze(teacher)
+
+    # ----------------------------------------------------------------- outside the harness
+    def bind(self, wrapped: Callable[..., Any]) -> "Method":
+        """Run the student's forward passes through ``wrapped`` -- its compiled, DDP or Accelerate-prepared form --
+        instead of the plain student (the tap plan, made on the plain student, stays). Returns ``self``."""
+        self.__dict__["student_call"] = wrapped
+        if self.student_tap is not None:
+            _bind_tap(self.student_tap, wrapped)
+        return self
+
+    @contextmanager
+    def capture(self) -> Iterator["Captured"]:
+        """``with method.capture() as cap: out = model(x)``: records the student's tapped features (and embedding)
+        of the forward pass someone else makes inside the block -- a framework's own call of the model -- for
+        :meth:`terms_from`. Without taps in use the block records nothing (and needs nothing)."""
+        cap = Captured()
+        if self.student_tap is None:
+            yield cap
+            return
+        with _tap_capture(self.student_tap, cap):
+            yield cap
+
+    def terms_from(self, captured: "Captured", logits: Tensor, targets: Tensor, *, images: Tensor | None = None,
+                   index: Tensor | None = None) -> dict[str, Tensor]:
+        """The components' weighted terms -- no cross-entropy: the caller has its own -- for a student forward pass
+        made elsewhere inside :meth:`capture` (``captured``), with its ``logits``; ``images`` feed the teacher
+        (needed when the method has one), ``index`` is each sample's dataset index (PS-KD, CRD)."""
+        if self.uses.teacher and images is None:
+            raise ConfigError(f"method {self.params.name!r} runs a teacher: pass the batch's images (images=...)")
+        if index is None and self.needs_index():
+            raise ConfigError(f"method {self.params.name!r} needs each sample's dataset index in every batch: "
+                              "pass index=")
+        logits_t, feats_t, emb_t = self.run_teacher(images) if self.teacher is not None else (None, [], None)
+        needs_maps = self.uses.student_feats or self.uses.embedding
+        if self.student_tap is not None and captured.error and needs_maps:
+            raise ConfigError(captured.error)
+        missing = (self.uses.student_feats and not captured.features) or (self.uses.embedding and
+                                                                             captured.embedding is None)
+        if self.student_tap is not None and missing:
+            raise ConfigError(f"method {self.params.name!r} saw no features of the student: the model's forward "
+                              "pass must run inside `with method.capture():`, on the module the method was made for")
+        out = StepOutputs(images, targets, index, logits, captured.features, captured.embedding,  # type: ignore
+                          logits_t, feats_t, emb_t, None)
+        return self.terms(out, ce=False)
 
     # ----------------------------------------------------------------- forward
     def run_student(self, images: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None]:
         tap = self.student_tap
         if tap is None:
-            return self.student(images), [], None
+            return logits_of(self.student_call(images)), [], None
         logits, feats = tap(images)
-        return logits, feats, tap.embedding
+        return logits_of(logits), feats, tap.embedding
 
     @torch.no_grad()
     def run_teacher(self, images: Tensor) -> tuple[Tensor | None, list[Tensor], Tensor | None]:
@@ -70,9 +117,9 @@ class Method(nn.Module):
             self.teacher.eval()
         tap = self.teacher_tap
         if tap is None:
-            return self.teacher(images), [], None
+            return logits_of(self.teacher(images)), [], None
         logits, feats = tap(images)
-        return logits, feats, tap.embedding
+        return logits_of(logits), feats, tap.embedding
 
     def outputs(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> StepOutputs:
         pair = None
@@ -94,7 +141,7 @@ class Method(nn.Module):
         logits_pair = None
         if pair is not None:
             with torch.no_grad():  # after the main forward, as CS-KD's code (BatchNorm sees both, in this order)
-                logits_pair = self.student(pair)
+                logits_pair = self.student_call(pair)
         out = StepOutputs(images, targets, index, logits, feats, emb, logits_t, feats_t, emb_t, logits_pair)
         if mix is not None:
             out.logits_mix, out.feats_mix, out.emb_mix = mixed
@@ -112,8 +159,13 @@ class Method(nn.Module):
 
     def forward(self, images: Tensor, targets: Tensor, index: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.outputs(images, targets, index)
+        return out.logits_s, self.terms(out)
+
+    def terms(self, out: StepOutputs, ce: bool = True) -> dict[str, Tensor]:
+        """The weighted terms of one forward pass: the cross-entropy (``ce``) and every component's."""
+        targets = out.targets
         terms: dict[str, Tensor] = {}
-        if self.ce_weight:
+        if ce and self.ce_weight:
             ce = self.task.loss(out.logits_s, targets, label_smoothing=self.label_smoothing)
             terms["ce"] = self.ce_weight * ce
         for comp in self.distillers.values():
@@ -121,7 +173,11 @@ class Method(nn.Module):
                 if k in terms:
                     raise RuntimeError(f"loss term {k!r} is produced twice")
                 terms[k] = v
-        return out.logits_s, terms
+        return terms
+
+    def needs_index(self) -> bool:
+        """Whether a component addresses per-sample state by each sample's dataset index (PS-KD, CRD)."""
+        return any("index" in comp.needs for comp in self.distillers.values())
 
     # ----------------------------------------------------------------- engine interface
     # Everything the engine needs from a method is asked here; the engine never looks inside ``distillers``.
@@ -208,6 +264,46 @@ class Method(nn.Module):
             "teacher_taps": self.teacher_tap.names if self.teacher_tap else [],
             **{name: info for name, comp in self.distillers.items() if (info := comp.describe())},
         }
+
+
+def logits_of(output: Any) -> Tensor:
+    """A classifier's logits from what its forward returned: the tensor itself, a model output's ``logits`` (Hugging
+    Face ``ImageClassifierOutput``) or the first element of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise ConfigError(f"the model returned {type(output).__name__}, not logits: a method needs a classifier whose "
+                      "forward returns logits (a tensor, an output with .logits, or a tuple starting with them)")
+
+
+@dataclass
+class Captured:
+    """What :meth:`Method.capture` recorded: the student's tapped maps (shallow to deep) and its embedding."""
+
+    features: list[Tensor] = field(default_factory=list)
+    embedding: Tensor | None = None
+    error: str | None = None
+    """Why nothing was recorded (the tap's one line), raised by :meth:`Method.terms_from` if features are needed."""
+
+
+# ----------------------------------------------------------------- the one adapter to FeatureTap's capture API
+@contextmanager
+def _tap_capture(tap: FeatureTap, cap: Captured) -> Iterator[None]:
+    """Fill ``cap`` with the maps ``tap`` records during the block (``tap.capture()``, ``tap.features``)."""
+    with tap.capture():
+        yield
+    try:
+        cap.features, cap.embedding = list(tap.features), tap.embedding
+    except ConfigError as exc:  # nothing recorded (e.g. compiled code that predates the tap): said when needed
+        cap.error = str(exc)
+
+
+def _bind_tap(tap: FeatureTap, wrapped: Callable[..., Any]) -> None:
+    tap.bind(wrapped)
 
 
 def freeze(model: nn.Module) -> nn.Module:

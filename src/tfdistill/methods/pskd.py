@@ -52,6 +52,7 @@ class PSKD(Distiller):
 
     Params = PSKDParams
     uses = Uses()
+    needs = ("num_train", "epochs", "index")
     needs_gather = True  # the memory must stay identical across ranks (see the module docs)
 
     def __init__(self, params: PSKDParams, ctx: BuildContext) -> None:

@@ -177,7 +177,7 @@ def _load_builtins() -> None:
 
     package = __name__.rsplit(".", 1)[0]
     for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if mod.name not in ("base", "method", "registry") and not mod.name.startswith("_"):
+        if mod.name not in ("base", "method", "registry", "create") and not mod.name.startswith("_"):
             importlib.import_module(f"{package}.{mod.name}")
 
 
