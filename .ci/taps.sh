@@ -5,8 +5,10 @@
 set -euo pipefail
 PY="${1:-python}"
 VENV="${TMPDIR:-/tmp}/tfdistill-hf50"
-CONSTRAINTS=()
-if [ -f /tmp/pin.txt ]; then CONSTRAINTS=(-c /tmp/pin.txt); fi
+PIN="$(mktemp)"
+trap 'rm -f "$PIN"' EXIT
+"$PY" -c 'import importlib.metadata as m; print("\n".join(f"{d}=={m.version(d)}" for d in ("torch", "torchvision")))' > "$PIN"
+CONSTRAINTS=(-c "$PIN")
 echo "== .ci/taps.sh: venv $VENV over $("$PY" -c 'import sys; print(sys.executable)') with transformers==5.0.0"
 "$PY" -m venv --system-site-packages "$VENV"
 TORCH_BEFORE="$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
