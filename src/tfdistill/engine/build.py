@@ -14,7 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
-from ..methods import Method
+from ..data import build_data
+from ..interrupts import note_interrupt
+from ..methods import Method, build_method, method_uses
 from ..models import create_model
 from .checkpoint import load_model_weights
 from .auto import apply_engine_settings
@@ -266,3 +268,36 @@ def check_task(task: Any, model: nn.Module, example: torch.Tensor, name: str) ->
     why = task.check(logits)
     if why is not None:
         raise ConfigError(f"model {name!r} does not fit the {task.name} data set: {why}")
+
+
+def build_run_data(cfg: Any, device: torch.device, info: DistInfo, where: Path) -> Any:
+    """A run's data bundle (:func:`tfdistill.data.build_data`), with CS-KD's paired batches when the method asks."""
+    try:
+        return build_data(cfg.data, device, seed=int(cfg.seed), rank=info.rank, world_size=info.world_size,
+                          channels_last=bool(cfg.engine.channels_last),
+                          paired=method_uses(cfg.method.name).paired_batches)
+    except KeyboardInterrupt as exc:
+        note_interrupt(exc, f"while building the data set {cfg.data.name!r} for {where}")
+        raise
+
+
+def num_classes(cfg: Any, data: Any) -> int:
+    """The student's number of classes: ``model.num_classes``, or the data's when 0 (a mismatch is an error)."""
+    if cfg.model.num_classes and cfg.model.num_classes != data.num_classes:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
+                          f"{data.num_classes} classes; leave model.num_classes=0 to follow the data")
+    return int(cfg.model.num_classes or data.num_classes)
+
+
+def build_run_method(cfg: Any, student: nn.Module, teacher: nn.Module | None, data: Any, task: Any
+                     ) -> tuple[Method, Any]:
+    """A run's :class:`~tfdistill.methods.Method` (taps and component shapes from one example batch, the task
+    checked against the student's output first) and its DropBlock regulariser (or None)."""
+    example = example_batch(data, cfg.data.name)
+    check_task(task, student, example, cfg.model.name)
+    method = build_method(
+        student, cfg.method, example=example, num_classes=num_classes(cfg, data), num_train=data.num_train,
+        epochs=int(cfg.epochs), teacher=teacher, student_taps=taps(cfg.model.taps),
+        teacher_taps=taps(cfg.teacher.taps), student_name=cfg.model.name,
+        teacher_name=cfg.teacher.model or None, seed=int(cfg.seed), task=task)
+    return method, attach_dropblock(cfg, student, example)

@@ -24,11 +24,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import config_notes, to_dict, to_yaml
-from ..data import build_data
-from ..errors import ConfigError, DivergenceError, signal_name
+from ..errors import DivergenceError, signal_name
 from ..fingerprint import Tracker
-from ..interrupts import deferred, note_interrupt
-from ..methods import Method, build_method, method_uses
+from ..interrupts import deferred
+from ..methods import Method
 from ..methods.base import PreStage
 from ..rundir import RunDir
 from ..runs import run_name
@@ -90,18 +89,9 @@ class Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False  # a previous run in this process may have turned it on
         self.channels_last = bool(cfg.engine.channels_last)
-        try:
-            self.data = data if data is not None else build_data(  # `data`: a prebuilt bundle (packed runs)
-                cfg.data, self.device, seed=seed, rank=self.info.rank, world_size=self.info.world_size,
-                channels_last=self.channels_last, paired=method_uses(cfg.method.name).paired_batches)
-        except KeyboardInterrupt as exc:
-            note_interrupt(exc, f"while building the data set {cfg.data.name!r} for {self.run.path}")
-            raise
-        num_classes = cfg.model.num_classes or self.data.num_classes
-        if cfg.model.num_classes and cfg.model.num_classes != self.data.num_classes:
-            raise ConfigError(f"model.num_classes={cfg.model.num_classes} but dataset {cfg.data.name!r} has "
-                              f"{self.data.num_classes} classes; leave model.num_classes=0 to follow the data")
-        self.num_classes = num_classes
+        # `data`: a prebuilt bundle (packed runs)
+        self.data = data if data is not None else build.build_run_data(cfg, self.device, self.info, self.run.path)
+        self.num_classes = num_classes = build.num_classes(cfg, self.data)
         self.task: Task = get_task(self.data.task, **self.data.task_options)
         """What the labels are: the loss on the logits, the metrics, the records' figures (:mod:`tfdistill.tasks`)."""
 
@@ -116,14 +106,8 @@ class Run:
         if self.teacher is not None:
             self.teacher.to(memory_format=build.memory_format(cfg))
 
-        example = build.example_batch(self.data, cfg.data.name)
-        build.check_task(self.task, self.student, example, cfg.model.name)
-        self.method: Method = build_method(
-            self.student, cfg.method, example=example, num_classes=num_classes, num_train=self.data.num_train,
-            epochs=int(cfg.epochs), teacher=self.teacher, student_taps=build.taps(cfg.model.taps),
-            teacher_taps=build.taps(cfg.teacher.taps), student_name=cfg.model.name,
-            teacher_name=cfg.teacher.model or None, seed=seed, task=self.task)
-        self.dropblock = build.attach_dropblock(cfg, self.student, example)
+        self.method: Method
+        self.method, self.dropblock = build.build_run_method(cfg, self.student, self.teacher, self.data, self.task)
 
         self.params = self.method.trainable_parameters("main")
         o = cfg.optim
