@@ -150,8 +150,8 @@ def test_two_processes_equal_one_process(exact_runs):
     log = (r2 / "train.log").read_text()
     assert sum(line.startswith("epoch ") for line in log.splitlines()) == 3
     # (.lock: the run directory's flock, held by the one process that trains it)
-    assert sorted(p.name for p in r2.iterdir() if p.name != ".lock") == ["best.pt", "config.yaml", "last.pt",
-                                                                         "metrics.jsonl", "summary.json", "train.log"]
+    assert sorted(p.name for p in r2.iterdir() if p.name != ".lock") == [
+        "best.pt", "config.yaml", "fingerprint.json", "last.pt", "metrics.jsonl", "summary.json", "train.log"]
     assert len(cb["rng_ranks"]) == 2
     info = [json.loads((tmp_path / "info_a" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world_size"] for i in info] == [2, 2] and all(i["wrapped"] == "DistributedDataParallel" for i in info)

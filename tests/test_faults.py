@@ -76,7 +76,7 @@ def _kill_self(sig):
 
 def _at_phase(monkeypatch, phase: str, sig) -> None:
     """Send ``sig`` to this process at ``phase`` of the first training (the hook removes itself)."""
-    from tfdistill.engine import checkpoint, run, trainer
+    from tfdistill.engine import build, checkpoint, trainer
 
     fired = []
 
@@ -87,7 +87,7 @@ def _at_phase(monkeypatch, phase: str, sig) -> None:
         return True
 
     if phase == "data":
-        for mod in (run, trainer):
+        for mod in (build, trainer):  # a run alone builds its data in build.py, a packed group in trainer.py
             real_build = mod.build_data
 
             def build(*a, _real=real_build, **k):

@@ -84,7 +84,11 @@ def test_resume_with_data_of_another_class_count_names_the_class_counts(tmp_path
     _train(capsys, *TINY, "data.name=imagefolder", f"data.root={tmp_path / 'two'}", "data.batch_size=8",
            f"out_dir={runs}", "name=r")
     (runs / "r" / "summary.json").unlink()  # as if stopped after its checkpoint: resumable
+    # other data is refused by the data identity check first (fingerprint.json); past it, on purpose, the
+    # checkpoint's class count is named as such
     assert main(["train", "--resume", str(runs / "r"), f"data.root={tmp_path / 'three'}"]) == 2
+    assert "fingerprint.json" in _one_line(capsys)
+    assert main(["train", "--resume", str(runs / "r"), f"data.root={tmp_path / 'three'}", "--accept-data-change"]) == 2
     assert _one_line(capsys) == (f"tfdistill: error: cannot resume {runs / 'r'}: it was trained on 2 classes, but "
                                  "the data given now has 3; resume it with the data it was trained on")
 
