@@ -76,7 +76,7 @@ def _kill_self(sig):
 
 def _at_phase(monkeypatch, phase: str, sig) -> None:
     """Send ``sig`` to this process at ``phase`` of the first training (the hook removes itself)."""
-    from tfdistill.engine import build, checkpoint, trainer
+    from tfdistill.engine import build, checkpoint, run, trainer
 
     fired = []
 
