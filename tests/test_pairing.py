@@ -163,7 +163,7 @@ def test_the_report_tabulates_the_primary_metric_a_summary_names(tmp_path):
     assert [r.status for r in g.runs] == ["finished"] * 3 and g.metric == "miou"
     assert g.stat("last").mean == pytest.approx(43.1666666) and g.gain("best").value == pytest.approx(np.mean([43, 43.5, 46]) - np.mean([41, 42, 44]))
     assert g.paired_gain("last").pairs == 3
-    assert "### synthetic: last-epoch miou, mean ± std (final model, recommended)" in rep.markdown
+    assert "### synthetic: last-epoch mIoU (%), mean ± std (final model, recommended)" in rep.markdown
     assert "top-1" not in rep.markdown.split("## ", 1)[1]  # (the legend above the sections is generic)
     details = json.loads((tmp_path / "out" / "report.json").read_text())["sections"][0]["groups"][0]["run_details"]
     assert details[0]["last_miou"] == 40.0 and "last_top1" not in details[0]

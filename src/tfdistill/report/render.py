@@ -14,9 +14,10 @@ from .stats import Diff, Stat
 WARN = "⚠"
 DASH = "–"
 LEGEND = (
-    "Cells: top-1 accuracy (%) as mean ± sample standard deviation (ddof=1) over the finished seeds, with n. "
+    "Cells: each table's metric (top-1 accuracy (%) for classification, mIoU (%) for segmentation: summary.json's "
+    "primary_metric) as mean ± sample standard deviation (ddof=1) over the finished seeds, with n. "
     "**Last epoch** is the final model: the honest number, recommended. **Best epoch** is the maximum over the "
-    "evaluated epochs of the test accuracy, i.e. selected on the test set (optimistic; CRD's and the paper's "
+    "evaluated epochs of that metric on the test set, i.e. selected on the test set (optimistic; CRD's and the paper's "
     "protocol). Gain = difference of the means from the CE baseline of the same student in the same folder, "
     "± the combined standard error sqrt(s1²/n1 + s2²/n2), and in brackets its 95 % confidence interval (Welch's t "
     "interval, Welch-Satterthwaite degrees of freedom; the two groups' variances are not assumed equal); "
@@ -27,7 +28,7 @@ LEGEND = (
     "of the per-seed differences ± its standard error, its 95 % t-interval (n pairs - 1 degrees of freedom) and n "
     "pairs, beside Welch's interval (with few pairs it can be the wider one); where they did not, Welch's only."
 )
-METRIC_NAMES = {"top1": "top-1 (%)"}
+METRIC_NAMES = {"top1": "top-1 (%)", "miou": "mIoU (%)"}
 """How a primary metric is named in a table's title (any other metric: by its own name)."""
 
 
