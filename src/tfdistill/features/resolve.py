@@ -141,9 +141,9 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
     notes: list[str] = []
     zoo = zoo_declaration(model)
     seg = segmentation_entry(model)  # segmentation encoders: every stage, never the head
+    keep_all = seg is not None
     if seg is not None:
-        chosen, how = select(seg[1], watcher, input_hw, keep_all=True)
-        result = plan(chosen, f"table ({seg[0]}); {how}", [], f"table ({seg[0]})")
+        entries, rule = seg[1], f"table ({seg[0]})"
     elif zoo is not None and all(n in watcher.order for n, _ in zoo):
         entries, rule = zoo, "declared (stage_names)"
     else:
@@ -158,10 +158,8 @@ def resolve_plan(model: nn.Module, watcher: _Watcher, names: list[str] | None, *
                 hf = _hf_entries(model, watcher, input_hw)
                 if hf is not None:
                     (entries, notes), rule = hf[1:], f"table ({hf[0]})"
-    if seg is not None:
-        pass
-    elif entries is not None:
-        chosen, how = select(entries, watcher, input_hw)
+    if entries is not None:
+        chosen, how = select(entries, watcher, input_hw, keep_all=keep_all)
         if rule.startswith("table (Hugging Face") and len(chosen) >= 3 and chosen[0][2][1] * 2 >= (
                 input_hw or (0, 0))[0] > 0:
             notes = notes + [f"{chosen[0][0]} left out: a first map at stride 1 or 2 is stem-level (as timm's)"]
