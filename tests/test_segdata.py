@@ -92,8 +92,13 @@ def test_ade20k_shifts_classes_and_ignores_other(tmp_path):
             _img(tmp_path / "images" / split / f"ADE_{split}_{i:08d}.jpg", i)
             _mask(tmp_path / "annotations" / split / f"ADE_{split}_{i:08d}.png", _pattern([0, 1, 150, 13]))
     src = _load("ade20k", tmp_path)
-    assert len(src.class_names) == 150
+    assert len(src.class_names) == 150 and len(set(src.class_names)) == 150
     assert src.train.labels.flatten()[:4].tolist() == [255, 0, 149, 12]
+    # names by the dataset's objectInfo150.csv (Idx: first name): 1 wall, 13 person, 45 chest of drawers,
+    # 90 television receiver, 150 flag -- mask value 13 is train id 12, "person"
+    names = src.class_names
+    assert (names[0], names[12], names[44], names[89], names[149]) == (
+        "wall", "person", "chest of drawers", "television receiver", "flag")
 
 
 def test_generic_folder_resizes_once_with_nearest_masks_and_trains(tmp_path):

@@ -50,6 +50,25 @@ CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign s
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
                "tv/monitor"]
+# ADE20K (SceneParsing, 150 classes): the first name of each row of the dataset's objectInfo150.csv, in its order
+# (Idx 1..150; label 0, "other", is ignored)
+ADE20K_CLASSES = ["wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+                  "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
+                  "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair",
+                  "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base",
+                  "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
+                  "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table",
+                  "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table",
+                  "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island",
+                  "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+                  "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+                  "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+                  "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer",
+                  "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike",
+                  "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal",
+                  "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase",
+                  "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+                  "bulletin board", "shower", "radiator", "glass", "clock", "flag"]
 
 
 def _lut(mapping: dict[int, int]) -> np.ndarray:
@@ -194,7 +213,7 @@ def ade20k(cfg: Any) -> DatasetSource:
     pairs = {split: _paired_dirs("ade20k", root / "images" / folder, root / "annotations" / folder)
              for split, folder in (("train", "training"), ("test", "validation"))}
     lut = _lut({k: k - 1 for k in range(1, 151)})
-    return _source("ade20k", cfg, pairs, lambda m: lut[np.clip(m, 0, 255)], [f"ade{k}" for k in range(1, 151)])
+    return _source("ade20k", cfg, pairs, lambda m: lut[np.clip(m, 0, 255)], ADE20K_CLASSES)
 
 
 @DATASETS.register("segfolder")
