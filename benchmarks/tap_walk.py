@@ -1,12 +1,14 @@
-"""The tap walk: every torchvision classifier, a broad timm set and Hugging Face families through FeatureTap("auto").
+"""The tap walk: every torchvision classifier, a broad timm set, Hugging Face families and segmentation models
+(torchvision's and segmentation-models-pytorch's) through FeatureTap("auto").
 
 Each model either yields >= 2 stage maps -- (N, C, H, W), non-increasing resolution, none inside an attention or
 MLP sub-block, matching the model's declaration where it has one (timm ``feature_info`` channels and stride, zoo
-``stage_names``, the torchvision table's modules) -- and trains one step with a finite TFD loss and finite
-gradients, or refuses with the clear error (naming the model and how to name taps). Random weights, small inputs.
+``stage_names``, the torchvision table's modules; for a segmentation model: its encoder's stages from stride 4 on,
+never the head) -- and trains one step with a finite TFD loss and finite gradients (per-pixel CE for segmentation),
+or refuses with the clear error (naming the model and how to name taps). Random weights, small inputs.
 
     python benchmarks/tap_walk.py                 # writes docs/taps.md (torchvision, timm and HF walks)
-    python benchmarks/tap_walk.py --only hf       # one source; --models a,b to walk a few
+    python benchmarks/tap_walk.py --only hf       # one source (torchvision, timm, hf, seg); --models a,b: a few
     python benchmarks/tap_walk.py --only hf --update       # rewrite only that section of docs/taps.md
     python benchmarks/tap_walk.py --models a,b --update    # rewrite only those rows
 
@@ -32,9 +34,11 @@ from tfdistill.features import FeatureTap  # noqa: E402
 from tfdistill.features.declared import timm_declaration  # noqa: E402
 from tfdistill.features.hf_table import hf_entry  # noqa: E402
 from tfdistill.features.probe import inside_attention_or_mlp  # noqa: E402
+from tfdistill.features.segmentation_table import segmentation_entry  # noqa: E402
 from tfdistill.features.torchvision_table import torchvision_entry  # noqa: E402
 from tfdistill.losses import TFDLoss  # noqa: E402
 from tfdistill.models import create_model  # noqa: E402
+from tfdistill.models.segmentation import SMP_PREFIX, TORCHVISION_SEGMENTATION  # noqa: E402
 
 # torchvision: input side per model (default 64 px: the smallest at which their deepest stage keeps 2x2)
 TV_SIZE = {"inception_v3": 160, "maxvit_t": 224}
@@ -101,6 +105,14 @@ HF_MODELS: list[tuple[str, int, dict]] = [
     ("clip", 64, dict(vision_config=_VIT)), ("siglip", 64, dict(vision_config=_VIT)),
     ("hiera", 64, dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=[64, 64])),
 ]
+# segmentation: torchvision's models (and the zoo's deeplabv3_resnet18), every segmentation-models-pytorch
+# architecture on a ResNet18 encoder, and smp's Unet across encoder families; (name, input side, kwargs)
+SEG_TORCHVISION = ["deeplabv3_resnet18", *TORCHVISION_SEGMENTATION]
+SMP_ENCODERS = ["resnet34", "resnext50_32x4d", "se_resnet50", "mobilenet_v2", "efficientnet-b0", "vgg11",
+                "inceptionv4", "tu-resnet18", "tu-convnext_atto", "tu-mobilenetv3_small_100", "timm-regnetx_002",
+                "timm-efficientnet-b0", "mit_b0", "densenet121", "mobileone_s0"]
+SMP_KWARGS = {"DPT": {"encoder_name": "tu-vit_tiny_patch16_224", "dynamic_img_size": True}}
+SMP_SIZE = {"PAN": 128}  # PAN's pyramid pools its deepest map down by 8 more
 HF_CLASS = {"deit": "DeiTForImageClassification"}  # the Auto class maps deit to two classes
 
 
@@ -166,6 +178,16 @@ def _check_plan(model, name: str, plan, feats) -> None:
         assert not any(part in stem for t in plan.names for part in t.split(".")), (name, plan.names)
         if entry[1] and entry[1][0][1].kind == "tokens":
             assert len(feats) >= 3, f"{name}: a token model gives {len(feats)} grid maps"
+    elif segmentation_entry(model) is not None:
+        entry = segmentation_entry(model)
+        assert set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
+        head = ("classifier", "aux_classifier", "decoder", "segmentation_head", "aux_head")
+        assert not any(t.split(".")[0] in head for t in plan.names), f"{name}: a head is tapped: {plan.names}"
+        assert all(not t.stride.isdigit() or int(t.stride) >= 4 for t in plan.taps), f"{name}: the stem is tapped"
+        encoder = getattr(model, "encoder", None)
+        if encoder is not None:  # segmentation-models-pytorch: the encoder's declared stage channels, in order
+            chans, got = list(encoder.out_channels), [t.shape[0] for t in plan.taps]
+            assert any(chans[k:k + len(got)] == got for k in range(len(chans))), (name, got, chans)
     elif plan.rule.startswith("table"):
         entry = torchvision_entry(model)
         assert entry is not None and set(plan.names) <= {n for n, _ in entry[1]}, (name, plan.names)
@@ -174,10 +196,17 @@ def _check_plan(model, name: str, plan, feats) -> None:
             f"{name}: a model with a declaration fell back to the probe"
 
 
+def _label(name: str, kwargs: dict | None) -> str:
+    """The row's name: the model, with its segmentation-models-pytorch encoder where one is given."""
+    return f"{name} ({kwargs['encoder_name']})" if kwargs and "encoder_name" in kwargs else name
+
+
 def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2) -> Result:
     """Build ``name`` (random weights), plan its taps on a ``size`` px input and train one step (module docs)."""
     t0 = time.perf_counter()
     torch.manual_seed(0)
+    label = _label(name, kwargs)
+    dense = name.startswith(SMP_PREFIX) or name in SEG_TORCHVISION
     if name.startswith("hf."):
         model = hf_model(name.removeprefix("hf."), num_classes=10, **(kwargs or {}))
     else:
@@ -189,14 +218,19 @@ def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2
         tap.discover(x)
     except ConfigError as exc:
         msg = str(exc)
-        assert name in msg and "name the taps" in msg, msg  # the one clear error
-        return Result(name, size, False, refusal=msg.split(" (got:")[0], seconds=time.perf_counter() - t0)
+        # the one clear error: the standard one naming the model, or a segmentation table's naming its encoder
+        assert "name the taps" in msg and (name in msg or type(model).__name__ in msg), msg
+        return Result(label, size, False, refusal=msg.split(" (got:")[0], seconds=time.perf_counter() - t0)
     logits, feats = tap(x)
     logits = getattr(logits, "logits", logits)  # a Hugging Face model returns an output object
     plan = tap.plan()
     _check_plan(model, name, plan, feats)
     tfd = TFDLoss(alpha=1.0, beta=1.0)(feats)
-    loss = F.cross_entropy(logits.float(), torch.arange(batch) % 10) + tfd["total"]
+    target = torch.arange(batch) % 10
+    if dense:  # per-pixel CE on (N, K, H, W) logits
+        assert logits.dim() == 4 and logits.shape[-2:] == x.shape[-2:], (name, tuple(logits.shape))
+        target = torch.randint(0, 10, (batch, size, size), generator=torch.Generator().manual_seed(0))
+    loss = F.cross_entropy(logits.float(), target) + tfd["total"]
     assert torch.isfinite(tfd["depth"]) and torch.isfinite(tfd["width"]) and tfd["depth"] > 0, (name, tfd)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -207,7 +241,7 @@ def walk_one(name: str, size: int, kwargs: dict | None = None, *, batch: int = 2
         not any(True for _ in first.parameters()), f"{name}: no gradient at {plan.taps[0].name}"
     torch.optim.SGD(model.parameters(), lr=0.01).step()
     tap.remove()
-    return Result(name, size, True, rule=plan.rule, taps=plan.names, loss=float(loss.detach()),
+    return Result(label, size, True, rule=plan.rule, taps=plan.names, loss=float(loss.detach()),
                   seconds=time.perf_counter() - t0)
 
 
@@ -226,6 +260,21 @@ def hf_models() -> list[tuple[str, int, dict]]:
     return [(f"hf.{n}", s, kw) for n, s, kw in HF_MODELS]
 
 
+def seg_models() -> list[tuple[str, int, dict]]:
+    """torchvision's segmentation models, then every segmentation-models-pytorch architecture (ResNet18 encoder),
+    then smp's Unet across :data:`SMP_ENCODERS` (when segmentation-models-pytorch is installed)."""
+    out: list[tuple[str, int, dict]] = [(n, 64, {}) for n in SEG_TORCHVISION]
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        return out
+    archs = sorted(n for n in dir(smp) if isinstance(getattr(smp, n), type)
+                   and issubclass(getattr(smp, n), torch.nn.Module) and n[0].isupper())
+    out += [(f"{SMP_PREFIX}{a}", SMP_SIZE.get(a, 64), SMP_KWARGS.get(a, {})) for a in archs]
+    out += [(f"{SMP_PREFIX}Unet", 64, {"encoder_name": e}) for e in SMP_ENCODERS]
+    return out
+
+
 def _table(results: list[Result], title: str) -> list[str]:
     ok = sum(r.ok for r in results)
     out = [f"### {title}", "", f"{len(results)} models: {ok} tapped, {len(results) - ok} refused.", "",
@@ -241,7 +290,7 @@ def _versions() -> str:
     import torchvision
 
     versions = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}"]
-    for mod in ("timm", "transformers"):
+    for mod in ("timm", "transformers", "segmentation_models_pytorch"):
         try:
             versions.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
@@ -295,7 +344,7 @@ def _update(text: str, sections: list[tuple[str, list[Result]]], whole: bool) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=("torchvision", "timm", "hf"), default=None)
+    p.add_argument("--only", choices=("torchvision", "timm", "hf", "seg"), default=None)
     p.add_argument("--models", default=None, help="comma-separated names (with their prefix) to walk only those")
     p.add_argument("--update", action="store_true",
                    help="with --only or --models: rewrite only those sections or rows of the existing --out file")
@@ -311,11 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     if ns.only in (None, "hf"):
         groups.append(("Hugging Face transformers (image classifiers from tiny configs, `hf.<model_type>`)",
                        hf_models()))
+    if ns.only in (None, "seg"):
+        groups.append(("Segmentation (torchvision and segmentation-models-pytorch: encoder stages, never the head)",
+                       seg_models()))
     lines = _intro(Path(ns.out)) + [
         WALKS, "",
         "Written by `python benchmarks/tap_walk.py` (re-run it to refresh); checked by `tests/test_tap_walk.py`. "
         "Each model was built with random weights, its taps resolved by `FeatureTap(model, \"auto\")` on the "
-        "input size shown, and trained one step with CE + TFD (finite loss and gradients), or it refused with "
+        "input size shown, and trained one step with CE + TFD (per-pixel CE for segmentation; finite loss and "
+        "gradients), or it refused with "
         "the error shown. Rules: see `src/tfdistill/features/resolve.py`.", ""]
     lines += [_versions(), ""]
     failed = []
@@ -330,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = walk_one(name, size, kw)
             except Exception as exc:  # noqa: BLE001 -- a walk failure is reported, the table still written
                 failed.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                r = Result(name, size, False, refusal=f"WALK FAILURE {failed[-1]}")
+                r = Result(_label(name, kw), size, False, refusal=f"WALK FAILURE {failed[-1]}")
             print(f"{r.seconds:6.1f}s {r.row()}", flush=True)
             results.append(r)
         lines += _table(results, title)

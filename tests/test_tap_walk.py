@@ -1,6 +1,6 @@
-"""The tap walk (benchmarks/tap_walk.py): every torchvision classifier, a broad timm set and Hugging Face families
-either yield >= 2 correct stage maps and train one TFD step, or refuse with the clear error. The full walks are
-slow; a handful is not."""
+"""The tap walk (benchmarks/tap_walk.py): every torchvision classifier, a broad timm set, Hugging Face families and
+segmentation models (torchvision's, segmentation-models-pytorch's) either yield >= 2 correct stage maps and train one
+TFD step, or refuse with the clear error. The full walks are slow; a handful is not."""
 
 from __future__ import annotations
 
@@ -97,9 +97,58 @@ def test_walk_hugging_face_families():
     assert refused == ["hf.hiera"], refused
 
 
+SEG_FAST = [("deeplabv3_resnet18", {}, ["backbone.layer1", "backbone.layer2", "backbone.layer3", "backbone.layer4"]),
+            ("lraspp_mobilenet_v3_large", {}, ["backbone.3", "backbone.6", "backbone.12", "backbone.16"]),
+            ("smp.Unet", {"encoder_name": "mobilenet_v2"},
+             ["encoder.features.3", "encoder.features.6", "encoder.features.13", "encoder.features.18"]),
+            ("smp.FPN", {"encoder_name": "tu-convnext_atto"},
+             ["encoder.model.stages_0", "encoder.model.stages_1", "encoder.model.stages_2", "encoder.model.stages_3"]),
+            ("smp.Unet", {"encoder_name": "timm-efficientnet-b0"},
+             ["encoder.blocks.1", "encoder.blocks.2", "encoder.blocks.4", "encoder.blocks.6"])]
+
+
+@pytest.mark.parametrize("name, kwargs, taps", SEG_FAST, ids=[tap_walk._label(n, kw) for n, kw, _ in SEG_FAST])
+def test_segmentation_walk_fast_subset(name, kwargs, taps):
+    """Encoder stages from stride 4 on, by declaration (torchvision's backbone, smp's _out_indexes or timm
+    feature_info), never the head; one TFD step with per-pixel CE."""
+    if name.startswith("smp."):
+        pytest.importorskip("segmentation_models_pytorch")
+    r = tap_walk.walk_one(name, 64, kwargs)
+    assert r.ok and r.taps == taps, r
+
+
+def test_segmentation_walk_refuses_an_undeclared_encoder_with_the_clear_error():
+    pytest.importorskip("segmentation_models_pytorch")
+    r = tap_walk.walk_one("smp.Unet", 64, {"encoder_name": "mit_b0"})
+    assert not r.ok and r.model == "smp.Unet (mit_b0)", r
+    assert "MixVisionTransformerEncoder" in r.refusal and "model.taps=[" in r.refusal, r.refusal
+
+
+@pytest.mark.slow
+def test_walk_segmentation_models():
+    """Every torchvision segmentation model and segmentation-models-pytorch architecture (ResNet18 encoder) is
+    tapped; smp's Unet across encoder families: the four without a declaration refuse with the clear error."""
+    pytest.importorskip("segmentation_models_pytorch")
+    models = tap_walk.seg_models()
+    failures, refused = [], []
+    for name, size, kwargs in models:
+        try:
+            r = tap_walk.walk_one(name, size, kwargs)
+        except Exception as exc:  # noqa: BLE001
+            failures.append(f"{tap_walk._label(name, kwargs)}: {type(exc).__name__}: {exc}")
+            continue
+        if not r.ok:
+            refused.append(r.model)
+    assert not failures, "\n".join(failures)
+    assert sorted(refused) == ["smp.DPT (tu-vit_tiny_patch16_224)", "smp.Unet (densenet121)", "smp.Unet (mit_b0)",
+                               "smp.Unet (mobileone_s0)"], refused
+
+
 def test_docs_table_lists_every_walked_model():
-    """docs/taps.md (written by the walk) names every model of the three walks."""
+    """docs/taps.md (written by the walk) names every model of the four walks."""
     text = (REPO / "docs" / "taps.md").read_text()
     walked = tap_walk.torchvision_models() + tap_walk.timm_models() + tap_walk.hf_models()
     missing = [n for n, _, _ in walked if f"`{n}`" not in text]
+    missing += [tap_walk._label(n, kw) for n, _, kw in tap_walk.seg_models()
+                if f"`{tap_walk._label(n, kw)}`" not in text]
     assert not missing, missing

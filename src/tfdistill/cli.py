@@ -436,10 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     tp = sub.add_parser("taps", help="show which layers feature distillation taps in a model (the tap plan)",
-                        description="Build MODEL (a zoo name, torchvision.<name> or timm.<name>; random weights), run "
+                        description="Build MODEL (a zoo name, torchvision.<name>, timm.<name>, a segmentation model "
+                                    "such as deeplabv3_resnet18 or smp.<Arch>; random weights), run "
                                     "one forward pass and print its tap plan: per tap the module path, the (C,H,W) map, "
-                                    "the stride, the rule that chose it and the TFD terms it feeds. Example: "
-                                    "tfdistill taps timm.vit_tiny_patch16_224")
+                                    "the stride, the rule that chose it and the TFD terms it feeds. Examples: "
+                                    "tfdistill taps timm.vit_tiny_patch16_224; "
+                                    "tfdistill taps smp.Unet encoder_name='\"mobilenet_v2\"' --image-size 64")
     tp.add_argument("model", metavar="MODEL")
     tp.add_argument("--image-size", type=int, default=None,
                     help="input side in pixels (default: 224 for torchvision/timm names, 32 for zoo models)")
@@ -447,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--taps", default=None, metavar="A,B,...", help="named taps to check instead of the automatic "
                                                                      "choice (module paths, comma-separated)")
     tp.add_argument("kwargs", nargs="*", metavar="key=value",
-                    help="model constructor arguments (values as JSON), e.g. img_size=64 for a timm ViT")
+                    help="model constructor arguments (values as JSON), e.g. img_size=64 for a timm ViT, "
+                         "encoder_name='\"resnet34\"' for segmentation-models-pytorch")
     tp.set_defaults(func=cmd_taps)
 
     me = sub.add_parser("methods", help="list the training methods")

@@ -13,9 +13,19 @@ model (class)                                  taps
 torchvision DeepLabV3 / FCN, ResNet backbone   ``backbone.layer1 .. layer4`` (``deeplabv3_resnet18``: the same)
 torchvision DeepLabV3 / LR-ASPP, MobileNetV3   ``backbone.<k>``: the last block of each stage from stride 4 on (the
                                                blocks before each down-sampling block, ``_is_cn``), and the last one
-segmentation-models-pytorch, ResNet encoder    ``encoder.layer1 .. layer4`` (Unet, FPN, DeepLabV3+, ...)
+segmentation-models-pytorch, ResNet encoder    ``encoder.layer1 .. layer4`` (Unet, FPN, DeepLabV3+, ...; ResNet,
+                                               ResNeXt, SE-ResNet encoders)
+segmentation-models-pytorch, indexed encoders  the modules at the encoder's own ``_out_indexes`` (the stages it
+                                               returns) from stride 4 on: ``encoder.features.<i>`` (MobileNetV2,
+                                               VGG, Inception-v4), ``encoder._blocks.<i>`` (EfficientNet)
+segmentation-models-pytorch, timm encoders     the timm model's ``feature_info`` from stride 4 on: ``tu-`` encoders
+                                               (``encoder.model.<module>``; channels-last maps read as NHWC) and
+                                               the ``timm-`` encoders that are timm models (``encoder.<module>``)
 segmentation-models-pytorch, other encoders    refused: name the taps (``model.taps=[...]``)
 =============================================  ====================================================================
+
+segmentation-models-pytorch's encoders return their stages at strides 2, 4, .., 2**depth (VGG-style ones also the
+input resolution); as for the ResNet stages, the stride-2 stem is never tapped.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
-from .layouts import NCHW, Layout
+from .layouts import NCHW, NHWC, Layout
 
 __all__ = ["segmentation_entry"]
 
@@ -43,30 +53,73 @@ def _mobilenet_v3_ends(backbone: nn.Module) -> list[str]:
     return [names[i] for i in ends]
 
 
-def _torchvision(model: nn.Module) -> tuple[str, list[str]] | None:
+def _torchvision(model: nn.Module) -> tuple[str, list[str], Layout] | None:
     tv = next((c for c in type(model).__mro__ if c.__module__.startswith("torchvision.models.segmentation")
                and c.__name__ in ("DeepLabV3", "FCN", "LRASPP")), None)
     if tv is None:
         return None
     backbone = model.get_submodule("backbone")
     if _is_resnet(backbone):
-        return f"torchvision {tv.__name__} (ResNet)", [f"backbone.{s}" for s in _RESNET_STAGES]
+        return f"torchvision {tv.__name__} (ResNet)", [f"backbone.{s}" for s in _RESNET_STAGES], NCHW
     ends = _mobilenet_v3_ends(backbone)
     if ends:
-        return f"torchvision {tv.__name__} (MobileNetV3)", [f"backbone.{k}" for k in ends]
+        return f"torchvision {tv.__name__} (MobileNetV3)", [f"backbone.{k}" for k in ends], NCHW
     return None
 
 
-def _smp(model: nn.Module) -> tuple[str, list[str]] | None:
+def _smp_indexed(encoder: nn.Module) -> list[str] | None:
+    """The modules of an smp encoder that declares which of its blocks end a stage (``_out_indexes`` into
+    ``features`` or ``_blocks``), from stride 4 on: the last ``depth - 1`` of them."""
+    idx, depth = getattr(encoder, "_out_indexes", None), getattr(encoder, "_depth", None)
+    if not idx or not isinstance(depth, int) or depth < 2:
+        return None
+    for seq in ("features", "_blocks"):
+        blocks = getattr(encoder, seq, None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and max(idx) < len(blocks):
+            return [f"encoder.{seq}.{i}" for i in list(idx)[-(depth - 1):]]
+    return None
+
+
+def _smp_timm(encoder: nn.Module) -> tuple[list[str], Layout] | None:
+    """An encoder that carries a timm model's declared ``feature_info`` (stride >= 4): a ``tu-`` encoder's wrapped
+    features-only model (``encoder.model``, which flattens ``stages.0`` to ``stages_0``), or smp's ``timm-``
+    encoders that are timm models themselves (``encoder``)."""
+    for model, prefix in ((getattr(encoder, "model", None), "encoder.model."), (encoder, "encoder.")):
+        info = getattr(model, "feature_info", None)
+        dicts = info.get_dicts() if hasattr(info, "get_dicts") else info  # a features-only wrapper's, or a list
+        if model is None or not isinstance(dicts, (list, tuple)) or not all(isinstance(d, dict) for d in dicts):
+            continue
+        mods = dict(model.named_modules())
+        names = []
+        for d in dicts:
+            if d.get("reduction", 0) < 4:
+                continue
+            path = next((p for p in (d["module"], d["module"].replace(".", "_", 1), d["module"].replace(".", "_"))
+                         if p in mods), None)
+            if path is None:
+                return None
+            names.append(prefix + path)
+        return names, (NHWC if getattr(encoder, "_is_channel_last", False) else NCHW)
+    return None
+
+
+def _smp(model: nn.Module) -> tuple[str, list[str], Layout] | None:
     if not type(model).__module__.startswith("segmentation_models_pytorch"):
         return None
     encoder = getattr(model, "encoder", None)
+    family = f"segmentation-models-pytorch {type(model).__name__}"
     if encoder is not None and _is_resnet(encoder):
-        return f"segmentation-models-pytorch {type(model).__name__} (ResNet encoder)", [
-            f"encoder.{s}" for s in _RESNET_STAGES]
+        return f"{family} (ResNet encoder)", [f"encoder.{s}" for s in _RESNET_STAGES], NCHW
+    indexed = _smp_indexed(encoder) if encoder is not None else None
+    if indexed:
+        return f"{family} ({type(encoder).__name__}, _out_indexes)", indexed, NCHW
+    timm_decl = _smp_timm(encoder) if encoder is not None else None
+    if timm_decl and len(timm_decl[0]) >= 2:
+        return f"{family} (timm encoder, feature_info)", timm_decl[0], timm_decl[1]
     raise ConfigError(f"no declared taps for the {type(encoder).__name__} encoder of segmentation-models-pytorch's "
-                      f"{type(model).__name__} (declared: ResNet encoders); name the encoder stages to tap: "
-                      f"model.taps=[<module>,...] with paths from model.encoder.named_modules() (prefix 'encoder.')")
+                      f"{type(model).__name__} (declared: ResNet, _out_indexes and timm feature_info encoders); "
+                      f"name the taps: model.taps=[<module>,...], the encoder stages to tap, with paths from "
+                      f"model.encoder.named_modules() (prefix 'encoder.')")
 
 
 def segmentation_entry(model: nn.Module) -> tuple[str, list[tuple[str, Layout]]] | None:
@@ -75,5 +128,5 @@ def segmentation_entry(model: nn.Module) -> tuple[str, list[tuple[str, Layout]]]
     for rule in (_torchvision, _smp):
         found = rule(model)
         if found is not None:
-            return found[0], [(n, NCHW) for n in found[1]]
+            return found[0], [(n, found[2]) for n in found[1]]
     return None
