@@ -333,6 +333,47 @@ def test_segmentation_packed_seeds_equal_runs_alone_and_resume_is_bit_exact(cifa
     assert all(torch.equal(w[k], w0[k]) for k in w0)
 
 
+@pytest.mark.slow
+def test_segmentation_cli_resume_after_sigkill_is_bit_exact(cifar_folder, tmp_path):
+    """`tfdistill train` on the proxy, SIGKILLed (nothing can run) once its first checkpoint is on disk: nothing is
+    half-written, and `tfdistill train --resume RUN` ends with the metrics rows and weights of the run that went
+    through."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    args = ["train", "data.name=cifar10_seg", f"data.root={cifar_folder}", "data.proxy_train=16",
+            "data.proxy_test=8", "data.proxy_canvas=32", "data.augment=[flip]", "data.batch_size=8",
+            "data.eval_batch_size=8", "model.name=lraspp_mobilenet_v3_large", "method.name=tfd", "epochs=4",
+            "engine.progress=false", "engine.tensorboard=false", "engine.device=cpu", "optim.lr=0.01", "name=r"]
+    ref = run_cli([*args, f"out_dir={tmp_path / 'ref'}"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out = tmp_path / "runs"
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "tfdistill", *args, f"out_dir={out}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "r" / "last.pt").is_file():
+        assert proc.poll() is None, f"ended early (exit {proc.returncode}): {proc.communicate()[1][-2000:]}"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -9 and not (out / "r" / "summary.json").exists()
+    assert len(_rows(out / "r")) < 4  # killed before the end
+    res = run_cli(["train", "--resume", str(out / "r")])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _rows(out / "r") == _rows(tmp_path / "ref" / "r")
+    w, w0 = _weights(out / "r"), _weights(tmp_path / "ref" / "r")
+    assert w.keys() == w0.keys() and all(torch.equal(w[k], w0[k]) for k in w0)
+    s, s0 = (json.loads((d / "summary.json").read_text()) for d in (out / "r", tmp_path / "ref" / "r"))
+    assert (s["best_miou"], s["last_miou"], s["last_iou"]) == (s0["best_miou"], s0["last_miou"], s0["last_iou"])
+
+
 def test_bn_momentum_of_the_segmentation_models():
     from tfdistill.models import create_model
 
