@@ -374,6 +374,40 @@ def test_segmentation_cli_resume_after_sigkill_is_bit_exact(cifar_folder, tmp_pa
     assert (s["best_miou"], s["last_miou"], s["last_iou"]) == (s0["best_miou"], s0["last_miou"], s0["last_iou"])
 
 
+@pytest.mark.slow
+def test_segmentation_sweep_packed_equals_alone_and_reports_miou(cifar_folder, tmp_path):
+    """`tfdistill sweep` of CE and TFD x 2 seeds on the proxy, packed into one process (--pack 4) and run one by one
+    (--pack 1): every run's rows and weights are equal; `tfdistill report` tabulates mIoU with the gain's intervals."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("\n".join([
+        "name: segs", "recipe: seg_proxy/lraspp", f"out_dir: {tmp_path / 'unused'}",
+        "models: [lraspp_mobilenet_v3_large]", "seeds: [0, 1]", "overrides:",
+        f"  - data.root={cifar_folder}", "  - data.proxy_train=16", "  - data.proxy_test=8",
+        "  - data.proxy_canvas=32", "  - data.batch_size=8", "  - data.eval_batch_size=8", "  - epochs=2",
+        "  - engine.progress=false", "  - engine.tensorboard=false", "  - engine.device=cpu",
+        "grid:", "  - {methods: [ce, tfd]}", ""]))
+    for pack in (4, 1):
+        res = run_cli(["sweep", str(spec), "--pack", str(pack), "--out-dir", str(tmp_path / f"pack{pack}")],
+                      timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "pack1" / "segs").iterdir() if (p / "summary.json").is_file())
+    assert len(names) == 4, names
+    for n in names:
+        a, b = tmp_path / "pack4" / "segs" / n, tmp_path / "pack1" / "segs" / n
+        assert _rows(a) == _rows(b), n
+        wa, wb = _weights(a), _weights(b)
+        assert all(torch.equal(wa[k], wb[k]) for k in wb), n
+    assert any(r.get("packed") for r in (json.loads(x) for x in
+               (tmp_path / "pack4" / "segs" / names[0] / "metrics.jsonl").read_text().splitlines()))
+    rep = run_cli(["report", str(tmp_path / "pack1" / "segs"), "--no-plots"])
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    text = (tmp_path / "pack1" / "segs" / "report" / "report.md").read_text()
+    assert "### cifar10_seg: last-epoch mIoU (%), mean ± std" in text and "top-1 (%)" not in text
+    groups = json.loads((tmp_path / "pack1" / "segs" / "report" / "report.json").read_text())["sections"][0]["groups"]
+    tfd = next(g for g in groups if g["method"] == "tfd")
+    assert tfd["metric"] == "miou" and tfd["n"] == 2 and tfd["paired_last_pairs"] == 2, tfd
+
+
 def test_bn_momentum_of_the_segmentation_models():
     from tfdistill.models import create_model
 

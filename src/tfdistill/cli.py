@@ -387,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out-dir", "--out", dest="out", default=None,
                     help="where to write the report (default: RUNS_DIR/report); --out is an alias")
     rp.add_argument("--metric", choices=("last", "best"), default="last",
-                    help="top-1 used for gains and the bar chart: last epoch (default, honest) or best epoch")
+                    help="the primary metric (top-1; mIoU for segmentation) used for gains and the bar chart: "
+                         "last epoch (default, honest) or best epoch")
     rp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     rp.set_defaults(func=cmd_report)
 
