@@ -336,3 +336,27 @@ def test_protocol_prefers_the_summarys_precision_and_flags_differences(tmp_path)
     assert "precision bf16 / fp32 ⚠ differs between runs" in line and "epochs 3;" in line
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["sections"][0]["protocol"]["precision"] == ["bf16", "fp32"]
+
+
+def test_a_key_an_older_run_lacks_counts_as_its_default(tmp_path):
+    """A run made before a config key existed (its config.yaml lacks it) is a seed of the same experiment as runs
+    with that key at its default; a run with another value is another experiment."""
+    import yaml
+
+    from tfdistill.report import scan
+
+    sweep = make_sweep(tmp_path)
+
+    def edit(run: str, change) -> None:
+        path = sweep / run / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        change(cfg)
+        path.write_text(yaml.safe_dump(cfg))
+
+    edit("resnet8_ce_s0", lambda c: (c["schedule"].pop("power"), c["data"].pop("crop_size")))
+    (sec,) = scan(sweep)
+    assert [len(g.finished) for g in sec.groups if g.model == "resnet8" and g.method == "ce"] == [3]
+    edit("resnet8_ce_s1", lambda c: c["schedule"].update(power=2.0))
+    (sec,) = scan(sweep)
+    groups = sorted((g.label, len(g.finished)) for g in sec.groups if g.model == "resnet8" and g.method == "ce")
+    assert groups == [("ce [schedule.power=0.9]", 2), ("ce [schedule.power=2.0]", 1)], groups

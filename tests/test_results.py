@@ -44,7 +44,8 @@ def test_committed_reports_and_readme_blocks_are_what_the_committed_runs_give(tm
             continue
         runs = res.runs_dir.relative_to(repo).as_posix()
         out = tmp_path / "report" / res.name
-        r = run_cli(["report", runs, "--out-dir", str(out), "--no-plots"], cwd=repo)
+        baselines = [a for _, shown in res.baselines for a in ("--baseline", shown)]
+        r = run_cli(["report", runs, "--out-dir", str(out), "--no-plots", *baselines], cwd=repo)
         assert r.returncode == 0, r.stderr
         for name in REPORT_FILES:
             committed = (res.path / "report" / name).read_text()
@@ -143,4 +144,70 @@ def test_a_readme_without_the_markers_is_one_clear_error(tmp_path):
         build_results(results, readme, plots=False)
     (results / "golden_result" / "result.yaml").write_text("title: [unclosed\n")
     with pytest.raises(ConfigError, match="result.yaml"):
+        find_results(results)
+
+
+def _newer_result(results: Path, baselines: list[str]) -> Path:
+    """A second made-up result: label smoothing on resnet8 (seeds 0-2, last 72/73/74), no CE runs of its own; its
+    result.yaml names ``baselines``."""
+    from test_report import write_run
+
+    from tfdistill.sweep import spec_from_raw
+    from tfdistill.sweep.spec import expand
+
+    res = results / "newer"
+    spec = spec_from_raw({"name": "newer", "recipe": "cifar100/paper", "out_dir": str(res), "seeds": [0, 1, 2],
+                          "models": ["resnet8"], "overrides": ["epochs=3"], "grid": {"methods": ["ls"]}})
+    plan = expand(spec)
+    plan.sweep_dir.mkdir(parents=True)
+    (plan.sweep_dir / "sweep.yaml").write_text(json.dumps(plan.resolved()))
+    for r in plan.runs:
+        write_run(r.run_dir, r.cfg, (72.0 + r.seed, 72.5 + r.seed))
+    (res / "result.yaml").write_text(json.dumps({"title": "Newer methods", "runs": "newer", "order": 200,
+                                                 "baselines": baselines, "commands": ["tfdistill sweep n.yaml"]}))
+    (res / "README.md").write_text(f"# Newer\n\n{BEGIN}\n{END}\n")
+    return res
+
+
+def test_baselines_of_another_result_join_its_report_and_are_named(tmp_path):
+    """A result compared with another result's committed CE runs instead of training them again: the gains and
+    intervals use them, the report and the block say where they came from, and they are neither counted among the
+    result's own runs nor in its training time; `tfdistill report --baseline` gives the same tables."""
+    results = _result(tmp_path)
+    res = _newer_result(results, ["../golden_result/golden/resnet8_ce_s*"])
+    readme = tmp_path / "README.md"
+    build_results(results, readme, plots=False)
+    block = (res / "README.md").read_text()
+    assert "**Complete**: all 3 planned runs finished." in block
+    assert "Baselines not trained here: ce x3 from `results/golden_result/golden`" in block
+    assert "| resnet8 | ce | 3/3 | 71.00 ± 1.00 (n=3) |" in block  # the borrowed CE runs (70, 71, 72)
+    assert "| resnet8 | ls | 3/3 | 73.00 ± 1.00 (n=3) | 73.50 ± 1.00 (n=3) | +2.00 | [-0.27, +4.27] |" in block
+    assert "training time: 0.5 min in all (sum over finished runs, baselines not included)" in block
+    assert "Newer methods](results/newer/)** (complete, 3 runs). Gain over CE" in readme.read_text()
+    data = json.loads((res / "report" / "report.json").read_text())
+    assert data["sections"][0]["baselines_from"] == [f"results/golden_result/golden/resnet8_ce_s{s}"
+                                                     for s in range(3)]
+    # the plain command, from the repository folder, with the same runs named
+    out = tmp_path / "cli"
+    r = run_cli(["report", "results/newer/newer", "--out-dir", str(out), "--no-plots",
+                 "--baseline", "results/golden_result/golden/resnet8_ce_s*"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in REPORT_FILES:
+        assert (out / name).read_text() == (res / "report" / name).read_text(), name
+    r = run_cli(["report", "results/newer/newer", "--baseline", "results/nothing_*"], cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        "tfdistill: error: --baseline results/nothing_*: no run directory (a folder with config.yaml) matches"
+
+
+def test_baselines_must_exist_and_have_finished(tmp_path):
+    from tfdistill.errors import RunDirError
+
+    results = _result(tmp_path)
+    _newer_result(results, ["../golden_result/golden/resnet8_kd_s*"])
+    with pytest.raises(ConfigError, match=r"baselines pattern '\.\./golden_result/golden/resnet8_kd_s\*' matches "
+                                          "no run directory"):
+        find_results(results)
+    (results / "newer" / "result.yaml").write_text(json.dumps({"runs": "newer", "baselines": [
+        "../golden_result/golden/resnet14_tfd_s1"]}))  # the made-up sweep's unfinished run
+    with pytest.raises(RunDirError, match="baseline run .*resnet14_tfd_s1 is unfinished: only finished runs"):
         find_results(results)

@@ -166,9 +166,19 @@ def cmd_child(ns: argparse.Namespace) -> int:
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
+    import glob
+    from pathlib import Path
+
+    from .errors import ConfigError
     from .report import make_report
 
-    report = make_report(ns.runs_dir, out_dir=ns.out, metric=ns.metric, plots=not ns.no_plots)
+    baselines = []
+    for pattern in ns.baseline or []:
+        found = sorted(Path(p) for p in glob.glob(pattern) if (Path(p) / "config.yaml").is_file())
+        if not found:
+            raise ConfigError(f"--baseline {pattern}: no run directory (a folder with config.yaml) matches")
+        baselines += [(p, p.as_posix()) for p in found]
+    report = make_report(ns.runs_dir, out_dir=ns.out, metric=ns.metric, plots=not ns.no_plots, baselines=baselines)
     print(report.markdown)
     print(f"written: {', '.join(str(p) for p in report.files)}")
     return 0
@@ -390,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the primary metric (top-1; mIoU for segmentation) used for gains and the bar chart: "
                          "last epoch (default, honest) or best epoch")
     rp.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    rp.add_argument("--baseline", action="append", metavar="RUN_DIR|GLOB",
+                    help="finished runs of another folder to compare with as if trained in RUNS_DIR (repeatable; "
+                         "e.g. 'results/x/runs/resnet20_ce_s*'); the report names where they came from")
     rp.set_defaults(func=cmd_report)
 
     rs = sub.add_parser("results", help="regenerate results/<name>/report and the README results blocks from the "

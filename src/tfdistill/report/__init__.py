@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .collect import BASELINE, ResultGroup, RunRecord, Section, scan
 from .stats import Diff, Stat, describe, difference
@@ -34,17 +35,19 @@ def _slug(*parts: str) -> str:
 
 
 def make_report(runs_dir: str | Path, out_dir: str | Path | None = None, metric: str = "last",
-                plots: bool = True, shown_as: str | None = None, settled: bool = False) -> Report:
+                plots: bool = True, shown_as: str | None = None, settled: bool = False,
+                baselines: Sequence[tuple[Path, str]] = ()) -> Report:
     """Scan ``runs_dir``, write ``report.md``, ``report.csv``, ``report.json`` (and PNG plots) into ``out_dir``
     (default ``<runs_dir>/report``). ``shown_as``: how the tables name ``runs_dir`` (default: as given);
-    ``settled``: runs still training count as not started (:func:`scan`)."""
+    ``settled``: runs still training count as not started; ``baselines``: finished runs of another folder (path,
+    how it is shown) that join as if trained here (:func:`scan`)."""
     from ..errors import ConfigError
     from .render import render_csv, render_markdown, report_json
 
     if metric not in ("last", "best"):
         raise ConfigError(f"--metric must be last or best, not {metric!r}")
     root = Path(runs_dir)
-    sections = scan(root, settled=settled)
+    sections = scan(root, settled=settled, baselines=baselines)
     if not sections:
         from ..errors import RunDirError
 

@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -60,6 +60,8 @@ class RunRecord:
     """The config is unknown (only model, method and seed, from sweep.yaml)."""
     torn: str = ""
     """Where ``metrics.jsonl`` stops being JSON (a write cut off by a kill): its curve ends there."""
+    borrowed: str = ""
+    """Set for a finished run of another folder that joined this section as a baseline: how it is shown."""
 
     @property
     def flat(self) -> dict[str, Any]:
@@ -175,6 +177,8 @@ class Section:
     sweep: Optional[dict] = None
     runs: list[RunRecord] = field(default_factory=list)
     groups: list["ResultGroup"] = field(default_factory=list)
+    borrowed: list[tuple[str, str]] = field(default_factory=list)
+    """Finished runs of another folder that joined this one as baselines: (how they are shown, their label)."""
 
     @property
     def title(self) -> str:
@@ -352,8 +356,26 @@ def no_baseline_reason(section: "Section", dataset: str) -> str:
             "not computed.")
 
 
+_SCHEMA_DEFAULTS: dict[str, Any] = {}
+
+
+def _schema_defaults() -> dict[str, Any]:
+    """Every config key of the current schema outside ``method.*`` with its default value."""
+    if not _SCHEMA_DEFAULTS:
+        from ..config import Config
+
+        flat = flat_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+        _SCHEMA_DEFAULTS.update({k: v for k, v in flat.items() if not k.startswith("method.")})
+    return _SCHEMA_DEFAULTS
+
+
 def _fingerprint(rec: RunRecord) -> tuple:
-    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in rec.flat.items()
+    """The experiment a run belongs to: its config without the keys that do not define one. A key the run's config
+    lacks because the run was made before the key existed counts as its default (what reproduces the older
+    behaviour: tests/test_golden_classification.py holds classification to that), so such a run still groups with
+    the seeds made after it."""
+    flat = {**{k: v for k, v in _schema_defaults().items() if rec.config}, **rec.flat}
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()
                         if k not in IGNORED_KEYS))
 
 
@@ -438,15 +460,26 @@ def build_groups(section: Section) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- scanning
-def scan(root: str | Path, settled: bool = False) -> list[Section]:
+def scan(root: str | Path, settled: bool = False,
+         baselines: Sequence[tuple[Path, str]] = ()) -> list[Section]:
     """Every run directory under ``root`` (recursively), in sections; planned-but-absent sweep runs included.
 
     ``settled``: read only runs that have ended (``summary.json`` or a FAILED marker); a run still training, or
     interrupted, counts as a sweep's not-started run -- what a checkout holding only the ended runs' files shows
-    (``tfdistill results`` reports committed evidence while a sweep is still adding to it)."""
+    (``tfdistill results`` reports committed evidence while a sweep is still adding to it).
+
+    ``baselines``: finished run directories of another folder, each with how it is shown, that join ``root``'s one
+    section as if trained there (a result compared with committed CE runs instead of training them again: the
+    report's gains, intervals and pairing treat them as any other run; the section lists where they came from)."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirError(f"{root} is not a folder of run directories")
+    borrowed: list[RunRecord] = []
+    for path, shown in baselines:
+        rec = read_run(Path(path))
+        if rec.status != "finished":
+            raise RunDirError(f"baseline run {shown} is {rec.status}: only finished runs can join another folder")
+        borrowed.append(rec)
     sections: dict[Path, Section] = {}
 
     def section_of(folder: Path) -> Section:
@@ -473,6 +506,14 @@ def scan(root: str | Path, settled: bool = False) -> list[Section]:
             sec.runs.append(rec)
         elif SPEC_FILE in filenames:
             section_of(d)
+    if borrowed:
+        if len(sections) != 1:
+            raise RunDirError(f"baseline runs join a folder with one section; {root} has {len(sections)}")
+        sec = next(iter(sections.values()))
+        for rec, (_, shown) in zip(borrowed, baselines):
+            rec.section, rec.borrowed = sec, shown
+            sec.runs.append(rec)
+            sec.borrowed.append((shown, rec.method))
     for sec in sections.values():
         planned = {str(r.get("name")): r for r in sec.planned()}
         have = {r.name for r in sec.runs}

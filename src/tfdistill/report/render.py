@@ -175,12 +175,27 @@ def _protocol_line(sec: Section) -> str:
     return "Protocol: " + "; ".join(parts) + "." if parts else "Protocol: unknown (no run config found)."
 
 
+def borrowed_line(sec: Section) -> str:
+    """Where the baseline runs that joined this section came from (not trained in this folder)."""
+    by_folder: dict[str, dict[str, int]] = {}
+    for shown, label in sec.borrowed:
+        folder = shown.rsplit("/", 1)[0] if "/" in shown else "."
+        by_folder.setdefault(folder, {})
+        by_folder[folder][label] = by_folder[folder].get(label, 0) + 1
+    parts = [", ".join(f"{lab} x{n}" for lab, n in labels.items()) + f" from `{folder}`"
+             for folder, labels in by_folder.items()]
+    return ("Baselines not trained here: " + "; ".join(parts) + " (finished runs of another folder, compared as if "
+            "trained in this one; see its protocol above for where settings, commit or torch differ).")
+
+
 def _section_md(sec: Section, metric: str) -> list[str]:
     out = [f"## {sec.title}", ""]
     spec = (sec.sweep or {}).get("spec") or {}
     if spec.get("description"):
         out += [str(spec["description"]).strip(), ""]
     out += [_protocol_line(sec), ""]
+    if sec.borrowed:
+        out += [borrowed_line(sec), ""]
     if sec.has_paper:
         p = sec.paper
         src = f"{p.get('source')}: " if p.get("source") else ""
@@ -351,14 +366,15 @@ def report_json(root: str | Path, sections: list[Section], metric: str, scanned:
             m = g.metric
             rec["run_details"] = [{"name": r.name, "seed": r.seed, "status": r.status, f"last_{m}": r.value("last"),
                                    f"best_{m}": r.value("best"), "epochs_done": r.epochs_done, "error": r.error or None,
-                                   "path": _relative(r.path, base)} for r in g.runs]
+                                   "path": r.borrowed or _relative(r.path, base)} for r in g.runs]
             if m != "top1":
                 rec["metric"] = m
             groups.append(rec)
         out["sections"].append({"key": sec.key, "path": _relative(sec.path, base), "protocol": protocol(sec),
                                 "sweep": ((sec.sweep or {}).get("spec") or {}).get("name"),
                                 "paper": {k: sec.paper.get(k) for k in ("source", "statistic", "epoch", "note")}
-                                if sec.has_paper else None, "groups": groups})
+                                if sec.has_paper else None, "groups": groups,
+                                **({"baselines_from": [shown for shown, _ in sec.borrowed]} if sec.borrowed else {})})
     return out
 
 
