@@ -266,6 +266,11 @@ def test_train_header_prints_the_plan(tiny):
     log = (train(cfg, echo=lambda s: None).run_dir / "train.log").read_text()
     assert "tap plan for resnet8 on a 3x32x32 input: 3 maps, rule: declared (stage_names)" in log
     assert "depth 0<-1 0<-2; width 8<-8 ch" in log
+    # a feature method that does not distil TFD's pairs shows the maps without TFD's terms
+    cfg = load_config(None, [*tiny, "method.name=mixskd", "name=m", "engine.device=cpu"])
+    log = (train(cfg, echo=lambda s: None).run_dir / "train.log").read_text()
+    assert "tap plan for resnet8 on a 3x32x32 input: 3 maps" in log and "declared (stage_names)" in log
+    assert "TFD" not in log and "width 8<-8" not in log
 
 
 # ------------------------------------------------------------------------------------------ one-epoch CLI runs

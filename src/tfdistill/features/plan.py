@@ -61,20 +61,22 @@ class TapPlan:
         depth = " ".join(tgt + src) if tgt or src else "no depth pair"
         return f"depth {depth}; {width}"
 
-    def lines(self) -> list[str]:
+    def lines(self, tfd: bool = True) -> list[str]:
+        """The plan as a table; ``tfd``: with the TFD terms each map feeds (a run whose method does not distil TFD's
+        pairs shows the maps only)."""
         size = "x".join(str(d) for d in self.input_shape[1:]) if self.input_shape else "?"
         out = [f"tap plan for {self.model} on a {size} input: {len(self.taps)} maps, rule: {self.rule}"]
         out += [f"  note: {n}" for n in self.notes]
-        rows = [("#", "module", "map (C,H,W)", "stride", "layout", "chosen by", "TFD terms (a<-b: map b is the "
-                 "target of map a)")]
+        rows = [("#", "module", "map (C,H,W)", "stride", "layout", "chosen by",
+                 "TFD terms (a<-b: map b is the target of map a)" if tfd else "")]
         for k, t in enumerate(self.taps):
             rows.append((str(k), t.name, "x".join(str(d) for d in t.shape), t.stride, t.layout.describe(), t.rule,
-                         self.feeds(k)))
+                         self.feeds(k) if tfd else ""))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         for r in rows:
-            out.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
+            out.append(("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1]).rstrip())
         n = len(self.taps)
-        if n >= 2:
+        if n >= 2 and tfd:
             same = len({t.shape[1:] for t in self.taps}) == 1
             out.append(f"  TFD depth-wise: {n * (n - 1) // 2} pairs, deeper map is the target (top_down), "
                        + ("all maps share one size: no pooling, channels cropped to the common count"

@@ -142,6 +142,9 @@ class Distiller(nn.Module):
 
     Params: ClassVar[type] = object
     uses: ClassVar[Uses] = Uses()
+    tfd_plan: ClassVar[bool] = False
+    """The component distils TFD's pairs of the tap plan (depth pairs, width halves): the run header's tap plan then
+    shows which TFD terms each map feeds (other feature methods use the maps without that plan)."""
     coupling: ClassVar[str] = ""
     """``"per-sample"``: every term is a mean over per-sample terms, so under gradient accumulation the sub-batches'
     update equals the full batch's (BatchNorm aside); ``"batch-coupled"``: a term ranks, normalises or relates

@@ -244,15 +244,17 @@ class Method(nn.Module):
 
     def describe_taps(self) -> list[str]:
         """Per feature tap in use: one line (module names and (C, H, W) shapes), then its plan (module, map,
-        stride, the rule that chose it, the TFD terms it feeds), for the run header."""
+        stride, the rule that chose it and, where a component distils TFD's pairs, the TFD terms it feeds), for the
+        run header."""
         lines = []
+        tfd = any(getattr(comp, "tfd_plan", False) for comp in self.distillers.values())
         for who, tap in (("student", self.student_tap), ("teacher", self.teacher_tap)):
             if tap is None:
                 continue
             lines.append(f"feature taps ({who}): {tap.describe()}")
             plan = tap.plan()
             if plan is not None and plan.taps:
-                lines += plan.lines()
+                lines += plan.lines(tfd=tfd and who == "student")
         return lines
 
     def describe(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class TFD(Distiller):
     """Teacher-free Feature Distillation on the student's tapped stages (see :mod:`tfdistill.losses.tfd`)."""
     coupling = "batch-coupled"  # TFD's width term ranks channels over the whole batch
     dense = True  # on the tapped feature maps, whatever the head predicts
+    tfd_plan = True
 
     Params = TFDParams
     uses = Uses(student_feats=True)
