@@ -47,10 +47,10 @@ def _walk(models):
         try:
             r = tap_walk.walk_one(name, size, kwargs)
         except Exception as exc:  # noqa: BLE001
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            failures.append(f"{tap_walk._label(name, kwargs)}: {type(exc).__name__}: {exc}")
             continue
         if not r.ok:
-            refused.append(name)
+            refused.append(r.model)  # the row's name: the model (with its smp encoder)
     assert not failures, "\n".join(failures)
     return refused
 
@@ -129,17 +129,7 @@ def test_walk_segmentation_models():
     """Every torchvision segmentation model and segmentation-models-pytorch architecture (ResNet18 encoder) is
     tapped; smp's Unet across encoder families: the four without a declaration refuse with the clear error."""
     pytest.importorskip("segmentation_models_pytorch")
-    models = tap_walk.seg_models()
-    failures, refused = [], []
-    for name, size, kwargs in models:
-        try:
-            r = tap_walk.walk_one(name, size, kwargs)
-        except Exception as exc:  # noqa: BLE001
-            failures.append(f"{tap_walk._label(name, kwargs)}: {type(exc).__name__}: {exc}")
-            continue
-        if not r.ok:
-            refused.append(r.model)
-    assert not failures, "\n".join(failures)
+    refused = _walk(tap_walk.seg_models())
     assert sorted(refused) == ["smp.DPT (tu-vit_tiny_patch16_224)", "smp.Unet (densenet121)", "smp.Unet (mit_b0)",
                                "smp.Unet (mobileone_s0)"], refused
 
