@@ -189,8 +189,8 @@ def test_smp_models_by_name():
     t = FeatureTap(create_model("smp.Unet", num_classes=4, encoder_name="mobilenet_v2"), "auto")
     t.discover(x)  # smp's own declaration: the blocks at its _out_indexes, from stride 4 on
     assert t.names == ["encoder.features.3", "encoder.features.6", "encoder.features.13", "encoder.features.18"]
-    with pytest.raises(ConfigError, match=r"MixVisionTransformerEncoder .*name the taps: model.taps="):
-        t = FeatureTap(create_model("smp.Unet", num_classes=4, encoder_name="mit_b0"), "auto")
+    with pytest.raises(ConfigError, match=r"DenseNetEncoder .*name the taps: model.taps="):
+        t = FeatureTap(create_model("smp.Unet", num_classes=4, encoder_name="densenet121"), "auto")
         t.discover(x)
 
 

@@ -104,13 +104,15 @@ SEG_FAST = [("deeplabv3_resnet18", {}, ["backbone.layer1", "backbone.layer2", "b
             ("smp.FPN", {"encoder_name": "tu-convnext_atto"},
              ["encoder.model.stages_0", "encoder.model.stages_1", "encoder.model.stages_2", "encoder.model.stages_3"]),
             ("smp.Unet", {"encoder_name": "timm-efficientnet-b0"},
-             ["encoder.blocks.1", "encoder.blocks.2", "encoder.blocks.4", "encoder.blocks.6"])]
+             ["encoder.blocks.1", "encoder.blocks.2", "encoder.blocks.4", "encoder.blocks.6"]),
+            ("smp.Segformer", {"encoder_name": "mit_b0"},
+             ["encoder.norm1", "encoder.norm2", "encoder.norm3", "encoder.norm4"])]
 
 
 @pytest.mark.parametrize("name, kwargs, taps", SEG_FAST, ids=[tap_walk._label(n, kw) for n, kw, _ in SEG_FAST])
 def test_segmentation_walk_fast_subset(name, kwargs, taps):
-    """Encoder stages from stride 4 on, by declaration (torchvision's backbone, smp's _out_indexes or timm
-    feature_info), never the head; one TFD step with per-pixel CE."""
+    """Encoder stages from stride 4 on, by declaration (torchvision's backbone, smp's _out_indexes, timm
+    feature_info, the Mix Transformer's stage norms), never the head; one TFD step with per-pixel CE."""
     if name.startswith("smp."):
         pytest.importorskip("segmentation_models_pytorch")
     r = tap_walk.walk_one(name, 64, kwargs)
@@ -119,18 +121,18 @@ def test_segmentation_walk_fast_subset(name, kwargs, taps):
 
 def test_segmentation_walk_refuses_an_undeclared_encoder_with_the_clear_error():
     pytest.importorskip("segmentation_models_pytorch")
-    r = tap_walk.walk_one("smp.Unet", 64, {"encoder_name": "mit_b0"})
-    assert not r.ok and r.model == "smp.Unet (mit_b0)", r
-    assert "MixVisionTransformerEncoder" in r.refusal and "model.taps=[" in r.refusal, r.refusal
+    r = tap_walk.walk_one("smp.Unet", 64, {"encoder_name": "densenet121"})
+    assert not r.ok and r.model == "smp.Unet (densenet121)", r
+    assert "DenseNetEncoder" in r.refusal and "model.taps=[" in r.refusal, r.refusal
 
 
 @pytest.mark.slow
 def test_walk_segmentation_models():
     """Every torchvision segmentation model and segmentation-models-pytorch architecture (ResNet18 encoder) is
-    tapped; smp's Unet across encoder families: the four without a declaration refuse with the clear error."""
+    tapped; smp's Unet across encoder families: the three without a declaration refuse with the clear error."""
     pytest.importorskip("segmentation_models_pytorch")
     refused = _walk(tap_walk.seg_models())
-    assert sorted(refused) == ["smp.DPT (tu-vit_tiny_patch16_224)", "smp.Unet (densenet121)", "smp.Unet (mit_b0)",
+    assert sorted(refused) == ["smp.DPT (tu-vit_tiny_patch16_224)", "smp.Unet (densenet121)",
                                "smp.Unet (mobileone_s0)"], refused
 
 

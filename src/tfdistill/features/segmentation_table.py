@@ -21,6 +21,8 @@ segmentation-models-pytorch, indexed encoders  the modules at the encoder's own 
 segmentation-models-pytorch, timm encoders     the timm model's ``feature_info`` from stride 4 on: ``tu-`` encoders
                                                (``encoder.model.<module>``; channels-last maps read as NHWC) and
                                                the ``timm-`` encoders that are timm models (``encoder.<module>``)
+segmentation-models-pytorch, Mix Transformer   ``encoder.norm1 .. norm4`` (MiT, SegFormer's encoder: each stage ends in
+                                               its norm, an NCHW map)
 segmentation-models-pytorch, other encoders    refused: name the taps (``model.taps=[...]``)
 =============================================  ====================================================================
 
@@ -80,6 +82,17 @@ def _smp_indexed(encoder: nn.Module) -> list[str] | None:
     return None
 
 
+def _smp_mit(encoder: nn.Module) -> list[str] | None:
+    """smp's Mix Transformer (SegFormer's MiT) encoder: stage ``k`` is ``patch_embed<k>``, ``block<k>``, ``norm<k>``,
+    and ``norm<k>``'s output (NCHW) is the stage's map, at strides 4, 8, 16, 32."""
+    depth = getattr(encoder, "_depth", 5)
+    names = [f"norm{k}" for k in range(1, 5) if k < depth]
+    if all(hasattr(encoder, f"{part}{k}") for k in range(1, len(names) + 1) for part in ("patch_embed", "block",
+                                                                                          "norm")):
+        return [f"encoder.{n}" for n in names]
+    return None
+
+
 def _smp_timm(encoder: nn.Module) -> tuple[list[str], Layout] | None:
     """An encoder that carries a timm model's declared ``feature_info`` (stride >= 4): a ``tu-`` encoder's wrapped
     features-only model (``encoder.model``, which flattens ``stages.0`` to ``stages_0``), or smp's ``timm-``
@@ -113,11 +126,15 @@ def _smp(model: nn.Module) -> tuple[str, list[str], Layout] | None:
     indexed = _smp_indexed(encoder) if encoder is not None else None
     if indexed:
         return f"{family} ({type(encoder).__name__}, _out_indexes)", indexed, NCHW
+    mit = _smp_mit(encoder) if encoder is not None else None
+    if mit and len(mit) >= 2:
+        return f"{family} (Mix Transformer encoder)", mit, NCHW
     timm_decl = _smp_timm(encoder) if encoder is not None else None
     if timm_decl and len(timm_decl[0]) >= 2:
         return f"{family} (timm encoder, feature_info)", timm_decl[0], timm_decl[1]
     raise ConfigError(f"no declared taps for the {type(encoder).__name__} encoder of segmentation-models-pytorch's "
-                      f"{type(model).__name__} (declared: ResNet, _out_indexes and timm feature_info encoders); "
+                      f"{type(model).__name__} (declared: ResNet, Mix Transformer, _out_indexes and timm feature_info "
+                      f"encoders); "
                       f"name the taps: model.taps=[<module>,...], the encoder stages to tap, with paths from "
                       f"model.encoder.named_modules() (prefix 'encoder.')")
 
