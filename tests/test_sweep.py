@@ -181,6 +181,20 @@ def test_sequential_sweep_then_skip_and_config_guard(capsys, tmp_path):
     one_line_error(capsys, ["sweep", str(p), "optim.lr=0.2"], "trained with another config", "optim.lr")
     assert main(["sweep", str(p), "--dry-run", "optim.lr=0.2"]) == 0
     assert "CONFIG DIFFERS" in capsys.readouterr().out
+    # a run written before a config key existed (its config.yaml lacks it) is the planned run when the plan holds
+    # that key at its default; at another value it is not
+    import yaml
+
+    stored = sweep / "resnet8_ce_s0" / "config.yaml"
+    cfg = yaml.safe_load(stored.read_text())
+    del cfg["schedule"]["power"], cfg["data"]["crop_size"]
+    stored.write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(p), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "CONFIG DIFFERS" not in out and "4 of 4 runs" in out
+    assert main(["sweep", str(p), "--dry-run", "schedule.power=2.0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"resnet8_ce_s0 +ce +finished \(CONFIG DIFFERS: schedule\.power\)", out), out
 
 
 def test_parallel_sweep_with_jobs(capsys, tmp_path):

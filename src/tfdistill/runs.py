@@ -131,6 +131,29 @@ EXTENDABLE_SCHEDULES = ("multistep", "constant")
 be extended (``epochs`` larger on resume)."""
 
 
+_DEFAULTS: dict[str, Any] = {}
+
+
+def schema_defaults() -> dict[str, Any]:
+    """Every dotted key of the current config schema with its default value (``method.*`` holds only the name: a
+    method's own parameters default per method)."""
+    if not _DEFAULTS:
+        from omegaconf import OmegaConf
+
+        from .config import Config
+
+        _DEFAULTS.update(flat_keys(OmegaConf.to_container(OmegaConf.structured(Config))))
+    return _DEFAULTS
+
+
+def keys_added_since(stored: dict, new: dict) -> set[str]:
+    """Keys that ``new`` holds at their default and the (nested) config ``stored`` lacks: ``stored`` was written
+    before those keys existed, and its run was trained as their default says (new keys default to the behaviour
+    they replace; tests/test_golden_classification.py holds classification to that)."""
+    fs, defaults = flat_keys(stored), schema_defaults()
+    return {k for k, v in flat_keys(new).items() if k not in fs and k in defaults and v == defaults[k]}
+
+
 def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[str]:
     """Keys in which ``new`` differs from ``stored`` that forbid resuming: anything outside
     :data:`~tfdistill.rundir.RESUME_FREE_KEYS`, except an allowed extension (see :func:`extension_problem`).
@@ -140,7 +163,7 @@ def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[st
     the default says."""
     from omegaconf import OmegaConf
 
-    from .config import PATH_KEYS, Config
+    from .config import PATH_KEYS
 
     stored = OmegaConf.to_container(OmegaConf.create(stored))  # a copy; paths of runs from before they were
     for key in PATH_KEYS:                                      # stored absolute: relative to this folder
@@ -148,9 +171,7 @@ def resume_changes(stored: dict, new: dict, *, planned: bool = False) -> list[st
         value = str((stored.get(section) or {}).get(leaf) or "")
         if value and not value.startswith("torchvision:"):
             stored[section][leaf] = os.path.abspath(os.path.expanduser(value))
-    fs, fn = flat_keys(stored), flat_keys(new)
-    defaults = flat_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
-    added = {k for k, v in fn.items() if k not in fs and k in defaults and v == defaults[k]}
+    added = keys_added_since(stored, new)
     diff = config_diff(stored, new, ignore=RESUME_FREE_KEYS | added, auto_matches=planned)
     if "epochs" in diff and extension_problem(stored, new) is None:
         done = int(stored["epochs"])

@@ -29,6 +29,7 @@ from ..rundir import (AUTO_KEYS, CONFIG_FILE, FAILED_MARKER, METRICS_FILE, NON_E
                       SUMMARY_FILE, RunDir,
                       flat_keys)
 from ..errors import RunDirError
+from ..runs import schema_defaults
 from ..sweep.folder import SPEC_FILE
 from ..sweep.spec import paper_entry
 from .pairing import Pairing, pair_runs
@@ -356,25 +357,13 @@ def no_baseline_reason(section: "Section", dataset: str) -> str:
             "not computed.")
 
 
-_SCHEMA_DEFAULTS: dict[str, Any] = {}
-
-
-def _schema_defaults() -> dict[str, Any]:
-    """Every config key of the current schema outside ``method.*`` with its default value."""
-    if not _SCHEMA_DEFAULTS:
-        from ..config import Config
-
-        flat = flat_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
-        _SCHEMA_DEFAULTS.update({k: v for k, v in flat.items() if not k.startswith("method.")})
-    return _SCHEMA_DEFAULTS
-
-
 def _fingerprint(rec: RunRecord) -> tuple:
     """The experiment a run belongs to: its config without the keys that do not define one. A key the run's config
     lacks because the run was made before the key existed counts as its default (what reproduces the older
     behaviour: tests/test_golden_classification.py holds classification to that), so such a run still groups with
     the seeds made after it."""
-    flat = {**{k: v for k, v in _schema_defaults().items() if rec.config}, **rec.flat}
+    defaults = {k: v for k, v in schema_defaults().items() if not k.startswith("method.")} if rec.config else {}
+    flat = {**defaults, **rec.flat}
     return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in flat.items()
                         if k not in IGNORED_KEYS))
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from .. import rundir, runs
 from ..config import to_dict, to_yaml
 from ..rundir import FAILED_MARKER, config_diff, hold_flock, write_text_atomic
-from ..runs import StartMode
+from ..runs import StartMode, keys_added_since
 from .spec import Plan, PlannedRun
 
 STATE_FILE = "sweep_state.json"
@@ -68,7 +68,9 @@ def conflicts(runs: list[PlannedRun]) -> list[tuple[str, str]]:
     for r in runs:
         stored = r.run_dir / rundir.CONFIG_FILE
         if stored.is_file() and (is_finished(r) or rundir.is_resumable(r.run_dir)):
-            diff = config_diff(OmegaConf.to_container(OmegaConf.load(stored)), to_dict(r.cfg), auto_matches=True)
+            old, planned = OmegaConf.to_container(OmegaConf.load(stored)), to_dict(r.cfg)
+            diff = config_diff(old, planned, ignore=rundir.RESUME_FREE_KEYS | keys_added_since(old, planned),
+                               auto_matches=True)
             if diff:
                 out.append((r.name, ", ".join(diff[:4])))
     return out
