@@ -73,3 +73,20 @@ def test_layers_share_the_one_rundir_module():
                     if isinstance(t, ast.Name) and isinstance(n.value, (ast.Set, ast.Dict, ast.Call))}
         dup = defined & {"flat_keys", "config_diff", "RESUME_FREE_KEYS", "RunDir", "save_atomic"}
         assert not dup, f"{f.relative_to(SRC)} defines {dup} (belongs in tfdistill/rundir.py)"
+
+
+def test_the_commit_is_read_once_per_process(monkeypatch):
+    """A run's summary names the commit its process started from: later commits to the tree (while a long run
+    trains) do not change what git_commit() returns."""
+    import subprocess
+
+    from tfdistill import rundir
+
+    rundir.git_commit.cache_clear()
+    first = rundir.git_commit()
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError))
+    assert rundir.git_commit() == first and calls == []
+    rundir.git_commit.cache_clear()
+    assert rundir.git_commit() == "unknown" and calls  # read again only after the cache is cleared
+    rundir.git_commit.cache_clear()

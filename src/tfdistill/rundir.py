@@ -20,6 +20,7 @@ and atomic writes. The engine, ``tfdistill.sweep`` and ``tfdistill.report`` impo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -356,8 +357,11 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Commit of the tfdistill source tree ('+dirty' when modified), or 'unknown'."""
+    """Commit of the tfdistill source tree ('+dirty' when modified), or 'unknown': read once per process, at its
+    first run's start (the fingerprint), so a run's summary names the code this process loaded, not the commit the
+    tree had reached when training ended."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
