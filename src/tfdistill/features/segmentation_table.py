@@ -103,16 +103,10 @@ def _smp_timm(encoder: nn.Module) -> tuple[list[str], Layout] | None:
         if model is None or not isinstance(dicts, (list, tuple)) or not all(isinstance(d, dict) for d in dicts):
             continue
         mods = dict(model.named_modules())
-        names = []
-        for d in dicts:
-            if d.get("reduction", 0) < 4:
-                continue
-            path = next((p for p in (d["module"], d["module"].replace(".", "_", 1), d["module"].replace(".", "_"))
-                         if p in mods), None)
-            if path is None:
-                return None
-            names.append(prefix + path)
-        return names, (NHWC if getattr(encoder, "_is_channel_last", False) else NCHW)
+        paths = [next((p for p in (d["module"], d["module"].replace(".", "_", 1), d["module"].replace(".", "_"))
+                       if p in mods), None) for d in dicts if d.get("reduction", 0) >= 4]
+        if paths and None not in paths:  # every declared stage found by its path
+            return [prefix + p for p in paths], (NHWC if getattr(encoder, "_is_channel_last", False) else NCHW)
     return None
 
 
