@@ -90,3 +90,33 @@ def test_the_commit_is_read_once_per_process(monkeypatch):
     rundir.git_commit.cache_clear()
     assert rundir.git_commit() == "unknown" and calls  # read again only after the cache is cleared
     rundir.git_commit.cache_clear()
+
+
+def test_dirty_means_the_package_source_changed(tmp_path, monkeypatch):
+    """'+dirty' names modified tracked files of the package only: a sweep rewriting its tracked sweep.yaml under
+    results/ while it trains does not make its runs' code 'dirty'."""
+    import shutil
+    import subprocess
+
+    from tfdistill import rundir
+
+    repo = tmp_path / "repo"
+    pkg = repo / "src" / "tfdistill"
+    pkg.mkdir(parents=True)
+    (repo / "results").mkdir()
+    shutil.copy(rundir.__file__, pkg / "rundir.py")
+    (repo / "results" / "sweep.yaml").write_text("a: 1\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True)
+    monkeypatch.setattr(rundir, "__file__", str(pkg / "rundir.py"))
+    rundir.git_commit.cache_clear()
+    try:
+        (repo / "results" / "sweep.yaml").write_text("a: 2\n")
+        clean = rundir.git_commit()
+        assert len(clean) == 40 and "+dirty" not in clean, clean
+        rundir.git_commit.cache_clear()
+        (pkg / "rundir.py").write_text((pkg / "rundir.py").read_text() + "\n# changed\n")
+        assert rundir.git_commit() == clean + "+dirty"
+    finally:
+        rundir.git_commit.cache_clear()

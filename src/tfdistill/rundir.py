@@ -359,15 +359,16 @@ def _jsonable(obj: Any) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Commit of the tfdistill source tree ('+dirty' when modified), or 'unknown': read once per process, at its
-    first run's start (the fingerprint), so a run's summary names the code this process loaded, not the commit the
-    tree had reached when training ended."""
+    """Commit of the tfdistill source tree ('+dirty' when a tracked file of the package is modified: results or
+    docs being written beside a run do not count), or 'unknown': read once per process, at its first run's start
+    (the fingerprint), so a run's summary names the code this process loaded, not the commit the tree had reached
+    when training ended."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
